@@ -1,0 +1,91 @@
+"""onnxshrink: a framework-neutral ONNX model compressor.
+
+The public API (every function leaves its input model unchanged)::
+
+    load(path)                   -> onnx.ModelProto   (.onnx, or a packed .onnxz)
+    save(model, path)            atomic; external data beside it when large
+    inspect(model_or_path)       -> ModelInfo
+    validate(reference, candidate, data=..., gate=Gate(...)) -> ValidationReport
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxshrink.errors import (
+    DataError,
+    GateFailed,
+    ModelLoadError,
+    OnnxShrinkError,
+    PackError,
+    UnsafeModelError,
+    UnsupportedModelError,
+    UsageError,
+)
+from onnxshrink.model import load_model, save_model
+from onnxshrink.summary import ModelInfo, inspect_model
+from onnxshrink.validation import Gate, ValidationReport, compare_models
+
+__version__ = "0.1.0"
+
+
+def _packed_reader():
+    """The packed-container reader, if this install has it."""
+    try:
+        from onnxshrink.pack import is_packed_file, load_packed
+    except ImportError:
+        return None, None
+    return is_packed_file, load_packed
+
+
+def load(path: str | os.PathLike, **options: Any) -> onnx.ModelProto:
+    """Load an ONNX model, or restore one from a packed ``.onnxz`` container."""
+    is_packed_file, load_packed = _packed_reader()
+    if is_packed_file is not None and Path(path).is_file() and is_packed_file(path):
+        return load_packed(path, **options)
+    if options:
+        raise UsageError(f"options {sorted(options)} apply to packed models only")
+    return load_model(path)
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Save ``model`` atomically (external data beside it when over ~1.8 GB)."""
+    save_model(model, path)
+
+
+def _model(model_or_path: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
+    return model_or_path if isinstance(model_or_path, onnx.ModelProto) else load(model_or_path)
+
+
+def inspect(model: onnx.ModelProto | str | os.PathLike) -> ModelInfo:
+    """Summarise a model: opsets, I/O, parameters, bytes by op and tensor, sparsity."""
+    return inspect_model(_model(model))
+
+
+def validate(reference: Any, candidate: Any, data: Any = None, **options: Any) -> ValidationReport:
+    """Compare ``candidate`` against ``reference`` in onnxruntime; see
+    :func:`onnxshrink.validation.compare_models` for the options."""
+    return compare_models(reference, candidate, data, **options)
+
+
+__all__ = [
+    "DataError",
+    "Gate",
+    "GateFailed",
+    "ModelInfo",
+    "ModelLoadError",
+    "OnnxShrinkError",
+    "PackError",
+    "UnsafeModelError",
+    "UnsupportedModelError",
+    "UsageError",
+    "ValidationReport",
+    "inspect",
+    "load",
+    "save",
+    "validate",
+]

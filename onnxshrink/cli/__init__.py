@@ -1,0 +1,26 @@
+"""The `onnxshrink` command: a thin typer layer over the library API.
+
+Each command is a function in its own module, registered here.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from onnxshrink.cli.inspect import inspect_command
+from onnxshrink.cli.validate import validate_command
+
+app = typer.Typer(
+    name="onnxshrink",
+    help="Make ONNX models smaller and faster: prune, quantize, pack; every step validated in onnxruntime.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+app.command("inspect")(inspect_command)
+app.command("validate")(validate_command)
+
+
+def main() -> None:
+    app()

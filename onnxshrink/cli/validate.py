@@ -1,0 +1,73 @@
+"""`onnxshrink validate REFERENCE CANDIDATE`: the same inputs through both, compared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+import onnxshrink
+from onnxshrink.cli._common import (
+    JsonOption,
+    QuietOption,
+    console,
+    err_console,
+    human_bytes,
+    parse_shapes,
+    reports_errors,
+    write_json,
+)
+from onnxshrink.errors import UsageError
+from onnxshrink.validation import Gate
+
+
+@reports_errors
+def validate_command(
+    reference: Annotated[Path, typer.Argument(help="The reference model (the original).")],
+    candidate: Annotated[Optional[Path], typer.Argument(help="The model to check (omit with --reference-outputs to check REFERENCE itself).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help=".npz (or folder of them) with one array per input, optional 'labels'.")] = None,
+    reference_outputs: Annotated[Optional[Path], typer.Option("--reference-outputs", help=".npz of outputs saved from the source framework, keyed by output name.")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Fail (exit 1) if any output's cosine similarity is below this.")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Fail (exit 1) if accuracy drops by more than this many points.")] = None,
+    shape: Annotated[Optional[list[str]], typer.Option("--shape", help="Symbolic dims for synthetic inputs: NAME=1x3x224x224.")] = None,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure median single-thread latency.")] = True,
+    json_path: JsonOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Run both models with onnxruntime (CPU) on the same inputs and compare their outputs."""
+    if candidate is None:
+        if reference_outputs is None:
+            raise UsageError("give a CANDIDATE model, or --reference-outputs to compare REFERENCE against saved outputs")
+        reference, candidate = None, reference
+    elif reference_outputs is not None:
+        raise UsageError("with --reference-outputs give one model: the ONNX model to check against the saved outputs")
+    gate = Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop)
+    if data is None and not quiet:
+        err_console.print("onnxshrink: warning: no --data: random inputs from the declared shapes check numerical "
+                          "fidelity only, not task accuracy", markup=False)
+    report = onnxshrink.validate(reference, candidate, data, reference_outputs=reference_outputs, gate=gate,
+                                 shapes=parse_shapes(shape), measure_latency=latency)
+    if json_path:
+        write_json(json_path, report.to_dict())
+    if not quiet:
+        table = Table("output", "cosine", "max abs err", "mean abs err", "SQNR dB", "top-1 agree")
+        for name, m in report.outputs.items():
+            table.add_row(name, f"{m['cosine']:.6f}", f"{m['max_abs_error']:.3g}", f"{m['mean_abs_error']:.3g}",
+                          "inf" if m["sqnr_db"] is None else f"{m['sqnr_db']:.1f}",
+                          "-" if m["top1_agreement"] is None else f"{100 * m['top1_agreement']:.2f}%")
+        console.print(table)
+        console.print(f"samples: {report.samples}" + (" (synthetic)" if report.synthetic_inputs else ""))
+        if report.accuracy:
+            a = report.accuracy
+            console.print(f"accuracy: reference {100 * a['reference']:.2f}%, candidate {100 * a['candidate']:.2f}% "
+                          f"(drop {report.accuracy_drop_points:.2f} points)")
+        lat = report.latency_ms
+        if lat["candidate"] is not None:
+            ref = f"{lat['reference']:.3f} ms, " if lat["reference"] is not None else ""
+            console.print(f"latency (1 thread, median): {('reference ' + ref) if ref else ''}candidate {lat['candidate']:.3f} ms")
+        sizes = report.size_bytes
+        console.print(f"size: reference {human_bytes(sizes['reference'])}, candidate {human_bytes(sizes['candidate'])}")
+        console.print("[green]passed[/]" if report.passed else "[red]FAILED[/]: " + "; ".join(report.failures))
+    report.raise_if_failed()

@@ -1,0 +1,261 @@
+"""Sample data for calibration and evaluation, streamed in batches.
+
+The format every command takes: an ``.npz`` with one array per model input,
+keyed by input name, samples along axis 0, and optionally ``labels`` (one int
+per sample). A folder of such files is read as one stream, in name order.
+Arrays are read batch by batch straight out of the zip member, so memory does
+not grow with the number of samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+import onnx
+
+from onnxshrink.errors import DataError
+
+LABELS = "labels"
+# Refuse absurd declared shapes before allocating anything for them.
+MAX_SAMPLE_BYTES = 1 << 30
+
+
+@dataclasses.dataclass
+class Batch:
+    """One batch: model inputs by name, and labels when the data has them."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What the model expects for one input: element dtype and shape (None = symbolic)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+    @classmethod
+    def from_value_info(cls, vi: onnx.ValueInfoProto) -> "InputSpec":
+        tt = vi.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else np.dtype(np.float32)
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        return cls(vi.name, np.dtype(dtype), shape)
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The model's real inputs (graph inputs that are not initializers)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [InputSpec.from_value_info(vi) for vi in model.graph.input if vi.name not in inits]
+
+
+class _NpyStream:
+    """Reads one array of an .npz zip member a block of samples at a time."""
+
+    def __init__(self, archive: zipfile.ZipFile, member: str, where: str):
+        self.where = where
+        self.handle = archive.open(member)
+        try:
+            version = np.lib.format.read_magic(self.handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(self.handle)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(self.handle)
+        except Exception as e:
+            raise DataError(f"{where}: not a readable numpy array ({e})") from None
+        if dtype.hasobject:
+            raise DataError(f"{where}: holds Python objects (dtype {dtype}); only numeric arrays are read")
+        if not shape:
+            raise DataError(f"{where}: is a scalar; expected samples along axis 0")
+        if fortran and len(shape) > 1:
+            raise DataError(f"{where}: is stored in Fortran order; save it with np.ascontiguousarray")
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = dtype
+        self.sample_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * dtype.itemsize
+        if self.sample_bytes > MAX_SAMPLE_BYTES:
+            raise DataError(f"{where}: one sample would take {self.sample_bytes} bytes; refused")
+        self.left = self.shape[0]
+
+    def read(self, count: int) -> np.ndarray:
+        count = min(count, self.left)
+        raw = self.handle.read(count * self.sample_bytes)
+        if len(raw) != count * self.sample_bytes:
+            raise DataError(f"{self.where}: the array is truncated")
+        self.left -= count
+        return np.frombuffer(raw, dtype=self.dtype).reshape((count,) + self.shape[1:])
+
+
+class NpzData:
+    """An .npz file, or a folder of them, as a stream of batches.
+
+    Construction reads only the array headers; :meth:`batches` checks each
+    batch against the model's inputs (names, dtype, shape, finite values).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if self.path.is_dir():
+            self.files = sorted(p for p in self.path.iterdir() if p.suffix == ".npz")
+            if not self.files:
+                raise DataError(f"{self.path}: folder holds no .npz files")
+        elif self.path.is_file():
+            self.files = [self.path]
+        else:
+            raise DataError(f"{self.path}: no such data file")
+        self.arrays: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self.num_samples = 0
+        for file in self.files:
+            with self._open(file) as archive:
+                names = self._members(archive, file)
+                counts = set()
+                for name, member in names.items():
+                    stream = _NpyStream(archive, member, f"{file}:{name}")
+                    counts.add(stream.shape[0])
+                    self.arrays.setdefault(name, (stream.shape, stream.dtype))
+                if len(counts) > 1:
+                    raise DataError(f"{file}: arrays hold different numbers of samples ({sorted(counts)})")
+                self.num_samples += counts.pop() if counts else 0
+        if self.num_samples == 0:
+            raise DataError(f"{self.path}: holds no samples")
+
+    @staticmethod
+    def _open(file: Path) -> zipfile.ZipFile:
+        try:
+            return zipfile.ZipFile(file)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"{file}: not an .npz file ({e})") from None
+
+    @staticmethod
+    def _members(archive: zipfile.ZipFile, file: Path) -> dict[str, str]:
+        members = {}
+        for info in archive.infolist():
+            if info.filename.endswith(".npy"):
+                members[info.filename[: -len(".npy")]] = info.filename
+        if not members:
+            raise DataError(f"{file}: holds no arrays")
+        return members
+
+    @property
+    def has_labels(self) -> bool:
+        return LABELS in self.arrays
+
+    def check_against(self, specs: Sequence[InputSpec]) -> None:
+        """Refuse data that lacks an input or whose dtype or shape cannot fit."""
+        for spec in specs:
+            if spec.name not in self.arrays:
+                have = ", ".join(sorted(self.arrays)) or "none"
+                raise DataError(f"{self.path}: no array for model input '{spec.name}' (arrays: {have})")
+            shape, dtype = self.arrays[spec.name]
+            if dtype != spec.dtype:
+                raise DataError(
+                    f"{self.path}: array '{spec.name}' is {dtype}, the model input needs {spec.dtype} "
+                    f"(convert it with .astype(np.{spec.dtype.name}))"
+                )
+            _check_shape(spec, shape, str(self.path))
+        if self.has_labels:
+            shape, dtype = self.arrays[LABELS]
+            if dtype.kind not in "iu" or len(shape) != 1:
+                raise DataError(f"{self.path}: 'labels' must be a 1-D integer array, got {dtype} {shape}")
+
+    def batches(self, specs: Sequence[InputSpec], batch_size: int = 32) -> Iterator[Batch]:
+        """Yield batches of the inputs named in ``specs`` (and labels, if present)."""
+        self.check_against(specs)
+        names = [s.name for s in specs]
+        fixed = {s.name: s.shape[0] for s in specs if s.shape and s.shape[0] is not None}
+        if fixed:
+            batch_size = min(batch_size, min(fixed.values()))
+        wanted = names + ([LABELS] if self.has_labels else [])
+        for file in self.files:
+            with self._open(file) as archive:
+                members = self._members(archive, file)
+                streams = {n: _NpyStream(archive, members[n], f"{file}:{n}") for n in wanted if n in members}
+                missing = [n for n in wanted if n not in streams]
+                if missing:
+                    raise DataError(f"{file}: no array for '{missing[0]}'")
+                left = next(iter(streams.values())).left
+                while left > 0:
+                    step = min(batch_size, left)
+                    arrays = {n: streams[n].read(step) for n in wanted}
+                    left -= step
+                    labels = arrays.pop(LABELS, None)
+                    for n, a in arrays.items():
+                        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+                            raise DataError(f"{file}: array '{n}' holds NaN or Inf values")
+                    yield Batch({n: np.ascontiguousarray(a) for n, a in arrays.items()}, labels)
+
+
+def _check_shape(spec: InputSpec, shape: tuple[int, ...], where: str) -> None:
+    sample = shape[1:]
+    if spec.shape and len(spec.shape) != len(shape):
+        raise DataError(
+            f"{where}: array '{spec.name}' has shape {list(shape)} (samples first); "
+            f"the model input is {_shape_text(spec.shape)}"
+        )
+    for have, want in zip(sample, spec.shape[1:]):
+        if want is not None and want > 0 and have != want:
+            raise DataError(
+                f"{where}: array '{spec.name}' has shape {list(shape)}; the model input is {_shape_text(spec.shape)}"
+            )
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+class CalibrationReader(Protocol):
+    """onnxruntime's CalibrationDataReader shape: ``get_next()`` returns a feed dict or None."""
+
+    def get_next(self) -> Mapping[str, np.ndarray] | None: ...
+
+
+def batches_from_reader(reader: CalibrationReader) -> Iterator[Batch]:
+    """Adapt an onnxruntime-style data reader to our batches."""
+    while True:
+        feed = reader.get_next()
+        if feed is None:
+            return
+        yield Batch({k: np.asarray(v) for k, v in feed.items()})
+
+
+def synthetic_batches(
+    specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]] | None = None, count: int = 8, seed: int = 0
+) -> Iterator[Batch]:
+    """Random inputs made from the declared shapes (symbolic dims from ``shapes``
+    or 1): a check of numerical fidelity only, not of task accuracy."""
+    rng = np.random.default_rng(seed)
+    shapes = dict(shapes or {})
+    for _ in range(count):
+        inputs = {}
+        for spec in specs:
+            dims = list(shapes.get(spec.name, [d if d is not None and d > 0 else 1 for d in spec.shape]))
+            if spec.dtype.kind == "f":
+                inputs[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
+            elif spec.dtype.kind == "b":
+                inputs[spec.name] = rng.random(dims) < 0.5
+            elif spec.dtype.kind in "iu":
+                inputs[spec.name] = rng.integers(0, 4, size=dims).astype(spec.dtype)
+            else:
+                raise DataError(f"input '{spec.name}' has dtype {spec.dtype}; give real data with --data")
+        yield Batch(inputs)
+
+
+def iter_batches(source: Any, specs: Sequence[InputSpec], batch_size: int = 32) -> Iterator[Batch]:
+    """Batches from a path, an NpzData, an ORT-style reader, or an iterable of Batch/dicts."""
+    if isinstance(source, (str, os.PathLike)):
+        source = NpzData(source)
+    if isinstance(source, NpzData):
+        yield from source.batches(specs, batch_size)
+    elif hasattr(source, "get_next"):
+        yield from batches_from_reader(source)
+    else:
+        for item in source:
+            yield item if isinstance(item, Batch) else Batch(dict(item))

@@ -1,0 +1,215 @@
+"""Loading and saving ONNX models safely, and reaching every weight tensor.
+
+``load_model`` refuses anything that is not a well-formed ONNX model and
+resolves external data through :mod:`onnxshrink.external_data`, which refuses
+every reference that could read outside the model's folder. ``save_model``
+writes atomically and puts external data under names of our own choosing next
+to the output, never at a location taken from the input model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxshrink import external_data
+from onnxshrink.errors import ModelLoadError, UnsafeModelError
+from onnxshrink.fileio import atomic_output
+
+# Protobuf cannot serialise a message of 2 GiB or more; beyond this many bytes of
+# tensor data a model is saved with its tensors in an external file.
+INLINE_LIMIT_BYTES = 1_800_000_000
+
+
+def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
+    """Read an ONNX model from ``path``.
+
+    Raises :class:`ModelLoadError` for a missing, empty, truncated or corrupt
+    file and :class:`UnsafeModelError` for external data that escapes the
+    model's folder or declares sizes beyond the real file. With
+    ``load_external_data`` the tensors stored beside the model are read into
+    the returned proto, so it no longer refers to any file.
+    """
+    path = Path(path)
+    blob = _read_model_bytes(path)
+    model = parse_model(blob, str(path))
+    del blob
+    references = external_data.resolve_references(model, path.parent, model_name=str(path))
+    _check_model(model, path, has_external=bool(references))
+    if load_external_data:
+        external_data.load_into(references)
+    return model
+
+
+def parse_model(blob: bytes, name: str = "model") -> onnx.ModelProto:
+    """Parse serialized bytes into a ModelProto, refusing what is not ONNX."""
+    if not blob:
+        raise ModelLoadError(f"{name}: the file is empty, not an ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(blob)
+    except Exception:  # protobuf raises DecodeError or RuntimeError by backend
+        raise ModelLoadError(
+            f"{name}: not an ONNX model (the protobuf does not parse; the file is corrupt, truncated or another format)"
+        ) from None
+    if not model.HasField("graph") or model.ir_version <= 0:
+        raise ModelLoadError(f"{name}: not an ONNX model (no graph or IR version in the file)")
+    return model
+
+
+def _read_model_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: not a regular file")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _check_model(model: onnx.ModelProto, path: Path, *, has_external: bool) -> None:
+    """Run onnx's checker; a model it rejects is corrupt or truncated."""
+    try:
+        if has_external:
+            # The checker resolves external files relative to the model file;
+            # our own resolver has already refused anything unsafe.
+            onnx.checker.check_model(str(path))
+        else:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({first})") from None
+    except Exception as e:  # the checker can also fail on inputs it cannot parse
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({type(e).__name__})") from None
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data_file: bool | None = None) -> None:
+    """Write ``model`` to ``path`` atomically; ``model`` itself is left as it was.
+
+    Tensor data goes to ``<name>.data`` beside ``path`` when the model is too
+    large for one protobuf (or ``external_data_file=True``). Locations are ours:
+    a tensor that still refers to an external file is refused, since writing
+    it back could target a path chosen by whoever made the input.
+    """
+    path = Path(path)
+    for tensor, where in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise UnsafeModelError(
+                f"tensor '{tensor.name}' in {where} still refers to external data; load the model with "
+                "onnxshrink.load_model so its data is read (and checked) before saving"
+            )
+    total = sum(t.ByteSize() for t, _ in _all_tensors(model))
+    if external_data_file is None:
+        external_data_file = total > INLINE_LIMIT_BYTES
+    if not external_data_file:
+        with atomic_output(path) as tmp:
+            tmp.write_bytes(model.SerializeToString())
+        return
+    external_data.save_with_external_data(model, path, _all_tensors(model))
+
+
+@dataclasses.dataclass
+class WeightRef:
+    """One constant tensor of a model, wherever it is stored.
+
+    ``tensor`` is the live TensorProto inside the model: changing it changes
+    the model. ``kind`` is "initializer" (a graph or subgraph initializer) or
+    "constant" (the ``value`` of a Constant node, whose output is ``name``).
+    """
+
+    name: str
+    tensor: onnx.TensorProto
+    kind: str
+    graph: onnx.GraphProto
+    node: onnx.NodeProto | None = None
+    depth: int = 0
+
+    def array(self) -> np.ndarray:
+        return numpy_helper.to_array(self.tensor)
+
+    def set_array(self, array: np.ndarray) -> None:
+        """Replace the tensor's data (and dtype/shape) with ``array``, keeping its name."""
+        self.tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), self.tensor.name))
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.tensor.dims, dtype=np.int64)) if self.tensor.dims else 1
+
+
+def iter_graphs(graph: onnx.GraphProto, depth: int = 0) -> Iterator[tuple[onnx.GraphProto, int]]:
+    """The graph and every subgraph below it (If branches, Loop/Scan bodies), depth-first."""
+    yield graph, depth
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_graphs(attr.g, depth + 1)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from iter_graphs(sub, depth + 1)
+
+
+def iter_weights(model: onnx.ModelProto) -> Iterator[WeightRef]:
+    """Every constant tensor: initializers and Constant ``value`` tensors, in the
+    main graph and in subgraphs, in a stable order. Each tensor appears once,
+    however many nodes share it."""
+    for graph, depth in iter_graphs(model.graph):
+        for tensor in graph.initializer:
+            yield WeightRef(tensor.name, tensor, "initializer", graph, None, depth)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                for attr in node.attribute:
+                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                        yield WeightRef(node.output[0], attr.t, "constant", graph, node, depth)
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]]:
+    """Every TensorProto that can hold data, with a short description of where."""
+    for graph, _ in iter_graphs(model.graph):
+        for tensor in graph.initializer:
+            yield tensor, f"graph '{graph.name}'"
+        for sparse in graph.sparse_initializer:
+            yield sparse.values, f"graph '{graph.name}'"
+            yield sparse.indices, f"graph '{graph.name}'"
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t, f"node '{node.name or node.op_type}'"
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    for t in attr.tensors:
+                        yield t, f"node '{node.name or node.op_type}'"
+
+
+def all_tensors(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]]:
+    """Every data-holding TensorProto of the model (public for passes that
+    must visit attribute tensors too)."""
+    return _all_tensors(model)
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """For each value name, the (node, input index) pairs of ``graph`` that read it."""
+    users: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name:
+                users.setdefault(name, []).append((node, i))
+    return users
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """For each value name, the node of ``graph`` that writes it."""
+    return {out: node for node in graph.node for out in node.output if out}
+
+
+def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
+    """The model's opset for ``domain`` ("" is the default ONNX domain); 0 if absent."""
+    for imp in model.opset_import:
+        if imp.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return int(imp.version)
+    return 0

@@ -1,0 +1,165 @@
+"""Lane-parallel Huffman bit streams: encode and decode without a Python loop
+over symbols.
+
+A stream of ``n`` byte symbols is dealt round-robin into ``K`` lanes: symbol
+``i`` goes to lane ``i % K`` as that lane's symbol number ``i // K``. Each lane
+is an independent MSB-first bit string; the lanes are concatenated with no
+padding, and the container stores each lane's length in bits. The decoder
+walks all lanes at once, one symbol per lane per step: it peeks the next
+``table_bits`` bits of every lane (a 64-bit gather), looks up (symbol, length)
+in a table of ``2**table_bits`` entries and advances each lane by its length.
+Step ``t`` yields symbols ``t*K .. t*K+K-1``, a contiguous row of the output.
+
+Numbers of interest: with K in the thousands the per-step numpy overhead is
+amortised, and a lane's next bits live in one 64-bit word made of two
+consecutive 32-bit big-endian words, since a code is at most 12 bits and a
+lane position is at most 31 bits into its word.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxshrink.errors import PackError
+from onnxshrink.pack import codebook
+
+
+def lane_count(n: int, symbols_per_lane: int, max_lanes: int) -> int:
+    """How many lanes to deal ``n`` symbols into (>= 1)."""
+    return int(max(1, min(max_lanes, -(-n // symbols_per_lane))))
+
+
+def encoded_bits(counts: np.ndarray, lengths: np.ndarray) -> int:
+    """Exact number of payload bits for a stream with these symbol counts."""
+    return int(np.dot(counts.astype(np.int64), lengths.astype(np.int64)))
+
+
+def encode(symbols: np.ndarray, lengths: np.ndarray, n_lanes: int) -> tuple[np.ndarray, bytes]:
+    """Huffman-code ``symbols`` (uint8, 1-D) into ``n_lanes`` lanes.
+
+    Returns (bits of each lane as int64, the concatenated bit strings as
+    bytes, ``ceil(total_bits / 8)`` long with zero padding bits at the end).
+    Every symbol must have a nonzero length in ``lengths``.
+    """
+    n = symbols.size
+    k = n_lanes
+    steps = -(-n // k)
+    full = n - (steps - 1) * k  # lanes holding `steps` symbols
+    padded = np.zeros(steps * k, dtype=np.uint8)
+    padded[:n] = symbols
+    grid = padded.reshape(steps, k)
+    len8 = lengths.astype(np.uint8)
+    lane_bits = len8[grid[: steps - 1]].sum(axis=0, dtype=np.int64)
+    lane_bits[:full] += len8[grid[steps - 1, :full]]
+    lane_start = np.cumsum(lane_bits) - lane_bits
+    total = int(lane_bits.sum())
+    n_words = (total + 31) // 32 + 2
+    words = np.zeros(n_words, dtype=np.float64)
+    codes = codebook.canonical_codes(lengths)
+    len64 = lengths.astype(np.int64)
+    group = max(1, _CHUNK_SYMBOLS // steps)
+    for j0 in range(0, k, group):
+        j1 = min(k, j0 + group)
+        # The lanes j0..j1 are one contiguous run of bits: code them together.
+        sub = np.ascontiguousarray(grid[:, j0:j1].T)
+        size = len64[sub]
+        if full < j1:
+            size[max(0, full - j0):, steps - 1] = 0  # padding cells, not symbols
+        size = size.reshape(-1)
+        pos = np.cumsum(size)
+        pos -= size
+        pos += lane_start[j0]
+        base = int(lane_start[j0]) >> 5
+        _place_codes(words, base, pos, size, codes[sub.reshape(-1)])
+    out = words[: n_words - 1].astype(np.uint32).astype(">u4").tobytes()
+    return lane_bits, out[: (total + 7) // 8]
+
+
+# Symbols coded per chunk: small enough that the chunk's arrays stay in cache.
+_CHUNK_SYMBOLS = 1 << 17
+
+
+def _place_codes(words: np.ndarray, base: int, pos: np.ndarray, size: np.ndarray, codes: np.ndarray) -> None:
+    """Add codes (MSB first, ``size`` bits at bit ``pos``) into 32-bit ``words``.
+
+    Each code goes into a 64-bit window starting at its 32-bit word: the high
+    half lands in that word, the low half in the next. Codes never overlap, so
+    summing the halves per word (bincount, exact in float64 below 2**53) is
+    the same as OR-ing them. Zero-size entries add nothing.
+    """
+    shift = (64 - (pos & 31) - size).astype(np.uint64)
+    window = np.left_shift(codes, shift)
+    word = (pos >> 5) - base
+    hi = (window >> np.uint64(32)).astype(np.float64)
+    lo = (window & np.uint64(0xFFFFFFFF)).astype(np.float64)
+    span = int(word[-1]) + 2
+    words[base : base + span] += np.bincount(word, weights=hi, minlength=span)
+    words[base + 1 : base + span] += np.bincount(word, weights=lo, minlength=span - 1)[: span - 1]
+
+
+def decode(payload: bytes | memoryview, lane_bits: np.ndarray, n: int, lengths: np.ndarray) -> np.ndarray:
+    """Decode ``n`` symbols from lanes of ``lane_bits`` bits each in ``payload``.
+
+    ``lengths`` must pass :func:`codebook.check_lengths`; ``payload`` must be
+    exactly ``ceil(sum(lane_bits) / 8)`` bytes. A corrupt stream cannot read
+    out of bounds (gathers are clipped) and is refused with PackError when a
+    lane does not end exactly where its declared length says.
+    """
+    k = int(lane_bits.size)
+    steps = -(-n // k)
+    full = n - (steps - 1) * k  # lanes that hold `steps` symbols; the rest hold steps-1
+    table_bits = int(lengths.max())
+    symtab, lentab = codebook.decode_tables(lengths, table_bits)
+    nbytes = len(payload)
+    buf = np.zeros((nbytes + 3) // 4 * 4 + 8, dtype=np.uint8)
+    buf[:nbytes] = np.frombuffer(payload, dtype=np.uint8)
+    a = buf.view(">u4").astype(np.uint64)
+    window = (a[:-1] << np.uint64(32)) | a[1:]
+    del a, buf
+    lane_start = np.cumsum(lane_bits) - lane_bits
+    pos = lane_start.astype(np.uint64)
+    out = np.empty((steps, k), dtype=np.uint8)
+    # One 64-bit gather serves several symbols: a lane sits at most 31 bits
+    # into its window, so 33 bits are always there to peek at.
+    per_gather = max(1, min(4, 33 // table_bits))
+    state = _DecodeState(k, table_bits, symtab, lentab.astype(np.uint64))
+    full_rows = steps - 1 if full < k else steps
+    t = 0
+    while t < full_rows:
+        g = min(per_gather, full_rows - t)
+        state.run(window, pos, out, t, g, k)
+        t += g
+    if full < k:
+        state.run(window, pos, out, steps - 1, 1, full)
+    if not np.array_equal(pos, (lane_start + lane_bits).astype(np.uint64)):
+        raise PackError("corrupt container: a Huffman lane does not end where its length says")
+    return out.reshape(-1)[:n]
+
+
+class _DecodeState:
+    """Scratch arrays reused by every step of :func:`decode` (no allocation in the loop)."""
+
+    def __init__(self, k: int, table_bits: int, symtab: np.ndarray, lentab: np.ndarray):
+        self.symtab, self.lentab = symtab, lentab
+        self.drop = np.uint64(64 - table_bits)
+        self.idx = np.empty(k, dtype=np.uint64)
+        self.off = np.empty(k, dtype=np.uint64)
+        self.bits = np.empty(k, dtype=np.uint64)
+        self.code = np.empty(k, dtype=np.uint64)
+        self.size = np.empty(k, dtype=np.uint64)
+
+    def run(self, window: np.ndarray, pos: np.ndarray, out: np.ndarray, row: int, rows: int, m: int) -> None:
+        """Decode output rows ``row .. row+rows-1`` for the first ``m`` lanes."""
+        p, i, o, b, c, s = pos[:m], self.idx[:m], self.off[:m], self.bits[:m], self.code[:m], self.size[:m]
+        np.right_shift(p, 5, out=i)
+        np.bitwise_and(p, 31, out=o)
+        np.take(window, i.view(np.int64), out=b, mode="clip")
+        np.left_shift(b, o, out=b)
+        ci = c.view(np.int64)
+        for r in range(rows):
+            np.right_shift(b, self.drop, out=c)
+            np.take(self.symtab, ci, out=out[row + r, :m], mode="clip")
+            np.take(self.lentab, ci, out=s, mode="clip")
+            p += s
+            if r + 1 < rows:
+                np.left_shift(b, s, out=b)

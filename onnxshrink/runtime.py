@@ -1,0 +1,110 @@
+"""onnxruntime sessions on CPU, and capturing intermediate tensors.
+
+Every check onnxshrink makes runs the model for real with onnxruntime's
+CPUExecutionProvider; this module is the only place that creates sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxshrink.data import Batch
+from onnxshrink.errors import DataError, UnsupportedModelError
+
+ModelSource = onnx.ModelProto | bytes | str | os.PathLike
+
+
+def create_session(
+    model: ModelSource, *, threads: int = 1, optimize: bool = True, name: str = "model"
+) -> ort.InferenceSession:
+    """A CPU session for ``model`` (a proto, serialized bytes or a path).
+
+    ``threads`` sets intra-op threads (1 makes latency comparable across
+    runs); ``optimize=False`` disables graph optimizations, so what runs is the
+    graph as written. Raises UnsupportedModelError when onnxruntime refuses it.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise UnsupportedModelError(f"{name}: onnxruntime cannot load it ({first})") from None
+
+
+def run(session: ort.InferenceSession, feed: dict[str, np.ndarray], names: Sequence[str] | None = None, *, what: str = "model") -> list[np.ndarray]:
+    """One run, with onnxruntime's failures turned into our DataError."""
+    try:
+        return session.run(list(names) if names else None, feed)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise DataError(f"{what}: onnxruntime failed on the given inputs ({first})") from None
+
+
+def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph also outputs the intermediate values ``names``."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    for name in names:
+        if name not in present:
+            exposed.graph.output.add().name = name
+            present.add(name)
+    return exposed
+
+
+def capture(
+    model: onnx.ModelProto,
+    names: Sequence[str],
+    batches: Iterable[Batch],
+    *,
+    threads: int | None = None,
+) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
+    """Run ``model`` over ``batches`` in one session, yielding each batch with the
+    values of ``names`` (intermediate tensors included). Callers reduce each
+    batch to statistics, so memory does not grow with the number of batches."""
+    names = list(dict.fromkeys(names))
+    exposed = with_outputs(model, names)
+    session = create_session(exposed, threads=threads or os.cpu_count() or 1)
+    for batch in batches:
+        values = run(session, batch.inputs, names, what="calibration")
+        yield batch, dict(zip(names, values))
+
+
+def median_latency_ms(session: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int = 30, warmup: int = 5) -> float:
+    """Median wall time of one ``session.run`` on ``feed``, in milliseconds."""
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+def first_sample(batch: Batch) -> dict[str, np.ndarray]:
+    """The batch's first sample, keeping the batch axis (for latency runs)."""
+    return {k: v[:1] for k, v in batch.inputs.items()}
+
+
+def model_size_bytes(path: str | os.PathLike) -> int:
+    """A model file's size, external data files beside it included."""
+    path = Path(path)
+    size = path.stat().st_size
+    data = path.with_name(path.name + ".data")
+    return size + (data.stat().st_size if data.exists() else 0)
+

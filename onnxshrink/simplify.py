@@ -1,0 +1,52 @@
+"""The optional onnxsim pre-pass: constant folding, so computed weights become initializers.
+
+Weights that an exporter builds at run time (ConstantOfShape, folded shape
+arithmetic) are invisible to the weight passes until folded. onnxsim does
+that; where it fails on a model (it does on some with If subgraphs) we keep
+the model as it was and say why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+
+from onnxshrink.model import INLINE_LIMIT_BYTES
+
+
+@dataclasses.dataclass
+class SimplifyResult:
+    """The simplified model (or the input, unchanged, when onnxsim failed)."""
+
+    model: onnx.ModelProto
+    modified: bool
+    nodes_before: int
+    nodes_after: int
+    fallback_reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"modified": self.modified, "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
+                "fallback_reason": self.fallback_reason}
+
+
+def simplify(model: onnx.ModelProto) -> SimplifyResult:
+    """Constant-fold ``model`` with onnxsim; ``model`` itself is not changed."""
+    before = len(model.graph.node)
+    if model.ByteSize() > INLINE_LIMIT_BYTES:
+        return SimplifyResult(model, False, before, before, "model too large for onnxsim (over 1.8 GB)")
+    try:
+        import onnxsim
+
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        simplified, ok = onnxsim.simplify(copy, check_n=0, perform_optimization=True)
+    except Exception as e:  # onnxsim raises many types; all mean "could not simplify"
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        return SimplifyResult(model, False, before, before, f"onnxsim failed: {reason}")
+    if not ok:
+        return SimplifyResult(model, False, before, before, "onnxsim's own check failed")
+    # onnxsim drops metadata_props on some paths; they carry user data (labels, vocabularies).
+    if not simplified.metadata_props and model.metadata_props:
+        simplified.metadata_props.extend(model.metadata_props)
+    return SimplifyResult(simplified, True, before, len(simplified.graph.node))

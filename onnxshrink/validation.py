@@ -1,0 +1,278 @@
+"""Comparing a candidate model against a reference, on the same inputs, in onnxruntime.
+
+Metrics accumulate batch by batch (sums and maxima), so memory does not grow
+with the number of samples. A :class:`Gate` turns the metrics into a verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from onnxshrink import runtime
+from onnxshrink.data import Batch, InputSpec, NpzData, iter_batches, model_inputs, synthetic_batches
+from onnxshrink.errors import DataError, GateFailed, UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """Quality thresholds; a None field is not checked.
+
+    ``max_accuracy_drop`` is in accuracy points (percent): 1.0 allows the
+    candidate to be one point below the reference.
+    """
+
+    min_cosine: float | None = None
+    max_accuracy_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise UsageError(f"--min-cosine must lie in [-1, 1], got {self.min_cosine}")
+        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop <= 100.0:
+            raise UsageError(f"--max-accuracy-drop is in points and must lie in [0, 100], got {self.max_accuracy_drop}")
+
+    @property
+    def active(self) -> bool:
+        return self.min_cosine is not None or self.max_accuracy_drop is not None
+
+
+class _OutputStats:
+    """Running sums for one output: enough for cosine, errors, SQNR and top-1."""
+
+    def __init__(self) -> None:
+        self.dot = self.ref_sq = self.cand_sq = self.err_sq = 0.0
+        self.abs_sum = 0.0
+        self.max_abs = 0.0
+        self.count = 0
+        self.min_sample_cosine = 1.0
+        self.top1_same = 0
+        self.top1_total = 0
+        self.nonfinite = 0
+
+    def add(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        if ref.shape != cand.shape:
+            raise DataError(f"output shapes differ: reference {list(ref.shape)}, candidate {list(cand.shape)}")
+        r = ref.astype(np.float64).reshape(len(ref), -1) if ref.ndim else ref.astype(np.float64).reshape(1, 1)
+        c = cand.astype(np.float64).reshape(r.shape)
+        bad = ~np.isfinite(c)
+        if bad.any():
+            self.nonfinite += int(bad.sum())
+            c = np.where(bad, 0.0, c)
+        diff = r - c
+        self.dot += float((r * c).sum())
+        self.ref_sq += float((r * r).sum())
+        self.cand_sq += float((c * c).sum())
+        self.err_sq += float((diff * diff).sum())
+        self.abs_sum += float(np.abs(diff).sum())
+        self.max_abs = max(self.max_abs, float(np.abs(diff).max(initial=0.0)))
+        self.count += diff.size
+        norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
+        same = (norms == 0) & (np.abs(r).sum(axis=1) == np.abs(c).sum(axis=1))
+        per_sample = np.where(norms > 0, (r * c).sum(axis=1) / np.where(norms > 0, norms, 1), np.where(same, 1.0, 0.0))
+        self.min_sample_cosine = min(self.min_sample_cosine, float(per_sample.min(initial=1.0)))
+        if r.ndim == 2 and r.shape[1] > 1:
+            self.top1_same += int((r.argmax(1) == c.argmax(1)).sum())
+            self.top1_total += len(r)
+
+    def result(self) -> dict[str, Any]:
+        denom = math.sqrt(self.ref_sq * self.cand_sq)
+        if denom > 0:
+            cosine = self.dot / denom
+        else:
+            cosine = 1.0 if self.ref_sq == self.cand_sq else 0.0
+        if self.nonfinite:
+            cosine = 0.0
+        sqnr = math.inf if self.err_sq == 0 else (10 * math.log10(self.ref_sq / self.err_sq) if self.ref_sq > 0 else -math.inf)
+        return {
+            "cosine": round(min(max(cosine, -1.0), 1.0), 9),
+            "min_sample_cosine": round(self.min_sample_cosine, 9),
+            "max_abs_error": self.max_abs,
+            "mean_abs_error": self.abs_sum / max(self.count, 1),
+            "sqnr_db": None if math.isinf(sqnr) else round(sqnr, 4),
+            "top1_agreement": (self.top1_same / self.top1_total) if self.top1_total else None,
+            "nonfinite_values": self.nonfinite,
+        }
+
+
+@dataclasses.dataclass
+class ValidationReport:
+    """What ``compare_models`` measured, and whether the gate held."""
+
+    passed: bool
+    outputs: dict[str, dict[str, Any]]
+    accuracy: dict[str, float | None] | None
+    latency_ms: dict[str, float | None]
+    size_bytes: dict[str, int | None]
+    samples: int
+    synthetic_inputs: bool
+    failures: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def accuracy_drop_points(self) -> float | None:
+        if not self.accuracy or self.accuracy.get("reference") is None or self.accuracy.get("candidate") is None:
+            return None
+        return 100.0 * (self.accuracy["reference"] - self.accuracy["candidate"])
+
+    def raise_if_failed(self) -> None:
+        if not self.passed:
+            raise GateFailed("quality gate failed: " + "; ".join(self.failures))
+
+
+def _as_model(model: Any) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    from onnxshrink import load  # .onnx or packed .onnxz
+
+    return load(model)
+
+
+def _size(model: Any, proto: onnx.ModelProto) -> int:
+    if isinstance(model, (str, os.PathLike)):
+        return runtime.model_size_bytes(model)
+    return proto.ByteSize()
+
+
+def compare_models(
+    reference: Any,
+    candidate: Any,
+    data: Any = None,
+    *,
+    reference_outputs: str | os.PathLike | None = None,
+    gate: Gate = Gate(),
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    batch_size: int = 64,
+    measure_latency: bool = True,
+    synthetic_samples: int = 8,
+) -> ValidationReport:
+    """Run ``reference`` and ``candidate`` on the same inputs and compare outputs.
+
+    ``data`` is an .npz path, folder, NpzData, ORT-style reader or iterable of
+    batches; without it, random inputs are made from the declared shapes
+    (``shapes`` fills symbolic dims). With ``reference_outputs`` (an .npz of
+    outputs saved from the source framework, keyed by output name) the
+    candidate is compared against those instead of running ``reference``.
+    Neither model is modified.
+    """
+    ref_proto = _as_model(reference) if reference is not None else None
+    cand_proto = _as_model(candidate)
+    specs = model_inputs(cand_proto)
+    synthetic = data is None
+    if synthetic:
+        if reference_outputs is not None:
+            raise UsageError("--reference-outputs needs --data: the inputs the saved outputs were made from")
+        batches: Iterable[Batch] = synthetic_batches(specs, shapes, count=synthetic_samples)
+    else:
+        batches = iter_batches(data, specs, batch_size)
+    cand_session = runtime.create_session(cand_proto, threads=os.cpu_count() or 1, name="candidate")
+    cand_names = [o.name for o in cand_session.get_outputs()]
+    ref_session = None
+    saved: NpzData | None = None
+    saved_iter = None
+    if reference_outputs is not None:
+        saved = NpzData(reference_outputs)
+        missing = [n for n in cand_names if n not in saved.arrays]
+        if missing:
+            raise DataError(f"{reference_outputs}: no saved output '{missing[0]}' (arrays: {', '.join(saved.arrays)})")
+        saved_specs = [InputSpec(n, saved.arrays[n][1], (None,) + tuple(saved.arrays[n][0][1:])) for n in cand_names]
+        saved_iter = saved.batches(saved_specs, batch_size)
+    elif ref_proto is not None:
+        ref_session = runtime.create_session(ref_proto, threads=os.cpu_count() or 1, name="reference")
+        ref_names = [o.name for o in ref_session.get_outputs()]
+        if ref_names != cand_names:
+            raise DataError(f"the models' outputs differ: reference {ref_names}, candidate {cand_names}")
+    stats = {n: _OutputStats() for n in cand_names}
+    correct = {"reference": 0, "candidate": 0}
+    labelled = 0
+    samples = 0
+    first_feed = None
+    for batch in batches:
+        if first_feed is None:
+            first_feed = runtime.first_sample(batch)
+        cand_out = runtime.run(cand_session, batch.inputs, what="candidate")
+        if saved_iter is not None:
+            saved_batch = _take(saved_iter, len(batch), reference_outputs)
+            ref_out = [saved_batch.inputs[n] for n in cand_names]
+        elif ref_session is not None:
+            ref_out = runtime.run(ref_session, batch.inputs, what="reference")
+        else:
+            ref_out = cand_out
+        for name, r, c in zip(cand_names, ref_out, cand_out):
+            stats[name].add(np.asarray(r), np.asarray(c))
+        if batch.labels is not None:
+            labelled += len(batch.labels)
+            correct["reference"] += _correct(ref_out[0], batch.labels)
+            correct["candidate"] += _correct(cand_out[0], batch.labels)
+        samples += len(batch)
+    if samples == 0:
+        raise DataError("no samples to validate on")
+    outputs = {n: s.result() for n, s in stats.items()}
+    accuracy = None
+    if labelled:
+        accuracy = {"reference": correct["reference"] / labelled, "candidate": correct["candidate"] / labelled}
+    latency: dict[str, float | None] = {"reference": None, "candidate": None}
+    if measure_latency and first_feed is not None:
+        latency = _latencies(ref_proto if ref_session is not None else None, cand_proto, first_feed)
+    sizes = {
+        "reference": _size(reference, ref_proto) if ref_proto is not None else None,
+        "candidate": _size(candidate, cand_proto),
+    }
+    failures = _check_gate(gate, outputs, accuracy)
+    return ValidationReport(not failures, outputs, accuracy, latency, sizes, samples, synthetic, failures)
+
+
+def _take(stream, count: int, where: Any) -> Batch:
+    parts = []
+    have = 0
+    while have < count:
+        try:
+            b = next(stream)
+        except StopIteration:
+            raise DataError(f"{where}: fewer saved outputs than input samples") from None
+        parts.append(b)
+        have += len(b)
+    if have != count:
+        raise DataError(f"{where}: saved outputs do not line up with the input batches; save one row per input sample")
+    names = parts[0].inputs.keys()
+    return Batch({n: np.concatenate([p.inputs[n] for p in parts]) for n in names})
+
+
+def _correct(logits: np.ndarray, labels: np.ndarray) -> int:
+    logits = np.asarray(logits)
+    predictions = logits.reshape(len(labels), -1).argmax(axis=1)
+    return int((predictions == labels).sum())
+
+
+def _latencies(ref: onnx.ModelProto | None, cand: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Median single-thread latency of each model, measured in interleaved rounds."""
+    sessions = {"candidate": runtime.create_session(cand, threads=1)}
+    if ref is not None:
+        sessions["reference"] = runtime.create_session(ref, threads=1)
+    rounds: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(3):
+        for key, session in sessions.items():
+            rounds[key].append(runtime.median_latency_ms(session, feed, runs=10, warmup=2))
+    return {"reference": float(np.median(rounds["reference"])) if "reference" in rounds else None,
+            "candidate": float(np.median(rounds["candidate"]))}
+
+
+def _check_gate(gate: Gate, outputs: dict[str, dict[str, Any]], accuracy: dict[str, float] | None) -> list[str]:
+    failures = []
+    if gate.min_cosine is not None:
+        for name, m in outputs.items():
+            if m["cosine"] < gate.min_cosine:
+                failures.append(f"output '{name}' cosine {m['cosine']:.6f} < {gate.min_cosine}")
+    if gate.max_accuracy_drop is not None:
+        if accuracy is None:
+            raise UsageError("--max-accuracy-drop needs labelled data: an array 'labels' in the data file")
+        drop = 100.0 * (accuracy["reference"] - accuracy["candidate"])
+        if drop > gate.max_accuracy_drop + 1e-9:
+            failures.append(f"accuracy drop {drop:.2f} points > {gate.max_accuracy_drop}")
+    return failures
