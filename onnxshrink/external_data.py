@@ -163,7 +163,7 @@ def load_into(references: Iterable[ExternalReference]) -> None:
         if ref.checksum is not None and hashlib.sha1(data).hexdigest() != ref.checksum.lower():
             raise ModelLoadError(f"tensor '{ref.tensor.name}': external data checksum mismatch in {ref.file.name}")
         ref.tensor.ClearField("external_data")
-        ref.tensor.data_location = onnx.TensorProto.DEFAULT
+        ref.tensor.ClearField("data_location")
         ref.tensor.raw_data = data
         del data
 
@@ -208,7 +208,7 @@ def save_with_external_data(
     finally:
         for tensor, original in moved:
             tensor.ClearField("external_data")
-            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.ClearField("data_location")
             if isinstance(original, bytes):
                 tensor.raw_data = original
             else:

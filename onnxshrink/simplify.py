@@ -8,7 +8,9 @@ the model as it was and say why.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 
 import onnx
 
@@ -40,7 +42,9 @@ def simplify(model: onnx.ModelProto) -> SimplifyResult:
 
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        simplified, ok = onnxsim.simplify(copy, check_n=0, perform_optimization=True)
+        # onnxsim prints notes to stdout; a library must not.
+        with contextlib.redirect_stdout(io.StringIO()):
+            simplified, ok = onnxsim.simplify(copy, check_n=0, perform_optimization=True)
     except Exception as e:  # onnxsim raises many types; all mean "could not simplify"
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         return SimplifyResult(model, False, before, before, f"onnxsim failed: {reason}")

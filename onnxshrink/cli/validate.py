@@ -44,11 +44,11 @@ def validate_command(
     elif reference_outputs is not None:
         raise UsageError("with --reference-outputs give one model: the ONNX model to check against the saved outputs")
     gate = Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop)
-    if data is None and not quiet:
-        err_console.print("onnxshrink: warning: no --data: random inputs from the declared shapes check numerical "
-                          "fidelity only, not task accuracy", markup=False)
     report = onnxshrink.validate(reference, candidate, data, reference_outputs=reference_outputs, gate=gate,
                                  shapes=parse_shapes(shape), measure_latency=latency)
+    if report.synthetic_inputs and not quiet:
+        err_console.print("onnxshrink: warning: no --data: random inputs from the declared shapes check numerical "
+                          "fidelity only, not task accuracy", markup=False)
     if json_path:
         write_json(json_path, report.to_dict())
     if not quiet:

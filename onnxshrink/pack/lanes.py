@@ -63,14 +63,17 @@ def encode(symbols: np.ndarray, lengths: np.ndarray, n_lanes: int) -> tuple[np.n
         # The lanes j0..j1 are one contiguous run of bits: code them together.
         sub = np.ascontiguousarray(grid[:, j0:j1].T)
         size = len64[sub]
+        code = codes[sub]
         if full < j1:
-            size[max(0, full - j0):, steps - 1] = 0  # padding cells, not symbols
+            # Padding cells are not symbols: no bits, and no code either.
+            size[max(0, full - j0):, steps - 1] = 0
+            code[max(0, full - j0):, steps - 1] = 0
         size = size.reshape(-1)
         pos = np.cumsum(size)
         pos -= size
         pos += lane_start[j0]
         base = int(lane_start[j0]) >> 5
-        _place_codes(words, base, pos, size, codes[sub.reshape(-1)])
+        _place_codes(words, base, pos, size, code.reshape(-1))
     out = words[: n_words - 1].astype(np.uint32).astype(">u4").tobytes()
     return lane_bits, out[: (total + 7) // 8]
 
@@ -163,3 +166,32 @@ class _DecodeState:
             p += s
             if r + 1 < rows:
                 np.left_shift(b, s, out=b)
+
+
+def pack_fixed_width(values: np.ndarray, width: int) -> bytes:
+    """Pack unsigned ``values`` (< 2**width, width <= 32) into ``width`` bits
+    each, MSB first; ``ceil(len * width / 8)`` bytes."""
+    n = values.size
+    if width == 0 or n == 0:
+        return b""
+    total = n * width
+    n_words = (total + 31) // 32 + 2
+    words = np.zeros(n_words, dtype=np.float64)
+    pos = np.arange(n, dtype=np.int64) * width
+    _place_codes(words, 0, pos, np.full(n, width, dtype=np.int64), values.astype(np.uint64))
+    out = words[: n_words - 1].astype(np.uint32).astype(">u4").tobytes()
+    return out[: (total + 7) // 8]
+
+
+def unpack_fixed_width(blob: bytes | memoryview, count: int, width: int) -> np.ndarray:
+    """Inverse of :func:`pack_fixed_width`: ``count`` uint64 values."""
+    if width == 0 or count == 0:
+        return np.zeros(count, dtype=np.uint64)
+    nbytes = len(blob)
+    buf = np.zeros((nbytes + 3) // 4 * 4 + 8, dtype=np.uint8)
+    buf[:nbytes] = np.frombuffer(blob, dtype=np.uint8)
+    a = buf.view(">u4").astype(np.uint64)
+    pos = np.arange(count, dtype=np.uint64) * np.uint64(width)
+    word = (pos >> np.uint64(5)).astype(np.int64)
+    window = (a[word] << np.uint64(32)) | a[word + 1]
+    return (window << (pos & np.uint64(31))) >> np.uint64(64 - width)

@@ -1,0 +1,27 @@
+"""Lossless packing of ONNX models into verified .onnxz containers.
+
+``pack_model(model) -> PackResult`` (container bytes and a report),
+``write_packed(result, path)``, ``load_packed(path_or_bytes) -> ModelProto``
+and ``inference_session_from_packed(path_or_bytes)``. Codecs live in
+:mod:`onnxshrink.pack.codecs`; the format is docs/FORMAT.md.
+"""
+
+from onnxshrink.pack.api import PackOptions, PackResult, load_packed, pack_model, write_packed
+from onnxshrink.pack.container import MAGIC, Limits
+from onnxshrink.pack.report import PackReport, TensorReport
+from onnxshrink.pack.session import inference_session_from_packed
+
+
+def is_packed(path) -> bool:
+    """Whether the file at ``path`` starts with the .onnxz magic bytes."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+__all__ = [
+    "Limits", "PackOptions", "PackReport", "PackResult", "TensorReport",
+    "inference_session_from_packed", "is_packed", "load_packed", "pack_model", "write_packed",
+]

@@ -1,0 +1,23 @@
+"""``raw``: the bytes as they are."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxshrink.pack.bytereader import ByteReader
+from onnxshrink.pack.codecs.abc import Codec
+from onnxshrink.pack.codecs.registry import register_codec
+
+
+@register_codec
+class Raw(Codec):
+    codec_id = "raw"
+
+    def encode(self, data: np.ndarray) -> bytes:
+        return data.tobytes()
+
+    def decode(self, reader: ByteReader, nbytes: int) -> np.ndarray:
+        return np.frombuffer(reader.take(nbytes), dtype=np.uint8)
+
+    def estimate(self, data: np.ndarray) -> int:
+        return data.size

@@ -1,0 +1,16 @@
+"""``rle+huffman``: zero-run lengths and nonzero values, both Huffman-coded
+(the JPEG idea). Plain Huffman spends at least one bit per value; on a tensor
+with 80 % zeros the run lengths cost far less, which is what gets pruned
+tensors near their entropy bound. Same payload layout as ``rle``.
+"""
+
+from __future__ import annotations
+
+from onnxshrink.pack.codecs.registry import register_codec
+from onnxshrink.pack.codecs.rle import RunLength
+
+
+@register_codec
+class RunLengthHuffman(RunLength):
+    codec_id = "rle+huffman"
+    entropy_coded = True

@@ -1,0 +1,48 @@
+"""Zero runs: a tensor as the lengths of its zero runs plus its nonzero values.
+
+A value counts as zero when all its ``word`` bytes are zero. Run symbols are
+bytes: ``r < 255`` means r zero values followed by the next nonzero value;
+``255`` means 255 zero values and no value yet. Zeros after the last nonzero
+value are counted separately (``tail``). Used by ``rle`` and ``rle+huffman``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxshrink.errors import PackError
+
+ESCAPE = 255
+
+
+def nonzero_positions(data: np.ndarray, word: int) -> np.ndarray:
+    """Indices of the values of ``data`` (bytes, ``word`` per value) that are not all-zero."""
+    if word in (1, 2, 4, 8):
+        return np.flatnonzero(data.view(f"<u{word}"))
+    return np.flatnonzero(data.reshape(-1, word).any(axis=1))
+
+
+def zero_run_lengths(positions: np.ndarray, n_values: int) -> tuple[np.ndarray, int]:
+    """Run symbols (uint8) for nonzero ``positions`` among ``n_values``, and the tail."""
+    if positions.size == 0:
+        return np.zeros(0, dtype=np.uint8), n_values
+    gaps = np.diff(positions, prepend=-1) - 1
+    escapes, rest = np.divmod(gaps, ESCAPE)
+    ends = np.cumsum(escapes + 1) - 1
+    runs = np.full(int(ends[-1]) + 1, ESCAPE, dtype=np.uint8)
+    runs[ends] = rest
+    return runs, n_values - 1 - int(positions[-1])
+
+
+def run_positions(runs: np.ndarray, tail: int, n_values: int, what: str) -> np.ndarray:
+    """Inverse of :func:`zero_run_lengths`: the nonzero positions.
+
+    Raises PackError when runs, values and tail do not add up to ``n_values``.
+    """
+    is_value = runs != ESCAPE
+    advance = runs.astype(np.int64) + is_value
+    ends = np.cumsum(advance)
+    covered = (int(ends[-1]) if ends.size else 0) + tail
+    if covered != n_values or (runs.size and not is_value[-1]):
+        raise PackError(f"corrupt {what}: zero runs cover {covered} values, not {n_values}")
+    return ends[is_value] - 1

@@ -1,0 +1,173 @@
+"""The .onnxz container: bytes in, bytes out, every field checked.
+
+Layout (docs/FORMAT.md has it byte by byte): a 36-byte prefix (magic,
+version, header compression, header sizes, CRC32), the header (the model
+without the packed tensors' data, then the table of entries), then the
+payloads back to back in table order, up to the end of the file.
+
+:func:`write` and :func:`read` know nothing about codecs or ONNX beyond
+carrying the model bytes; :mod:`onnxshrink.pack.api` builds on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import lzma
+import struct
+import zlib
+from typing import Any
+
+from onnxshrink.errors import PackError
+from onnxshrink.pack.bytereader import ByteReader, i32, u8, u16, u32, u64
+
+MAGIC = b"\x89ONNXZ\r\n"
+VERSION = 1
+_PREFIX = struct.Struct("<8sHHB3xQQ")  # magic, version, flags, compression, stored, length
+PREFIX_SIZE = _PREFIX.size + 4  # + CRC32
+NONE, ZLIB, LZMA = 0, 1, 2
+MAX_NDIM = 64
+MAX_NAME_BYTES = 65535
+MAX_CONFIG_BYTES = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Most a container may declare; a container beyond them is refused before
+    anything is allocated. Raise them to read larger models."""
+
+    max_header_bytes: int = 1 << 31
+    max_entries: int = 1 << 20
+    max_tensor_bytes: int = 1 << 36
+    max_total_bytes: int = 1 << 38
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One packed tensor: where it goes and how its payload decodes."""
+
+    ordinal: int
+    kind: int
+    name: str
+    data_type: int
+    dims: tuple[int, ...]
+    codec: dict[str, Any]
+    decoded_length: int
+    encoded_length: int
+    crc32: int
+
+
+@dataclasses.dataclass
+class Container:
+    """A parsed container: the model skeleton, its entries and their payloads."""
+
+    skeleton: bytes
+    entries: list[Entry]
+    payloads: list[memoryview]
+
+
+def codec_config_bytes(config: dict[str, Any]) -> bytes:
+    """Canonical JSON of a codec config (sorted keys, no spaces): deterministic."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def write(skeleton: bytes, entries: list[Entry], payloads: list[bytes]) -> bytes:
+    """Serialise a container; same inputs give the same bytes."""
+    header = b"".join([u64(len(skeleton)), skeleton, u32(len(entries))] + [_entry_bytes(e) for e in entries])
+    method, stored = _compress(header)
+    prefix = _PREFIX.pack(MAGIC, VERSION, 0, method, len(stored), len(header))
+    crc = zlib.crc32(stored, zlib.crc32(prefix))
+    return b"".join([prefix, u32(crc), stored, *payloads])
+
+
+def _entry_bytes(e: Entry) -> bytes:
+    name = e.name.encode("utf-8")
+    config = codec_config_bytes(e.codec)
+    return b"".join(
+        [u32(e.ordinal), u8(e.kind), u16(len(name)), name, i32(e.data_type), u8(len(e.dims))]
+        + [u64(d) for d in e.dims]
+        + [u16(len(config)), config, u64(e.decoded_length), u64(e.encoded_length), u32(e.crc32)]
+    )
+
+
+def _compress(header: bytes) -> tuple[int, bytes]:
+    """The smallest of the header as is, zlib -9 and xz -9e (ties: simplest)."""
+    options = [(NONE, header), (ZLIB, zlib.compress(header, 9))]
+    options.append((LZMA, lzma.compress(header, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE,
+                                        preset=9 | lzma.PRESET_EXTREME)))
+    return min(options, key=lambda o: (len(o[1]), o[0]))
+
+
+def read(data: bytes | memoryview, limits: Limits = Limits()) -> Container:
+    """Parse and check a container; payloads are views into ``data``.
+
+    Raises PackError for anything that is not a well-formed container of a
+    version this build reads, or that declares sizes beyond ``limits``.
+    Payload contents are checked later, against each entry's CRC32.
+    """
+    view = memoryview(data).cast("B")
+    if len(view) < PREFIX_SIZE or bytes(view[:8]) != MAGIC:
+        raise PackError("not an onnxshrink packed model (.onnxz): the magic bytes are missing")
+    magic, version, flags, method, stored_len, header_len = _PREFIX.unpack(view[: _PREFIX.size])
+    if version != VERSION:
+        raise PackError(f"unsupported .onnxz version {version} (this onnxshrink reads version {VERSION}); "
+                        "use a newer onnxshrink")
+    (crc,) = struct.unpack("<I", view[_PREFIX.size : PREFIX_SIZE])
+    if flags != 0 or method not in (NONE, ZLIB, LZMA):
+        raise PackError(f"corrupt container: unknown flags {flags} or header compression {method}")
+    if stored_len > len(view) - PREFIX_SIZE:
+        raise PackError(f"corrupt container: truncated (header of {stored_len} bytes, file of {len(view)})")
+    if header_len > limits.max_header_bytes:
+        raise PackError(f"container header of {header_len} bytes exceeds the limit {limits.max_header_bytes}")
+    stored = view[PREFIX_SIZE : PREFIX_SIZE + stored_len]
+    if zlib.crc32(stored, zlib.crc32(view[: _PREFIX.size])) != crc:
+        raise PackError("corrupt container: the header checksum does not match (damaged or truncated file)")
+    header = _decompress(method, stored, header_len)
+    reader = ByteReader(header, "container header")
+    skeleton = bytes(reader.take(reader.bounded(reader.u64(), header_len, "model size")))
+    count = reader.bounded(reader.u32(), limits.max_entries, "number of tensors")
+    entries = [_read_entry(reader, limits) for _ in range(count)]
+    reader.expect_end()
+    total = sum(e.decoded_length for e in entries)
+    if total > limits.max_total_bytes:
+        raise PackError(f"container declares {total} bytes of tensors, beyond the limit {limits.max_total_bytes}")
+    body = ByteReader(view[PREFIX_SIZE + stored_len :], "container payloads")
+    payloads = [body.take(e.encoded_length) for e in entries]
+    body.expect_end()
+    return Container(skeleton, entries, payloads)
+
+
+def _decompress(method: int, stored: memoryview, length: int) -> bytes:
+    try:
+        if method == NONE:
+            out = bytes(stored)
+        elif method == ZLIB:
+            d = zlib.decompressobj()
+            out = d.decompress(stored, length + 1)
+        else:
+            d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+            out = d.decompress(bytes(stored), length + 1)
+    except (zlib.error, lzma.LZMAError):
+        raise PackError("corrupt container: the header does not decompress") from None
+    if len(out) != length:
+        raise PackError(f"corrupt container: the header is {len(out)} bytes, not the {length} declared")
+    return out
+
+
+def _read_entry(r: ByteReader, limits: Limits) -> Entry:
+    ordinal = r.u32()
+    kind = r.u8()
+    name = r.text(r.u16(), "tensor name")
+    data_type = r.i32()
+    ndim = r.bounded(r.u8(), MAX_NDIM, "rank")
+    dims = tuple(r.u64() for _ in range(ndim))
+    raw_config = r.text(r.bounded(r.u16(), MAX_CONFIG_BYTES, "codec config size"), "codec config")
+    try:
+        codec = json.loads(raw_config)
+    except ValueError:
+        raise PackError(f"corrupt container: the codec config of tensor '{name}' is not JSON") from None
+    if not isinstance(codec, dict):
+        raise PackError(f"corrupt container: the codec config of tensor '{name}' is not an object")
+    decoded = r.bounded(r.u64(), limits.max_tensor_bytes, f"size of tensor '{name}'")
+    encoded = r.bounded(r.u64(), limits.max_total_bytes, f"encoded size of tensor '{name}'")
+    return Entry(ordinal, kind, name, data_type, dims, codec, decoded, encoded, r.u32())

@@ -1,0 +1,115 @@
+"""Symbol streams: a run of byte symbols stored raw, as one repeated symbol,
+or Huffman-coded in lanes, whichever is smallest.
+
+Codecs are built from streams (a byte plane, the zero-run lengths of a pruned
+tensor, its nonzero values). The number of symbols is known from context and
+not stored. Layout (little-endian), see docs/FORMAT.md:
+
+    u8 mode           0 raw, 1 constant, 2 huffman
+    raw:      n bytes
+    constant: u8 symbol
+    huffman:  128 bytes   code lengths of symbols 0..255, 4 bits each
+              u32         lane count K (1 <= K <= n)
+              u64         base: bits of the shortest lane
+              u8          width w (0..32) of each lane's extra bits
+              ceil(K*w/8) lane bits minus base, w bits each, MSB first
+              ceil(total_bits/8) bytes  the lanes' bit strings back to back
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxshrink.errors import PackError
+from onnxshrink.pack import codebook, lanes
+from onnxshrink.pack.bytereader import ByteReader, u8, u32, u64
+
+RAW, CONSTANT, HUFFMAN = 0, 1, 2
+# Encoder tuning; the decoder reads the lane count from the stream, so these
+# can change without changing the format.
+SYMBOLS_PER_LANE = 512
+MAX_LANES = 1 << 16
+# Decoder limits: a stream declaring more is corrupt, not merely large.
+MAX_DECODE_LANES = 1 << 20
+_HUFFMAN_FIXED = 1 + 128 + 4 + 8 + 1
+
+
+def histogram(symbols: np.ndarray) -> np.ndarray:
+    """Counts of the 256 byte values in ``symbols``."""
+    return np.bincount(symbols, minlength=256)
+
+
+def estimate(counts: np.ndarray, max_code_length: int = codebook.MAX_CODE_LENGTH) -> int:
+    """Size in bytes of the stream :func:`encode` writes for these counts
+    (exact for raw and constant; for huffman the lane table is estimated at
+    16 bits a lane)."""
+    n = int(counts.sum())
+    used = int(np.count_nonzero(counts))
+    if used == 1:
+        return 2
+    if used == 0:
+        return 1
+    lengths = codebook.code_lengths(counts, max_code_length)
+    k = lanes.lane_count(n, SYMBOLS_PER_LANE, MAX_LANES)
+    huff = _HUFFMAN_FIXED + 2 * k + (lanes.encoded_bits(counts, lengths) + 7) // 8
+    return min(1 + n, huff)
+
+
+def encode(symbols: np.ndarray, entropy_coded: bool = True, max_code_length: int = codebook.MAX_CODE_LENGTH) -> bytes:
+    """The smallest stream for ``symbols`` (uint8, 1-D); raw only if not
+    ``entropy_coded``."""
+    n = symbols.size
+    if not entropy_coded or n == 0:
+        return u8(RAW) + symbols.tobytes()
+    counts = histogram(symbols)
+    used = np.flatnonzero(counts)
+    if used.size == 1:
+        return u8(CONSTANT) + u8(int(used[0]))
+    lengths = codebook.code_lengths(counts, max_code_length)
+    if _HUFFMAN_FIXED + (lanes.encoded_bits(counts, lengths) + 7) // 8 >= 1 + n:
+        return u8(RAW) + symbols.tobytes()
+    k = lanes.lane_count(n, SYMBOLS_PER_LANE, MAX_LANES)
+    lane_bits, bits = lanes.encode(symbols, lengths, k)
+    base = int(lane_bits.min())
+    extra = (lane_bits - base).astype(np.uint64)
+    width = int(extra.max()).bit_length()
+    table = lanes.pack_fixed_width(extra, width)
+    out = b"".join([u8(HUFFMAN), codebook.pack_lengths(lengths), u32(k), u64(base), u8(width), table, bits])
+    if len(out) >= 1 + n:
+        return u8(RAW) + symbols.tobytes()
+    return out
+
+
+def decode(reader: ByteReader, n: int) -> np.ndarray:
+    """Read one stream of ``n`` symbols from ``reader``; returns uint8 (n,).
+
+    Every field is checked before use; a corrupt stream raises PackError.
+    """
+    mode = reader.u8()
+    if mode == RAW:
+        return np.frombuffer(reader.take(n), dtype=np.uint8)
+    if mode == CONSTANT:
+        return np.full(n, reader.u8(), dtype=np.uint8)
+    if mode != HUFFMAN:
+        raise PackError(f"corrupt {reader.what}: unknown stream mode {mode}")
+    lengths = codebook.unpack_lengths(bytes(reader.take(128)))
+    codebook.check_lengths(lengths, codebook.MAX_CODE_LENGTH)
+    k = reader.u32()
+    if not 1 <= k <= min(n, MAX_DECODE_LANES):
+        raise PackError(f"corrupt {reader.what}: {k} lanes for {n} symbols")
+    base = reader.u64()
+    width = reader.u8()
+    if width > 32:
+        raise PackError(f"corrupt {reader.what}: lane width {width} bits")
+    table = reader.take((k * width + 7) // 8)
+    lane_bits = lanes.unpack_fixed_width(table, k, width).astype(np.int64)
+    # Lane j holds ceil((n - j) / k) symbols of 1..MAX_CODE_LENGTH bits each.
+    held = (n - np.arange(k, dtype=np.int64) + k - 1) // k
+    if base > codebook.MAX_CODE_LENGTH * -(-n // k):
+        raise PackError(f"corrupt {reader.what}: lane lengths out of range")
+    lane_bits += base
+    if np.any(lane_bits < held) or np.any(lane_bits > held * codebook.MAX_CODE_LENGTH):
+        raise PackError(f"corrupt {reader.what}: lane lengths out of range")
+    total = int(lane_bits.sum())
+    payload = reader.take((total + 7) // 8)
+    return lanes.decode(payload, lane_bits, n, lengths)

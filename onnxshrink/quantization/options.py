@@ -1,0 +1,65 @@
+"""What a quantization run may be told: one frozen dataclass, defaults in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from onnxshrink.errors import UsageError
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+ACTIVATION_TYPES = ("uint8", "int8")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeOptions:
+    """Options of :func:`onnxshrink.quantization.quantize_model`.
+
+    ``method`` picks how each activation's range is read from its calibration
+    statistics; ``percentile`` is used by the percentile method. Weights are
+    always int8, symmetric (zero point 0), per output channel unless
+    ``per_channel`` is False. ``activations`` is the 8-bit type of activations
+    (uint8 is asymmetric with a free zero point, int8 likewise in [-128, 127]).
+    ``exclude_nodes``/``exclude_ops`` stay in float. ``min_cosine`` or
+    ``max_accuracy_drop`` (points; needs labelled eval data) turn on the
+    accuracy-aware search, which keeps the most sensitive nodes in float until
+    the target holds. ``dynamic`` does weight-only dynamic quantization of
+    MatMul/Gemm (no calibration data). ``latency_guard`` measures int8 against
+    fp32 latency and puts back in float the nodes onnxruntime cannot run in
+    integer kernels. ``fold_constants`` runs onnxsim first when a layer weight
+    is computed at run time. ``batch_size`` is the calibration batch size.
+    """
+
+    method: str = "minmax"
+    percentile: float = 99.99
+    per_channel: bool = True
+    activations: str = "uint8"
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_ops: tuple[str, ...] = ()
+    min_cosine: float | None = None
+    max_accuracy_drop: float | None = None
+    dynamic: bool = False
+    latency_guard: bool = True
+    fold_constants: bool = True
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"--method must be one of {', '.join(METHODS)}, got '{self.method}'")
+        if self.activations not in ACTIVATION_TYPES:
+            raise UsageError(f"--activations must be uint8 or int8, got '{self.activations}'")
+        if not 50.0 < self.percentile <= 100.0:
+            raise UsageError(f"--percentile must lie in (50, 100], got {self.percentile}")
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise UsageError(f"--min-cosine must lie in [-1, 1], got {self.min_cosine}")
+        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop <= 100.0:
+            raise UsageError(f"--max-accuracy-drop is in points and must lie in [0, 100], got {self.max_accuracy_drop}")
+        if self.min_cosine is not None and self.max_accuracy_drop is not None:
+            raise UsageError("give one target: --min-cosine or --max-accuracy-drop, not both")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.dynamic and self.accuracy_aware:
+            raise UsageError("--dynamic has no calibration step; drop --min-cosine/--max-accuracy-drop or --dynamic")
+
+    @property
+    def accuracy_aware(self) -> bool:
+        return self.min_cosine is not None or self.max_accuracy_drop is not None

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny models built inline, and paths to the bundled models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+BUNDLED = ["digits_cnn", "digits_mlp", "digits_transformer", "digits_tf", "digits_resnet"]
+ONNX_TEST_DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
+
+
+def tiny_mlp(seed: int = 0, hidden: int = 16) -> onnx.ModelProto:
+    """x[batch,8] -> Gemm -> Relu -> MatMul + Add -> y[batch,4]."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(hidden, 8)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(size=hidden).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.normal(size=(hidden, 4)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b2"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1, name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["m"], name="fc2"),
+        helper.make_node("Add", ["m", "b2"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
+    onnx.checker.check_model(model)
+    return model
+
+
+def save_data(path: Path, n: int = 20, seed: int = 1, labels: bool = True, **arrays) -> Path:
+    rng = np.random.default_rng(seed)
+    contents = {"x": rng.normal(size=(n, 8)).astype(np.float32)}
+    if labels:
+        contents["labels"] = rng.integers(0, 4, size=n).astype(np.int64)
+    contents.update(arrays)
+    np.savez(path, **contents)
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess (exit codes, stderr, no traceback)."""
+    return subprocess.run(
+        [sys.executable, "-c", "from onnxshrink.cli import main; main()", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd or ROOT, env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@pytest.fixture
+def mlp_path(tmp_path: Path) -> Path:
+    path = tmp_path / "mlp.onnx"
+    onnx.save(tiny_mlp(), path)
+    return path
+
+
+@pytest.fixture
+def mlp_data(tmp_path: Path) -> Path:
+    return save_data(tmp_path / "data.npz")
+
+
+def bundled(name: str) -> Path:
+    return MODELS / f"{name}.onnx"

@@ -1,0 +1,130 @@
+"""validate: same-model identity, gates that fail when they should, data checks, saved outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from conftest import BUNDLED, bundled, run_cli, save_data, tiny_mlp
+from onnxshrink.data import NpzData, model_inputs
+from onnxshrink.errors import DataError, GateFailed, UsageError
+from onnxshrink.validation import Gate, compare_models
+
+
+def _perturbed(model: onnx.ModelProto, scale: float = 0.5) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    t = max(copy.graph.initializer, key=lambda t: np.prod(t.dims))
+    a = numpy_helper.to_array(t).copy()
+    a += np.random.default_rng(0).normal(0, a.std() * scale, a.shape).astype(a.dtype)
+    t.CopyFrom(numpy_helper.from_array(a, t.name))
+    return copy
+
+
+def test_same_model_is_identical(mlp_path, mlp_data):
+    report = compare_models(mlp_path, mlp_path, mlp_data, gate=Gate(min_cosine=0.999999, max_accuracy_drop=0.0))
+    assert report.passed
+    y = report.outputs["y"]
+    assert y["cosine"] == 1.0 and y["max_abs_error"] == 0.0 and y["sqnr_db"] is None
+    assert report.accuracy["reference"] == report.accuracy["candidate"]
+    assert report.samples == 20 and report.latency_ms["candidate"] > 0
+
+
+def test_perturbed_model_fails_the_gate(tmp_path, mlp_path, mlp_data):
+    bad = tmp_path / "bad.onnx"
+    onnx.save(_perturbed(tiny_mlp()), bad)
+    report = compare_models(mlp_path, bad, mlp_data, gate=Gate(min_cosine=0.9999))
+    assert not report.passed and "cosine" in report.failures[0]
+    with pytest.raises(GateFailed):
+        report.raise_if_failed()
+    result = run_cli("validate", mlp_path, bad, "--data", mlp_data, "--min-cosine", "0.9999", "--json", tmp_path / "r.json")
+    assert result.returncode == 1, result.stderr
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["passed"] is False and {"outputs", "accuracy", "latency_ms", "size_bytes"} <= set(saved)
+
+
+def test_metrics_match_numpy(tmp_path, mlp_path, mlp_data):
+    bad = tmp_path / "bad.onnx"
+    onnx.save(_perturbed(tiny_mlp(), 0.1), bad)
+    report = compare_models(mlp_path, bad, mlp_data, measure_latency=False)
+    x = np.load(mlp_data)["x"]
+    ya = ort.InferenceSession(str(mlp_path)).run(None, {"x": x})[0].astype(np.float64)
+    yb = ort.InferenceSession(str(bad)).run(None, {"x": x})[0].astype(np.float64)
+    m = report.outputs["y"]
+    assert m["cosine"] == pytest.approx((ya * yb).sum() / np.linalg.norm(ya) / np.linalg.norm(yb), abs=1e-9)
+    assert m["max_abs_error"] == pytest.approx(np.abs(ya - yb).max(), rel=1e-6)
+    assert m["sqnr_db"] == pytest.approx(10 * np.log10((ya**2).sum() / ((ya - yb) ** 2).sum()), abs=1e-3)
+    assert m["top1_agreement"] == pytest.approx((ya.argmax(1) == yb.argmax(1)).mean())
+
+
+def test_reference_outputs_from_another_framework(tmp_path, mlp_path, mlp_data):
+    x = np.load(mlp_data)["x"]
+    y = ort.InferenceSession(str(mlp_path)).run(None, {"x": x})[0]
+    np.savez(tmp_path / "saved.npz", y=y + 1e-4)
+    result = run_cli("validate", mlp_path, "--reference-outputs", tmp_path / "saved.npz", "--data", mlp_data,
+                     "--min-cosine", "0.9999", "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["outputs"]["y"]["max_abs_error"] == pytest.approx(1e-4, rel=0.1)
+    np.savez(tmp_path / "wrong.npz", y=-y)
+    assert run_cli("validate", mlp_path, "--reference-outputs", tmp_path / "wrong.npz", "--data", mlp_data,
+                   "--min-cosine", "0.9").returncode == 1
+
+
+def test_synthetic_inputs_warn(tmp_path, mlp_path):
+    result = run_cli("validate", mlp_path, mlp_path)
+    assert result.returncode == 0 and "fidelity only" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"z": np.zeros((4, 8), np.float32)}, "no array for model input 'x'"),
+        ({"x": np.zeros((4, 8), np.float64)}, "float64"),
+        ({"x": np.zeros((4, 9), np.float32)}, "shape"),
+        ({"x": np.zeros((0, 8), np.float32)}, "no samples"),
+        ({"x": np.full((4, 8), np.nan, np.float32)}, "NaN"),
+        ({"x": np.zeros((4, 8), np.float32), "labels": np.zeros(4, np.float32)}, "labels"),
+    ],
+)
+def test_bad_data_is_refused(tmp_path, mlp_path, arrays, message):
+    data = tmp_path / "d.npz"
+    np.savez(data, **arrays)
+    with pytest.raises(DataError, match=message):
+        compare_models(mlp_path, mlp_path, data, measure_latency=False)
+    result = run_cli("validate", mlp_path, mlp_path, "--data", data, "--json", tmp_path / "r.json")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_accuracy_gate_needs_labels(mlp_path, tmp_path):
+    data = save_data(tmp_path / "nolabels.npz", labels=False)
+    with pytest.raises(UsageError, match="labels"):
+        compare_models(mlp_path, mlp_path, data, gate=Gate(max_accuracy_drop=1.0))
+
+
+def test_data_streams_in_batches_across_a_folder(tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i in range(3):
+        save_data(folder / f"part{i}.npz", n=10, seed=i)
+    source = NpzData(folder)
+    assert source.num_samples == 30 and source.has_labels
+    batches = list(source.batches(model_inputs(tiny_mlp()), batch_size=4))
+    assert [len(b) for b in batches] == [4, 4, 2] * 3
+    x = np.concatenate([b.inputs["x"] for b in batches])
+    assert np.array_equal(x[:10], np.load(folder / "part0.npz")["x"])
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_model_validates_against_itself(name):
+    path = bundled(name)
+    report = compare_models(path, path, path.with_suffix("").with_suffix(".eval.npz"), measure_latency=False)
+    assert report.passed and all(m["cosine"] > 0.999999 for m in report.outputs.values())
+    assert report.samples >= 500
+    assert report.accuracy["reference"] >= 0.9
