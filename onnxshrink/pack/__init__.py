@@ -6,13 +6,15 @@ and ``inference_session_from_packed(path_or_bytes)``. Codecs live in
 :mod:`onnxshrink.pack.codecs`; the format is docs/FORMAT.md.
 """
 
-from onnxshrink.pack.api import PackOptions, PackResult, load_packed, pack_model, write_packed
+from onnxshrink.pack.api import (
+    PackOptions, PackResult, load_packed, pack_file, pack_model, unpack_file, write_packed,
+)
 from onnxshrink.pack.container import MAGIC, Limits
 from onnxshrink.pack.report import PackReport, TensorReport
 from onnxshrink.pack.session import inference_session_from_packed
 
 
-def is_packed(path) -> bool:
+def is_packed_file(path) -> bool:
     """Whether the file at ``path`` starts with the .onnxz magic bytes."""
     try:
         with open(path, "rb") as f:
@@ -23,5 +25,6 @@ def is_packed(path) -> bool:
 
 __all__ = [
     "Limits", "PackOptions", "PackReport", "PackResult", "TensorReport",
-    "inference_session_from_packed", "is_packed", "load_packed", "pack_model", "write_packed",
+    "inference_session_from_packed", "is_packed_file", "load_packed", "pack_file", "pack_model",
+    "unpack_file", "write_packed",
 ]

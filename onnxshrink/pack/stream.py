@@ -35,8 +35,15 @@ _HUFFMAN_FIXED = 1 + 128 + 4 + 8 + 1
 
 
 def histogram(symbols: np.ndarray) -> np.ndarray:
-    """Counts of the 256 byte values in ``symbols``."""
-    return np.bincount(symbols, minlength=256)
+    """Counts of the 256 byte values in ``symbols`` (int64)."""
+    counts = np.zeros(256, dtype=np.int64)
+    # bincount converts its input to intp; in chunks that copy stays in cache.
+    for i in range(0, symbols.size, _HISTOGRAM_CHUNK):
+        counts += np.bincount(symbols[i : i + _HISTOGRAM_CHUNK], minlength=256)
+    return counts
+
+
+_HISTOGRAM_CHUNK = 1 << 18
 
 
 def estimate(counts: np.ndarray, max_code_length: int = codebook.MAX_CODE_LENGTH) -> int:
@@ -55,13 +62,19 @@ def estimate(counts: np.ndarray, max_code_length: int = codebook.MAX_CODE_LENGTH
     return min(1 + n, huff)
 
 
-def encode(symbols: np.ndarray, entropy_coded: bool = True, max_code_length: int = codebook.MAX_CODE_LENGTH) -> bytes:
+def encode(
+    symbols: np.ndarray,
+    entropy_coded: bool = True,
+    counts: np.ndarray | None = None,
+    max_code_length: int = codebook.MAX_CODE_LENGTH,
+) -> bytes:
     """The smallest stream for ``symbols`` (uint8, 1-D); raw only if not
-    ``entropy_coded``."""
+    ``entropy_coded``. ``counts``: their histogram, if already known."""
     n = symbols.size
     if not entropy_coded or n == 0:
         return u8(RAW) + symbols.tobytes()
-    counts = histogram(symbols)
+    if counts is None:
+        counts = histogram(symbols)
     used = np.flatnonzero(counts)
     if used.size == 1:
         return u8(CONSTANT) + u8(int(used[0]))

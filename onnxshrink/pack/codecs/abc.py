@@ -5,19 +5,54 @@ Like numcodecs: a codec has a ``codec_id``, a JSON ``get_config()`` (with
 Codecs see a tensor as its little-endian bytes (uint8, 1-D) plus ``word``,
 the width in bytes of the values whose byte planes are coded separately
 (4 for float32, 2 for float16, 1 for int8 and sub-byte types).
+
+While one tensor is being packed, every candidate codec gets the same
+:class:`Analysis`, so facts several codecs need (byte planes, histograms,
+zero runs) are computed once.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from onnxshrink.errors import PackError
+from onnxshrink.pack import stream
 from onnxshrink.pack.bytereader import ByteReader
 
 WORDS = (1, 2, 4, 8)
+
+
+class Analysis:
+    """One tensor's bytes and the facts about them computed so far."""
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+        self._facts: dict[Any, Any] = {}
+
+    def fact(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, run at most once per key for this tensor."""
+        if key not in self._facts:
+            self._facts[key] = compute()
+        return self._facts[key]
+
+    def planes(self, word: int) -> list[np.ndarray]:
+        """The ``word`` byte planes of the tensor (plane b: byte b of every value)."""
+        return self.fact(("planes", word), lambda: byte_planes(self.data, word))
+
+    def histograms(self, word: int) -> list[np.ndarray]:
+        """The byte histogram of each plane."""
+        return self.fact(("histograms", word), lambda: [stream.histogram(p) for p in self.planes(word)])
+
+
+def byte_planes(data: np.ndarray, word: int) -> list[np.ndarray]:
+    """Split ``data`` (uint8, length a multiple of ``word``) into ``word`` planes."""
+    if word == 1:
+        return [data]
+    grid = data.reshape(-1, word)
+    return [np.ascontiguousarray(grid[:, b]) for b in range(word)]
 
 
 class Codec(ABC):
@@ -31,8 +66,9 @@ class Codec(ABC):
         self.word = word
 
     @abstractmethod
-    def encode(self, data: np.ndarray) -> bytes:
-        """Encode ``data`` (uint8, 1-D, length a multiple of ``word``)."""
+    def encode(self, data: np.ndarray, analysis: Analysis | None = None) -> bytes:
+        """Encode ``data`` (uint8, 1-D, length a multiple of ``word``).
+        ``analysis``: shared facts about ``data``, if the caller has them."""
 
     @abstractmethod
     def decode(self, reader: ByteReader, nbytes: int) -> np.ndarray:
@@ -40,9 +76,14 @@ class Codec(ABC):
         codec's payload); returns uint8 (nbytes,). Corrupt input raises
         PackError."""
 
-    def estimate(self, data: np.ndarray) -> int:
+    def estimate(self, data: np.ndarray, analysis: Analysis | None = None) -> int:
         """Bytes ``encode`` would write (or a close upper bound), cheaply."""
-        return len(self.encode(data))
+        return len(self.encode(data, analysis))
+
+    def worth_trying(self, analysis: Analysis) -> bool:
+        """False when cheap facts (histograms) show this codec cannot win, so
+        its estimate need not be computed."""
+        return True
 
     def get_config(self) -> dict[str, Any]:
         return {"id": self.codec_id, "word": self.word}
@@ -54,12 +95,11 @@ class Codec(ABC):
             raise PackError(f"codec '{cls.codec_id}': unknown parameters {sorted(extra)}")
         return cls(word=config.get("word", 1))
 
-    def planes(self, data: np.ndarray) -> list[np.ndarray]:
-        """The ``word`` byte planes of ``data`` (plane b: byte b of every value)."""
-        if self.word == 1:
-            return [data]
-        grid = data.reshape(-1, self.word)
-        return [np.ascontiguousarray(grid[:, b]) for b in range(self.word)]
+    def _check_size(self, reader: ByteReader, nbytes: int) -> int:
+        """Number of values in ``nbytes``; refuses a size that is not whole values."""
+        if nbytes % self.word:
+            raise PackError(f"corrupt {reader.what}: {nbytes} bytes is not a whole number of {self.word}-byte values")
+        return nbytes // self.word
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(word={self.word})"

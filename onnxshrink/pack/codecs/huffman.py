@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxshrink.errors import PackError
 from onnxshrink.pack import stream
 from onnxshrink.pack.bytereader import ByteReader
-from onnxshrink.pack.codecs.abc import Codec
+from onnxshrink.pack.codecs.abc import Analysis, Codec
 from onnxshrink.pack.codecs.registry import register_codec
 
 
@@ -23,16 +22,16 @@ from onnxshrink.pack.codecs.registry import register_codec
 class Huffman(Codec):
     codec_id = "huffman"
 
-    def encode(self, data: np.ndarray) -> bytes:
-        return b"".join(stream.encode(p) for p in self.planes(data))
+    def encode(self, data: np.ndarray, analysis: Analysis | None = None) -> bytes:
+        a = analysis or Analysis(data)
+        return b"".join(stream.encode(p, counts=h) for p, h in zip(a.planes(self.word), a.histograms(self.word)))
 
-    def estimate(self, data: np.ndarray) -> int:
-        return sum(stream.estimate(stream.histogram(p)) for p in self.planes(data))
+    def estimate(self, data: np.ndarray, analysis: Analysis | None = None) -> int:
+        a = analysis or Analysis(data)
+        return sum(stream.estimate(h) for h in a.histograms(self.word))
 
     def decode(self, reader: ByteReader, nbytes: int) -> np.ndarray:
-        if nbytes % self.word:
-            raise PackError(f"corrupt {reader.what}: {nbytes} bytes is not a whole number of {self.word}-byte values")
-        n = nbytes // self.word
+        n = self._check_size(reader, nbytes)
         if self.word == 1:
             return stream.decode(reader, n)
         out = np.empty((n, self.word), dtype=np.uint8)

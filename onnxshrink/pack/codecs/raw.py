@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxshrink.pack.bytereader import ByteReader
-from onnxshrink.pack.codecs.abc import Codec
+from onnxshrink.pack.codecs.abc import Analysis, Codec
 from onnxshrink.pack.codecs.registry import register_codec
 
 
@@ -13,11 +13,11 @@ from onnxshrink.pack.codecs.registry import register_codec
 class Raw(Codec):
     codec_id = "raw"
 
-    def encode(self, data: np.ndarray) -> bytes:
+    def encode(self, data: np.ndarray, analysis: Analysis | None = None) -> bytes:
         return data.tobytes()
+
+    def estimate(self, data: np.ndarray, analysis: Analysis | None = None) -> int:
+        return data.size
 
     def decode(self, reader: ByteReader, nbytes: int) -> np.ndarray:
         return np.frombuffer(reader.take(nbytes), dtype=np.uint8)
-
-    def estimate(self, data: np.ndarray) -> int:
-        return data.size

@@ -26,23 +26,35 @@ def zero_run_lengths(positions: np.ndarray, n_values: int) -> tuple[np.ndarray, 
     """Run symbols (uint8) for nonzero ``positions`` among ``n_values``, and the tail."""
     if positions.size == 0:
         return np.zeros(0, dtype=np.uint8), n_values
-    gaps = np.diff(positions, prepend=-1) - 1
+    gaps = np.empty_like(positions)
+    gaps[0] = positions[0]
+    np.subtract(positions[1:], positions[:-1], out=gaps[1:])
+    gaps[1:] -= 1
+    tail = n_values - 1 - int(positions[-1])
+    if int(gaps.max()) < ESCAPE:
+        return gaps.astype(np.uint8), tail
     escapes, rest = np.divmod(gaps, ESCAPE)
     ends = np.cumsum(escapes + 1) - 1
     runs = np.full(int(ends[-1]) + 1, ESCAPE, dtype=np.uint8)
     runs[ends] = rest
-    return runs, n_values - 1 - int(positions[-1])
+    return runs, tail
 
 
 def run_positions(runs: np.ndarray, tail: int, n_values: int, what: str) -> np.ndarray:
-    """Inverse of :func:`zero_run_lengths`: the nonzero positions.
+    """Inverse of :func:`zero_run_lengths`: the nonzero positions (int64).
 
     Raises PackError when runs, values and tail do not add up to ``n_values``.
     """
-    is_value = runs != ESCAPE
-    advance = runs.astype(np.int64) + is_value
-    ends = np.cumsum(advance)
+    if runs.size and runs[-1] == ESCAPE:
+        raise PackError(f"corrupt {what}: the zero runs end in an escape")
+    ends = runs.astype(np.int64)
+    escaped = bool(runs.size) and int(runs.max()) == ESCAPE
+    if escaped:
+        ends[runs == ESCAPE] -= 1  # an escape advances 255, not run + 1
+    ends += 1
+    np.cumsum(ends, out=ends)
     covered = (int(ends[-1]) if ends.size else 0) + tail
-    if covered != n_values or (runs.size and not is_value[-1]):
+    if covered != n_values:
         raise PackError(f"corrupt {what}: zero runs cover {covered} values, not {n_values}")
-    return ends[is_value] - 1
+    ends -= 1
+    return ends[runs != ESCAPE] if escaped else ends
