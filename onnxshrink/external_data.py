@@ -168,57 +168,58 @@ def load_into(references: Iterable[ExternalReference]) -> None:
         del data
 
 
-def save_with_external_data(
-    model: onnx.ModelProto, path: Path, tensors: Iterable[tuple[onnx.TensorProto, str]]
-) -> None:
-    """Write ``model`` to ``path`` with its larger tensors in ``<path name>.data``.
+def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``model`` to ``path`` with its larger main-graph initializers in
+    ``<path name>.data``; ``model`` is not changed.
 
-    Memory stays near one copy of the weights: each tensor's bytes move out of
-    the proto while the small graph is serialised, then move back, so the
-    caller's model is unchanged afterwards.
+    Memory stays near one copy of the weights: the .onnx written is a skeleton
+    built field by field (big tensors replaced by references), and each
+    tensor's bytes are written straight from the model, one at a time.
+    (Clearing a field would not help: protobuf keeps the memory in its arena.)
     """
     data_path = path.with_name(path.name + ".data")
-    moved: list[tuple[onnx.TensorProto, bytes | onnx.TensorProto]] = []
-    try:
-        # Model renamed last: a reader never sees a model whose data is missing.
-        with atomic_output(path) as tmp_model, atomic_output(data_path) as tmp_data:
-            with open(tmp_data, "wb") as f:
-                for tensor, _ in tensors:
-                    if tensor.ByteSize() < EXTERNAL_MIN_BYTES or tensor.data_type == onnx.TensorProto.STRING:
-                        continue
-                    if tensor.HasField("raw_data"):
-                        data = tensor.raw_data
-                        original: bytes | onnx.TensorProto = data
-                    else:
-                        original = onnx.TensorProto()
-                        original.CopyFrom(tensor)
-                        data = onnx.numpy_helper.to_array(tensor).tobytes()
-                    pad = (-f.tell()) % ALIGNMENT
-                    f.write(b"\0" * pad)
-                    offset = f.tell()
-                    f.write(data)
-                    moved.append((tensor, original))
-                    _clear_data_fields(tensor)
-                    tensor.data_location = onnx.TensorProto.EXTERNAL
-                    for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(data)))):
-                        entry = tensor.external_data.add()
-                        entry.key, entry.value = key, value
-                    del data
-            tmp_model.write_bytes(model.SerializeToString())
-    finally:
-        for tensor, original in moved:
-            tensor.ClearField("external_data")
-            tensor.ClearField("data_location")
-            if isinstance(original, bytes):
-                tensor.raw_data = original
+    skeleton = onnx.ModelProto()
+    _copy_fields_except(model, skeleton, "graph")
+    _copy_fields_except(model.graph, skeleton.graph, "initializer")
+    # Model renamed last: a reader never sees a model whose data is missing.
+    with atomic_output(path) as tmp_model, atomic_output(data_path) as tmp_data:
+        with open(tmp_data, "wb") as f:
+            for tensor in model.graph.initializer:
+                stub = skeleton.graph.initializer.add()
+                if tensor.ByteSize() < EXTERNAL_MIN_BYTES or tensor.data_type == onnx.TensorProto.STRING:
+                    stub.CopyFrom(tensor)
+                    continue
+                f.write(b"\0" * ((-f.tell()) % ALIGNMENT))
+                offset = f.tell()
+                data = tensor.raw_data if tensor.HasField("raw_data") else onnx.numpy_helper.to_array(tensor).tobytes()
+                f.write(data)
+                length = len(data)
+                del data
+                _copy_fields_except(tensor, stub, *_DATA_FIELDS)
+                stub.data_location = onnx.TensorProto.EXTERNAL
+                for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(length))):
+                    entry = stub.external_data.add()
+                    entry.key, entry.value = key, value
+        tmp_model.write_bytes(skeleton.SerializeToString())
+
+
+_DATA_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
+                "external_data", "data_location")
+
+
+def _copy_fields_except(src, dst, *skip: str) -> None:
+    """Copy every set field of protobuf message ``src`` into ``dst`` but those named in ``skip``."""
+    for field, value in src.ListFields():
+        if field.name in skip:
+            continue
+        if field.is_repeated:
+            target = getattr(dst, field.name)
+            if field.type == field.TYPE_MESSAGE:
+                for item in value:
+                    target.add().CopyFrom(item)
             else:
-                tensor.CopyFrom(original)
-        moved.clear()
-
-
-_DATA_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
-
-
-def _clear_data_fields(tensor: onnx.TensorProto) -> None:
-    for field in _DATA_FIELDS:
-        tensor.ClearField(field)
+                target.extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)

@@ -112,7 +112,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data
         with atomic_output(path) as tmp:
             tmp.write_bytes(model.SerializeToString())
         return
-    external_data.save_with_external_data(model, path, _all_tensors(model))
+    external_data.save_with_external_data(model, path)
 
 
 @dataclasses.dataclass
