@@ -72,6 +72,34 @@ def validate(reference: Any, candidate: Any, data: Any = None, **options: Any) -
     return compare_models(reference, candidate, data, **options)
 
 
+def pack(model: onnx.ModelProto | str | os.PathLike, path: str | os.PathLike | None = None, **options: Any):
+    """Pack a model losslessly; returns the PackResult (container bytes and report),
+    and writes it atomically to ``path`` when given."""
+    from onnxshrink.pack import PackOptions, pack_model, write_packed
+
+    result = pack_model(_model(model), PackOptions(**options))
+    if path is not None:
+        write_packed(result, path)
+    return result
+
+
+def unpack(path: str | os.PathLike, output: str | os.PathLike | None = None) -> onnx.ModelProto:
+    """Restore a packed model (bit-exact); saves it to ``output`` when given."""
+    from onnxshrink.pack import load_packed
+
+    model = load_packed(path)
+    if output is not None:
+        save_model(model, output)
+    return model
+
+
+def session(path: str | os.PathLike, **options: Any):
+    """An onnxruntime InferenceSession for a packed .onnxz file (path or bytes), built in memory."""
+    from onnxshrink.pack import inference_session_from_packed
+
+    return inference_session_from_packed(path, **options)
+
+
 __all__ = [
     "DataError",
     "Gate",
@@ -86,6 +114,9 @@ __all__ = [
     "ValidationReport",
     "inspect",
     "load",
+    "pack",
     "save",
+    "session",
+    "unpack",
     "validate",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from onnxshrink.cli.inspect import inspect_command
+from onnxshrink.cli.pack import pack_command, unpack_command
 from onnxshrink.cli.validate import validate_command
 
 app = typer.Typer(
@@ -20,6 +21,8 @@ app = typer.Typer(
 
 app.command("inspect")(inspect_command)
 app.command("validate")(validate_command)
+app.command("pack")(pack_command)
+app.command("unpack")(unpack_command)
 
 
 def main() -> None:
