@@ -31,6 +31,8 @@ from onnxshrink.roles import WeightUse
 from onnxshrink.runtime import capture
 
 STATISTICS = ("hessian", "norms", "means")
+# Beyond this many features per group a layer's Hessian (F x F float64) is not formed.
+HESSIAN_MAX_FEATURES = 4096
 # Unfolded activations of one chunk stay under this many bytes.
 _CHUNK_BYTES = 64 << 20
 
@@ -80,24 +82,27 @@ class LayerInputStats:
     def add(self, rows: np.ndarray, channel_values: np.ndarray, want: Sequence[str]) -> None:
         """Accumulate unfolded ``rows`` [groups, n, F] and the raw input as
         ``channel_values`` [m, total input channels]."""
-        rows64 = rows.astype(np.float32, copy=False)
+        rows32 = rows.astype(np.float32, copy=False)
         g, _, f = rows.shape
-        if "hessian" in want:
-            if self._hsum is None:
-                self._hsum = np.zeros((g, f, f), np.float64)
-            self._hsum += np.matmul(rows64.transpose(0, 2, 1), rows64)
         if self.feature_sq is None:
             self.feature_sq = np.zeros((g, f), np.float64)
             self._fsum = np.zeros((g, f), np.float64)
-        self.feature_sq += np.einsum("gnf,gnf->gf", rows64, rows64, dtype=np.float64)
-        self._fsum += rows64.sum(axis=1, dtype=np.float64)
+        if "hessian" in want and f <= HESSIAN_MAX_FEATURES:
+            if self._hsum is None:
+                self._hsum = np.zeros((g, f, f), np.float64)
+            xtx = np.matmul(rows32.transpose(0, 2, 1), rows32)
+            self._hsum += xtx
+            self.feature_sq += np.einsum("gii->gi", xtx)
+        else:
+            self.feature_sq += np.square(rows32).sum(axis=1)
+        self._fsum += rows32.sum(axis=1)
         self.samples += rows.shape[1]
         if "norms" in want or "means" in want:
-            c = channel_values.astype(np.float64, copy=False)
+            c = channel_values.astype(np.float32, copy=False)
             if self.channel_sq is None:
                 self.channel_sq = np.zeros(c.shape[1], np.float64)
                 self._csum = np.zeros(c.shape[1], np.float64)
-            self.channel_sq += np.einsum("nc,nc->c", c, c)
+            self.channel_sq += np.square(c).sum(axis=0)
             self._csum += c.sum(axis=0)
             self._ccount += c.shape[0]
 

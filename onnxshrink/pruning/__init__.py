@@ -1,0 +1,177 @@
+"""Pruning: zero weights (unstructured, N:M) or remove whole channels from the graph.
+
+The entry point is :func:`prune_model`. Which tensors are weights comes from
+their graph role (:mod:`onnxshrink.roles`); biases, normalisation parameters
+and shape tensors are never pruned. Methods:
+
+* ``magnitude``: the smallest ``|w|``;
+* ``wanda``: the smallest ``|w| * ||x||`` per output (Sun et al., 2023),
+  ``||x||`` from onnxruntime runs on calibration data;
+* ``hessian``: layer-wise OBS with reconstruction (SparseGPT), ``H = XᵀX``
+  from calibration data; the kept weights are updated to compensate.
+
+With a target (``max_accuracy_drop`` or ``min_cosine``) each layer's
+sensitivity is scanned and per-layer sparsities are searched so the total is
+as high as the target allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import onnx
+
+from onnxshrink.activations import collect_layer_inputs
+from onnxshrink.data import Batch, iter_batches, model_inputs
+from onnxshrink.errors import UsageError
+from onnxshrink.pruning.masks import n_m_holds, parse_n_m
+from onnxshrink.pruning.options import METHODS, PATTERNS, SCOPES, PruneOptions
+from onnxshrink.pruning.report import PruneReport, count_flops, parameter_counts
+from onnxshrink.pruning.targets import PruneTarget, prunable_weights
+from onnxshrink.pruning.unstructured import TensorPruning, global_sparsities, prune_tensors
+from onnxshrink.validation import Gate, ValidationReport, compare_models
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclasses.dataclass
+class PruneResult:
+    """The pruned model (a new proto), whether anything changed, and the report."""
+
+    model: onnx.ModelProto
+    modified: bool
+    report: PruneReport
+
+
+def load_calibration(calib: Any, model: onnx.ModelProto, options: PruneOptions) -> list[Batch] | None:
+    """Up to ``options.calib_samples`` samples of ``calib`` as a list of batches
+    (passes read them more than once)."""
+    if calib is None:
+        return None
+    batches, have = [], 0
+    for batch in iter_batches(calib, model_inputs(model), options.batch_size):
+        take = min(len(batch), options.calib_samples - have)
+        if take < len(batch):
+            batch = Batch({k: v[:take] for k, v in batch.inputs.items()},
+                          None if batch.labels is None else batch.labels[:take])
+        batches.append(batch)
+        have += take
+        if have >= options.calib_samples:
+            break
+    if not batches:
+        raise UsageError("the calibration data holds no samples")
+    return batches
+
+
+def _gate(options: PruneOptions) -> Gate:
+    return Gate(min_cosine=options.min_cosine, max_accuracy_drop=options.max_accuracy_drop)
+
+
+def prune_model(
+    model: onnx.ModelProto,
+    options: PruneOptions,
+    *,
+    calib: Any = None,
+    eval_data: Any = None,
+    progress: Progress | None = None,
+) -> PruneResult:
+    """Prune a copy of ``model`` as ``options`` say; ``model`` is not changed.
+
+    ``calib`` (an .npz path, NpzData, reader or batches) feeds the
+    activation-aware methods and channel reconstruction; ``eval_data``
+    (labelled for ``max_accuracy_drop``) drives the search and the final
+    validation. Raises UsageError for options the data cannot serve and
+    GateFailed when no sparsity meets the target.
+    """
+    from onnxshrink.pruning.allocation import search_sparsity
+    from onnxshrink.pruning.channels import prune_channels
+
+    progress = progress or (lambda task, done, total: None)
+    method = options.resolved_method(calib is not None)
+    if method != "magnitude" and calib is None:
+        raise UsageError(f"--method {method} needs calibration data: give --calib DATA (an .npz of model inputs)")
+    if options.max_accuracy_drop is not None and eval_data is None:
+        raise UsageError("--max-accuracy-drop needs labelled evaluation data: give --eval DATA")
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    notes: list[str] = []
+    if options.simplify:
+        from onnxshrink.simplify import simplify
+
+        simplified = simplify(work)
+        work = simplified.model
+        if simplified.fallback_reason:
+            notes.append(f"simplify skipped: {simplified.fallback_reason}")
+    reference = onnx.ModelProto()
+    reference.CopyFrom(work)
+    params_before, nonzero_before = parameter_counts(work)
+    flops_before = count_flops(work)
+    batches = load_calibration(calib, work, options)
+    check_data = eval_data if eval_data is not None else batches
+    search: list[dict[str, Any]] = []
+    groups: list[dict[str, Any]] = []
+    targets, skipped = prunable_weights(work, min_size=options.min_size, exclude=options.exclude,
+                                        include_recurrent=options.include_recurrent)
+    if options.pattern == "channel":
+        if options.has_target:
+            work, records, groups, search = search_sparsity(reference, options, method, batches, check_data,
+                                                            targets=None, progress=progress)
+        else:
+            work, records, groups = prune_channels(work, options, options.sparsity or 0.0, method, batches, progress)
+    else:
+        stats = {}
+        if batches is not None and (method != "magnitude" or options.scope == "global"):
+            want = ("hessian", "norms") if method == "hessian" else ("norms",)
+            stats = collect_layer_inputs(work, [u for t in targets for u in t.uses], batches, want,
+                                         progress=progress, total_batches=len(batches))
+        if options.has_target:
+            work, records, _, search = search_sparsity(reference, options, method, batches, check_data,
+                                                       targets=(targets, stats), progress=progress)
+        else:
+            records = prune_unstructured(targets, stats, options, method)
+    validation = None
+    if check_data is not None or options.has_target:
+        validation = compare_models(reference, work, check_data, gate=_gate(options),
+                                    measure_latency=options.pattern == "channel")
+        validation.raise_if_failed()
+    params_after, nonzero_after = parameter_counts(work)
+    report = PruneReport(
+        pattern=options.pattern, method=method, scope=options.scope, requested_sparsity=options.sparsity,
+        tensors=records, channel_groups=groups, skipped=skipped, params_before=params_before,
+        params_after=params_after, nonzero_before=nonzero_before, nonzero_after=nonzero_after,
+        flops_before=flops_before, flops_after=count_flops(work), search=search, validation=validation, notes=notes,
+    )
+    modified = nonzero_after != nonzero_before or params_after != params_before
+    return PruneResult(work, modified, report)
+
+
+def prune_unstructured(
+    targets: list[PruneTarget], stats: dict, options: PruneOptions, method: str,
+    sparsities: dict[str, float] | None = None,
+) -> list[TensorPruning]:
+    """Unstructured or N:M pruning of ``targets`` in place: each at
+    ``sparsities[name]`` when given, else at the options' sparsity and scope."""
+    n_m = parse_n_m(options.pattern) if options.pattern != "unstructured" else None
+    if sparsities is None:
+        s = options.sparsity or 0.0
+        if options.scope == "global" and n_m is None:
+            sparsities = global_sparsities(targets, stats, s)
+        else:
+            sparsities = {t.name: s for t in targets}
+    return prune_tensors(targets, sparsities, method, stats, n_m=n_m, block_size=options.block_size,
+                         damp=options.damp)
+
+
+__all__ = [
+    "METHODS",
+    "PATTERNS",
+    "SCOPES",
+    "PruneOptions",
+    "PruneReport",
+    "PruneResult",
+    "TensorPruning",
+    "n_m_holds",
+    "prune_model",
+    "prunable_weights",
+]
