@@ -48,7 +48,10 @@ def inference_session_from_packed(
             values.append(ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t)))
             _mark_external(t)
     sess_options.add_external_initializers(names, values)
-    return ort.InferenceSession(model.SerializeToString(), sess_options, providers=providers)
+    session = ort.InferenceSession(model.SerializeToString(), sess_options, providers=providers)
+    # onnxruntime uses the OrtValues' memory in place: they must live as long as the session.
+    session._onnxshrink_initializers = values
+    return session
 
 
 def _mark_external(t: onnx.TensorProto) -> None:
