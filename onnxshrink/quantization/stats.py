@@ -42,11 +42,9 @@ class TensorStats:
     def _widen_to(self, exponent: int) -> None:
         """Double the bin width until it is ``2**exponent`` (sums bin pairs; exact)."""
         while self.exponent < exponent:
-            folded = self.hist[HALF_BINS // 2: HALF_BINS // 2 + HALF_BINS]
             pairs = self.hist.reshape(HALF_BINS, 2).sum(axis=1)
             self.hist = np.zeros_like(self.hist)
             self.hist[HALF_BINS // 2: HALF_BINS // 2 + HALF_BINS] = pairs
-            del folded
             self.exponent += 1
 
     def update(self, values: np.ndarray) -> None:

@@ -1,0 +1,110 @@
+"""`onnxshrink quantize MODEL -o OUT --calib DATA`: int8 QDQ quantization, validated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from onnxshrink.cli._common import (
+    JsonOption,
+    QuietOption,
+    console,
+    err_console,
+    human_bytes,
+    progress_bar,
+    reports_errors,
+    write_json,
+)
+from onnxshrink.errors import UsageError
+from onnxshrink.model import load_model, save_model
+from onnxshrink.quantization import METHODS, QuantizeOptions, QuantizeReport, quantize_model
+
+
+def _names(values: Optional[list[str]]) -> tuple[str, ...]:
+    """Repeated options and comma-separated lists both work: --exclude-ops Add,Mul."""
+    return tuple(v.strip() for item in values or [] for v in item.split(",") if v.strip())
+
+
+@reports_errors
+def quantize_command(
+    model: Annotated[Path, typer.Argument(help="The fp32 ONNX model.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the int8 model (atomically).")],
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration .npz (or folder): one array per model input.")] = None,
+    method: Annotated[str, typer.Option("--method", help=f"Activation range from the statistics: {', '.join(METHODS)}.")] = QuantizeOptions.method,
+    percentile: Annotated[float, typer.Option("--percentile", help="Percentile kept by --method percentile.")] = QuantizeOptions.percentile,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales per output channel or one per tensor.")] = QuantizeOptions.per_channel,
+    activations: Annotated[str, typer.Option("--activations", help="Activation type: uint8 or int8.")] = QuantizeOptions.activations,
+    exclude_nodes: Annotated[Optional[list[str]], typer.Option("--exclude-nodes", help="Node names to keep in float (repeat or comma-separate).")] = None,
+    exclude_ops: Annotated[Optional[list[str]], typer.Option("--exclude-ops", help="Op types to keep in float, e.g. Add,Mul.")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Target: output cosine >= X; keeps sensitive nodes in float until it holds (exit 1 if it cannot).")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Target: accuracy drop <= X points on labelled --eval data.")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation .npz (with 'labels' for --max-accuracy-drop) for the target and the final metrics.")] = None,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Weight-only dynamic quantization of MatMul/Gemm (no --calib).")] = QuantizeOptions.dynamic,
+    latency_guard: Annotated[bool, typer.Option("--latency-guard/--no-latency-guard", help="Keep in float nodes onnxruntime cannot run as integer kernels; measure latency.")] = QuantizeOptions.latency_guard,
+    fold_constants: Annotated[bool, typer.Option("--fold-constants/--no-fold-constants", help="Run onnxsim first when a layer weight is computed at run time.")] = QuantizeOptions.fold_constants,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")] = QuantizeOptions.batch_size,
+    json_path: JsonOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Quantize MODEL to int8 (QDQ): int8 per-channel weights, calibrated activations, integer kernels in onnxruntime."""
+    options = QuantizeOptions(
+        method=method, percentile=percentile, per_channel=per_channel, activations=activations,
+        exclude_nodes=_names(exclude_nodes), exclude_ops=_names(exclude_ops), min_cosine=min_cosine,
+        max_accuracy_drop=max_accuracy_drop, dynamic=dynamic, latency_guard=latency_guard,
+        fold_constants=fold_constants, batch_size=batch_size,
+    )
+    if dynamic and calib is not None:
+        raise UsageError("--dynamic needs no --calib; drop one of them")
+    if not dynamic and calib is None:
+        raise UsageError("give --calib DATA (an .npz with one array per model input), or --dynamic")
+    source = load_model(model)
+    with progress_bar(quiet) as progress:
+        result = quantize_model(source, str(calib) if calib else None, options,
+                                eval_data=str(eval_data) if eval_data else None, progress=progress, name=str(model))
+    save_model(result.model, output)
+    if json_path:
+        write_json(json_path, result.report.to_dict())
+    if not quiet:
+        print_report(result.report, output)
+
+
+def print_report(report: QuantizeReport, output: Path) -> None:
+    table = Table("node", "op", "runs as", "input scale / zp", "output scale / zp", "weight", title="quantized nodes")
+    for n in report.nodes:
+        inputs = ", ".join(f"{p['scale']:.3g}/{p['zero_point']}" for p in n["inputs"].values()) or "-"
+        out = f"{n['output']['scale']:.3g}/{n['output']['zero_point']}" if n.get("output") else "float"
+        w = n.get("weight")
+        weight = "-" if not w else (f"int8 per-channel ({w['channels']})" if w["axis"] is not None else "int8 per-tensor")
+        if w and w.get("bias"):
+            weight += " + int32 bias"
+        op = n["op_type"] + (f" + {n['fused']}" if n.get("fused") else "")
+        table.add_row(n["name"], op, n["kernel"], inputs, out, weight)
+    console.print(table)
+    if report.left_float:
+        left = Table("node", "why it stays in float", title="left in float")
+        for name, why in report.left_float.items():
+            left.add_row(name, why)
+        console.print(left)
+    sizes = report.size_bytes
+    console.print(f"size: {human_bytes(sizes['original'])} -> {human_bytes(sizes['quantized'])} "
+                  f"({100 * report.size_ratio:.1f}%)")
+    v = report.validation or {}
+    for name, m in (v.get("outputs") or {}).items():
+        console.print(f"output {name}: cosine {m['cosine']:.6f}, max abs error {m['max_abs_error']:.3g}")
+    if v.get("accuracy"):
+        a = v["accuracy"]
+        console.print(f"accuracy: fp32 {100 * a['reference']:.2f}%, int8 {100 * a['candidate']:.2f}% "
+                      f"(drop {100 * (a['reference'] - a['candidate']):.2f} points)")
+    lat = report.latency_ms or {}
+    if lat.get("reference") and lat.get("candidate"):
+        console.print(f"latency (1 thread, median): fp32 {lat['reference']:.3f} ms, int8 {lat['candidate']:.3f} ms "
+                      f"(x{lat['candidate'] / lat['reference']:.2f})")
+    if report.calibration.get("samples"):
+        c = report.calibration
+        console.print(f"calibration: {c['samples']} samples, {c['tensors']} tensors, {c['method']}, {c['seconds']:.2f} s")
+    for w in report.warnings:
+        err_console.print(f"onnxshrink: warning: {w}", markup=False)
+    console.print(f"wrote {output}")

@@ -1,0 +1,60 @@
+"""Which quantized nodes onnxruntime really runs as integer kernels.
+
+onnxruntime's graph optimizer replaces each DQ -> op -> Q group it supports
+by one integer kernel that keeps the op's name (QLinearConv, QGemm, ...). A
+quantized node still present under its own op type after optimization runs
+in float between DequantizeLinear and QuantizeLinear: slower than the float
+model, and only worth its quantization error when a neighbour needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import onnx
+import onnxruntime as ort
+
+from onnxshrink.errors import UnsupportedModelError
+
+# Ops whose QDQ form is meant to run in float or as 8-bit data movement: never "unfused".
+NOT_KERNELS = {"HardSwish", "Relu", "Clip"}
+
+
+def optimized_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` as onnxruntime's CPU provider rewrites it (extended optimizations)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    with tempfile.TemporaryDirectory(prefix="onnxshrink-") as folder:
+        path = os.path.join(folder, "optimized.onnx")
+        options.optimized_model_filepath = path
+        try:
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise UnsupportedModelError(f"quantized model: onnxruntime cannot load it ({first})") from None
+        return onnx.load(path)
+
+
+def unfused_nodes(model: onnx.ModelProto, quantized: dict[str, str]) -> list[str]:
+    """Names among ``quantized`` (name -> op type) that onnxruntime left as float ops fed by DequantizeLinear."""
+    optimized = optimized_graph(model)
+    made_by = {o: n for n in optimized.graph.node for o in n.output}
+    left = []
+    for node in optimized.graph.node:
+        op = quantized.get(node.name)
+        if op is None or op in NOT_KERNELS or node.op_type != op:
+            continue
+        if any(made_by.get(i) is not None and made_by[i].op_type == "DequantizeLinear" for i in node.input):
+            left.append(node.name)
+    return left
+
+
+def kernel_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """How many nodes of each op type onnxruntime runs (for the report)."""
+    counts: dict[str, int] = {}
+    for node in optimized_graph(model).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

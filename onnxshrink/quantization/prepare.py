@@ -1,0 +1,245 @@
+"""Getting a float model ready for QDQ: checks and exact pre-passes.
+
+* refuse fp16/bf16 models (their weights and activations are not float32);
+* upgrade opsets below 13 (per-channel QuantizeLinear needs 13) with
+  onnx.version_converter, or refuse with the reason;
+* constant-fold with onnxsim when a layer weight is computed at run time
+  (ConstantOfShape, shape arithmetic), so it can be quantized;
+* fold BatchNormalization into the Conv before it, and a constant bias Add
+  into the MatMul before it (as Gemm, for 2-D inputs), so that the pair runs
+  as one integer kernel with an int32 bias.
+
+Each pass works in place on the main graph; subgraphs are left alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxshrink.errors import UnsupportedModelError
+from onnxshrink.model import consumers, iter_graphs, opset_version, producers
+from onnxshrink.simplify import simplify
+
+MIN_OPSET = 13
+FLOAT16_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+WEIGHT_INPUTS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+def check_float32(model: onnx.ModelProto, name: str) -> None:
+    """Refuse models computing in fp16/bf16: quantizing them needs an fp32 original."""
+    typed = list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info)
+    half = [vi.name for vi in typed if vi.type.tensor_type.elem_type in FLOAT16_TYPES]
+    half += [t.name for t in model.graph.initializer if t.data_type in FLOAT16_TYPES]
+    if half:
+        raise UnsupportedModelError(
+            f"{name}: tensor '{half[0]}' is float16; int8 quantization starts from an fp32 model "
+            "(export it in fp32, or convert it with onnxconverter_common.float16's inverse first)"
+        )
+
+
+def upgrade_opset(model: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, int | None]:
+    """The model at opset >= 13 (converted when below), and the opset it came with if converted."""
+    version = opset_version(model)
+    if version >= MIN_OPSET:
+        return model, None
+    try:
+        converted = onnx.version_converter.convert_version(model, MIN_OPSET)
+        onnx.checker.check_model(converted)
+    except Exception as e:  # the converter raises bare RuntimeErrors/ValidationErrors
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UnsupportedModelError(
+            f"{name}: opset {version} is below {MIN_OPSET} and onnx.version_converter cannot upgrade it ({reason}); "
+            f"re-export the model with opset >= {MIN_OPSET}"
+        ) from None
+    return converted, version
+
+
+def constant_values(graph: onnx.GraphProto) -> set[str]:
+    """Names of values computable from constants alone (no graph input involved)."""
+    known = {t.name for t in graph.initializer} | {""}
+    for node in graph.node:
+        has_subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        if node.op_type.startswith("Random") or has_subgraph:
+            continue
+        if all(i in known for i in node.input):
+            known.update(node.output)
+    return known
+
+
+def has_computed_weights(model: onnx.ModelProto) -> bool:
+    """True when some Conv/Gemm/MatMul weight is computed from constants at run time."""
+    graph = model.graph
+    stored = {t.name for t in graph.initializer}
+    stored |= {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    computable = constant_values(graph)
+    for node in graph.node:
+        index = WEIGHT_INPUTS.get(node.op_type)
+        if index is not None and len(node.input) > index:
+            name = node.input[index]
+            if name in computable and name not in stored:
+                return True
+    return False
+
+
+def fold_constants_if_needed(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """onnxsim's constant folding when weights are computed; the reason it failed otherwise."""
+    if not has_computed_weights(model):
+        return model, None
+    result = simplify(model)
+    return result.model, result.fallback_reason
+
+
+def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    for t in graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    return numpy_helper.to_array(a.t)
+    return None
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _unique(graph: onnx.GraphProto, base: str) -> str:
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
+def _sole_reader(graph: onnx.GraphProto, value: str, users: dict) -> onnx.NodeProto | None:
+    readers = users.get(value, [])
+    if len(readers) != 1 or value in {o.name for o in graph.output}:
+        return None
+    return readers[0][0]
+
+
+def fold_batch_norms(graph: onnx.GraphProto) -> int:
+    """Fold each BatchNormalization that alone reads a Conv's output into that Conv."""
+    users = consumers(graph)
+    folded = 0
+    for conv in list(graph.node):
+        if conv.op_type != "Conv" or len(conv.input) < 2:
+            continue
+        bn = _sole_reader(graph, conv.output[0], users)
+        if bn is None or bn.op_type != "BatchNormalization" or len(bn.output) != 1 or bn.input[0] != conv.output[0]:
+            continue
+        weight = _constant(graph, conv.input[1])
+        bias = _constant(graph, conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        params = [_constant(graph, n) for n in bn.input[1:5]]
+        if weight is None or any(p is None for p in params) or (len(conv.input) > 2 and conv.input[2] and bias is None):
+            continue
+        gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+        factor = gamma / np.sqrt(var + float(_attr(bn, "epsilon", 1e-5)))
+        new_w = (weight.astype(np.float64) * factor.reshape([-1] + [1] * (weight.ndim - 1))).astype(np.float32)
+        base = bias.astype(np.float64) if bias is not None else np.zeros_like(mean)
+        new_b = ((base - mean) * factor + beta).astype(np.float32)
+        w_name = _unique(graph, f"{conv.input[1]}_bn_folded")
+        graph.initializer.append(numpy_helper.from_array(new_w, w_name))
+        b_name = _unique(graph, f"{conv.name or conv.output[0]}_bias_bn_folded")
+        graph.initializer.append(numpy_helper.from_array(new_b, b_name))
+        del conv.input[1:]
+        conv.input.extend([w_name, b_name])
+        conv.output[0] = bn.output[0]
+        graph.node.remove(bn)
+        folded += 1
+    return folded
+
+
+def matmul_add_to_gemm(graph: onnx.GraphProto, ranks: dict[str, int]) -> int:
+    """MatMul(A 2-D, W const 2-D) followed only by Add(const bias [N]) becomes one Gemm."""
+    users = consumers(graph)
+    fused = 0
+    for mm in list(graph.node):
+        if mm.op_type != "MatMul" or ranks.get(mm.input[0]) != 2:
+            continue
+        weight = _constant(graph, mm.input[1])
+        add = _sole_reader(graph, mm.output[0], users)
+        if weight is None or weight.ndim != 2 or add is None or add.op_type != "Add":
+            continue
+        other = add.input[1] if add.input[0] == mm.output[0] else add.input[0]
+        bias = _constant(graph, other)
+        if bias is None or bias.size not in (1, weight.shape[1]) or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
+            continue
+        b_name = _unique(graph, f"{other}_gemm_bias")
+        graph.initializer.append(numpy_helper.from_array(
+            np.broadcast_to(bias.reshape(-1), (weight.shape[1],)).astype(np.float32).copy(), b_name))
+        gemm = helper.make_node("Gemm", [mm.input[0], mm.input[1], b_name], [add.output[0]], name=mm.name or add.name)
+        index = list(graph.node).index(mm)
+        graph.node.remove(mm)
+        graph.node.remove(add)
+        graph.node.insert(index, gemm)
+        fused += 1
+    return fused
+
+
+def value_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Rank of every value shape inference can type (symbolic dims are fine)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is a hint here; without it nothing is fused
+        return {}
+    ranks = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        if vi.type.tensor_type.HasField("shape"):
+            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+    return ranks
+
+
+def remove_unused_initializers(model: onnx.ModelProto) -> None:
+    """Drop main-graph initializers nothing reads (subgraphs' outer-scope reads count),
+    and their graph-input entries (models before IR 4 list initializers as inputs)."""
+    used = {o.name for o in model.graph.output}
+    for graph, _ in iter_graphs(model.graph):
+        for node in graph.node:
+            used.update(node.input)
+    dropped = {t.name for t in model.graph.initializer if t.name not in used}
+    if not dropped:
+        return
+    keep = [t for t in model.graph.initializer if t.name not in dropped]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    inputs = [i for i in model.graph.input if i.name not in dropped]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+
+
+def name_nodes(graph: onnx.GraphProto) -> None:
+    """Give every main-graph node a unique, non-empty name (the report and
+    --exclude-nodes refer to nodes by name)."""
+    seen: set[str] = set()
+    for index, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        while name in seen:
+            name = f"{name}_{index}"
+        node.name = name
+        seen.add(name)
+
+
+def value_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every value shape inference can type."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # without types, only values typed in the graph itself are known
+        inferred = model
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    types[node.output[0]] = a.t.data_type
+    return types

@@ -1,0 +1,183 @@
+"""The quantize pass: prepare, plan, calibrate, write Q/DQ, check, and report."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import onnx
+
+from onnxshrink.errors import UsageError
+from onnxshrink.quantization import prepare
+from onnxshrink.quantization.calibrate import calibrate
+from onnxshrink.quantization.options import QuantizeOptions
+from onnxshrink.quantization.plan import Plan, make_plan
+from onnxshrink.quantization.report import QuantizeReport
+from onnxshrink.quantization.rewrite import apply_plan, compute_params
+from onnxshrink.quantization.rules import RULES
+from onnxshrink.quantization.stats import CalibrationStats
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclasses.dataclass
+class QuantizeResult:
+    """The quantized model and its report; ``modified`` is False when nothing could be quantized."""
+
+    model: onnx.ModelProto
+    modified: bool
+    report: QuantizeReport
+    stats: CalibrationStats | None = None
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A float model ready for planning, with what preparing it did."""
+
+    model: onnx.ModelProto
+    types: dict[str, int]
+    notes: dict[str, Any]
+
+
+def prepare_model(model: onnx.ModelProto, name: str = "model", *, fold_constants: bool = True) -> Prepared:
+    """A prepared copy of ``model``: fp32 checked, opset >= 13, constants folded
+    where weights are computed, BatchNormalization folded into Conv, MatMul+Add
+    into Gemm, nodes named. ``model`` is not changed."""
+    prepare.check_float32(model, name)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    notes: dict[str, Any] = {}
+    work, upgraded_from = prepare.upgrade_opset(work, name)
+    if upgraded_from is not None:
+        notes["opset_upgraded_from"] = upgraded_from
+    if fold_constants:
+        work, failure = prepare.fold_constants_if_needed(work)
+        if failure:
+            notes["constant_folding_failed"] = failure
+    prepare.name_nodes(work.graph)
+    notes["batchnorms_folded"] = prepare.fold_batch_norms(work.graph)
+    notes["matmul_add_to_gemm"] = prepare.matmul_add_to_gemm(work.graph, prepare.value_ranks(work))
+    prepare.remove_unused_initializers(work)
+    return Prepared(work, prepare.value_types(work), notes)
+
+
+def calibration_values(model: onnx.ModelProto, types: dict[str, int]) -> list[str]:
+    """Every float value read or written by an op we have a rule for: a superset
+    of what any placement needs, so re-planning never needs a new calibration run."""
+    constants = {t.name for t in model.graph.initializer} | {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    names: dict[str, None] = {}
+    for node in model.graph.node:
+        if node.op_type in RULES and node.domain in ("", "ai.onnx"):
+            for value in list(node.input) + list(node.output):
+                if value and value not in constants and types.get(value) == onnx.TensorProto.FLOAT:
+                    names[value] = None
+    return list(names)
+
+
+def build(prepared: Prepared, stats: CalibrationStats, options: QuantizeOptions,
+          keep_float: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, Plan, list]:
+    """The quantized model for one placement (``keep_float`` nodes stay float)."""
+    plan = make_plan(prepared.model, prepared.types, exclude_nodes=frozenset(options.exclude_nodes),
+                     exclude_ops=frozenset(options.exclude_ops), keep_float=keep_float)
+    params = compute_params(plan, stats, prepared.model.graph, options.method, options.activations, options.percentile)
+    model, records = apply_plan(prepared.model, plan, params, per_channel=options.per_channel)
+    return model, plan, records
+
+
+FALLBACK_UNFUSED = "onnxruntime has no integer kernel for it in this placement: it would run in float between Q/DQ"
+
+
+def _as_data_for_validation(calib: Any) -> Any:
+    """Calibration data that can be read a second time (a path or NpzData), else None."""
+    from onnxshrink.data import NpzData
+    import os
+
+    return calib if isinstance(calib, (str, os.PathLike, NpzData)) else None
+
+
+def quantize_model(
+    model: onnx.ModelProto,
+    calib: Any = None,
+    options: QuantizeOptions = QuantizeOptions(),
+    *,
+    eval_data: Any = None,
+    progress: Progress | None = None,
+    name: str = "model",
+) -> QuantizeResult:
+    """Quantize ``model`` to int8 QDQ form; ``model`` itself is not changed.
+
+    ``calib`` is calibration data (an .npz path or folder, NpzData, an
+    onnxruntime CalibrationDataReader or an iterable of batches) or a
+    :class:`CalibrationStats` from earlier runs (merged with ``.merge``).
+    ``eval_data`` (labelled for ``max_accuracy_drop``) is what the
+    accuracy-aware search and the final metrics use; without it they use
+    ``calib`` when it can be read again. Raises GateFailed when the target
+    cannot be met, UnsupportedModelError for models that cannot be quantized.
+    """
+    if options.dynamic:
+        from onnxshrink.quantization.dynamic import quantize_dynamic
+
+        return quantize_dynamic(model, options, eval_data=eval_data, name=name)
+    if calib is None:
+        raise UsageError("static quantization needs calibration data (--calib DATA), or use --dynamic")
+    if options.max_accuracy_drop is not None and eval_data is None:
+        raise UsageError("--max-accuracy-drop needs labelled evaluation data (--eval DATA with a 'labels' array)")
+    prepared = prepare_model(model, name, fold_constants=options.fold_constants)
+    wanted = calibration_values(prepared.model, prepared.types)
+    started = time.perf_counter()
+    if isinstance(calib, CalibrationStats):
+        stats = calib
+        missing = [n for n in wanted if n not in stats.tensors]
+        if missing:
+            raise UsageError(f"the calibration statistics have no entry for tensor '{missing[0]}'; "
+                             "they were collected on another model")
+    else:
+        stats = calibrate(prepared.model, wanted, calib, batch_size=options.batch_size, progress=progress)
+    calibration = {"samples": stats.samples, "tensors": len(wanted), "seconds": round(time.perf_counter() - started, 3),
+                   "method": options.method}
+
+    keep: dict[str, str] = {}
+    qmodel, plan, records = build(prepared, stats, options)
+    if options.latency_guard and plan.nodes:
+        from onnxshrink.quantization.fusion import unfused_nodes
+
+        for _ in range(4):
+            left = unfused_nodes(qmodel, {n: p.node.op_type for n, p in plan.nodes.items()})
+            if not left:
+                break
+            keep.update({n: FALLBACK_UNFUSED for n in left})
+            qmodel, plan, records = build(prepared, stats, options, frozenset(keep))
+
+    target = None
+    search_log: list[dict[str, Any]] = []
+    if options.accuracy_aware:
+        from onnxshrink.quantization.search import accuracy_aware
+
+        data = eval_data if eval_data is not None else _as_data_for_validation(calib)
+        if data is None:
+            raise UsageError("the accuracy-aware mode needs --eval data (the calibration reader can be read only once)")
+        qmodel, plan, records, keep, search_log, target = accuracy_aware(
+            prepared, stats, options, data, keep, build, progress)
+
+    left_float = dict(plan.left_float)
+    left_float.update(keep)
+    data = eval_data if eval_data is not None else _as_data_for_validation(calib)
+    from onnxshrink.validation import compare_models
+
+    validation = compare_models(model, qmodel, data, measure_latency=options.latency_guard)
+    warnings = []
+    lat = validation.latency_ms
+    if lat.get("reference") and lat.get("candidate") and lat["candidate"] > lat["reference"]:
+        warnings.append(f"the int8 model is slower than fp32 on this CPU ({lat['candidate']:.3f} ms vs "
+                        f"{lat['reference']:.3f} ms, 1 thread): the model is too small for integer kernels to pay off")
+    if not plan.nodes:
+        warnings.append("no node could be quantized; the model is unchanged apart from the preparation passes")
+    report = QuantizeReport(
+        mode="static", method=options.method, activations=options.activations, per_channel=options.per_channel,
+        nodes=[r.to_dict() for r in records], left_float=left_float,
+        size_bytes={"original": model.ByteSize(), "quantized": qmodel.ByteSize()},
+        calibration=calibration, validation=validation.to_dict(), latency_ms=dict(lat), target=target,
+        search=search_log, prepared=prepared.notes, warnings=warnings,
+    )
+    return QuantizeResult(qmodel, bool(plan.nodes), report, stats)

@@ -1,0 +1,35 @@
+"""The quantization report: what was done to each node, what stayed float and why, the final metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass
+class QuantizeReport:
+    """Everything a user needs to trust (or reject) the quantized model."""
+
+    mode: str  # "static" or "dynamic"
+    method: str | None
+    activations: str | None
+    per_channel: bool
+    nodes: list[dict[str, Any]]
+    left_float: dict[str, str]
+    size_bytes: dict[str, int]
+    calibration: dict[str, Any]
+    validation: dict[str, Any] | None = None
+    latency_ms: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    target: dict[str, Any] | None = None
+    search: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    prepared: dict[str, Any] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.size_bytes["quantized"] / max(self.size_bytes["original"], 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["size_ratio"] = round(self.size_ratio, 4)
+        return d
