@@ -1,0 +1,127 @@
+"""`onnxshrink shrink MODEL -o OUT.onnxz`: the whole pipeline, gated; and `onnxshrink recipes`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+import onnxshrink
+from onnxshrink.cli._common import (
+    JsonOption,
+    OutputOption,
+    QuietOption,
+    console,
+    human_bytes,
+    progress_bar,
+    reports_errors,
+    write_json,
+)
+from onnxshrink.errors import UsageError
+from onnxshrink.fileio import write_bytes_atomic
+from onnxshrink.model import save_model
+from onnxshrink.pipeline import ShrinkOptions, shrink
+from onnxshrink.recipes import Recipe, builtin_recipes, load_recipe
+from onnxshrink.report import render_html
+from onnxshrink.validation import Gate
+
+
+def auto_recipe(model) -> str:
+    """cnn-default for models with convolutions, transformer-default otherwise."""
+    ops = {n.op_type for n in model.graph.node}
+    return "cnn-default" if ops & {"Conv", "ConvTranspose"} else "transformer-default"
+
+
+def with_overrides(recipe: Recipe, *, sparsity: float | None, pattern: str | None, prune_method: str | None,
+                   quant_method: str | None, prune: bool | None, quantize: bool | None,
+                   simplify: bool | None) -> Recipe:
+    """The recipe with the command line's flags laid over it."""
+    changes: dict = {}
+    prune_cfg = dict(recipe.prune or {})
+    for key, value in (("sparsity", sparsity), ("pattern", pattern), ("method", prune_method)):
+        if value is not None:
+            prune_cfg[key] = value
+    if prune is False:
+        changes["prune"] = None
+    elif prune or recipe.prune is not None or prune_cfg:
+        changes["prune"] = prune_cfg
+    quant_cfg = dict(recipe.quantize or {})
+    if quant_method is not None:
+        quant_cfg["method"] = quant_method
+    if quantize is False:
+        changes["quantize"] = None
+    elif quantize or recipe.quantize is not None or quant_cfg:
+        changes["quantize"] = quant_cfg
+    if simplify is not None:
+        changes["simplify"] = simplify
+    return dataclasses.replace(recipe, **changes)
+
+
+@reports_errors
+def shrink_command(
+    model: Annotated[Path, typer.Argument(help="The .onnx model to shrink (only read).")],
+    output: OutputOption,
+    calib: Annotated[Path, typer.Option("--calib", help="Calibration data: .npz (or folder) of model inputs.")],
+    eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Labelled eval data the gate is measured on.")] = None,
+    recipe: Annotated[str, typer.Option("--recipe", help="A built-in recipe name (see `onnxshrink recipes`), a .toml file, or 'auto'.")] = "auto",
+    target_ratio: Annotated[Optional[float], typer.Option("--target-ratio", help="Require at least this size reduction (x).")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: at most this many accuracy points lost (needs --eval).")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Gate: every output's cosine similarity at least this.")] = None,
+    sparsity: Annotated[Optional[float], typer.Option("--sparsity", help="Prune to this sparsity instead of searching.")] = None,
+    pattern: Annotated[Optional[str], typer.Option("--pattern", help="Pruning pattern: unstructured, 2:4 or channel.")] = None,
+    prune_method: Annotated[Optional[str], typer.Option("--prune-method", help="magnitude, wanda or hessian.")] = None,
+    quant_method: Annotated[Optional[str], typer.Option("--quant-method", help="minmax, percentile, entropy or mse.")] = None,
+    prune: Annotated[Optional[bool], typer.Option("--prune/--no-prune", help="Run or skip the prune stage.")] = None,
+    quantize: Annotated[Optional[bool], typer.Option("--quantize/--no-quantize", help="Run or skip the quantize stage.")] = None,
+    simplify: Annotated[Optional[bool], typer.Option("--simplify/--no-simplify", help="Run or skip onnxsim constant folding.")] = None,
+    report_html: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here.")] = None,
+    json_path: JsonOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Simplify, prune, quantize, validate against a gate and pack, in one step; nothing is written if the gate fails."""
+    if max_accuracy_drop is not None and min_cosine is not None:
+        raise UsageError("give one gate: --max-accuracy-drop or --min-cosine, not both")
+    source = onnxshrink.load(model)
+    chosen = load_recipe(auto_recipe(source) if recipe == "auto" else recipe)
+    chosen = with_overrides(chosen, sparsity=sparsity, pattern=pattern, prune_method=prune_method,
+                            quant_method=quant_method, prune=prune, quantize=quantize, simplify=simplify)
+    options = ShrinkOptions(recipe=chosen, gate=Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop),
+                            target_ratio=target_ratio)
+    with progress_bar(quiet) as progress:
+        result = shrink(source, calib, options, eval_data=eval_data, model_name=str(model), progress=progress)
+    result.report["original_bytes"] = model.stat().st_size
+    result.report["ratio"] = round(model.stat().st_size / max(result.report["output_bytes"], 1), 4)
+    result.report["output"] = str(output)
+    if result.packed is not None:
+        write_bytes_atomic(output, result.packed)
+    else:
+        save_model(result.model, output)
+    if json_path:
+        write_json(json_path, result.report)
+    if report_html:
+        write_bytes_atomic(report_html, render_html(result.report).encode("utf-8"))
+    if not quiet:
+        table = Table("stage", "onnx bytes", "packed bytes", "note", title=f"shrink ({chosen.name})", title_justify="left")
+        for stage in result.report["stages"]:
+            table.add_row(stage["name"], human_bytes(stage["bytes"]), human_bytes(stage.get("packed_bytes")), stage["note"])
+        console.print(table)
+        final = result.validation
+        line = f"{output}: {human_bytes(result.report['output_bytes'])}, {result.report['ratio']:.1f}x smaller"
+        if final is not None and final.accuracy:
+            line += (f"; accuracy {100 * final.accuracy['reference']:.2f}% -> {100 * final.accuracy['candidate']:.2f}%")
+        console.print(line, markup=False)
+
+
+@reports_errors
+def recipes_command() -> None:
+    """List the recipes that ship with onnxshrink."""
+    table = Table("recipe", "stages", "gate", "description")
+    for name, path in sorted(builtin_recipes().items()):
+        r = load_recipe(name)
+        stages = [s for s, on in (("simplify", r.simplify), ("prune", r.prune is not None),
+                                  ("quantize", r.quantize is not None), ("pack", r.pack)) if on]
+        table.add_row(name, " > ".join(stages), ", ".join(f"{k}={v}" for k, v in r.gate.items()), r.description)
+    console.print(table)

@@ -1,0 +1,261 @@
+"""shrink: simplify -> prune -> quantize -> validate gate -> pack, in one call.
+
+Each stage is optional and configured by a recipe (see :mod:`onnxshrink.recipes`).
+When the gate is an accuracy or cosine budget and the recipe gives no
+sparsity, shrink searches: it tries pruning budgets from the most aggressive
+down, quantizes each candidate within what is left of the budget, checks the
+final model against the original, and keeps the smallest packed model that
+passes. Nothing is written by this module; the caller writes the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxshrink.data import Batch, iter_batches, model_inputs
+from onnxshrink.errors import GateFailed, UsageError
+from onnxshrink.recipes import Recipe
+from onnxshrink.validation import Gate, ValidationReport, compare_models
+
+Progress = Callable[[str, int, int], None]
+# Fractions of the accuracy (or cosine) budget given to pruning, most aggressive first.
+PRUNE_BUDGET_SHARES = (0.75, 0.5, 0.25, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShrinkOptions:
+    """What a shrink run does: a recipe plus the command line's overrides.
+
+    ``gate`` overrides the recipe's gate when it has a threshold set.
+    ``target_ratio`` asks for at least that size reduction (original .onnx
+    bytes over output bytes); the search then prefers the most accurate
+    candidate that reaches it.
+    """
+
+    recipe: Recipe
+    gate: Gate = Gate()
+    target_ratio: float | None = None
+    calib_samples: int = 256
+
+    def __post_init__(self) -> None:
+        if self.target_ratio is not None and self.target_ratio <= 1.0:
+            raise UsageError(f"--target-ratio must be above 1, got {self.target_ratio}")
+
+    @property
+    def effective_gate(self) -> Gate:
+        if self.gate.active:
+            return self.gate
+        return Gate(**self.recipe.gate)
+
+
+@dataclasses.dataclass
+class ShrinkResult:
+    """The final model (not yet packed), its packed bytes, and the report."""
+
+    model: onnx.ModelProto
+    packed: bytes | None
+    report: dict[str, Any]
+    validation: ValidationReport | None
+
+    @property
+    def output_bytes(self) -> bytes:
+        return self.packed if self.packed is not None else self.model.SerializeToString()
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    c = onnx.ModelProto()
+    c.CopyFrom(model)
+    return c
+
+
+def _packed_size(model: onnx.ModelProto) -> tuple[int, bytes]:
+    from onnxshrink.pack import pack_model
+
+    result = pack_model(model)
+    return len(result.data), result.data
+
+
+def _calibration(calib: Any, model: onnx.ModelProto, samples: int) -> list[Batch]:
+    """The calibration samples, read once and reused by every stage and trial."""
+    batches, have = [], 0
+    for batch in iter_batches(calib, model_inputs(model), 32):
+        take = min(len(batch), samples - have)
+        if take < len(batch):
+            batch = Batch({k: v[:take] for k, v in batch.inputs.items()})
+        batches.append(batch)
+        have += take
+        if have >= samples:
+            break
+    if not batches:
+        raise UsageError("the calibration data holds no samples")
+    return batches
+
+
+def _drop(report: ValidationReport, gate: Gate) -> float:
+    """How much of the budget a model uses: accuracy points, or 1 - min cosine."""
+    if gate.max_accuracy_drop is not None:
+        return max(report.accuracy_drop_points or 0.0, 0.0)
+    return max(1.0 - min(m["cosine"] for m in report.outputs.values()), 0.0)
+
+
+def _budget(gate: Gate) -> float:
+    return gate.max_accuracy_drop if gate.max_accuracy_drop is not None else 1.0 - (gate.min_cosine or 1.0)
+
+
+def _sub_gate(gate: Gate, budget: float) -> dict[str, float]:
+    if gate.max_accuracy_drop is not None:
+        return {"max_accuracy_drop": max(budget, 0.0)}
+    return {"min_cosine": min(1.0, 1.0 - max(budget, 0.0))}
+
+
+def quantization_errors(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, float]:
+    """Relative error ||W - dequant(q(W))|| / ||W|| of each weight the quantizer turned
+    into integers, matched through the node (by name) and input that reads it."""
+    from onnxshrink.roles import weight_uses
+
+    originals = {(u.node.name, u.input_index): u.weight for u in weight_uses(before) if u.node.name}
+    inits = {t.name: t for t in after.graph.initializer}
+    dq_by_output = {n.output[0]: n for n in after.graph.node if n.op_type == "DequantizeLinear"}
+    errors: dict[str, float] = {}
+    for node in after.graph.node:
+        for index, name in enumerate(node.input):
+            weight = originals.get((node.name, index))
+            dq = dq_by_output.get(name)
+            if weight is None or dq is None or dq.input[0] not in inits or weight.name in errors:
+                continue
+            q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
+            scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64) if dq.input[1] in inits else None
+            if scale is None:
+                continue
+            zero = (numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64)
+                    if len(dq.input) > 2 and dq.input[2] in inits else np.zeros_like(scale))
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            if scale.ndim == 1 and q.ndim > 1:
+                shape = [1] * q.ndim
+                shape[axis] = -1
+                scale, zero = scale.reshape(shape), zero.reshape(shape)
+            w = weight.array().astype(np.float64)
+            if w.shape != q.shape:
+                continue
+            norm = np.linalg.norm(w)
+            errors[weight.name] = float(np.linalg.norm(w - (q - zero) * scale) / norm) if norm else 0.0
+    return errors
+
+
+def _trial(base: onnx.ModelProto, original: onnx.ModelProto, recipe: Recipe, gate: Gate, share: float | None,
+           calib: list[Batch], eval_data: Any, progress: Progress) -> dict[str, Any]:
+    """One candidate: prune with ``share`` of the budget (None: as the recipe says),
+    quantize within the rest, validate against the original, pack."""
+    from onnxshrink.pruning import PruneOptions, prune_model
+    from onnxshrink.quantization import QuantizeOptions, quantize_model
+
+    budget = _budget(gate)
+    model, stages, layers = base, [], {}
+    check = eval_data if eval_data is not None else calib
+    prune_cfg = recipe.prune
+    if prune_cfg is not None and (share is None or share > 0):
+        targets = {} if (share is None and prune_cfg.get("sparsity") is not None) else _sub_gate(gate, budget * (share or 0))
+        options = PruneOptions(**prune_cfg, **targets)
+        result = prune_model(model, options, calib=calib, eval_data=check, progress=progress)
+        model = result.model
+        summary = result.report.to_dict()
+        stages.append(("prune", model, f"{100 * result.report.weight_sparsity:.1f}% of weights zero"))
+        for t in summary["tensors"]:
+            layers[t["name"]] = {"name": t["name"], "op": t["op_type"], "sparsity": t["sparsity"]}
+    used = 0.0
+    if stages:
+        used = _drop(compare_models(original, model, check, gate=Gate(), measure_latency=False), gate)
+    if recipe.quantize is not None:
+        q_options = QuantizeOptions(**recipe.quantize, **(_sub_gate(gate, budget - used) if gate.active else {}))
+        try:
+            q = quantize_model(model, calib, q_options, eval_data=check, progress=progress)
+        except GateFailed as e:
+            # Pruning left too little of the budget: this candidate fails, a milder one follows.
+            return {"failed": f"quantization within the remaining budget: {e}", "share": share}
+        errors = quantization_errors(model, q.model)
+        model = q.model
+        stages.append(("quantize", model, f"{len(q.report.left_float)} nodes left in float"))
+        for name, err in errors.items():
+            layers.setdefault(name, {"name": name, "sparsity": 0.0})["quant_error"] = err
+    validation = compare_models(original, model, check, gate=gate, measure_latency=True)
+    size, packed = _packed_size(model) if recipe.pack else (model.ByteSize(), None)
+    return {"model": model, "packed": packed, "size": size, "validation": validation, "stages": stages,
+            "layers": list(layers.values()), "share": share}
+
+
+def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_data: Any = None,
+           model_name: str = "model", progress: Progress | None = None) -> ShrinkResult:
+    """Run the recipe's stages on a copy of ``model``; ``model`` is not changed.
+
+    ``calib`` is the calibration data (path, NpzData, ORT-style reader or
+    batches), ``eval_data`` the labelled data the gate is measured on (without
+    it the gate is measured on the calibration inputs, cosine only). Raises
+    GateFailed (exit 1) when no candidate passes the gate or reaches
+    ``target_ratio``.
+    """
+    progress = progress or (lambda task, done, total: None)
+    recipe = options.recipe
+    gate = options.effective_gate
+    if gate.max_accuracy_drop is not None and eval_data is None:
+        raise UsageError(f"recipe '{recipe.name}' gates on accuracy: give --eval DATA with labels, or --min-cosine X")
+    original = _copy(model)
+    original_bytes = original.ByteSize()
+    stages: list[dict[str, Any]] = [{"name": "original", "bytes": original_bytes, "packed_bytes": None, "note": ""}]
+    base = original
+    if recipe.simplify:
+        from onnxshrink.simplify import simplify
+
+        simplified = simplify(original)
+        base = simplified.model
+        stages.append({"name": "simplify", "bytes": base.ByteSize(), "packed_bytes": None,
+                       "note": simplified.fallback_reason or f"{simplified.nodes_before} -> {simplified.nodes_after} nodes"})
+    calib_batches = _calibration(calib, base, options.calib_samples)
+    searching = recipe.prune is not None and recipe.prune.get("sparsity") is None and gate.active
+    shares: tuple[float | None, ...] = PRUNE_BUDGET_SHARES if searching else (None,)
+    if options.target_ratio is not None:
+        shares = tuple(reversed(shares))  # least aggressive first: the most accurate that reaches the ratio
+    trials, chosen = [], None
+    for i, share in enumerate(shares):
+        progress("search", i, len(shares))
+        trial = _trial(base, original, recipe, gate, share, calib_batches, eval_data, progress)
+        if "failed" in trial:
+            trials.append({"trial": i, "prune_budget_share": share, "passed": False, "why": trial["failed"]})
+            continue
+        ratio = original_bytes / max(trial["size"], 1)
+        passed = trial["validation"].passed and (options.target_ratio is None or ratio >= options.target_ratio)
+        trials.append({"trial": i, "prune_budget_share": share, "size_bytes": trial["size"], "ratio": round(ratio, 3),
+                       "accuracy_drop": round(_drop(trial["validation"], gate), 4) if gate.active else 0.0,
+                       "passed": passed})
+        if passed:
+            chosen = trial
+            break
+    progress("search", len(trials), len(trials))
+    if chosen is None:
+        last = trials[-1]
+        why = last.get("why") or "; ".join(trial["validation"].failures) or \
+            f"reached {last['ratio']}x < {options.target_ratio}x"
+        raise GateFailed(f"no candidate passed the gate after {len(trials)} tries ({why}); nothing written")
+    for name, staged, note in chosen["stages"]:
+        stages.append({"name": name, "bytes": staged.ByteSize(), "packed_bytes": _packed_size(staged)[0], "note": note})
+    if recipe.pack:
+        stages.append({"name": "pack", "bytes": chosen["size"], "packed_bytes": chosen["size"], "note": "lossless"})
+    validation: ValidationReport = chosen["validation"]
+    report = {
+        "model": model_name,
+        "recipe": recipe.to_dict(),
+        "gate": dataclasses.asdict(gate),
+        "passed": True,
+        "original_bytes": original_bytes,
+        "output_bytes": chosen["size"],
+        "ratio": round(original_bytes / max(chosen["size"], 1), 4),
+        "stages": stages,
+        "layers": chosen["layers"],
+        "search": [t for t in trials if "size_bytes" in t] if searching else [],
+        "final": validation.to_dict(),
+    }
+    return ShrinkResult(chosen["model"], chosen["packed"], report, validation)
