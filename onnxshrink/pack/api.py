@@ -103,7 +103,8 @@ def _best_encoding(arr: np.ndarray, word: int, options: PackOptions) -> tuple[di
     ``options.speed_tolerance`` of the smallest."""
     analysis = Analysis(arr)
     codecs = [get_codec({"id": c, "word": word}) for c in options.codecs]
-    estimates = [(c.estimate(arr, analysis), i, c) for i, c in enumerate(codecs) if c.worth_trying(analysis)]
+    worth = [(i, c) for i, c in enumerate(codecs) if c.worth_trying(analysis)] or list(enumerate(codecs))
+    estimates = [(c.estimate(arr, analysis), i, c) for i, c in worth]
     best = min(e for e, _, _ in estimates)
     # Encode only what could win: the estimates are exact but for the lane tables.
     contenders = sorted((i, c) for e, i, c in estimates if e <= best * (1 + options.speed_tolerance) + 64)

@@ -68,7 +68,7 @@ def tensor_slots(model: onnx.ModelProto) -> list[TensorSlot]:
 
     def walk_nodes(nodes, where: str) -> None:
         for i, node in enumerate(nodes):
-            at = f"{where}/node '{node.name or node.op_type + str(i)}'"
+            at = f"{where}/node '{node.name or f'{node.op_type}_{i}'}'"
             for a in node.attribute:
                 if a.HasField("t"):
                     add(a.t, ATTRIBUTE, f"{at} attribute '{a.name}'")
