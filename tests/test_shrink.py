@@ -1,0 +1,112 @@
+"""shrink: gates, determinism, recipes, reports — on a bundled model, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from conftest import MODELS, run_cli
+from onnxshrink.errors import UsageError
+from onnxshrink.recipes import builtin_recipes, load_recipe, parse_recipe
+
+MLP = MODELS / "digits_mlp.onnx"
+CALIB = MODELS / "digits_mlp.calib.npz"
+EVAL = MODELS / "digits_mlp.eval.npz"
+
+
+def _tensors(model: onnx.ModelProto) -> dict[str, bytes]:
+    return {t.name: numpy_helper.to_array(t).tobytes() for t in model.graph.initializer}
+
+
+def test_shrink_is_deterministic_and_gated(tmp_path):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"m{i}.onnxz"
+        result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--eval", EVAL, "--sparsity", "0.5",
+                         "--max-accuracy-drop", "1.0", "--json", tmp_path / f"r{i}.json", "--report", tmp_path / f"r{i}.html")
+        assert result.returncode == 0, result.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1], "same input and options must give byte-identical output"
+    report = json.loads((tmp_path / "r0.json").read_text())
+    assert report["passed"] and report["ratio"] > 4
+    assert [s["name"] for s in report["stages"]] == ["original", "simplify", "prune", "quantize", "pack"]
+    assert report["final"]["accuracy"]["reference"] - report["final"]["accuracy"]["candidate"] <= 0.01
+    # The unpacked result really is that accurate.
+    un = tmp_path / "un.onnx"
+    assert run_cli("unpack", tmp_path / "m0.onnxz", "-o", un).returncode == 0
+    check = run_cli("validate", MLP, un, "--data", EVAL, "--max-accuracy-drop", "1.0", "--no-latency")
+    assert check.returncode == 0, check.stdout + check.stderr
+    page = (tmp_path / "r0.html").read_text()
+    assert page.count("<svg") >= 3 and "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
+
+
+def test_failed_gate_writes_nothing_and_exits_1(tmp_path):
+    out = tmp_path / "m.onnxz"
+    result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--eval", EVAL, "--sparsity", "0.95",
+                     "--min-cosine", "0.99999", "--json", tmp_path / "r.json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "gate" in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lossless_recipe_round_trips_bit_exactly(tmp_path):
+    out = tmp_path / "m.onnxz"
+    result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--recipe", "lossless")
+    assert result.returncode == 0, result.stderr
+    un = tmp_path / "un.onnx"
+    assert run_cli("unpack", out, "-o", un).returncode == 0
+    assert _tensors(onnx.load(str(un))) == _tensors(onnx.load(str(MLP)))
+    assert out.stat().st_size < MLP.stat().st_size
+
+
+def test_input_is_never_touched(tmp_path):
+    before = MLP.read_bytes()
+    run_cli("shrink", MLP, "-o", tmp_path / "m.onnxz", "--calib", CALIB, "--recipe", "lossless")
+    assert MLP.read_bytes() == before
+
+
+def test_accuracy_gate_without_eval_is_a_usage_error(tmp_path):
+    result = run_cli("shrink", MLP, "-o", tmp_path / "m.onnxz", "--calib", CALIB, "--sparsity", "0.5")
+    assert result.returncode == 2 and "--eval" in result.stderr
+    assert not (tmp_path / "m.onnxz").exists()
+
+
+def test_builtin_recipes_parse_and_are_listed():
+    names = set(builtin_recipes())
+    assert {"cnn-default", "transformer-default", "lossless"} <= names
+    for name in names:
+        load_recipe(name)
+    result = run_cli("recipes")
+    assert result.returncode == 0 and all(n in result.stdout for n in names)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"prune": {"sparsity": 0.5, "bogus": 1}}, "no option 'bogus'"),
+        ({"quantise": {}}, "unknown section"),
+        ({"gate": {"max_drop": 1}}, "no key 'max_drop'"),
+        ({"pack": {"level": 3}}, "takes only 'enabled'"),
+    ],
+)
+def test_bad_recipes_are_refused_by_name(data, message):
+    with pytest.raises(UsageError, match=message):
+        parse_recipe(data, "r")
+
+
+def test_recipe_file_from_the_command_line(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[prune]\nsparsity = 0.3\n[quantize]\nenabled = false\n[gate]\nmin_cosine = 0.99\n')
+    out = tmp_path / "m.onnxz"
+    result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--recipe", recipe, "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["original", "simplify", "prune", "pack"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[prune\n")
+    result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--recipe", bad)
+    assert result.returncode == 2 and "not valid TOML" in result.stderr
