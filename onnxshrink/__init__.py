@@ -100,6 +100,36 @@ def session(path: str | os.PathLike, **options: Any):
     return inference_session_from_packed(path, **options)
 
 
+def quantize(model: onnx.ModelProto | str | os.PathLike, calib: Any = None, options: Any = None, **kwargs: Any):
+    """int8 QDQ quantization; see :func:`onnxshrink.quantization.quantize_model`.
+    Returns a QuantizeResult (``.model``, ``.report``); the input is not changed."""
+    from onnxshrink.quantization import QuantizeOptions, quantize_model
+
+    return quantize_model(_model(model), calib, options or QuantizeOptions(), **kwargs)
+
+
+def prune(model: onnx.ModelProto | str | os.PathLike, options: Any = None, **kwargs: Any):
+    """Pruning; see :func:`onnxshrink.pruning.prune_model`. Returns a PruneResult
+    (``.model``, ``.report``); the input is not changed."""
+    from onnxshrink.pruning import PruneOptions, prune_model
+
+    if options is None:
+        raise UsageError("give PruneOptions(sparsity=...) or a target")
+    return prune_model(_model(model), options if isinstance(options, PruneOptions) else PruneOptions(**options), **kwargs)
+
+
+def shrink(model: onnx.ModelProto | str | os.PathLike, calib: Any, *, recipe: str = "auto", eval_data: Any = None,
+           gate: Gate = Gate(), target_ratio: float | None = None, **kwargs: Any):
+    """The whole pipeline; see :func:`onnxshrink.pipeline.shrink`. Returns a
+    ShrinkResult (``.model``, ``.packed`` bytes, ``.report``, ``.validation``)."""
+    from onnxshrink.pipeline import ShrinkOptions, shrink as run_pipeline
+    from onnxshrink.recipes import load_recipe, recipe_for
+
+    source = _model(model)
+    options = ShrinkOptions(recipe=load_recipe(recipe_for(source) if recipe == "auto" else recipe), gate=gate, target_ratio=target_ratio)
+    return run_pipeline(source, calib, options, eval_data=eval_data, **kwargs)
+
+
 __all__ = [
     "DataError",
     "Gate",
@@ -115,7 +145,10 @@ __all__ = [
     "inspect",
     "load",
     "pack",
+    "prune",
+    "quantize",
     "save",
+    "shrink",
     "session",
     "unpack",
     "validate",

@@ -93,6 +93,12 @@ def parse_recipe(data: dict[str, Any], name: str) -> Recipe:
                   stages["pack"], {k: float(v) for k, v in gate.items()})
 
 
+def recipe_for(model: Any) -> str:
+    """The built-in recipe that suits ``model``: cnn-default with convolutions, else transformer-default."""
+    ops = {n.op_type for n in model.graph.node}
+    return "cnn-default" if ops & {"Conv", "ConvTranspose"} else "transformer-default"
+
+
 def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
     """A built-in recipe by name, or a recipe file by path."""
     builtins = builtin_recipes()

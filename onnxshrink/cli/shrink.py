@@ -24,15 +24,9 @@ from onnxshrink.errors import UsageError
 from onnxshrink.fileio import write_bytes_atomic
 from onnxshrink.model import save_model
 from onnxshrink.pipeline import ShrinkOptions, shrink
-from onnxshrink.recipes import Recipe, builtin_recipes, load_recipe
+from onnxshrink.recipes import Recipe, builtin_recipes, load_recipe, recipe_for
 from onnxshrink.report import render_html
 from onnxshrink.validation import Gate
-
-
-def auto_recipe(model) -> str:
-    """cnn-default for models with convolutions, transformer-default otherwise."""
-    ops = {n.op_type for n in model.graph.node}
-    return "cnn-default" if ops & {"Conv", "ConvTranspose"} else "transformer-default"
 
 
 def with_overrides(recipe: Recipe, *, sparsity: float | None, pattern: str | None, prune_method: str | None,
@@ -85,7 +79,7 @@ def shrink_command(
     if max_accuracy_drop is not None and min_cosine is not None:
         raise UsageError("give one gate: --max-accuracy-drop or --min-cosine, not both")
     source = onnxshrink.load(model)
-    chosen = load_recipe(auto_recipe(source) if recipe == "auto" else recipe)
+    chosen = load_recipe(recipe_for(source) if recipe == "auto" else recipe)
     chosen = with_overrides(chosen, sparsity=sparsity, pattern=pattern, prune_method=prune_method,
                             quant_method=quant_method, prune=prune, quantize=quantize, simplify=simplify)
     options = ShrinkOptions(recipe=chosen, gate=Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop),
