@@ -1,0 +1,123 @@
+"""Weight-only dynamic quantization: int8 MatMul/Gemm weights, activations quantized at run time.
+
+Each MatMul (or Gemm) with a constant 2-D weight becomes::
+
+    x -> DynamicQuantizeLinear -> MatMulInteger(x_q, W_q, x_zp, W_zp) -> Cast(float) -> Mul(x_scale * W_scale) [-> Add(bias)]
+
+with W int8, symmetric per output column (zero point 0). onnxruntime fuses the
+chain into DynamicQuantizeMatMul / MatMulIntegerToFloat. No calibration
+data: transformer-like models whose activation ranges vary per input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxshrink.quantization.options import QuantizeOptions
+from onnxshrink.quantization.params import quantize_weight, weight_scales
+from onnxshrink.quantization.prepare import _attr, _constant, remove_unused_initializers
+from onnxshrink.quantization.report import QuantizeReport
+from onnxshrink.quantization.rewrite import _Names
+from onnxshrink.roles import weight_uses
+
+DYNAMIC_OPS = ("MatMul", "Gemm")
+
+
+def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_data: Any = None, name: str = "model"):
+    """Dynamic int8 MatMul/Gemm; see the module docstring. ``model`` is not changed."""
+    from onnxshrink.quantization.quantizer import QuantizeResult, prepare_model
+    from onnxshrink.validation import compare_models
+
+    prepared = prepare_model(model, name, fold_constants=options.fold_constants)
+    out = onnx.ModelProto()
+    out.CopyFrom(prepared.model)
+    graph = out.graph
+    names = _Names(graph)
+    uses = {id(u.node): u for u in weight_uses(out) if u.weight.graph is graph and u.node.op_type in DYNAMIC_OPS}
+    dynamic_inputs: dict[str, tuple[str, str, str]] = {}
+    replaced: dict[str, list[onnx.NodeProto]] = {}
+    records, left_float = [], {}
+    for node in graph.node:
+        if node.op_type not in DYNAMIC_OPS:
+            continue
+        why = _problem(node, uses.get(id(node)), options, prepared.types)
+        if why:
+            left_float[node.name] = why
+            continue
+        use = uses[id(node)]
+        weight = use.weight.array().astype(np.float32)
+        if use.out_axis == 0:  # Gemm transB=1: store [K, N]
+            weight = weight.T
+        alpha = float(_attr(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
+        scale = weight_scales(weight, 1 if options.per_channel else None)
+        q = quantize_weight(weight, scale, 1 if options.per_channel else None)
+        x = node.input[0]
+        new: list[onnx.NodeProto] = []
+        if x not in dynamic_inputs:
+            xq, xs, xz = names(f"{x}_quantized"), names(f"{x}_scale"), names(f"{x}_zero_point")
+            new.append(helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=names(f"{x}_DynamicQuantizeLinear")))
+            dynamic_inputs[x] = (xq, xs, xz)
+        xq, xs, xz = dynamic_inputs[x]
+        wq, ws, wz = names(f"{use.weight.name}_quantized"), names(f"{use.weight.name}_scale"), names(f"{use.weight.name}_zero_point")
+        graph.initializer.append(numpy_helper.from_array(q.values, wq))
+        graph.initializer.append(numpy_helper.from_array((q.scale * np.float32(alpha)).astype(np.float32), ws))
+        graph.initializer.append(numpy_helper.from_array(np.zeros(q.scale.shape, np.int8), wz))
+        y = node.output[0]
+        acc, acc_f, both, scaled = (names(f"{y}_{s}") for s in ("int32", "float", "scale", "scaled"))
+        new += [
+            helper.make_node("MatMulInteger", [xq, wq, xz, wz], [acc], name=names(f"{node.name}_MatMulInteger")),
+            helper.make_node("Cast", [acc], [acc_f], to=onnx.TensorProto.FLOAT, name=names(f"{node.name}_Cast")),
+            helper.make_node("Mul", [xs, ws], [both], name=names(f"{node.name}_scales")),
+        ]
+        has_bias = node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]
+        new.append(helper.make_node("Mul", [acc_f, both], [scaled if has_bias else y], name=names(f"{node.name}_Mul")))
+        if has_bias:
+            beta = float(_attr(node, "beta", 1.0))
+            bias = (_constant(graph, node.input[2]).astype(np.float32) * np.float32(beta)).astype(np.float32)
+            b = names(f"{node.input[2]}_scaled")
+            graph.initializer.append(numpy_helper.from_array(bias, b))
+            new.append(helper.make_node("Add", [scaled, b], [y], name=names(f"{node.name}_bias")))
+        replaced[node.name] = new
+        records.append({"name": node.name, "op_type": node.op_type, "kernel": "DynamicQuantizeMatMul",
+                        "inputs": {x: {"scale": "dynamic", "zero_point": "dynamic", "type": "uint8"}}, "output": None,
+                        "weight": {"type": "int8", "symmetric": True, "axis": 1 if options.per_channel else None,
+                                   "channels": int(q.scale.size), "scale_min": float(q.scale.min()),
+                                   "scale_max": float(q.scale.max())}, "fused": None})
+    nodes = []
+    for node in graph.node:
+        nodes.extend(replaced.get(node.name, [node]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    remove_unused_initializers(out)
+    validation = compare_models(model, out, eval_data, measure_latency=options.latency_guard)
+    report = QuantizeReport(
+        mode="dynamic", method=None, activations="uint8 (dynamic)", per_channel=options.per_channel, nodes=records,
+        left_float=left_float, size_bytes={"original": model.ByteSize(), "quantized": out.ByteSize()},
+        calibration={}, validation=validation.to_dict(), latency_ms=dict(validation.latency_ms),
+        prepared=prepared.notes,
+        warnings=[] if eval_data is not None else ["no --eval data: the final metrics use random inputs"],
+    )
+    return QuantizeResult(out, bool(records), report, None)
+
+
+def _problem(node: onnx.NodeProto, use, options: QuantizeOptions, types: dict[str, int]) -> str | None:
+    if node.name in options.exclude_nodes or node.op_type in options.exclude_ops:
+        return "excluded by the options"
+    if use is None or use.input_index != 1 or len(use.weight.tensor.dims) != 2:
+        return "no constant 2-D weight"
+    if use.weight.tensor.data_type != onnx.TensorProto.FLOAT or types.get(node.input[0]) != onnx.TensorProto.FLOAT:
+        return "not float32"
+    if node.op_type == "Gemm":
+        if int(_attr(node, "transA", 0)):
+            return "Gemm with transA"
+        if len(node.input) > 2 and node.input[2] and _constant_exists(node.input[2], use.weight.graph) is False:
+            return "Gemm's C is not a constant"
+    return None
+
+
+def _constant_exists(name: str, graph: onnx.GraphProto) -> bool:
+    return _constant(graph, name) is not None
