@@ -115,7 +115,7 @@ def prune_model(
                                         include_recurrent=options.include_recurrent)
     if options.pattern == "channel":
         if options.has_target:
-            work, records, groups, search = search_sparsity(reference, options, method, batches, check_data,
+            work, records, groups, search = search_sparsity(work, reference, options, method, batches, check_data,
                                                             targets=None, progress=progress)
         else:
             work, records, groups = prune_channels(work, options, options.sparsity or 0.0, method, batches, progress)
@@ -126,7 +126,7 @@ def prune_model(
             stats = collect_layer_inputs(work, [u for t in targets for u in t.uses], batches, want,
                                          progress=progress, total_batches=len(batches))
         if options.has_target:
-            work, records, _, search = search_sparsity(reference, options, method, batches, check_data,
+            work, records, _, search = search_sparsity(work, reference, options, method, batches, check_data,
                                                        targets=(targets, stats), progress=progress)
         else:
             records = prune_unstructured(targets, stats, options, method)

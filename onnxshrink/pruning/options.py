@@ -28,7 +28,7 @@ class PruneOptions:
     sparsity: float | None = None
     pattern: str = "unstructured"
     method: str | None = None
-    scope: str = "layer"
+    scope: str = "global"
     exclude: tuple[str, ...] = ()
     min_size: int = 256
     max_accuracy_drop: float | None = None

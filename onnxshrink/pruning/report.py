@@ -26,7 +26,7 @@ def parameter_counts(model: onnx.ModelProto) -> tuple[int, int]:
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
-def _shapes_at_batch_one(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Inferred shapes of the main graph's values, symbolic dims taken as 1."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -55,7 +55,7 @@ def count_flops(model: onnx.ModelProto) -> int:
     """Floating-point operations (2 per multiply-add) of one sample through the
     main graph's Conv, ConvTranspose, Gemm and MatMul nodes; nodes whose
     shapes cannot be inferred are not counted."""
-    shapes = _shapes_at_batch_one(model)
+    shapes = inferred_shapes(model)
     macs = 0
     for node in model.graph.node:
         if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:

@@ -1,0 +1,108 @@
+"""`onnxshrink prune MODEL -o OUT --sparsity S`: zero weights or remove channels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+import onnxshrink
+from onnxshrink.cli._common import (
+    JsonOption,
+    OutputOption,
+    QuietOption,
+    console,
+    progress_bar,
+    reports_errors,
+    write_json,
+)
+from onnxshrink.data import NpzData
+from onnxshrink.pruning import PruneOptions, PruneReport, prune_model
+
+_D = PruneOptions.__dataclass_fields__  # defaults live in PruneOptions only
+
+
+@reports_errors
+def prune_command(
+    model: Annotated[Path, typer.Argument(help="The .onnx model to prune.")],
+    output: OutputOption,
+    sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction of weights (or of prunable channels) to remove; with a target, the most the search may reach.")] = None,
+    pattern: Annotated[str, typer.Option("--pattern", help="unstructured, 2:4 (N:M along input channels) or channel (remove channels from the graph).")] = _D["pattern"].default,
+    method: Annotated[Optional[str], typer.Option("--method", help="magnitude, wanda or hessian (default: hessian with --calib, else magnitude).")] = None,
+    scope: Annotated[str, typer.Option("--scope", help="global: rank weights across layers; layer: the same sparsity in every layer.")] = _D["scope"].default,
+    calib: Annotated[Optional[Path], typer.Option("--calib", help=".npz of model inputs for activation statistics.")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval", help=".npz with inputs and 'labels' for --max-accuracy-drop and the report.")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Weight or node name (shell pattern) to leave alone; repeatable.")] = None,
+    min_size: Annotated[int, typer.Option("--min-size", help="Leave weights with fewer elements alone.")] = _D["min_size"].default,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Target: search the highest sparsity losing at most this many accuracy points on --eval.")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Target: search the highest sparsity keeping every output's cosine >= this.")] = None,
+    include_recurrent: Annotated[bool, typer.Option("--include-recurrent", help="Also prune LSTM/GRU/RNN weights.")] = _D["include_recurrent"].default,
+    simplify: Annotated[bool, typer.Option("--simplify", help="Constant-fold with onnxsim first (weights built at run time become prunable).")] = _D["simplify"].default,
+    damp: Annotated[float, typer.Option("--damp", help="Hessian damping, a fraction of its mean diagonal.")] = _D["damp"].default,
+    block_size: Annotated[int, typer.Option("--block-size", help="Columns per block in Hessian pruning.")] = _D["block_size"].default,
+    reconstruct: Annotated[bool, typer.Option("--reconstruct/--no-reconstruct", help="Channel pattern, hessian: refit consumer layers to the kept channels by least squares.")] = _D["reconstruct"].default,
+    channel_multiple: Annotated[int, typer.Option("--channel-multiple", help="Channel pattern: keep a multiple of this many channels per group.")] = _D["channel_multiple"].default,
+    calib_samples: Annotated[int, typer.Option("--calib-samples", help="Use at most this many calibration samples.")] = _D["calib_samples"].default,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per onnxruntime run while collecting statistics.")] = _D["batch_size"].default,
+    json_path: JsonOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Prune weights: unstructured, 2:4, or whole channels removed from the graph (faster in onnxruntime)."""
+    options = PruneOptions(
+        sparsity=sparsity, pattern=pattern, method=method, scope=scope, exclude=tuple(exclude or ()),
+        min_size=min_size, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
+        include_recurrent=include_recurrent, simplify=simplify, damp=damp, block_size=block_size,
+        reconstruct=reconstruct, channel_multiple=channel_multiple, calib_samples=calib_samples, batch_size=batch_size,
+    )
+    source = onnxshrink.load(model)
+    with progress_bar(quiet) as progress:
+        result = prune_model(source, options, calib=NpzData(calib) if calib else None,
+                             eval_data=NpzData(eval_data) if eval_data else None, progress=progress)
+    onnxshrink.save(result.model, output)
+    if json_path:
+        write_json(json_path, result.report.to_dict())
+    if not quiet:
+        print_report(result.report, output)
+
+
+def print_report(report: PruneReport, output: Path) -> None:
+    if report.pattern == "channel":
+        table = Table("tensor", "op", "shape before", "shape after", "removed")
+        for t in report.tensors:
+            table.add_row(t.name, t.op_type, "x".join(map(str, t.shape_before)), "x".join(map(str, t.shape_after)),
+                          f"{100 * t.zeros_after / max(t.params, 1):.1f}%")
+    else:
+        table = Table("tensor", "op", "shape", "params", "sparsity", "method", "output err")
+        for t in report.tensors:
+            table.add_row(t.name, t.op_type, "x".join(map(str, t.shape)), str(t.params), f"{100 * t.sparsity:.1f}%",
+                          t.method, "-" if t.output_error is None else f"{t.output_error:.2e}")
+    console.print(table)
+    console.print(f"pattern {report.pattern}, method {report.method}, scope {report.scope}; "
+                  f"weight sparsity {100 * report.weight_sparsity:.1f}%")
+    if report.channel_groups:
+        cut = [g for g in report.channel_groups if "kept_because" not in g]
+        console.print(f"channels: removed {report.removed_channels} in {len(cut)} groups; "
+                      f"{len(report.channel_groups) - len(cut)} groups kept whole")
+    p0, p1 = report.params_before, report.params_after
+    console.print(f"params: {p0:,} -> {p1:,} ({100 * (1 - p1 / max(p0, 1)):.1f}% fewer); non-zero "
+                  f"{report.nonzero_before:,} -> {report.nonzero_after:,}")
+    f0, f1 = report.flops_before, report.flops_after
+    if f0:
+        console.print(f"FLOPs (1 sample): {f0:,} -> {f1:,} ({100 * (1 - f1 / f0):.1f}% fewer)")
+    if report.search:
+        console.print(f"search: {len(report.search)} steps")
+    v = report.validation
+    if v is not None:
+        cos = min(m["cosine"] for m in v.outputs.values())
+        line = f"validation on {v.samples} samples: cosine {cos:.6f}"
+        if v.accuracy:
+            line += (f", accuracy {100 * v.accuracy['reference']:.2f}% -> {100 * v.accuracy['candidate']:.2f}% "
+                     f"(drop {v.accuracy_drop_points:.2f} points)")
+        if v.latency_ms.get("candidate") is not None and v.latency_ms.get("reference"):
+            line += f", latency x{v.latency_ms['candidate'] / v.latency_ms['reference']:.2f} (1 thread)"
+        console.print(line)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    console.print(f"wrote {output}")

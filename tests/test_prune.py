@@ -1,0 +1,187 @@
+"""Unstructured and 2:4 pruning: exact sparsity and patterns, only weights change,
+shared weights once, Hessian reconstruction beats magnitude, targets hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxshrink.data import Batch
+from onnxshrink.errors import UsageError
+from onnxshrink.model import iter_weights
+from onnxshrink.pruning import PruneOptions, n_m_holds, prune_model
+from onnxshrink.pruning.obs import obs_prune, reconstruction_error
+from onnxshrink.runtime import create_session
+
+WEIGHTS = {"conv_w", "gemm_w", "mm_w"}
+
+
+def small_net(seed: int = 0) -> onnx.ModelProto:
+    """Conv(+bias) -> BN -> Relu -> Flatten -> Gemm(+bias) -> Relu -> MatMul -> Add(bias).
+    Weights are conv_w, gemm_w, mm_w; everything else must never change."""
+    rng = np.random.default_rng(seed)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    inits = {
+        "conv_w": f(8, 4, 3, 3), "conv_b": f(8),
+        "bn_s": 1 + 0.1 * f(8), "bn_b": f(8), "bn_m": f(8), "bn_v": 1 + np.abs(f(8)),
+        "gemm_w": f(32, 8 * 6 * 6) * 0.1, "gemm_b": f(32), "mm_w": f(32, 12) * 0.3, "mm_b": f(12),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "bn_s", "bn_b", "bn_m", "bn_v"], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["fl"], axis=1),
+        helper.make_node("Gemm", ["fl", "gemm_w", "gemm_b"], ["g"], transB=1),
+        helper.make_node("Relu", ["g"], ["gr"]),
+        helper.make_node("MatMul", ["gr", "mm_w"], ["mm"]),
+        helper.make_node("Add", ["mm", "mm_b"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "small",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 12])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def calib(n: int = 64, seed: int = 1) -> list[Batch]:
+    x = np.random.default_rng(seed).standard_normal((n, 4, 6, 6)).astype(np.float32)
+    return [Batch({"x": x[i:i + 32]}) for i in range(0, n, 32)]
+
+
+def tensors(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {r.name: r.array() for r in iter_weights(model)}
+
+
+def run(model: onnx.ModelProto, batches: list[Batch]) -> np.ndarray:
+    s = create_session(model)
+    return np.concatenate([s.run(None, b.inputs)[0] for b in batches])
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "hessian"])
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_only_weights_change_and_patterns_hold(method, pattern):
+    model = small_net()
+    before = model.SerializeToString()
+    data = calib()
+    result = prune_model(model, PruneOptions(sparsity=0.6, pattern=pattern, method=method, min_size=64), calib=data)
+    assert model.SerializeToString() == before  # the caller's model is left alone
+    old, new = tensors(model), tensors(result.model)
+    assert old.keys() == new.keys()
+    for name in old:
+        if name not in WEIGHTS:
+            assert old[name].tobytes() == new[name].tobytes(), name
+    report = {t.name: t for t in result.report.tensors}
+    assert set(report) == WEIGHTS
+    in_axis = {"conv_w": 1, "gemm_w": 1, "mm_w": 0}
+    for name in WEIGHTS:
+        zeros = int((new[name] == 0).sum())
+        assert report[name].zeros_after == zeros
+        if pattern == "2:4":
+            assert n_m_holds(new[name], in_axis[name], 2, 4), name
+            assert zeros == new[name].size // 2
+    if pattern == "unstructured":
+        total = sum(new[n].size for n in WEIGHTS)
+        assert abs(sum(int((new[n] == 0).sum()) for n in WEIGHTS) / total - 0.6) < 0.01
+    out = run(result.model, data)
+    assert np.isfinite(out).all() and out.shape == (64, 12)
+
+
+def test_layer_scope_gives_every_tensor_the_sparsity_exactly():
+    result = prune_model(small_net(), PruneOptions(sparsity=0.5, scope="layer", min_size=0))
+    for t in result.report.tensors:
+        assert t.zeros_after == round(0.5 * t.params), t.name
+
+
+def test_two_four_skips_tensors_whose_input_axis_does_not_fit():
+    model = small_net()
+    w = np.random.default_rng(3).standard_normal((6, 8, 3, 3)).astype(np.float32)  # input axis 4? no: 6 != 4k
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w[:, :3], "conv_w"))  # 3 input channels
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 3
+    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.zeros(6, np.float32), "conv_b"))
+    for i, n in enumerate(("bn_s", "bn_b", "bn_m", "bn_v")):
+        model.graph.initializer[2 + i].CopyFrom(numpy_helper.from_array(np.ones(6, np.float32), n))
+    model.graph.initializer[6].CopyFrom(numpy_helper.from_array(np.ones((32, 6 * 36), np.float32), "gemm_w"))
+    result = prune_model(model, PruneOptions(sparsity=0.5, pattern="2:4", min_size=0))
+    by = {t.name: t for t in result.report.tensors}
+    assert by["conv_w"].method == "none" and by["conv_w"].zeros_after == 0
+    assert n_m_holds(tensors(result.model)["gemm_w"], 1)  # constant tensor: ties still give exactly 2 of 4
+
+
+def test_shared_weight_is_pruned_once():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 16)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((40, 16)).astype(np.float32)
+    for method in ("magnitude", "hessian"):
+        result = prune_model(model, PruneOptions(sparsity=0.5, method=method, min_size=0), calib=[Batch({"x": x})])
+        assert [t.name for t in result.report.tensors] == ["w"]
+        assert int((tensors(result.model)["w"] == 0).sum()) == 128
+
+
+def test_hessian_reconstruction_beats_magnitude_on_the_layer_output():
+    rng = np.random.default_rng(0)
+    # correlated inputs: where OBS's updates pay off
+    x = rng.standard_normal((512, 8)) @ rng.standard_normal((8, 48))
+    h = (x.T @ x / len(x))[None]
+    w = rng.standard_normal((1, 24, 48))
+    pruned = obs_prune(w, h, sparsity=0.7)
+    assert (pruned == 0).sum() >= round(0.7 * w.size) - 24
+    mag = np.where(np.abs(w) <= np.quantile(np.abs(w), 0.7), 0.0, w)
+    assert reconstruction_error(w, pruned, h) < 0.5 * reconstruction_error(w, mag, h)
+    nm = obs_prune(w, h, n_m=(2, 4))
+    assert n_m_holds(nm[0], 1, 2, 4)
+
+
+def test_hessian_beats_magnitude_on_model_outputs():
+    model, data = small_net(), calib(128)
+    dense = run(model, data)
+    errors = {}
+    for method in ("magnitude", "hessian"):
+        out = run(prune_model(model, PruneOptions(sparsity=0.7, method=method, min_size=64), calib=data).model, data)
+        errors[method] = float(((out - dense) ** 2).sum() / (dense**2).sum())
+    assert errors["hessian"] < 0.5 * errors["magnitude"]
+
+
+def test_default_method_follows_the_data_and_needs_calibration():
+    assert prune_model(small_net(), PruneOptions(sparsity=0.3)).report.method == "magnitude"
+    assert prune_model(small_net(), PruneOptions(sparsity=0.3), calib=calib()).report.method == "hessian"
+    with pytest.raises(UsageError, match="--calib"):
+        prune_model(small_net(), PruneOptions(sparsity=0.3, method="wanda"))
+    with pytest.raises(UsageError):
+        PruneOptions()  # neither sparsity nor target
+    with pytest.raises(UsageError):
+        PruneOptions(sparsity=1.0)
+
+
+def test_min_size_and_exclude_leave_weights_alone():
+    result = prune_model(small_net(), PruneOptions(sparsity=0.5, min_size=200, exclude=("mm_*",)))
+    assert {t.name for t in result.report.tensors} == {"conv_w", "gemm_w"}
+    assert result.report.skipped["mm_w"] == "excluded"
+    assert "min-size" in prune_model(small_net(), PruneOptions(sparsity=0.5, min_size=300)).report.skipped["conv_w"]
+    assert not (tensors(result.model)["mm_w"] == 0).any()
+
+
+def test_cosine_target_is_met_with_per_layer_sparsity():
+    model, data = small_net(), calib(64)
+    result = prune_model(model, PruneOptions(min_cosine=0.99, min_size=64), calib=data, eval_data=data)
+    assert result.report.validation.passed
+    assert min(o["cosine"] for o in result.report.validation.outputs.values()) >= 0.99
+    assert result.report.weight_sparsity > 0.3
+    assert result.report.search and all("cosine" in s for s in result.report.search if s["passed"])
+    # a cap on sparsity is respected
+    capped = prune_model(model, PruneOptions(min_cosine=0.99, sparsity=0.2, min_size=64), calib=data, eval_data=data)
+    assert capped.report.weight_sparsity <= 0.2 + 1e-9
+
+
+def test_accuracy_target_needs_labelled_eval_data():
+    with pytest.raises(UsageError, match="--eval"):
+        prune_model(small_net(), PruneOptions(max_accuracy_drop=1.0), calib=calib())
