@@ -65,9 +65,12 @@ class TensorStats:
             # smallest power-of-two width whose range holds the magnitude
             needed = math.frexp(magnitude / HALF_BINS)[1]
             self._widen_to(max(needed, MIN_EXPONENT))
-        width = self.bin_width
-        index = np.floor(flat.astype(np.float64) / width).astype(np.int64) + HALF_BINS
-        np.clip(index, 0, 2 * HALF_BINS - 1, out=index)
+        # bin = floor(x / w) + HALF_BINS; w is a power of two, so the float32 product is exact
+        scaled = np.multiply(flat, np.float32(math.ldexp(1.0, -self.exponent)), dtype=np.float32)
+        np.floor(scaled, out=scaled)
+        np.clip(scaled, -HALF_BINS, HALF_BINS - 1, out=scaled)
+        index = scaled.astype(np.int32)
+        index += HALF_BINS
         self.hist += np.bincount(index, minlength=2 * HALF_BINS)
 
     def merge(self, other: "TensorStats") -> "TensorStats":
