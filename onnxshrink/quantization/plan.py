@@ -106,10 +106,11 @@ def make_plan(
     def is_float_activation(name: str) -> bool:
         return bool(name) and name not in constants and types.get(name) == FLOAT
 
-    # 1. candidates
+    # 1. candidates; int8_capable: values an integer kernel with its own output scale writes
     candidates: dict[str, NodePlan] = {}
     shared: dict[str, OpRule] = {}
     fusible: dict[str, OpRule] = {}
+    int8_capable: set[str] = set()
     for node in graph.node:
         rule = rule_for(node.op_type, node.domain)
         if rule is None:
@@ -120,13 +121,16 @@ def make_plan(
         if node.name in keep_float:
             left_float[node.name] = "kept in float by the accuracy-aware search"
             continue
-        if rule.output == "shared":
-            if is_float_activation(node.input[0]):
-                shared[node.name] = rule
+        if rule.output in ("shared", "fused"):
+            if not is_float_activation(node.input[0]):
+                continue
+            (shared if rule.output == "shared" else fusible)[node.name] = rule
+            sole_reader = len(users.get(node.input[0], [])) == 1
+            if node.input[0] in int8_capable and (rule.output == "shared" or sole_reader):
+                int8_capable.update(o for o in node.output if o)
             continue
-        if rule.output == "fused":
-            if is_float_activation(node.input[0]):
-                fusible[node.name] = rule
+        if rule.int8_inputs_only and not all(i in int8_capable for i in node.input if i):
+            left_float[node.name] = "its inputs are float: an int8 kernel here would only add Q/DQ"
             continue
         weight = uses.get((id(node), rule.weight)) if rule.weight is not None else None
         reason = _candidate_problem(graph, node, rule, weight, constants, is_float_activation)
@@ -140,6 +144,8 @@ def make_plan(
         if rule.bias is not None and len(node.input) > rule.bias and node.input[rule.bias]:
             plan.bias = node.input[rule.bias]
         candidates[node.name] = plan
+        if rule.output == "own":
+            int8_capable.add(node.output[0])
 
     # 2. wanted values, backwards
     wanted: set[str] = set()

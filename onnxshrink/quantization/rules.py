@@ -14,6 +14,11 @@ axis) and which a bias (int32), and what happens to its output:
 * ``fused``: a clamp (Relu, Clip at 0) that disappears into the Q of the op
   before it, whose range then starts at zero.
 
+Joins (Add, Mul, Concat) are quantized only when all their inputs come out
+of int8 kernels already (a residual Add between convolutions); a bias Add
+after a MatMul or the arithmetic of a GELU stays float, and the MatMul
+before it runs as MatMulIntegerToFloat.
+
 The placement follows onnxruntime's QDQ selectors (core/optimizer/qdq_transformer):
 a node group is DQ on every quantized input -> op -> Q on its only output.
 """
@@ -33,7 +38,9 @@ class OpRule:
     bias: int | None = None
     output: str = "own"  # own | optional | shared | fused
     kernel: str = ""  # what onnxruntime's CPU provider runs it as, for the report
-    min_opset: int = 13
+    # joins (Add, Mul, Concat) run in int8 only when every input already is: quantizing a
+    # float Add (a bias, a residual after a float LayerNorm) costs error and time and saves nothing
+    int8_inputs_only: bool = False
 
 
 RULES: dict[str, OpRule] = {}
@@ -48,9 +55,9 @@ for _rule in [
     OpRule("ConvTranspose", (0,), weight=1, bias=2, output="own", kernel="QLinearConvTranspose"),
     OpRule("Gemm", (0,), weight=1, bias=2, output="optional", kernel="QGemm"),
     OpRule("MatMul", (0, 1), weight=1, output="optional", kernel="QLinearMatMul"),
-    OpRule("Add", (0, 1), output="own", kernel="QLinearAdd"),
-    OpRule("Mul", (0, 1), output="own", kernel="QLinearMul"),
-    OpRule("Concat", (ALL_INPUTS,), output="own", kernel="QLinearConcat"),
+    OpRule("Add", (0, 1), output="own", kernel="QLinearAdd", int8_inputs_only=True),
+    OpRule("Mul", (0, 1), output="own", kernel="QLinearMul", int8_inputs_only=True),
+    OpRule("Concat", (ALL_INPUTS,), output="own", kernel="QLinearConcat", int8_inputs_only=True),
     OpRule("AveragePool", (0,), output="own", kernel="QLinearAveragePool"),
     OpRule("GlobalAveragePool", (0,), output="own", kernel="QLinearGlobalAveragePool"),
     OpRule("Sigmoid", (0,), output="own", kernel="QLinearSigmoid"),

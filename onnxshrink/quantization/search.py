@@ -157,6 +157,8 @@ def accuracy_aware(prepared, stats, options, data, keep: dict[str, str], build, 
         trial = dict(keep)
         trial.update({n: f"kept in float by the accuracy-aware search (sensitivity {sens[n]:.2e})" for n in chosen})
         model, plan, records = build(prepared, stats, options, frozenset(trial))
+        if not any(p.rule.output != "shared" for p in plan.nodes.values()):
+            break  # nothing left in int8 (joins follow their inputs back to float)
         score = evaluator.score(model)
         log.append({"float_nodes": chosen, **score.to_dict()})
         if progress:
