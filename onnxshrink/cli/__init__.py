@@ -9,6 +9,7 @@ import typer
 
 from onnxshrink.cli.inspect import inspect_command
 from onnxshrink.cli.pack import pack_command, unpack_command
+from onnxshrink.cli.prune import prune_command
 from onnxshrink.cli.quantize import quantize_command
 from onnxshrink.cli.shrink import recipes_command, shrink_command
 from onnxshrink.cli.validate import validate_command
@@ -26,6 +27,7 @@ app.command("validate")(validate_command)
 app.command("pack")(pack_command)
 app.command("unpack")(unpack_command)
 app.command("quantize")(quantize_command)
+app.command("prune")(prune_command)
 app.command("shrink")(shrink_command)
 app.command("recipes")(recipes_command)
 
