@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from onnxshrink.errors import PackError
-from onnxshrink.pack import codebook, lanes, stream
+from onnxshrink.pack import bitpack, codebook, lanes, stream
 from onnxshrink.pack.bytereader import ByteReader
 from onnxshrink.pack.codecs import codec_ids, get_codec
 from onnxshrink.pack.codecs.abc import Analysis
@@ -159,9 +159,9 @@ def test_lane_decoder_refuses_a_lane_that_ends_elsewhere():
 @pytest.mark.parametrize("width", [1, 7, 16, 31, 32])
 def test_fixed_width_packing_roundtrips(width):
     values = np.random.default_rng(width).integers(0, 2**width, 999).astype(np.uint64)
-    packed = lanes.pack_fixed_width(values, width)
+    packed = bitpack.pack_fixed_width(values, width)
     assert len(packed) == (999 * width + 7) // 8
-    assert np.array_equal(lanes.unpack_fixed_width(packed, 999, width), values)
+    assert np.array_equal(bitpack.unpack_fixed_width(packed, 999, width), values)
 
 
 def test_zero_runs_roundtrip_with_escapes_and_tail():

@@ -19,12 +19,12 @@ import numpy as np
 import onnx
 
 from onnxshrink.errors import OnnxShrinkError, PackError, UsageError
-from onnxshrink.pack import container, tensors
+from onnxshrink.pack import codebook, container, tensors
 from onnxshrink.pack.bytereader import ByteReader
 from onnxshrink.pack.codecs import codec_ids, get_codec
 from onnxshrink.pack.codecs.abc import Analysis
 from onnxshrink.pack.container import Limits
-from onnxshrink.pack.report import PackReport, TensorReport, entropy_bound_bytes
+from onnxshrink.pack.report import PackReport, TensorReport
 
 DEFAULT_CODECS = ("raw", "huffman", "rle", "rle+huffman")
 
@@ -83,13 +83,13 @@ def pack_model(model: onnx.ModelProto, options: PackOptions = PackOptions()) -> 
         layout = tensors.DTYPE_LAYOUTS[t.data_type]
         word = layout.word if layout.bits >= 8 else 1
         arr = np.frombuffer(data, dtype=np.uint8)
-        config, payload = _best_encoding(arr, word, options)
+        config, payload, entropy = _best_encoding(arr, word, options)
         entries.append(container.Entry(
             slot.ordinal, slot.kind, t.name, t.data_type, tuple(t.dims), config,
             len(data), len(payload), zlib.crc32(data)))
         payloads.append(payload)
         rows.append(TensorReport(t.name, slot.where, dtype, tuple(t.dims), config["id"], len(data), len(payload),
-                                 entropy_bound_bytes(arr, word)))
+                                 entropy))
         tensors.strip_data(t)
     blob = container.write(skeleton.SerializeToString(deterministic=True), entries, payloads)
     header = len(blob) - sum(len(p) for p in payloads)
@@ -97,21 +97,25 @@ def pack_model(model: onnx.ModelProto, options: PackOptions = PackOptions()) -> 
     return PackResult(blob, report)
 
 
-def _best_encoding(arr: np.ndarray, word: int, options: PackOptions) -> tuple[dict[str, Any], bytes]:
-    """The config and payload of the codec to use: the smallest measured, or
-    the first listed (the faster to decode) whose size is within
-    ``options.speed_tolerance`` of the smallest."""
+def _best_encoding(arr: np.ndarray, word: int, options: PackOptions) -> tuple[dict[str, Any], bytes, float]:
+    """The config and payload of the codec to use, and the tensor's entropy bound.
+
+    The codec is the first listed (the faster to decode) whose estimated size
+    is within ``options.speed_tolerance`` of the smallest estimate; estimates
+    are exact but for the lane tables (~0.1 %), so only that codec encodes.
+    """
     analysis = Analysis(arr)
     codecs = [get_codec({"id": c, "word": word}) for c in options.codecs]
-    worth = [(i, c) for i, c in enumerate(codecs) if c.worth_trying(analysis)] or list(enumerate(codecs))
-    estimates = [(c.estimate(arr, analysis), i, c) for i, c in worth]
-    best = min(e for e, _, _ in estimates)
-    # Encode only what could win: the estimates are exact but for the lane tables.
-    contenders = sorted((i, c) for e, i, c in estimates if e <= best * (1 + options.speed_tolerance) + 64)
-    sizes = [(c, c.encode(arr, analysis)) for _, c in contenders]
-    smallest = min(len(p) for _, p in sizes)
-    codec, payload = next((c, p) for c, p in sizes if len(p) <= smallest * (1 + options.speed_tolerance))
-    return codec.get_config(), payload
+    worth = [c for c in codecs if c.worth_trying(analysis)] or codecs
+    estimates = [(c.estimate(arr, analysis), c) for c in worth]
+    best = min(e for e, _ in estimates)
+    codec = next(c for e, c in estimates if e <= best * (1 + options.speed_tolerance))
+    payload = codec.encode(arr, analysis)
+    if len(payload) > arr.size and "raw" in options.codecs:
+        codec = get_codec({"id": "raw", "word": word})
+        payload = codec.encode(arr, analysis)
+    entropy = sum(codebook.entropy_bits(h) for h in analysis.histograms(word)) / 8
+    return codec.get_config(), payload, entropy
 
 
 def write_packed(result: PackResult, path: str | os.PathLike) -> None:

@@ -52,6 +52,21 @@ class ByteReader:
     def i32(self) -> int:
         return self._unpack(_I32)
 
+    def varint(self) -> int:
+        """An unsigned LEB128 integer of at most 64 bits (10 bytes)."""
+        value = shift = 0
+        while True:
+            byte = self.u8()
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+            if shift >= 64:
+                raise PackError(f"corrupt {self.what}: an integer longer than 64 bits")
+        if value >> 64:
+            raise PackError(f"corrupt {self.what}: an integer longer than 64 bits")
+        return value
+
     def bounded(self, value: int, limit: int, field: str) -> int:
         """Return ``value`` if it is at most ``limit``, else refuse the container."""
         if value > limit:
@@ -67,6 +82,19 @@ class ByteReader:
     def expect_end(self) -> None:
         if self.remaining:
             raise PackError(f"corrupt {self.what}: {self.remaining} unexpected trailing bytes")
+
+
+def varint(v: int) -> bytes:
+    """Unsigned LEB128: 7 bits a byte, low first, high bit set on all but the last."""
+    out = bytearray()
+    while True:
+        byte = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 def u8(v: int) -> bytes:

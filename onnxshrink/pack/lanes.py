@@ -11,9 +11,9 @@ in a table of ``2**table_bits`` entries and advances each lane by its length.
 Step ``t`` yields symbols ``t*K .. t*K+K-1``, a contiguous row of the output.
 
 Numbers of interest: with K in the thousands the per-step numpy overhead is
-amortised, and a lane's next bits live in one 64-bit word made of two
-consecutive 32-bit big-endian words, since a code is at most 12 bits and a
-lane position is at most 31 bits into its word.
+amortised, and a lane's next bits live in one 64-bit window made of two
+consecutive 32-bit big-endian words: a lane position is at most 31 bits into
+its word, so 33 bits are always there, two codes of at most 15 bits.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxshrink.errors import PackError
-from onnxshrink.pack import codebook
+from onnxshrink.pack import bitpack, codebook
 
 
 def lane_count(n: int, symbols_per_lane: int, max_lanes: int) -> int:
@@ -34,12 +34,14 @@ def encoded_bits(counts: np.ndarray, lengths: np.ndarray) -> int:
     return int(np.dot(counts.astype(np.int64), lengths.astype(np.int64)))
 
 
-def encode(symbols: np.ndarray, lengths: np.ndarray, n_lanes: int) -> tuple[np.ndarray, bytes]:
+def encode(symbols: np.ndarray, lengths: np.ndarray, n_lanes: int, counts: np.ndarray | None = None
+           ) -> tuple[np.ndarray, bytes]:
     """Huffman-code ``symbols`` (uint8, 1-D) into ``n_lanes`` lanes.
 
     Returns (bits of each lane as int64, the concatenated bit strings as
     bytes, ``ceil(total_bits / 8)`` long with zero padding bits at the end).
-    Every symbol must have a nonzero length in ``lengths``.
+    Every symbol must have a nonzero length in ``lengths``; ``counts`` is
+    their histogram if the caller has it.
     """
     n = symbols.size
     k = n_lanes
@@ -48,19 +50,20 @@ def encode(symbols: np.ndarray, lengths: np.ndarray, n_lanes: int) -> tuple[np.n
     padded = np.zeros(steps * k, dtype=np.uint8)
     padded[:n] = symbols
     grid = padded.reshape(steps, k)
-    len8 = lengths.astype(np.uint8)
-    lane_bits = len8[grid[: steps - 1]].sum(axis=0, dtype=np.int64)
-    lane_bits[:full] += len8[grid[steps - 1, :full]]
-    lane_start = np.cumsum(lane_bits) - lane_bits
-    total = int(lane_bits.sum())
+    if counts is None:
+        counts = np.bincount(symbols, minlength=256)
+    total = encoded_bits(counts, lengths)
     n_words = (total + 31) // 32 + 2
     words = np.zeros(n_words, dtype=np.float64)
     codes = codebook.canonical_codes(lengths)
     len64 = lengths.astype(np.int64)
+    lane_bits = np.empty(k, dtype=np.int64)
+    start = 0
     group = max(1, _CHUNK_SYMBOLS // steps)
     for j0 in range(0, k, group):
         j1 = min(k, j0 + group)
-        # The lanes j0..j1 are one contiguous run of bits: code them together.
+        # The lanes j0..j1 are one contiguous run of bits: code them together,
+        # lane after lane, which is the order of the bits in the stream.
         sub = np.ascontiguousarray(grid[:, j0:j1].T)
         size = len64[sub]
         code = codes[sub]
@@ -68,36 +71,24 @@ def encode(symbols: np.ndarray, lengths: np.ndarray, n_lanes: int) -> tuple[np.n
             # Padding cells are not symbols: no bits, and no code either.
             size[max(0, full - j0):, steps - 1] = 0
             code[max(0, full - j0):, steps - 1] = 0
-        size = size.reshape(-1)
-        pos = np.cumsum(size)
-        pos -= size
-        pos += lane_start[j0]
-        base = int(lane_start[j0]) >> 5
-        _place_codes(words, base, pos, size, code.reshape(-1))
+        lane_bits[j0:j1] = size.sum(axis=1)
+        size, code = size.reshape(-1), code.reshape(-1)
+        if size.size % 2:
+            size, code = np.append(size, 0), np.append(code, np.uint64(0))
+        # Join neighbouring codes in pairs (at most 30 bits): half the codes to place.
+        pair_size = size[0::2] + size[1::2]
+        pair_code = (code[0::2] << size[1::2].astype(np.uint64)) | code[1::2]
+        pos = np.cumsum(pair_size)
+        pos -= pair_size
+        pos += start
+        bitpack.place_codes(words, start >> 5, pos, pair_size, pair_code)
+        start += int(lane_bits[j0:j1].sum())
     out = words[: n_words - 1].astype(np.uint32).astype(">u4").tobytes()
     return lane_bits, out[: (total + 7) // 8]
 
 
 # Symbols coded per chunk: small enough that the chunk's arrays stay in cache.
 _CHUNK_SYMBOLS = 1 << 17
-
-
-def _place_codes(words: np.ndarray, base: int, pos: np.ndarray, size: np.ndarray, codes: np.ndarray) -> None:
-    """Add codes (MSB first, ``size`` bits at bit ``pos``) into 32-bit ``words``.
-
-    Each code goes into a 64-bit window starting at its 32-bit word: the high
-    half lands in that word, the low half in the next. Codes never overlap, so
-    summing the halves per word (bincount, exact in float64 below 2**53) is
-    the same as OR-ing them. Zero-size entries add nothing.
-    """
-    shift = (64 - (pos & 31) - size).astype(np.uint64)
-    window = np.left_shift(codes, shift)
-    word = (pos >> 5) - base
-    hi = (window >> np.uint64(32)).astype(np.float64)
-    lo = (window & np.uint64(0xFFFFFFFF)).astype(np.float64)
-    span = int(word[-1]) + 2
-    words[base : base + span] += np.bincount(word, weights=hi, minlength=span)
-    words[base + 1 : base + span] += np.bincount(word, weights=lo, minlength=span - 1)[: span - 1]
 
 
 def decode(payload: bytes | memoryview, lane_bits: np.ndarray, n: int, lengths: np.ndarray) -> np.ndarray:
@@ -156,42 +147,14 @@ class _DecodeState:
         p, i, o, b, c, s = pos[:m], self.idx[:m], self.off[:m], self.bits[:m], self.code[:m], self.size[:m]
         np.right_shift(p, 5, out=i)
         np.bitwise_and(p, 31, out=o)
-        np.take(window, i.view(np.int64), out=b, mode="clip")
+        window.take(i.view(np.int64), out=b, mode="clip")
         np.left_shift(b, o, out=b)
         ci = c.view(np.int64)
+        symtab, lentab, drop = self.symtab, self.lentab, self.drop
         for r in range(rows):
-            np.right_shift(b, self.drop, out=c)
-            np.take(self.symtab, ci, out=out[row + r, :m], mode="clip")
-            np.take(self.lentab, ci, out=s, mode="clip")
-            p += s
+            np.right_shift(b, drop, out=c)
+            symtab.take(ci, out=out[row + r, :m], mode="clip")
+            lentab.take(ci, out=s, mode="clip")
+            np.add(p, s, out=p)
             if r + 1 < rows:
                 np.left_shift(b, s, out=b)
-
-
-def pack_fixed_width(values: np.ndarray, width: int) -> bytes:
-    """Pack unsigned ``values`` (< 2**width, width <= 32) into ``width`` bits
-    each, MSB first; ``ceil(len * width / 8)`` bytes."""
-    n = values.size
-    if width == 0 or n == 0:
-        return b""
-    total = n * width
-    n_words = (total + 31) // 32 + 2
-    words = np.zeros(n_words, dtype=np.float64)
-    pos = np.arange(n, dtype=np.int64) * width
-    _place_codes(words, 0, pos, np.full(n, width, dtype=np.int64), values.astype(np.uint64))
-    out = words[: n_words - 1].astype(np.uint32).astype(">u4").tobytes()
-    return out[: (total + 7) // 8]
-
-
-def unpack_fixed_width(blob: bytes | memoryview, count: int, width: int) -> np.ndarray:
-    """Inverse of :func:`pack_fixed_width`: ``count`` uint64 values."""
-    if width == 0 or count == 0:
-        return np.zeros(count, dtype=np.uint64)
-    nbytes = len(blob)
-    buf = np.zeros((nbytes + 3) // 4 * 4 + 8, dtype=np.uint8)
-    buf[:nbytes] = np.frombuffer(blob, dtype=np.uint8)
-    a = buf.view(">u4").astype(np.uint64)
-    pos = np.arange(count, dtype=np.uint64) * np.uint64(width)
-    word = (pos >> np.uint64(5)).astype(np.int64)
-    window = (a[word] << np.uint64(32)) | a[word + 1]
-    return (window << (pos & np.uint64(31))) >> np.uint64(64 - width)

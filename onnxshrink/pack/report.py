@@ -15,15 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from onnxshrink.pack import codebook
-
-
-def entropy_bound_bytes(data: np.ndarray, word: int) -> float:
-    """Order-0 entropy, in bytes, of ``data``'s byte planes (``word`` of them)."""
-    planes = data.reshape(-1, word) if word > 1 else data.reshape(-1, 1)
-    bits = sum(codebook.entropy_bits(np.bincount(planes[:, b], minlength=256)) for b in range(planes.shape[1]))
-    return bits / 8
-
 
 @dataclasses.dataclass(frozen=True)
 class TensorReport:

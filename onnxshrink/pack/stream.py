@@ -8,9 +8,9 @@ not stored. Layout (little-endian), see docs/FORMAT.md:
     u8 mode           0 raw, 1 constant, 2 huffman
     raw:      n bytes
     constant: u8 symbol
-    huffman:  128 bytes   code lengths of symbols 0..255, 4 bits each
-              u32         lane count K (1 <= K <= n)
-              u64         base: bits of the shortest lane
+    huffman:  table       code lengths of symbols 0..255 (codebook.write_lengths)
+              varint      lane count K (1 <= K <= n)
+              varint      base: bits of the shortest lane
               u8          width w (0..32) of each lane's extra bits
               ceil(K*w/8) lane bits minus base, w bits each, MSB first
               ceil(total_bits/8) bytes  the lanes' bit strings back to back
@@ -21,17 +21,17 @@ from __future__ import annotations
 import numpy as np
 
 from onnxshrink.errors import PackError
-from onnxshrink.pack import codebook, lanes
-from onnxshrink.pack.bytereader import ByteReader, u8, u32, u64
+from onnxshrink.pack import bitpack, codebook, lanes
+from onnxshrink.pack.bytereader import ByteReader, u8, varint
 
 RAW, CONSTANT, HUFFMAN = 0, 1, 2
 # Encoder tuning; the decoder reads the lane count from the stream, so these
 # can change without changing the format.
-SYMBOLS_PER_LANE = 512
+SYMBOLS_PER_LANE = 1024  # lane table ~0.1 % of the bits; more lanes decode faster
 MAX_LANES = 1 << 16
 # Decoder limits: a stream declaring more is corrupt, not merely large.
 MAX_DECODE_LANES = 1 << 20
-_HUFFMAN_FIXED = 1 + 128 + 4 + 8 + 1
+_HUFFMAN_FIXED = 1 + 1 + 1  # mode, width, and at least a byte each for K and base
 
 
 def histogram(symbols: np.ndarray) -> np.ndarray:
@@ -58,7 +58,10 @@ def estimate(counts: np.ndarray, max_code_length: int = codebook.MAX_CODE_LENGTH
         return 1
     lengths = codebook.code_lengths(counts, max_code_length)
     k = lanes.lane_count(n, SYMBOLS_PER_LANE, MAX_LANES)
-    huff = _HUFFMAN_FIXED + 2 * k + (lanes.encoded_bits(counts, lengths) + 7) // 8
+    bits = lanes.encoded_bits(counts, lengths)
+    # Lane lengths vary by about sqrt(symbols in a lane) codes: ~10 bits each.
+    lane_table = 0 if k == 1 else (k * 10 + 7) // 8
+    huff = _HUFFMAN_FIXED + 6 + codebook.table_size(lengths) + lane_table + (bits + 7) // 8
     return min(1 + n, huff)
 
 
@@ -79,15 +82,15 @@ def encode(
     if used.size == 1:
         return u8(CONSTANT) + u8(int(used[0]))
     lengths = codebook.code_lengths(counts, max_code_length)
-    if _HUFFMAN_FIXED + (lanes.encoded_bits(counts, lengths) + 7) // 8 >= 1 + n:
+    if _HUFFMAN_FIXED + codebook.table_size(lengths) + (lanes.encoded_bits(counts, lengths) + 7) // 8 >= 1 + n:
         return u8(RAW) + symbols.tobytes()
     k = lanes.lane_count(n, SYMBOLS_PER_LANE, MAX_LANES)
-    lane_bits, bits = lanes.encode(symbols, lengths, k)
+    lane_bits, bits = lanes.encode(symbols, lengths, k, counts)
     base = int(lane_bits.min())
     extra = (lane_bits - base).astype(np.uint64)
     width = int(extra.max()).bit_length()
-    table = lanes.pack_fixed_width(extra, width)
-    out = b"".join([u8(HUFFMAN), codebook.pack_lengths(lengths), u32(k), u64(base), u8(width), table, bits])
+    table = bitpack.pack_fixed_width(extra, width)
+    out = b"".join([u8(HUFFMAN), codebook.write_lengths(lengths), varint(k), varint(base), u8(width), table, bits])
     if len(out) >= 1 + n:
         return u8(RAW) + symbols.tobytes()
     return out
@@ -105,17 +108,17 @@ def decode(reader: ByteReader, n: int) -> np.ndarray:
         return np.full(n, reader.u8(), dtype=np.uint8)
     if mode != HUFFMAN:
         raise PackError(f"corrupt {reader.what}: unknown stream mode {mode}")
-    lengths = codebook.unpack_lengths(bytes(reader.take(128)))
+    lengths = codebook.read_lengths(reader)
     codebook.check_lengths(lengths, codebook.MAX_CODE_LENGTH)
-    k = reader.u32()
+    k = reader.varint()
     if not 1 <= k <= min(n, MAX_DECODE_LANES):
         raise PackError(f"corrupt {reader.what}: {k} lanes for {n} symbols")
-    base = reader.u64()
+    base = reader.varint()
     width = reader.u8()
     if width > 32:
         raise PackError(f"corrupt {reader.what}: lane width {width} bits")
     table = reader.take((k * width + 7) // 8)
-    lane_bits = lanes.unpack_fixed_width(table, k, width).astype(np.int64)
+    lane_bits = bitpack.unpack_fixed_width(table, k, width).astype(np.int64)
     # Lane j holds ceil((n - j) / k) symbols of 1..MAX_CODE_LENGTH bits each.
     held = (n - np.arange(k, dtype=np.int64) + k - 1) // k
     if base > codebook.MAX_CODE_LENGTH * -(-n // k):

@@ -1,6 +1,6 @@
 """``rle``: zero-run lengths and nonzero values, stored as plain bytes.
 
-Payload: u64 number of run symbols, u64 tail (zeros after the last nonzero
+Payload: varint number of run symbols, varint tail (zeros after the last nonzero
 value), the run stream, then the nonzero values as ``word`` byte-plane
 streams. ``rle+huffman`` has the same layout with entropy-coded streams.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxshrink.pack import stream
-from onnxshrink.pack.bytereader import ByteReader, u64
+from onnxshrink.pack.bytereader import ByteReader, varint
 from onnxshrink.pack.codecs import zero_runs
 from onnxshrink.pack.codecs.abc import Analysis, Codec, byte_planes
 from onnxshrink.pack.codecs.registry import register_codec
@@ -28,10 +28,7 @@ class RunLength(Codec):
         """(tail, [runs, *value planes], their histograms), computed once per tensor."""
 
         def split():
-            positions = zero_runs.nonzero_positions(a.data, self.word)
-            runs, tail = zero_runs.zero_run_lengths(positions, a.data.size // self.word)
-            values = a.data if positions.size * self.word == a.data.size else (
-                a.data.reshape(-1, self.word)[positions].reshape(-1))
+            runs, tail, values = zero_runs.split(a.data, self.word)
             return tail, [runs, *byte_planes(values, self.word)]
 
         tail, streams = a.fact(("zero_runs", self.word), split)
@@ -54,18 +51,18 @@ class RunLength(Codec):
             coded = [stream.encode(s, entropy_coded=False) for s in streams]
         else:
             coded = [stream.encode(s, counts=h) for s, h in zip(streams, hists)]
-        return b"".join([u64(streams[0].size), u64(tail), *coded])
+        return b"".join([varint(streams[0].size), varint(tail), *coded])
 
     def estimate(self, data: np.ndarray, analysis: Analysis | None = None) -> int:
         tail, streams, hists = self._streams(analysis or Analysis(data))
         if not self.entropy_coded:
-            return 16 + sum(1 + s.size for s in streams)
-        return 16 + sum(stream.estimate(h) for h in hists)
+            return 20 + sum(1 + s.size for s in streams)
+        return 20 + sum(stream.estimate(h) for h in hists)
 
     def decode(self, reader: ByteReader, nbytes: int) -> np.ndarray:
         n_values = self._check_size(reader, nbytes)
-        n_runs = reader.bounded(reader.u64(), n_values, "number of zero runs")
-        tail = reader.bounded(reader.u64(), n_values, "trailing zeros")
+        n_runs = reader.bounded(reader.varint(), n_values, "number of zero runs")
+        tail = reader.bounded(reader.varint(), n_values, "trailing zeros")
         runs = stream.decode(reader, n_runs)
         positions = zero_runs.run_positions(runs, tail, n_values, reader.what)
         if self.word == 1:
