@@ -29,11 +29,13 @@ def calibrate(
     batch_size: int = 32,
     progress: Progress | None = None,
     threads: int | None = None,
+    histogram: bool = True,
 ) -> CalibrationStats:
     """Statistics of the values ``names`` of ``model`` over every sample of ``data``.
 
     ``data`` is an .npz path or folder, an NpzData, an onnxruntime-style
     CalibrationDataReader (``get_next()``) or an iterable of batches/dicts.
+    ``histogram=False`` keeps only min/max (enough for the minmax method).
     ``model`` is not changed.
     """
     specs = model_inputs(model)
@@ -57,7 +59,7 @@ def calibrate(
         for name in names:
             if name in input_names:
                 values[name] = feed[name]
-        stats.update(values, len(batch))
+        stats.update(values, len(batch), histogram=histogram)
         del values, feed
         if progress:
             progress("calibrating", stats.samples, total or 0)

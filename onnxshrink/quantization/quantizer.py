@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable
 
 import onnx
 
+from onnxshrink.data import NpzData
 from onnxshrink.errors import UsageError
 from onnxshrink.quantization import prepare
 from onnxshrink.quantization.calibrate import calibrate
@@ -75,11 +77,52 @@ def calibration_values(model: onnx.ModelProto, types: dict[str, int]) -> list[st
     return list(names)
 
 
-def build(prepared: Prepared, stats: CalibrationStats, options: QuantizeOptions,
+class StatisticsSource:
+    """Calibration statistics, collected on demand.
+
+    The first placement's tensors are calibrated in one pass; a later
+    placement (latency guard, accuracy-aware search) that needs more runs one
+    more pass for just those, when the data can be read again (a path, NpzData
+    or list). One-shot readers get every candidate tensor in the first pass.
+    Histograms are kept only when the method needs them."""
+
+    def __init__(self, prepared: Prepared, data: Any, options: QuantizeOptions, progress: Progress | None = None):
+        self.prepared = prepared
+        self.data = data
+        self.options = options
+        self.progress = progress
+        self.seconds = 0.0
+        self.stats = data if isinstance(data, CalibrationStats) else CalibrationStats()
+        self.rereadable = isinstance(data, (str, os.PathLike, list, tuple, NpzData))
+
+    def require(self, names: list[str]) -> CalibrationStats:
+        missing = [n for n in names if n not in self.stats.tensors]
+        if not missing:
+            return self.stats
+        if isinstance(self.data, CalibrationStats):
+            raise UsageError(f"the calibration statistics have no entry for tensor '{missing[0]}'; "
+                             "they were collected on another model or placement")
+        if self.stats.samples and not self.rereadable:
+            raise UsageError(f"tensor '{missing[0]}' was not calibrated and the calibration reader cannot be read "
+                             "again; pass a path or a list of batches")
+        if not self.rereadable:
+            missing = calibration_values(self.prepared.model, self.prepared.types)
+        started = time.perf_counter()
+        fresh = calibrate(self.prepared.model, missing, self.data, batch_size=self.options.batch_size,
+                          progress=self.progress, histogram=self.options.method != "minmax")
+        self.seconds += time.perf_counter() - started
+        samples = self.stats.samples or fresh.samples
+        self.stats.tensors.update(fresh.tensors)
+        self.stats.samples = samples
+        return self.stats
+
+
+def build(prepared: Prepared, source: StatisticsSource, options: QuantizeOptions,
           keep_float: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, Plan, list]:
     """The quantized model for one placement (``keep_float`` nodes stay float)."""
     plan = make_plan(prepared.model, prepared.types, exclude_nodes=frozenset(options.exclude_nodes),
                      exclude_ops=frozenset(options.exclude_ops), keep_float=keep_float)
+    stats = source.require(plan.calibrated)
     params = compute_params(plan, stats, prepared.model.graph, options.method, options.activations, options.percentile)
     model, records = apply_plan(prepared.model, plan, params, per_channel=options.per_channel)
     return model, plan, records
@@ -90,10 +133,7 @@ FALLBACK_UNFUSED = "onnxruntime has no integer kernel for it in this placement: 
 
 def _as_data_for_validation(calib: Any) -> Any:
     """Calibration data that can be read a second time (a path or NpzData), else None."""
-    from onnxshrink.data import NpzData
-    import os
-
-    return calib if isinstance(calib, (str, os.PathLike, NpzData)) else None
+    return calib if isinstance(calib, (str, os.PathLike, NpzData, list, tuple)) else None
 
 
 def quantize_model(
@@ -124,21 +164,10 @@ def quantize_model(
     if options.max_accuracy_drop is not None and eval_data is None:
         raise UsageError("--max-accuracy-drop needs labelled evaluation data (--eval DATA with a 'labels' array)")
     prepared = prepare_model(model, name, fold_constants=options.fold_constants)
-    wanted = calibration_values(prepared.model, prepared.types)
-    started = time.perf_counter()
-    if isinstance(calib, CalibrationStats):
-        stats = calib
-        missing = [n for n in wanted if n not in stats.tensors]
-        if missing:
-            raise UsageError(f"the calibration statistics have no entry for tensor '{missing[0]}'; "
-                             "they were collected on another model")
-    else:
-        stats = calibrate(prepared.model, wanted, calib, batch_size=options.batch_size, progress=progress)
-    calibration = {"samples": stats.samples, "tensors": len(wanted), "seconds": round(time.perf_counter() - started, 3),
-                   "method": options.method}
+    source = StatisticsSource(prepared, calib, options, progress)
 
     keep: dict[str, str] = {}
-    qmodel, plan, records = build(prepared, stats, options)
+    qmodel, plan, records = build(prepared, source, options)
     if options.latency_guard and plan.nodes:
         from onnxshrink.quantization.fusion import unfused_nodes
 
@@ -147,7 +176,7 @@ def quantize_model(
             if not left:
                 break
             keep.update({n: FALLBACK_UNFUSED for n in left})
-            qmodel, plan, records = build(prepared, stats, options, frozenset(keep))
+            qmodel, plan, records = build(prepared, source, options, frozenset(keep))
 
     target = None
     search_log: list[dict[str, Any]] = []
@@ -158,7 +187,7 @@ def quantize_model(
         if data is None:
             raise UsageError("the accuracy-aware mode needs --eval data (the calibration reader can be read only once)")
         qmodel, plan, records, keep, search_log, target = accuracy_aware(
-            prepared, stats, options, data, keep, build, progress)
+            prepared, source, options, data, keep, build, progress)
 
     left_float = dict(plan.left_float)
     left_float.update(keep)
@@ -173,6 +202,9 @@ def quantize_model(
                         f"{lat['reference']:.3f} ms, 1 thread): the model is too small for integer kernels to pay off")
     if not plan.nodes:
         warnings.append("no node could be quantized; the model is unchanged apart from the preparation passes")
+    stats = source.stats
+    calibration = {"samples": stats.samples, "tensors": len(stats.tensors), "seconds": round(source.seconds, 3),
+                   "method": options.method, "histograms": options.method != "minmax"}
     report = QuantizeReport(
         mode="static", method=options.method, activations=options.activations, per_channel=options.per_channel,
         nodes=[r.to_dict() for r in records], left_float=left_float,

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from onnxshrink.errors import UsageError
 from onnxshrink.quantization.stats import HALF_BINS, TensorStats
 
 RangeMethod = Callable[[TensorStats, int, float], tuple[float, float]]
@@ -31,6 +32,9 @@ def activation_range(stats: TensorStats, method: str, levels: int = 256, percent
     """The range ``[lo, hi]`` (``lo <= 0 <= hi``) to quantize a tensor onto ``levels`` steps."""
     if stats.count == 0:
         return 0.0, 0.0
+    if stats.hist is None and method != "minmax":
+        raise UsageError(f"--method {method} needs histograms; these statistics hold only min/max "
+                         "(collect them with a histogram method)")
     lo, hi = RANGE_METHODS[method](stats, levels, percentile)
     lo = max(min(lo, 0.0), min(stats.min, 0.0))
     hi = min(max(hi, 0.0), max(stats.max, 0.0))

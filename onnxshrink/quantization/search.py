@@ -131,7 +131,7 @@ def sensitivities(candidates: list[str], build_only: Callable[[str], onnx.ModelP
     return result
 
 
-def accuracy_aware(prepared, stats, options, data, keep: dict[str, str], build, progress=None):
+def accuracy_aware(prepared, source, options, data, keep: dict[str, str], build, progress=None):
     """Put nodes back in float, most sensitive first, until the target holds.
 
     Returns (model, plan, records, keep, log, target); raises GateFailed when
@@ -142,7 +142,7 @@ def accuracy_aware(prepared, stats, options, data, keep: dict[str, str], build, 
     evaluator = Evaluator(prepared.model, data)
     if options.max_accuracy_drop is not None and not evaluator.labelled:
         raise UsageError("--max-accuracy-drop needs labelled --eval data: an array 'labels' in the file")
-    model, plan, records = build(prepared, stats, options, frozenset(keep))
+    model, plan, records = build(prepared, source, options, frozenset(keep))
     score = evaluator.score(model)
     log = [{"float_nodes": [], **score.to_dict()}]
     if meets(score, options.min_cosine, options.max_accuracy_drop):
@@ -150,13 +150,13 @@ def accuracy_aware(prepared, stats, options, data, keep: dict[str, str], build, 
     candidates = [n for n, p in plan.nodes.items() if p.rule.output != "shared"]
     probe = Evaluator(prepared.model, data, max_samples=256)
     everything = frozenset(candidates) | frozenset(keep)
-    sens = sensitivities(candidates, lambda n: build(prepared, stats, options, everything - {n})[0], probe, progress)
+    sens = sensitivities(candidates, lambda n: build(prepared, source, options, everything - {n})[0], probe, progress)
     order = sorted(candidates, key=lambda n: -sens[n])
     for k in range(1, len(order)):
         chosen = order[:k]
         trial = dict(keep)
         trial.update({n: f"kept in float by the accuracy-aware search (sensitivity {sens[n]:.2e})" for n in chosen})
-        model, plan, records = build(prepared, stats, options, frozenset(trial))
+        model, plan, records = build(prepared, source, options, frozenset(trial))
         if not any(p.rule.output != "shared" for p in plan.nodes.values()):
             break  # nothing left in int8 (joins follow their inputs back to float)
         score = evaluator.score(model)

@@ -29,7 +29,8 @@ class TensorStats:
     max: float = -math.inf
     count: int = 0
     exponent: int = MIN_EXPONENT  # bin width is 2**exponent
-    hist: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(2 * HALF_BINS, np.int64))
+    # None: min/max only (all the minmax method needs, and much cheaper to collect)
+    hist: np.ndarray | None = dataclasses.field(default_factory=lambda: np.zeros(2 * HALF_BINS, np.int64))
 
     @property
     def bin_width(self) -> float:
@@ -60,6 +61,8 @@ class TensorStats:
         lo, hi = float(flat.min()), float(flat.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += int(flat.size)
+        if self.hist is None:
+            return
         magnitude = max(abs(lo), abs(hi))
         if magnitude >= self.half_range:
             # smallest power-of-two width whose range holds the magnitude
@@ -76,24 +79,30 @@ class TensorStats:
     def merge(self, other: "TensorStats") -> "TensorStats":
         """A new TensorStats holding both ``self`` and ``other`` (neither is changed)."""
         a, b = self.copy(), other.copy()
+        if a.hist is None or b.hist is None:
+            return TensorStats(min(a.min, b.min), max(a.max, b.max), a.count + b.count, MIN_EXPONENT, None)
         exponent = max(a.exponent, b.exponent)
         a._widen_to(exponent)
         b._widen_to(exponent)
         return TensorStats(min(a.min, b.min), max(a.max, b.max), a.count + b.count, exponent, a.hist + b.hist)
 
     def copy(self) -> "TensorStats":
-        return TensorStats(self.min, self.max, self.count, self.exponent, self.hist.copy())
+        return TensorStats(self.min, self.max, self.count, self.exponent, None if self.hist is None else self.hist.copy())
 
     def bin_edges(self) -> np.ndarray:
         return (np.arange(2 * HALF_BINS + 1, dtype=np.float64) - HALF_BINS) * self.bin_width
 
     def to_dict(self) -> dict:
+        if self.hist is None:
+            return {"min": self.min, "max": self.max, "count": self.count}
         nonzero = np.flatnonzero(self.hist)
         return {"min": self.min, "max": self.max, "count": self.count, "exponent": self.exponent,
                 "bins": nonzero.tolist(), "counts": self.hist[nonzero].tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TensorStats":
+        if "bins" not in d:
+            return cls(float(d["min"]), float(d["max"]), int(d["count"]), MIN_EXPONENT, None)
         hist = np.zeros(2 * HALF_BINS, np.int64)
         hist[np.asarray(d["bins"], dtype=np.int64)] = np.asarray(d["counts"], dtype=np.int64)
         return cls(float(d["min"]), float(d["max"]), int(d["count"]), int(d["exponent"]), hist)
@@ -106,9 +115,11 @@ class CalibrationStats:
     tensors: dict[str, TensorStats] = dataclasses.field(default_factory=dict)
     samples: int = 0
 
-    def update(self, values: dict[str, np.ndarray], samples: int) -> None:
+    def update(self, values: dict[str, np.ndarray], samples: int, *, histogram: bool = True) -> None:
         for name, value in values.items():
-            self.tensors.setdefault(name, TensorStats()).update(value)
+            if name not in self.tensors:
+                self.tensors[name] = TensorStats() if histogram else TensorStats(hist=None)
+            self.tensors[name].update(value)
         self.samples += samples
 
     def merge(self, other: "CalibrationStats") -> "CalibrationStats":
