@@ -42,6 +42,8 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
     del blob
     references = external_data.resolve_references(model, path.parent, model_name=str(path))
     _check_model(model, path, has_external=bool(references))
+    # External tensors had their length checked against shape and dtype when resolved.
+    check_tensors(model, str(path))
     if load_external_data:
         external_data.load_into(references)
     return model
@@ -88,6 +90,72 @@ def _check_model(model: onnx.ModelProto, path: Path, *, has_external: bool) -> N
         raise ModelLoadError(f"{path}: not a valid ONNX model ({first})") from None
     except Exception as e:  # the checker can also fail on inputs it cannot parse
         raise ModelLoadError(f"{path}: not a valid ONNX model ({type(e).__name__})") from None
+
+
+# Typed-field storage of the dtypes whose field holds more than one element per entry.
+_ELEMENTS_PER_ENTRY = {onnx.TensorProto.COMPLEX64: 0.5, onnx.TensorProto.COMPLEX128: 0.5}
+_SUB_BYTE_BITS = {name: bits for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
+                  if hasattr(onnx.TensorProto, name)}
+
+
+def check_tensors(model: onnx.ModelProto, name: str = "model") -> None:
+    """Refuse tensors whose data cannot be what their dtype and shape say, and
+    graph inputs or outputs of an unknown element type.
+
+    onnx's checker lets through a known ``data_type`` with negative or absurd
+    dims, ``raw_data`` shorter or longer than the shape needs, and unknown
+    dtypes; numpy and onnxruntime then fail deep inside a pass. Each such
+    tensor is a ModelLoadError naming it. Nothing is allocated from the
+    declared shape. Tensors still stored externally are skipped (their length
+    is checked when resolved).
+    """
+    known = set(onnx.TensorProto.DataType.values())
+    for graph, _ in iter_graphs(model.graph):
+        for vi in (*graph.input, *graph.output):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type not in known:
+                raise ModelLoadError(f"{name}: graph '{graph.name}' value '{vi.name[:80]}' has unknown element type "
+                                     f"{vi.type.tensor_type.elem_type}; the file is corrupt")
+    for tensor, where in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        problem = _tensor_size_problem(tensor)
+        if problem:
+            raise ModelLoadError(f"{name}: tensor '{tensor.name[:80]}' in {where}: {problem}; the file is corrupt")
+
+
+def _tensor_size_problem(tensor: onnx.TensorProto) -> str | None:
+    dtype = tensor.data_type
+    if dtype not in onnx.TensorProto.DataType.values() or dtype == onnx.TensorProto.UNDEFINED:
+        return f"unknown data_type {dtype}"
+    if any(d < 0 for d in tensor.dims):
+        return f"negative dimension in shape {list(tensor.dims)}"
+    count = 1
+    for d in tensor.dims:
+        count *= int(d)
+    type_name = onnx.TensorProto.DataType.Name(dtype)
+    bits = _SUB_BYTE_BITS.get(type_name)
+    if dtype == onnx.TensorProto.STRING:
+        have, want, unit = len(tensor.string_data), count, "strings"
+    elif tensor.HasField("raw_data"):
+        if bits is not None:
+            want = (count * bits + 7) // 8
+        else:
+            try:
+                want = count * onnx.helper.tensor_dtype_to_np_dtype(dtype).itemsize
+            except Exception:
+                return None  # a dtype numpy cannot hold; onnxruntime judges it
+        have, unit = len(tensor.raw_data), "bytes of raw_data"
+    else:
+        field = onnx.helper.tensor_dtype_to_field(dtype)
+        have = len(getattr(tensor, field))
+        if bits is not None:
+            want = (count * bits + 7) // 8  # one packed byte per int32_data entry
+        else:
+            want = int(count / _ELEMENTS_PER_ENTRY.get(dtype, 1))
+        unit = f"values in {field}"
+    if have != want:
+        return f"{type_name.lower()} shape {list(tensor.dims)[:8]} needs {want} {unit}, the file holds {have}"
+    return None
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data_file: bool | None = None) -> None:
