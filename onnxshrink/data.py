@@ -237,6 +237,9 @@ def synthetic_batches(
         inputs = {}
         for spec in specs:
             dims = list(shapes.get(spec.name, [d if d is not None and d > 0 else 1 for d in spec.shape]))
+            if int(np.prod(dims, dtype=object)) * spec.dtype.itemsize > MAX_SAMPLE_BYTES:
+                raise DataError(f"input '{spec.name}' declares shape {dims}, too large for random inputs; "
+                                "give real data with --data or smaller dims with --shape")
             if spec.dtype.kind == "f":
                 inputs[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
             elif spec.dtype.kind == "b":
