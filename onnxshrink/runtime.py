@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxshrink.data import Batch
+from onnxshrink.data import Batch, InputSpec
 from onnxshrink.errors import DataError, UnsupportedModelError
 
 ModelSource = onnx.ModelProto | bytes | str | os.PathLike
@@ -87,7 +87,7 @@ def capture(
 def median_latency_ms(session: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int = 30, warmup: int = 5) -> float:
     """Median wall time of one ``session.run`` on ``feed``, in milliseconds."""
     for _ in range(warmup):
-        session.run(None, feed)
+        run(session, feed, what="latency run")
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -96,9 +96,15 @@ def median_latency_ms(session: ort.InferenceSession, feed: dict[str, np.ndarray]
     return 1000.0 * float(np.median(times))
 
 
-def first_sample(batch: Batch) -> dict[str, np.ndarray]:
-    """The batch's first sample, keeping the batch axis (for latency runs)."""
-    return {k: v[:1] for k, v in batch.inputs.items()}
+def first_sample(batch: Batch, specs: Sequence[InputSpec] = ()) -> dict[str, np.ndarray]:
+    """The batch's first sample, keeping the batch axis (for latency runs).
+
+    Inputs whose declared first dim is fixed (a batch of 2, or a weight fed
+    as an input) and scalars are kept whole: one row of them is not a valid
+    input.
+    """
+    fixed = {s.name for s in specs if not s.shape or s.shape[0] is not None}
+    return {k: v if k in fixed or np.ndim(v) == 0 else v[:1] for k, v in batch.inputs.items()}
 
 
 def model_size_bytes(path: str | os.PathLike) -> int:

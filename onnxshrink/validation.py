@@ -195,7 +195,7 @@ def compare_models(
     first_feed = None
     for batch in batches:
         if first_feed is None:
-            first_feed = runtime.first_sample(batch)
+            first_feed = runtime.first_sample(batch, specs)
         cand_out = runtime.run(cand_session, batch.inputs, what="candidate")
         if saved_iter is not None:
             saved_batch = _take(saved_iter, len(batch), reference_outputs)
