@@ -248,3 +248,17 @@ def test_onnx_backend_models_roundtrip(path):
     model = onnx.load(path)
     assert_roundtrip(model)
     assert_roundtrip(model, EVERYTHING)
+
+
+def test_the_load_path_imports_no_cli_or_simplifier_modules():
+    code = ("import sys, onnxshrink.pack as p; p.load_packed(sys.argv[1]); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'typer', 'rich', 'click', 'onnxsim'}))")
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".onnxz") as f:
+        f.write(pack_model(control_flow_model()).data)
+        f.flush()
+        out = subprocess.run([sys.executable, "-c", code, f.name], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
