@@ -107,9 +107,13 @@ def decode(payload: bytes | memoryview, lane_bits: np.ndarray, n: int, lengths: 
     nbytes = len(payload)
     buf = np.zeros((nbytes + 3) // 4 * 4 + 8, dtype=np.uint8)
     buf[:nbytes] = np.frombuffer(payload, dtype=np.uint8)
-    a = buf.view(">u4").astype(np.uint64)
-    window = (a[:-1] << np.uint64(32)) | a[1:]
-    del a, buf
+    # window[w] = 32-bit words w and w+1 as one 64-bit integer (built in place:
+    # a second 64-bit temporary would double the decoder's peak memory).
+    words = buf.view(">u4")
+    window = words[:-1].astype(np.uint64)
+    window <<= np.uint64(32)
+    window |= words[1:]
+    del words, buf
     lane_start = np.cumsum(lane_bits) - lane_bits
     pos = lane_start.astype(np.uint64)
     out = np.empty((steps, k), dtype=np.uint8)
