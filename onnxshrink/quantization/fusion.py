@@ -18,7 +18,7 @@ import onnxruntime as ort
 from onnxshrink.errors import UnsupportedModelError
 
 # Ops whose QDQ form is meant to run in float or as 8-bit data movement: never "unfused".
-NOT_KERNELS = {"HardSwish", "Relu", "Clip"}
+NOT_KERNELS = {"HardSwish", "HardSigmoid", "Relu", "Clip"}
 
 
 def optimized_graph(model: onnx.ModelProto) -> onnx.ModelProto:

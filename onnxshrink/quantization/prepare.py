@@ -157,6 +157,67 @@ def fold_batch_norms(graph: onnx.GraphProto) -> int:
     return folded
 
 
+def remove_identities(model: onnx.ModelProto) -> int:
+    """Drop main-graph Identity nodes (readers use the source directly), except
+    where the output is a graph output or is read inside a subgraph."""
+    graph = model.graph
+    protected = {o.name for o in graph.output}
+    for sub, depth in iter_graphs(graph):
+        if depth:
+            for node in sub.node:
+                protected.update(node.input)
+    renames = {}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.output[0] not in protected:
+            renames[node.output[0]] = renames.get(node.input[0], node.input[0])
+            continue
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+        keep.append(node)
+    if renames:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return len(renames)
+
+
+def fold_conv_bias_adds(graph: onnx.GraphProto) -> int:
+    """Conv followed only by Add(constant per-channel vector) becomes one Conv with
+    that bias (exporters such as paddle2onnx write the bias as a separate Add)."""
+    users = consumers(graph)
+    folded = 0
+    for conv in list(graph.node):
+        if conv.op_type != "Conv" or len(conv.input) < 2:
+            continue
+        add = _sole_reader(graph, conv.output[0], users)
+        if add is None or add.op_type != "Add":
+            continue
+        weight = _constant(graph, conv.input[1])
+        other = add.input[1] if add.input[0] == conv.output[0] else add.input[0]
+        value = _constant(graph, other)
+        if weight is None or value is None or value.dtype != np.float32:
+            continue
+        channels = weight.shape[0]
+        rank = weight.ndim  # the Conv output has the weight's rank
+        shape = (1,) * (rank - value.ndim) + tuple(value.shape)
+        if len(shape) != rank or shape[0] != 1 or shape[1] not in (1, channels) or any(d != 1 for d in shape[2:]):
+            continue
+        extra = np.broadcast_to(value.reshape(-1), (channels,)).astype(np.float64)
+        old = _constant(graph, conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(channels)
+        if old is None:
+            continue
+        b_name = _unique(graph, f"{conv.name or conv.output[0]}_bias_folded")
+        graph.initializer.append(numpy_helper.from_array((old.astype(np.float64) + extra).astype(np.float32), b_name))
+        del conv.input[2:]
+        conv.input.append(b_name)
+        conv.output[0] = add.output[0]
+        graph.node.remove(add)
+        users = consumers(graph)
+        folded += 1
+    return folded
+
+
 def matmul_add_to_gemm(graph: onnx.GraphProto, ranks: dict[str, int]) -> int:
     """MatMul(A 2-D, W const 2-D) followed only by Add(const bias [N]) becomes one Gemm."""
     users = consumers(graph)

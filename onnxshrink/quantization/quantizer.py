@@ -44,8 +44,9 @@ class Prepared:
 
 def prepare_model(model: onnx.ModelProto, name: str = "model", *, fold_constants: bool = True) -> Prepared:
     """A prepared copy of ``model``: fp32 checked, opset >= 13, constants folded
-    where weights are computed, BatchNormalization folded into Conv, MatMul+Add
-    into Gemm, nodes named. ``model`` is not changed."""
+    where weights are computed, Identity nodes dropped, BatchNormalization and
+    bias Adds folded into Conv, MatMul+Add into Gemm, nodes named. ``model`` is
+    not changed."""
     prepare.check_float32(model, name)
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -54,11 +55,16 @@ def prepare_model(model: onnx.ModelProto, name: str = "model", *, fold_constants
     if upgraded_from is not None:
         notes["opset_upgraded_from"] = upgraded_from
     if fold_constants:
+        before = len(work.graph.node)
         work, failure = prepare.fold_constants_if_needed(work)
         if failure:
             notes["constant_folding_failed"] = failure
+        elif len(work.graph.node) != before:
+            notes["constants_folded"] = True
     prepare.name_nodes(work.graph)
+    notes["identities_removed"] = prepare.remove_identities(work)
     notes["batchnorms_folded"] = prepare.fold_batch_norms(work.graph)
+    notes["conv_bias_adds_folded"] = prepare.fold_conv_bias_adds(work.graph)
     notes["matmul_add_to_gemm"] = prepare.matmul_add_to_gemm(work.graph, prepare.value_ranks(work))
     prepare.remove_unused_initializers(work)
     return Prepared(work, prepare.value_types(work), notes)

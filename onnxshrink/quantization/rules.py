@@ -63,6 +63,7 @@ for _rule in [
     OpRule("Sigmoid", (0,), output="own", kernel="QLinearSigmoid"),
     OpRule("LeakyRelu", (0,), output="own", kernel="QLinearLeakyRelu"),
     OpRule("HardSwish", (0,), output="own", kernel="HardSwish (float, between Q/DQ)"),
+    OpRule("HardSigmoid", (0,), output="own", kernel="HardSigmoid (float, between Q/DQ)"),
     OpRule("Relu", (0,), output="fused", kernel="folded into the previous Q"),
     OpRule("Clip", (0,), output="fused", kernel="folded into the previous Q"),
     OpRule("MaxPool", (0,), output="shared", kernel="MaxPool (uint8)"),
