@@ -12,11 +12,14 @@ light_squeezenet test model:
   interleaved rounds, as the acceptance check measures it), ours/ORT latency,
   calibration+quantization wall time and the quantizing process's peak RSS;
 
-then a memory check: peak RSS of our calibration on 100 and on 2,000 samples
-(each quantizer runs in a fresh process, so ru_maxrss is its own peak).
+and any --model PATH given (a model shipped in a pip wheel, say: random
+calibration and eval inputs, so cosine only, no accuracy); then a memory
+check: peak RSS of our calibration on 100 and on 2,000 samples (each
+quantizer runs in a fresh process, so ru_maxrss is its own peak).
 
     python3 scripts/bench_quantize.py                  # every bundled model, ~3-5 min on 2 cores
-    python3 scripts/bench_quantize.py --models digits_mlp --out /tmp/bench.md
+    python3 scripts/bench_quantize.py --models digits_mlp --no-light --no-memory --out /tmp/bench.md
+    python3 scripts/bench_quantize.py --model nudenet/320n.onnx --shape images=1x3x320x320
 """
 
 from __future__ import annotations
@@ -167,13 +170,20 @@ def bench_model(name: str, src: Path, calib: Path, evaluation: Path, work: Path)
     return rows
 
 
-def light_calibration(work: Path) -> tuple[Path, Path]:
-    """Random calibration and eval inputs for light_squeezenet (no labels: cosine only)."""
+def random_data(model: Path, work: Path, shapes: dict[str, list[int]], samples: int = 8) -> tuple[Path, Path]:
+    """Random calibration and eval inputs in [0, 1) (no labels: cosine only); symbolic
+    dims come from ``shapes`` or are 1."""
     rng = np.random.default_rng(0)
-    calib, evaluation = work / "light.calib.npz", work / "light.eval.npz"
-    np.savez(calib, data_0=rng.random((8, 3, 224, 224), np.float32))
-    np.savez(evaluation, data_0=rng.random((8, 3, 224, 224), np.float32))
-    return calib, evaluation
+    inputs = {}
+    for i in session(str(model)).get_inputs():
+        dims = shapes.get(i.name) or [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+        inputs[i.name] = dims[1:]
+    files = []
+    for kind in ("calib", "eval"):
+        path = work / f"{model.stem}.{kind}.npz"
+        np.savez(path, **{n: rng.random((samples, *dims), np.float32) for n, dims in inputs.items()})
+        files.append(path)
+    return files[0], files[1]
 
 
 def memory_check(work: Path, model: str = "digits_cnn") -> list[str]:
@@ -200,7 +210,11 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(BUNDLED))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--no-light", action="store_true", help="skip onnx's light_squeezenet")
+    parser.add_argument("--no-memory", action="store_true", help="skip the 100 vs 2,000 sample RSS check")
+    parser.add_argument("--model", action="append", type=Path, default=[], help="another model (random inputs)")
+    parser.add_argument("--shape", action="append", default=[], help="NAME=1x3x320x320 for symbolic input dims")
     args = parser.parse_args()
+    shapes = {k: [int(d) for d in v.split("x")] for k, _, v in (item.partition("=") for item in args.shape)}
     lines = [f"# int8 quantization: onnxshrink vs onnxruntime.quantization {ort.__version__}", "",
              "Single-thread batch-1 latency, median of 5 interleaved rounds of 30 runs; RSS is the quantizing "
              "process's peak; time is load + calibration + quantization + save.", "",
@@ -217,8 +231,12 @@ def main() -> None:
             else:
                 lines.append(f"| {name} | (not built) | | | | | | | | |")
         if not args.no_light and LIGHT.exists():
-            lines += bench_model("light_squeezenet (opset 9, ConstantOfShape weights)", LIGHT, *light_calibration(work), work)
-        if (ROOT / "models" / "digits_cnn.onnx").exists():
+            lines += bench_model("light_squeezenet (opset 9, ConstantOfShape weights)", LIGHT,
+                                 *random_data(LIGHT, work, shapes), work)
+        for extra in args.model:
+            lines += bench_model(extra.name, extra, *random_data(extra, work, shapes), work)
+            print(lines[-2] + "\n" + lines[-1], file=sys.stderr)
+        if not args.no_memory and (ROOT / "models" / "digits_cnn.onnx").exists():
             lines += memory_check(work)
     text = "\n".join(lines) + "\n"
     if args.out:

@@ -124,3 +124,16 @@ def test_light_model_with_computed_weights_quantizes_and_runs():
     assert sum(1 for n in result.report.nodes if n["op_type"] == "Conv") >= 20
     session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert np.isfinite(session.run(None, feed[0])[0]).all()
+
+
+@pytest.mark.skipif(not (MODELS / "digits_mlp.onnx").exists(), reason="bundled models not built yet")
+def test_benchmark_script_writes_its_table(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.md"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_quantize.py"), "--models", "digits_mlp",
+                           "--no-light", "--no-memory", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| digits_mlp")]
+    assert len(rows) == 2 and "onnxshrink" in rows[0] and "onnxruntime" in rows[1]
