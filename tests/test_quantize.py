@@ -246,6 +246,8 @@ def test_subgraphs_are_left_untouched_but_still_run():
         [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, ["N", 6])])
     nodes = [
         helper.make_node("MatMul", ["x", "w0"], ["h"], name="outer"),
+        helper.make_node("Relu", ["h"], ["hr"], name="relu"),  # h is also read by the If branch: no folding
+        helper.make_node("MatMul", ["hr", "w0"], ["z"], name="after"),
         helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0, name="sum"),
         helper.make_node("ReduceSum", ["s"], ["s1"], keepdims=0, name="sum2"),
         helper.make_node("Greater", ["s1", "zero"], ["cond"], name="gt"),
@@ -253,7 +255,8 @@ def test_subgraphs_are_left_untouched_but_still_run():
                          name="if"),
     ]
     graph = helper.make_graph(nodes, "sub", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 6])],
                               [numpy_helper.from_array(rng.normal(size=(6, 6)).astype(np.float32), "w0"), w,
                                numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -263,6 +266,8 @@ def test_subgraphs_are_left_untouched_but_still_run():
     if_node = next(n for n in result.model.graph.node if n.op_type == "If")
     branch_after = next(a.g for a in if_node.attribute if a.name == "then_branch")
     assert branch_after.node[0].op_type == "MatMul" and "w_inner" in initializers(result.model)
+    assert "h" in {o for n in result.model.graph.node for o in n.output}
+    assert {n["name"] for n in result.report.nodes} >= {"outer", "after"}
     for feed in ({"x": np.abs(data[0]["x"])}, {"x": -np.abs(data[0]["x"])}):
         assert cosine(run(model, feed), run(result.model, feed)) > 0.99
 

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from onnxshrink.model import consumers, producers
-from onnxshrink.quantization.prepare import _attr, _constant
+from onnxshrink.quantization.prepare import _attr, _constant, subgraph_reads
 from onnxshrink.quantization.rules import ALL_INPUTS, OpRule, rule_for
 from onnxshrink.roles import WeightUse, weight_uses
 
@@ -98,7 +98,7 @@ def make_plan(
     graph = model.graph
     users = consumers(graph)
     made_by = producers(graph)
-    graph_outputs = {o.name for o in graph.output}
+    graph_outputs = {o.name for o in graph.output} | subgraph_reads(graph)  # values that must keep their name
     constants = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
     uses = {(id(u.node), u.input_index): u for u in weight_uses(model) if u.weight.graph is graph}
     left_float: dict[str, str] = {}

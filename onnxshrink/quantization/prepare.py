@@ -118,9 +118,21 @@ def _unique(graph: onnx.GraphProto, base: str) -> str:
     return name
 
 
+def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names read by nodes inside subgraphs of ``graph`` (outer-scope values among them)."""
+    names: set[str] = set()
+    for sub, depth in iter_graphs(graph):
+        if depth:
+            for node in sub.node:
+                names.update(node.input)
+    return names
+
+
 def _sole_reader(graph: onnx.GraphProto, value: str, users: dict) -> onnx.NodeProto | None:
+    """The one main-graph node reading ``value``, if nothing else (graph outputs,
+    subgraphs) does."""
     readers = users.get(value, [])
-    if len(readers) != 1 or value in {o.name for o in graph.output}:
+    if len(readers) != 1 or value in {o.name for o in graph.output} or value in subgraph_reads(graph):
         return None
     return readers[0][0]
 
@@ -161,11 +173,7 @@ def remove_identities(model: onnx.ModelProto) -> int:
     """Drop main-graph Identity nodes (readers use the source directly), except
     where the output is a graph output or is read inside a subgraph."""
     graph = model.graph
-    protected = {o.name for o in graph.output}
-    for sub, depth in iter_graphs(graph):
-        if depth:
-            for node in sub.node:
-                protected.update(node.input)
+    protected = {o.name for o in graph.output} | subgraph_reads(graph)
     renames = {}
     keep = []
     for node in graph.node:
