@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from onnxshrink.cli._common import interrupted
 from onnxshrink.cli.inspect import inspect_command
 from onnxshrink.cli.pack import pack_command, unpack_command
 from onnxshrink.cli.prune import prune_command
@@ -33,4 +34,7 @@ app.command("recipes")(recipes_command)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # before a command's own handler is in place (typer building the command)
+        interrupted()

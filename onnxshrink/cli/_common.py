@@ -9,7 +9,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -38,8 +38,7 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             err_console.print(f"onnxshrink: error: {e.message}", markup=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            err_console.print("onnxshrink: interrupted; no output written", markup=False)
-            raise typer.Exit(130) from None
+            interrupted()
         except typer.Exit:
             raise
         except Exception as e:  # a bug in onnxshrink, not the user's fault
@@ -55,6 +54,12 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(3) from None
 
     return wrapper
+
+
+def interrupted() -> NoReturn:
+    """Ctrl-C: one line and exit 130 (outputs are atomic, so none was written)."""
+    err_console.print("onnxshrink: interrupted; no output written", markup=False)
+    raise SystemExit(130)
 
 
 def _jsonable(value: Any) -> Any:
