@@ -79,9 +79,14 @@ class LayerInputStats:
     _csum: np.ndarray | None = dataclasses.field(default=None, repr=False)
     _ccount: int = dataclasses.field(default=0, repr=False)
 
-    def add(self, rows: np.ndarray, channel_values: np.ndarray, want: Sequence[str]) -> None:
+    def add(self, rows: np.ndarray, channel_values: np.ndarray, want: Sequence[str], max_rows: int | None = None) -> None:
         """Accumulate unfolded ``rows`` [groups, n, F] and the raw input as
-        ``channel_values`` [m, total input channels]."""
+        ``channel_values`` [m, total input channels]. Beyond ``max_rows`` rows,
+        a fixed random subset of that many rows is used (an unbiased estimate
+        at a fraction of the cost: Conv layers read thousands of positions)."""
+        if max_rows is not None and rows.shape[1] > max_rows:
+            pick = np.sort(np.random.default_rng(rows.shape[1]).choice(rows.shape[1], max_rows, replace=False))
+            rows = rows[:, pick]
         rows32 = rows.astype(np.float32, copy=False)
         g, _, f = rows.shape
         if self.feature_sq is None:
@@ -238,13 +243,16 @@ def collect_layer_inputs(
     *,
     progress: Callable[[str, int, int], None] | None = None,
     total_batches: int = 0,
+    rows_per_feature: int | None = None,
 ) -> dict[str, LayerInputStats]:
     """Run ``model`` over ``batches`` once and return, per weight name, the
     statistics of that weight's input (uses of a shared weight are summed).
 
     Only main-graph Conv/Gemm/MatMul uses with a float input get statistics;
     others are left out of the result (callers fall back to magnitude).
-    ``model`` is not modified.
+    With ``rows_per_feature``, each batch contributes at most
+    ``max(4096, rows_per_feature * F)`` rows per layer (sampled). ``model``
+    is not modified.
     """
     unknown = set(want) - set(STATISTICS)
     if unknown:
@@ -282,20 +290,24 @@ def collect_layer_inputs(
             x = batch.inputs[name] if name in main_inputs else values[name]
             if x.dtype.kind != "f":
                 raise UnsupportedModelError(f"layer input '{name}' of weight '{use.weight.name}' is {x.dtype}, not float")
-            _accumulate(stats[use.weight.name], x, use, layout, want)
+            cap = None if rows_per_feature is None else max(4096, rows_per_feature * layout.features)
+            _accumulate(stats[use.weight.name], x, use, layout, want, cap)
         done += 1
         if progress is not None:
             progress("collecting layer inputs", done, total_batches)
     return {k: s.finish() for k, s in stats.items()}
 
 
-def _accumulate(stats: LayerInputStats, x: np.ndarray, use: WeightUse, layout: LayerLayout, want: Sequence[str]) -> None:
+def _accumulate(stats: LayerInputStats, x: np.ndarray, use: WeightUse, layout: LayerLayout, want: Sequence[str],
+                max_rows: int | None) -> None:
     """Add one batch, in sample chunks so the unfolded rows stay small."""
     n = x.shape[0] if x.ndim else 1
     per_sample = max(1, x[:1].size * max(1, int(np.prod(layout.kernel or (1,)))) * 4)
     step = max(1, _CHUNK_BYTES // per_sample)
     if layout.op_type != "Conv" or n <= step:
-        stats.add(*layer_rows(x, use, layout), want)
+        stats.add(*layer_rows(x, use, layout), want, max_rows)
         return
+    chunks = -(-n // step)
     for start in range(0, n, step):
-        stats.add(*layer_rows(x[start:start + step], use, layout), want)
+        stats.add(*layer_rows(x[start:start + step], use, layout), want,
+                  None if max_rows is None else -(-max_rows // chunks))

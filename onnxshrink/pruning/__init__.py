@@ -26,7 +26,7 @@ from onnxshrink.activations import collect_layer_inputs
 from onnxshrink.data import Batch, iter_batches, model_inputs
 from onnxshrink.errors import UsageError
 from onnxshrink.pruning.masks import n_m_holds, parse_n_m
-from onnxshrink.pruning.options import METHODS, PATTERNS, SCOPES, PruneOptions
+from onnxshrink.pruning.options import METHODS, PATTERNS, ROWS_PER_FEATURE, SCOPES, PruneOptions
 from onnxshrink.pruning.report import PruneReport, count_flops, parameter_counts
 from onnxshrink.pruning.targets import PruneTarget, prunable_weights
 from onnxshrink.pruning.unstructured import TensorPruning, global_sparsities, prune_tensors
@@ -121,10 +121,11 @@ def prune_model(
             work, records, groups = prune_channels(work, options, options.sparsity or 0.0, method, batches, progress)
     else:
         stats = {}
-        if batches is not None and (method != "magnitude" or options.scope == "global"):
+        if batches is not None and method != "magnitude":
             want = ("hessian", "norms") if method == "hessian" else ("norms",)
             stats = collect_layer_inputs(work, [u for t in targets for u in t.uses], batches, want,
-                                         progress=progress, total_batches=len(batches))
+                                         progress=progress, total_batches=len(batches),
+                                         rows_per_feature=ROWS_PER_FEATURE)
         if options.has_target:
             work, records, _, search = search_sparsity(work, reference, options, method, batches, check_data,
                                                        targets=(targets, stats), progress=progress)

@@ -35,6 +35,7 @@ from onnxshrink.pruning.unstructured import TensorPruning, n_m_fits, pruned_arra
 
 LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 PROBE = 0.7
+PROBE_SAMPLES = 128
 SEARCH_STEPS = 14
 
 
@@ -155,7 +156,7 @@ def search_sparsity(
             progress("scanning layer sensitivity", done, total_work)
         errors[t.name] = np.maximum.accumulate(np.array(errs))
     # Probe: each layer alone at the probe level, measured on calibration data.
-    probe_checker = OutputChecker(reference, batches, limit=256) if batches is not None else checker
+    probe_checker = OutputChecker(reference, batches, limit=PROBE_SAMPLES) if batches is not None else checker
     scale: dict[str, float] = {}
     for k, t in enumerate(target_list):
         lv = levels[t.name]

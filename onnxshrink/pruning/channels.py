@@ -34,7 +34,7 @@ from onnxshrink.activations import (
 from onnxshrink.data import Batch
 from onnxshrink.pruning.channel_groups import ChannelAnalysis, Track, analyze_channels, expand
 from onnxshrink.pruning.obs import cholesky_lower, lower_inverse
-from onnxshrink.pruning.options import PruneOptions
+from onnxshrink.pruning.options import ROWS_PER_FEATURE, PruneOptions
 from onnxshrink.pruning.report import inferred_shapes
 from onnxshrink.roles import WeightUse, weight_uses
 
@@ -174,7 +174,9 @@ def _refit(w: np.ndarray, bias: np.ndarray | None, kept_features: np.ndarray, s:
         kept_features = np.append(kept_features, f)
     hk = h[np.ix_(kept_features, kept_features)]
     lam = damp * max(float(np.mean(np.diag(hk))), 1e-12)
-    solved = (w @ h[:, kept_features]) @ _spd_inverse(hk + lam * np.eye(len(kept_features)))
+    # Ridge towards the original weights (not towards zero): where the removed
+    # inputs carry nothing, the kept weights come back unchanged.
+    solved = (w @ h[:, kept_features] + lam * w[:, kept_features]) @ _spd_inverse(hk + lam * np.eye(len(kept_features)))
     if bias is not None:
         return solved[:, :-1], solved[:, -1]
     return solved, None
@@ -190,7 +192,8 @@ def channel_statistics(model: onnx.ModelProto, method: str, batches: list[Batch]
     uses = {id(u.node): u for u in weight_uses(model) if u.input_index == 1}
     consumer_uses = [uses[id(n)] for n, _ in analysis.terminals if id(n) in uses]
     want = ("hessian", "norms", "means") if method == "hessian" else ("norms", "means")
-    return collect_layer_inputs(model, consumer_uses, batches, want, progress=progress, total_batches=len(batches))
+    return collect_layer_inputs(model, consumer_uses, batches, want, progress=progress, total_batches=len(batches),
+                                rows_per_feature=ROWS_PER_FEATURE)
 
 
 def prune_channels(

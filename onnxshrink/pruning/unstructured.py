@@ -89,8 +89,8 @@ def global_sparsities(
     targets: list[PruneTarget], stats: dict[str, LayerInputStats], sparsity: float
 ) -> dict[str, float]:
     """Per-tensor sparsities from one ranking across all tensors: ``|w|``, or
-    ``|w| * rms(x)`` (the weight's contribution to its output) where the
-    layer's input statistics are known."""
+    ``|w| * rms(x)`` (the weight's contribution to its output) where
+    ``stats`` holds the layer's input statistics."""
     scores = []
     for t in targets:
         w = np.abs(t.ref.array().astype(np.float32))
