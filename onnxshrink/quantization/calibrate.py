@@ -19,6 +19,8 @@ from onnxshrink.errors import DataError
 from onnxshrink.quantization.stats import CalibrationStats
 
 Progress = Callable[[str, int, int], None]
+# Exposed intermediate tensors of one run stay under this (large images: fewer samples per run).
+MEMORY_BUDGET_BYTES = 64 << 20
 
 
 def calibrate(
@@ -30,12 +32,16 @@ def calibrate(
     progress: Progress | None = None,
     threads: int | None = None,
     histogram: bool = True,
+    memory_budget: int = MEMORY_BUDGET_BYTES,
 ) -> CalibrationStats:
     """Statistics of the values ``names`` of ``model`` over every sample of ``data``.
 
     ``data`` is an .npz path or folder, an NpzData, an onnxruntime-style
     CalibrationDataReader (``get_next()``) or an iterable of batches/dicts.
     ``histogram=False`` keeps only min/max (enough for the minmax method).
+    Each run holds at most ``batch_size`` samples and, after a first
+    one-sample run measures them, no more than fit ``memory_budget`` bytes of
+    exposed tensors.
     ``model`` is not changed.
     """
     specs = model_inputs(model)
@@ -50,17 +56,25 @@ def calibrate(
         data = NpzData(data)
         total = data.num_samples
     stats = CalibrationStats()
+    chunk = None  # samples per run, so that the exposed tensors of one run fit in the budget
     for batch in iter_batches(data, specs, batch_size):
         missing = [s.name for s in specs if s.name not in batch.inputs]
         if missing:
             raise DataError(f"calibration data has no array for model input '{missing[0]}'")
-        feed = {s.name: batch.inputs[s.name] for s in specs}
-        values = dict(zip(exposed, runtime.run(session, feed, exposed, what="calibration"))) if exposed else {}
-        for name in names:
-            if name in input_names:
-                values[name] = feed[name]
-        stats.update(values, len(batch), histogram=histogram)
-        del values, feed
+        start = 0
+        while start < len(batch):
+            step = chunk or 1
+            feed = {s.name: batch.inputs[s.name][start:start + step] for s in specs}
+            values = dict(zip(exposed, runtime.run(session, feed, exposed, what="calibration"))) if exposed else {}
+            if chunk is None:
+                per_sample = max(1, sum(v.nbytes for v in values.values()))
+                chunk = int(max(1, min(batch_size, memory_budget // per_sample)))
+            for name in names:
+                if name in input_names:
+                    values[name] = feed[name]
+            stats.update(values, len(next(iter(feed.values()))), histogram=histogram)
+            del values, feed
+            start += step
         if progress:
             progress("calibrating", stats.samples, total or 0)
     if stats.samples == 0:
