@@ -41,6 +41,23 @@ class Gate:
         return self.min_cosine is not None or self.max_accuracy_drop is not None
 
 
+def as_comparable(value: Any) -> np.ndarray:
+    """An output as one array: tensors as they are, complex numbers as (real,
+    imaginary) pairs, sequences (lists from onnxruntime) flattened end to end."""
+    if isinstance(value, (list, tuple)):
+        parts = [as_comparable(v).ravel() for v in value]
+        kinds = {p.dtype.kind for p in parts}
+        if len(kinds) > 1 and not kinds <= set("biuf"):
+            parts = [p.astype(str) for p in parts]
+        return np.concatenate(parts) if parts else np.zeros(0)
+    if isinstance(value, dict):
+        return as_comparable([np.asarray(value[k]) for k in sorted(value, key=str)])
+    array = np.asarray(value)
+    if array.dtype.kind == "c":
+        array = np.stack([array.real, array.imag], axis=-1)
+    return array
+
+
 class _OutputStats:
     """Running sums for one output: enough for cosine, errors, SQNR and top-1."""
 
@@ -54,9 +71,16 @@ class _OutputStats:
         self.top1_total = 0
         self.nonfinite = 0
 
-    def add(self, ref: np.ndarray, cand: np.ndarray) -> None:
+    def add(self, ref: Any, cand: Any) -> None:
+        ref, cand = as_comparable(ref), as_comparable(cand)
         if ref.shape != cand.shape:
             raise DataError(f"output shapes differ: reference {list(ref.shape)}, candidate {list(cand.shape)}")
+        if ref.size == 0:
+            return
+        if ref.dtype.kind not in "biuf" or cand.dtype.kind not in "biuf":
+            # Strings (and the like) either match or not: each element is 1 where
+            # they do, so cosine and errors count the mismatches.
+            ref, cand = np.ones(ref.shape), (ref == cand).astype(np.float64)
         r = ref.astype(np.float64).reshape(len(ref), -1) if ref.ndim else ref.astype(np.float64).reshape(1, 1)
         c = cand.astype(np.float64).reshape(r.shape)
         bad = ~np.isfinite(c)
@@ -205,7 +229,7 @@ def compare_models(
         else:
             ref_out = cand_out
         for name, r, c in zip(cand_names, ref_out, cand_out):
-            stats[name].add(np.asarray(r), np.asarray(c))
+            stats[name].add(r, c)
         if batch.labels is not None:
             labelled += len(batch.labels)
             correct["reference"] += _correct(ref_out[0], batch.labels)
