@@ -33,7 +33,11 @@ class Batch:
     labels: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        """Samples in the batch: the first input's leading dim (a scalar input is one sample)."""
+        if not self.inputs:
+            return 0 if self.labels is None else len(self.labels)
+        first = np.asarray(next(iter(self.inputs.values())))
+        return int(first.shape[0]) if first.ndim else 1
 
 
 @dataclasses.dataclass(frozen=True)
