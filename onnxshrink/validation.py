@@ -195,9 +195,12 @@ def compare_models(
         batches: Iterable[Batch] = synthetic_batches(specs, shapes, count=synthetic_samples)
     else:
         batches = iter_batches(data, specs, batch_size)
+    ref_session = None
+    if ref_proto is not None and reference_outputs is None:
+        # Reference first: when onnxruntime cannot run the original, say so, not "candidate".
+        ref_session = runtime.create_session(ref_proto, threads=os.cpu_count() or 1, name="reference")
     cand_session = runtime.create_session(cand_proto, threads=os.cpu_count() or 1, name="candidate")
     cand_names = [o.name for o in cand_session.get_outputs()]
-    ref_session = None
     saved: NpzData | None = None
     saved_iter = None
     if reference_outputs is not None:
@@ -207,8 +210,7 @@ def compare_models(
             raise DataError(f"{reference_outputs}: no saved output '{missing[0]}' (arrays: {', '.join(saved.arrays)})")
         saved_specs = [InputSpec(n, saved.arrays[n][1], (None,) + tuple(saved.arrays[n][0][1:])) for n in cand_names]
         saved_iter = saved.batches(saved_specs, batch_size)
-    elif ref_proto is not None:
-        ref_session = runtime.create_session(ref_proto, threads=os.cpu_count() or 1, name="reference")
+    elif ref_session is not None:
         ref_names = [o.name for o in ref_session.get_outputs()]
         if ref_names != cand_names:
             raise DataError(f"the models' outputs differ: reference {ref_names}, candidate {cand_names}")
