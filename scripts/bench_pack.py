@@ -11,7 +11,7 @@ Writes one markdown table (to stdout, and to --out if given) with a row per mode
 - zstd -19, xz -9 and gzip -9 of the same .onnx file, and packed / zstd;
 - encode and decode throughput in MB/s of tensor bytes, one core (pack_model and load_packed, best of 3),
   and our decode time over zstd's decompression time of the same model;
-- peak RSS of unpacking in a fresh process (resource.getrusage), with the bare interpreter+imports beside it.
+- peak RSS of unpacking in a fresh process (VmHWM), with the bare interpreter+imports beside it.
 
 Run from the project root:
 
@@ -106,9 +106,15 @@ def best_time(fn, repeat: int = 3) -> float:
 
 
 def peak_rss_mb(packed: Path | None) -> float:
-    """Peak RSS of a fresh interpreter that imports onnxshrink.pack and (if given) unpacks ``packed``."""
+    """Peak RSS of a fresh interpreter that imports onnxshrink.pack and (if given) unpacks ``packed``.
+
+    Read from /proc/self/status (VmHWM, which exec resets): getrusage's ru_maxrss keeps the
+    parent's peak across fork+exec on Linux and would report the benchmark's own memory.
+    """
     code = ("import resource, sys; sys.path.insert(0, sys.argv[1]); from onnxshrink.pack import load_packed; "
-            "sys.argv[2] and load_packed(sys.argv[2]); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "sys.argv[2] and load_packed(sys.argv[2]); "
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')] if sys.platform == 'linux' else []; "
+            "print(int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code, str(ROOT), str(packed or "")], capture_output=True, text=True,
                          check=True)
     return int(out.stdout.strip()) / 1024

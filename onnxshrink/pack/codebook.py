@@ -25,12 +25,14 @@ MAX_CODE_LENGTH = 15
 
 def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
     """Optimal code lengths for ``counts`` (256 symbol counts) with no code
-    longer than ``max_length`` bits, by the package-merge algorithm.
+    longer than ``max_length`` bits.
 
-    Returns uint8 lengths, 0 for symbols that never occur. With fewer than two
-    used symbols there is nothing to code: the single used symbol (if any) gets
-    length 0 too, and callers store such a stream as a constant.
-    Deterministic: ties are broken by symbol value.
+    Plain Huffman (two-queue, linear in the alphabet) when its longest code
+    fits, else the package-merge algorithm. Returns uint8 lengths, 0 for
+    symbols that never occur. With fewer than two used symbols there is
+    nothing to code: the single used symbol (if any) gets length 0 too, and
+    callers store such a stream as a constant. Deterministic: ties are broken
+    by symbol value.
     """
     counts = np.asarray(counts, dtype=np.int64)
     lengths = np.zeros(ALPHABET, dtype=np.uint8)
@@ -42,19 +44,52 @@ def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.nd
         raise ValueError(f"{n} symbols cannot be coded in {max_length} bits")
     # Leaves sorted by (count, symbol); stable sort keeps the symbol order.
     order = used[np.argsort(counts[used], kind="stable")]
-    leaf_w = counts[order]
+    weights = counts[order]
+    depth = _huffman_depths(weights.tolist())
+    if max(depth) > max_length:
+        depth = _package_merge(weights, max_length)
+    lengths[order] = depth
+    return lengths
+
+
+def _huffman_depths(weights: list[int]) -> list[int]:
+    """Huffman code lengths of ascending ``weights``: the two-queue method
+    (leaves in order, merged nodes in the order made), leaves first on ties."""
+    n = len(weights)
+    node_w = weights + [0] * (n - 1)
+    parent = [0] * (2 * n - 1)
+    leaf, made = 0, n
+    for k in range(n, 2 * n - 1):
+        pair = []
+        for _ in range(2):
+            if leaf < n and (made >= k or node_w[leaf] <= node_w[made]):
+                pair.append(leaf)
+                leaf += 1
+            else:
+                pair.append(made)
+                made += 1
+        node_w[k] = node_w[pair[0]] + node_w[pair[1]]
+        parent[pair[0]] = parent[pair[1]] = k
+    depth = [0] * (2 * n - 1)
+    for node in range(2 * n - 3, -1, -1):
+        depth[node] = depth[parent[node]] + 1
+    return depth[:n]
+
+
+def _package_merge(weights: np.ndarray, max_length: int) -> np.ndarray:
+    """Optimal lengths of at most ``max_length`` bits for ascending ``weights``."""
+    n = weights.size
     leaf_v = np.eye(n, dtype=np.int32)
-    cur_w, cur_v = leaf_w, leaf_v
+    cur_w, cur_v = weights, leaf_v
     for _ in range(max_length - 1):
         k = cur_w.size // 2 * 2
         pack_w = cur_w[0:k:2] + cur_w[1:k:2]
         pack_v = cur_v[0:k:2] + cur_v[1:k:2]
-        w = np.concatenate([leaf_w, pack_w])
+        w = np.concatenate([weights, pack_w])
         v = np.concatenate([leaf_v, pack_v])
         pick = np.argsort(w, kind="stable")  # leaves before packages on ties
         cur_w, cur_v = w[pick], v[pick]
-    lengths[order] = cur_v[: 2 * n - 2].sum(axis=0)
-    return lengths
+    return cur_v[: 2 * n - 2].sum(axis=0)
 
 
 def canonical_order(lengths: np.ndarray) -> np.ndarray:
