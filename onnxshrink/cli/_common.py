@@ -17,8 +17,8 @@ from rich.console import Console
 from onnxshrink.errors import OnnxShrinkError, UsageError
 from onnxshrink.fileio import atomic_output
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, emoji=False)
+err_console = Console(stderr=True, highlight=False, emoji=False)
 
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors; no progress bars.")]
 JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write a machine-readable report to this file.")]
