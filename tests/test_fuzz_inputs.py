@@ -307,6 +307,8 @@ def test_bad_data_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, mlp_pat
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr + p.stdout
     assert not report.exists()
+    if kind == "pickled_object":  # names the array as file:array, not as the ':x:' emoji
+        assert "data.npz:x:" in p.stderr
 
 
 # ---------------------------------------------------------------- real command lines
