@@ -10,9 +10,9 @@ calibrate are known before calibration runs. Decisions, in graph order:
    (looking through pass-through ops and fusible Relu/Clip);
 3. going forward, candidates are quantized; an ``optional`` output is
    quantized only when wanted; a Relu/Clip that alone reads a quantized
-   output folds into its Q; a pass-through op is quantized when its input
-   is already int8 and its output is wanted, and then shares the input's
-   scale.
+   output folds into its Q; a pass-through op is quantized when its output
+   is wanted, and then shares its input's scale (a float input gets its Q
+   before the op).
 
 The main graph only: nodes inside subgraphs stay as they are.
 """
@@ -186,14 +186,17 @@ def make_plan(
             continue
         if node.name in shared:
             source = node.input[0]
-            if source in int8_values and any(o in wanted for o in node.output):
+            if any(o in wanted for o in node.output):
+                # a float input is quantized here rather than after the op: same scale, and the
+                # op (Transpose of an NHWC input, Resize of a small image) then moves 8-bit data
+                params_source.setdefault(source, source)
                 nodes[node.name] = NodePlan(node, shared[node.name], [source])
                 for o in node.output:
                     if o:
                         int8_values.add(o)
                         params_source[o] = params_source[source]
             else:
-                left_float[node.name] = "pass-through op with a float input or output: nothing to gain"
+                left_float[node.name] = "pass-through op whose output no int8 kernel reads: nothing to gain"
             continue
         if node.name in fusible:
             left_float[node.name] = "not right after a quantized op: runs in float"
