@@ -315,3 +315,44 @@ def test_dynamic_mode_uses_integer_matmuls():
     feed = {"x": rng.normal(size=(3, 64)).astype(np.float32)}
     assert cosine(run(model, feed), run(result.model, feed)) > 0.999
     assert result.report.size_ratio < 0.5
+
+
+def test_op_coverage_silu_depthwise_concat_split_maxpool_indices_convtranspose_gemm_transa():
+    rng = np.random.default_rng(0)
+    f32 = lambda shape, name: numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)  # noqa: E731
+    inits = [f32((8, 3, 3, 3), "w1"), f32((8, 1, 3, 3), "dw"), f32((8, 4, 2, 2), "wt"), f32((16, 6), "wg"),
+             numpy_helper.from_array(np.array([16, -1], np.int64), "shape"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Sigmoid", ["a"], ["s"], name="sigmoid"),
+        helper.make_node("Mul", ["a", "s"], ["silu"], name="silu"),
+        helper.make_node("Conv", ["silu", "dw"], ["d"], pads=[1, 1, 1, 1], group=8, name="depthwise"),
+        helper.make_node("Concat", ["d", "silu"], ["cat"], axis=1, name="concat"),
+        helper.make_node("Split", ["cat"], ["s1", "s2"], axis=1, num_outputs=2, name="split"),
+        helper.make_node("Add", ["s1", "s2"], ["sum"], name="add"),
+        helper.make_node("MaxPool", ["sum"], ["mp", "idx"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+        helper.make_node("ConvTranspose", ["mp", "wt"], ["ct"], strides=[2, 2], name="deconv"),
+        helper.make_node("ReduceMean", ["ct", "axes"], ["rm"], keepdims=0, name="mean"),
+        helper.make_node("Reshape", ["rm", "shape"], ["flat"], name="reshape"),
+        helper.make_node("Gemm", ["flat", "wg"], ["y"], transA=1, name="gemm"),
+    ]
+    graph = helper.make_graph(nodes, "coverage", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 6]),
+                               helper.make_tensor_value_info("idx", TensorProto.INT64, [4, 8, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    data = [{"x": rng.normal(size=(4, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
+    result = quantize_model(model, data, QuantizeOptions())  # with the latency guard
+    kernels = kernel_counts(result.model)
+    for kernel in ("QLinearSigmoid", "QLinearMul", "QLinearConcat", "QLinearAdd", "QGemm"):
+        assert kernels.get(kernel) == 1, kernel
+    assert kernels.get("QLinearConv") == 2 and "Conv" not in kernels
+    # no integer ConvTranspose kernel on CPU: the guard keeps it in float and says why
+    assert "integer kernel" in result.report.left_float["deconv"]
+    assert "pool" not in {n["name"] for n in result.report.nodes}  # int64 Indices: never behind Q/DQ
+    feed = {"x": rng.normal(size=(4, 3, 8, 8)).astype(np.float32)}
+    session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    y, idx = session.run(None, feed)
+    assert cosine(reference[0], y) > 0.99 and idx.dtype == np.int64

@@ -56,14 +56,16 @@ def calibrate(
         data = NpzData(data)
         total = data.num_samples
     stats = CalibrationStats()
-    chunk = None  # samples per run, so that the exposed tensors of one run fit in the budget
+    # samples per run, so that the exposed tensors of one run fit in the budget (a fixed batch dim: as given)
+    fixed_batch = any(s.shape and s.shape[0] is not None and s.shape[0] > 0 for s in specs)
+    chunk = batch_size if fixed_batch else None
     for batch in iter_batches(data, specs, batch_size):
         missing = [s.name for s in specs if s.name not in batch.inputs]
         if missing:
             raise DataError(f"calibration data has no array for model input '{missing[0]}'")
         start = 0
         while start < len(batch):
-            step = chunk or 1
+            step = len(batch) if fixed_batch else (chunk or 1)
             feed = {s.name: batch.inputs[s.name][start:start + step] for s in specs}
             values = dict(zip(exposed, runtime.run(session, feed, exposed, what="calibration"))) if exposed else {}
             if chunk is None:

@@ -122,8 +122,8 @@ def make_plan(
             left_float[node.name] = "kept in float by the accuracy-aware search"
             continue
         if rule.output in ("shared", "fused"):
-            if not is_float_activation(node.input[0]):
-                continue
+            if not is_float_activation(node.input[0]) or any(types.get(o) != FLOAT for o in node.output if o):
+                continue  # e.g. MaxPool's int64 Indices output
             (shared if rule.output == "shared" else fusible)[node.name] = rule
             sole_reader = len(users.get(node.input[0], [])) == 1
             if node.input[0] in int8_capable and (rule.output == "shared" or sole_reader):
