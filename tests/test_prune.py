@@ -3,6 +3,8 @@ shared weights once, Hessian reconstruction beats magnitude, targets hold."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -185,3 +187,26 @@ def test_cosine_target_is_met_with_per_layer_sparsity():
 def test_accuracy_target_needs_labelled_eval_data():
     with pytest.raises(UsageError, match="--eval"):
         prune_model(small_net(), PruneOptions(max_accuracy_drop=1.0), calib=calib())
+
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_squeezenet.onnx"
+
+
+@pytest.mark.skipif(not LIGHT.exists(), reason="onnx's light test models are not installed")
+def test_light_squeezenet_after_simplify_prunes_and_runs():
+    from onnxshrink.simplify import simplify
+
+    model = simplify(onnx.load(LIGHT)).model
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    dense = create_session(model).run(None, {model.graph.input[0].name: x})[0]
+    for pattern in ("unstructured", "channel"):
+        result = prune_model(model, PruneOptions(sparsity=0.5, pattern=pattern, method="magnitude"))
+        out = create_session(result.model).run(None, {model.graph.input[0].name: x})[0]
+        assert out.shape == dense.shape and np.isfinite(out).all()
+        if pattern == "unstructured":
+            weights = {t.name for t in result.report.tensors}
+            old, new = tensors(model), tensors(result.model)
+            assert all(old[n].tobytes() == new[n].tobytes() for n in old if n not in weights)
+            assert abs(result.report.weight_sparsity - 0.5) < 0.01
+        else:
+            assert result.report.params_after < result.report.params_before

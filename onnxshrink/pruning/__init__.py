@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import onnx
 
-from onnxshrink.activations import collect_layer_inputs
+from onnxshrink.activations import LayerInputStats, collect_layer_inputs
 from onnxshrink.data import Batch, iter_batches, model_inputs
 from onnxshrink.errors import UsageError
 from onnxshrink.pruning.masks import n_m_holds, parse_n_m
@@ -75,14 +75,17 @@ def prune_model(
     calib: Any = None,
     eval_data: Any = None,
     progress: Progress | None = None,
+    layer_stats: dict[str, LayerInputStats] | None = None,
 ) -> PruneResult:
     """Prune a copy of ``model`` as ``options`` say; ``model`` is not changed.
 
     ``calib`` (an .npz path, NpzData, reader or batches) feeds the
     activation-aware methods and channel reconstruction; ``eval_data``
     (labelled for ``max_accuracy_drop``) drives the search and the final
-    validation. Raises UsageError for options the data cannot serve and
-    GateFailed when no sparsity meets the target.
+    validation. ``layer_stats`` (from :func:`collect_statistics` on the same
+    model and data) skips collecting them again, for sweeps. Raises
+    UsageError for options the data cannot serve and GateFailed when the
+    final validation fails its gate.
     """
     from onnxshrink.pruning.allocation import search_sparsity
     from onnxshrink.pruning.channels import prune_channels
@@ -118,10 +121,11 @@ def prune_model(
             work, records, groups, search = search_sparsity(work, reference, options, method, batches, check_data,
                                                             targets=None, progress=progress)
         else:
-            work, records, groups = prune_channels(work, options, options.sparsity or 0.0, method, batches, progress)
+            work, records, groups = prune_channels(work, options, options.sparsity or 0.0, method, batches, progress,
+                                                   stats=_usable(layer_stats, method))
     else:
-        stats = {}
-        if batches is not None and method != "magnitude":
+        stats = _usable(layer_stats, method) or {}
+        if not stats and batches is not None and method != "magnitude":
             want = ("hessian", "norms") if method == "hessian" else ("norms",)
             stats = collect_layer_inputs(work, [u for t in targets for u in t.uses], batches, want,
                                          progress=progress, total_batches=len(batches),
@@ -145,6 +149,25 @@ def prune_model(
     )
     modified = nonzero_after != nonzero_before or params_after != params_before
     return PruneResult(work, modified, report)
+
+
+def collect_statistics(model: onnx.ModelProto, calib: Any, options: PruneOptions,
+                       progress: Progress | None = None) -> dict[str, LayerInputStats]:
+    """Input statistics (Hessian, norms, means) of every layer weight of
+    ``model`` on ``calib``, for reuse across several :func:`prune_model` calls."""
+    from onnxshrink.roles import weight_uses
+
+    batches = load_calibration(calib, model, options)
+    return collect_layer_inputs(model, weight_uses(model, include_recurrent=options.include_recurrent), batches,
+                                ("hessian", "norms", "means"), progress=progress, total_batches=len(batches),
+                                rows_per_feature=ROWS_PER_FEATURE)
+
+
+def _usable(layer_stats: dict[str, LayerInputStats] | None, method: str) -> dict[str, LayerInputStats] | None:
+    """Given statistics, as the method wants them (magnitude uses none)."""
+    if layer_stats is None:
+        return None
+    return {} if method == "magnitude" else layer_stats
 
 
 def prune_unstructured(
@@ -172,6 +195,7 @@ __all__ = [
     "PruneReport",
     "PruneResult",
     "TensorPruning",
+    "collect_statistics",
     "n_m_holds",
     "prune_model",
     "prunable_weights",

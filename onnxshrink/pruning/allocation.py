@@ -33,10 +33,10 @@ from onnxshrink.pruning.options import PruneOptions
 from onnxshrink.pruning.targets import PruneTarget
 from onnxshrink.pruning.unstructured import TensorPruning, n_m_fits, pruned_array, usable_method
 
-LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
+LEVELS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95)
 PROBE = 0.7
 PROBE_SAMPLES = 128
-SEARCH_STEPS = 14
+SEARCH_STEPS = 12
 
 
 class OutputChecker:
@@ -184,28 +184,28 @@ def search_sparsity(
         return sum(levels[n][i] * sizes[n] for n, i in choice.items()) / total
 
     steps: list[dict[str, Any]] = []
-    seen: dict[tuple, dict[str, float]] = {}
+    verdicts: dict[tuple, bool] = {}  # allocation -> met the target
     best = ({}, 0.0, None)
     lo, hi = -8.0, 8.0  # log10 of λ
-    for step in range(SEARCH_STEPS):
+    measured = 0
+    while measured < SEARCH_STEPS and hi - lo > 1e-3:
         mid = (lo + hi) / 2
         choice = choose(10.0**mid)
-        sparsity = overall(choice)
-        too_high = options.sparsity is not None and sparsity > options.sparsity + 1e-9
-        metrics = {}
         key = tuple(sorted(choice.items()))
-        if not too_high and key in seen:
-            metrics = seen[key]
-        elif not too_high:
-            _assemble(model, target_list, choice, arrays, originals)
-            metrics = seen[key] = checker.measure(model)
-        ok = not too_high and checker.passes(metrics, options)
-        steps.append({"step": step, "knob": round(mid, 4), "sparsity": round(sparsity, 6), "passed": ok,
-                      **{k: round(v, 6) for k, v in metrics.items()}})
-        if ok and sparsity >= best[1]:
-            best = (choice, sparsity, metrics)
-        lo, hi = (mid, hi) if ok else (lo, mid)
-        progress("searching per-layer sparsity", step + 1, SEARCH_STEPS)
+        if key not in verdicts:  # a new allocation: measure it
+            sparsity = overall(choice)
+            metrics = {}
+            if options.sparsity is None or sparsity <= options.sparsity + 1e-9:
+                _assemble(model, target_list, choice, arrays, originals)
+                metrics = checker.measure(model)
+            verdicts[key] = ok = bool(metrics) and checker.passes(metrics, options)
+            steps.append({"step": measured, "knob": round(mid, 4), "sparsity": round(sparsity, 6), "passed": ok,
+                          **{k: round(v, 6) for k, v in metrics.items()}})
+            if ok and sparsity >= best[1]:
+                best = (choice, sparsity, metrics)
+            measured += 1
+            progress("searching per-layer sparsity", measured, SEARCH_STEPS)
+        lo, hi = (mid, hi) if verdicts[key] else (lo, mid)
     choice = best[0]
     _assemble(model, target_list, choice, arrays, originals)
     records = []

@@ -136,6 +136,6 @@ def obs_prune(
 def reconstruction_error(original: np.ndarray, pruned: np.ndarray, hessian: np.ndarray) -> float:
     """Relative output error ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` of a layer, from its Hessian."""
     delta = pruned - original
-    num = float(np.einsum("grf,gfh,grh->", delta, hessian, delta))
-    den = float(np.einsum("grf,gfh,grh->", original, hessian, original))
+    num = float((np.matmul(delta, hessian) * delta).sum())
+    den = float((np.matmul(original, hessian) * original).sum())
     return num / den if den > 0 else 0.0
