@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from onnxshrink.quantization.options import QuantizeOptions
 from onnxshrink.quantization.params import quantize_weight, weight_scales
-from onnxshrink.quantization.prepare import _attr, _constant, remove_unused_initializers
+from onnxshrink.quantization.prepare import node_attribute, constant_value, remove_unused_initializers
 from onnxshrink.quantization.report import QuantizeReport
 from onnxshrink.quantization.rewrite import _Names
 from onnxshrink.roles import weight_uses
@@ -52,7 +52,7 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
         weight = use.weight.array().astype(np.float32)
         if use.out_axis == 0:  # Gemm transB=1: store [K, N]
             weight = weight.T
-        alpha = float(_attr(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
+        alpha = float(node_attribute(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
         scale = weight_scales(weight, 1 if options.per_channel else None)
         q = quantize_weight(weight, scale, 1 if options.per_channel else None)
         x = node.input[0]
@@ -76,8 +76,8 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
         has_bias = node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]
         new.append(helper.make_node("Mul", [acc_f, both], [scaled if has_bias else y], name=names(f"{node.name}_Mul")))
         if has_bias:
-            beta = float(_attr(node, "beta", 1.0))
-            bias = (_constant(graph, node.input[2]).astype(np.float32) * np.float32(beta)).astype(np.float32)
+            beta = float(node_attribute(node, "beta", 1.0))
+            bias = (constant_value(graph, node.input[2]).astype(np.float32) * np.float32(beta)).astype(np.float32)
             b = names(f"{node.input[2]}_scaled")
             graph.initializer.append(numpy_helper.from_array(bias, b))
             new.append(helper.make_node("Add", [scaled, b], [y], name=names(f"{node.name}_bias")))
@@ -112,12 +112,8 @@ def _problem(node: onnx.NodeProto, use, options: QuantizeOptions, types: dict[st
     if use.weight.tensor.data_type != onnx.TensorProto.FLOAT or types.get(node.input[0]) != onnx.TensorProto.FLOAT:
         return "not float32"
     if node.op_type == "Gemm":
-        if int(_attr(node, "transA", 0)):
+        if int(node_attribute(node, "transA", 0)):
             return "Gemm with transA"
-        if len(node.input) > 2 and node.input[2] and _constant_exists(node.input[2], use.weight.graph) is False:
+        if len(node.input) > 2 and node.input[2] and constant_value(use.weight.graph, node.input[2]) is None:
             return "Gemm's C is not a constant"
     return None
-
-
-def _constant_exists(name: str, graph: onnx.GraphProto) -> bool:
-    return _constant(graph, name) is not None

@@ -24,8 +24,8 @@ import dataclasses
 import numpy as np
 import onnx
 
-from onnxshrink.model import consumers, producers
-from onnxshrink.quantization.prepare import _attr, _constant, subgraph_reads
+from onnxshrink.model import consumers
+from onnxshrink.quantization.prepare import node_attribute, constant_value, subgraph_reads
 from onnxshrink.quantization.rules import ALL_INPUTS, OpRule, rule_for
 from onnxshrink.roles import WeightUse, weight_uses
 
@@ -72,11 +72,11 @@ def _activation_inputs(node: onnx.NodeProto, rule: OpRule) -> list[int]:
 def _clip_bounds(graph: onnx.GraphProto, node: onnx.NodeProto) -> tuple[float, float] | None:
     if node.op_type == "Relu":
         return 0.0, np.inf
-    lo = _attr(node, "min", -np.inf)
-    hi = _attr(node, "max", np.inf)
+    lo = node_attribute(node, "min", -np.inf)
+    hi = node_attribute(node, "max", np.inf)
     for index, default in ((1, -np.inf), (2, np.inf)):
         if len(node.input) > index and node.input[index]:
-            value = _constant(graph, node.input[index])
+            value = constant_value(graph, node.input[index])
             if value is None:
                 return None
             if index == 1:
@@ -97,7 +97,6 @@ def make_plan(
     """Decide the placement for ``model`` (main graph, nodes named, opset >= 13)."""
     graph = model.graph
     users = consumers(graph)
-    made_by = producers(graph)
     graph_outputs = {o.name for o in graph.output} | subgraph_reads(graph)  # values that must keep their name
     constants = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
     uses = {(id(u.node), u.input_index): u for u in weight_uses(model) if u.weight.graph is graph}
@@ -223,7 +222,7 @@ def _candidate_problem(graph, node, rule: OpRule, weight: WeightUse | None, cons
             continue
         name = node.input[i]
         if name in constants:
-            value = _constant(graph, name)
+            value = constant_value(graph, name)
             if value is None or value.dtype != np.float32 or value.size == 0:
                 return f"input '{name}' is not a float tensor"
             continue
@@ -232,7 +231,7 @@ def _candidate_problem(graph, node, rule: OpRule, weight: WeightUse | None, cons
     if weight is not None and weight.weight.tensor.data_type != FLOAT:
         return f"weight '{weight.weight.name}' is not float32"
     if rule.bias is not None and len(node.input) > rule.bias and node.input[rule.bias]:
-        bias = _constant(graph, node.input[rule.bias])
+        bias = constant_value(graph, node.input[rule.bias])
         if bias is None or bias.dtype != np.float32:
             return f"bias '{node.input[rule.bias]}' is not a float32 constant"
         if weight is None:
@@ -240,9 +239,9 @@ def _candidate_problem(graph, node, rule: OpRule, weight: WeightUse | None, cons
         channels = weight.weight.tensor.dims[weight.out_axis]
         if bias.size not in (1, channels) or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
             return f"bias '{node.input[rule.bias]}' is not one value per output channel"
-    if node.op_type == "Gemm" and float(_attr(node, "alpha", 1.0)) <= 0.0:
+    if node.op_type == "Gemm" and float(node_attribute(node, "alpha", 1.0)) <= 0.0:
         return "Gemm with alpha <= 0"
-    if node.op_type == "Gemm" and float(_attr(node, "beta", 1.0)) <= 0.0:
+    if node.op_type == "Gemm" and float(node_attribute(node, "beta", 1.0)) <= 0.0:
         return "Gemm with beta <= 0"
     if len([o for o in node.output if o]) != 1:
         return "more than one output"

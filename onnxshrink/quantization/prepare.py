@@ -19,7 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxshrink.errors import UnsupportedModelError
-from onnxshrink.model import consumers, iter_graphs, opset_version, producers
+from onnxshrink.model import consumers, iter_graphs, opset_version
 from onnxshrink.simplify import simplify
 
 MIN_OPSET = 13
@@ -56,7 +56,7 @@ def upgrade_opset(model: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, i
     return converted, version
 
 
-def constant_values(graph: onnx.GraphProto) -> set[str]:
+def computable_from_constants(graph: onnx.GraphProto) -> set[str]:
     """Names of values computable from constants alone (no graph input involved)."""
     known = {t.name for t in graph.initializer} | {""}
     for node in graph.node:
@@ -73,7 +73,7 @@ def has_computed_weights(model: onnx.ModelProto) -> bool:
     graph = model.graph
     stored = {t.name for t in graph.initializer}
     stored |= {n.output[0] for n in graph.node if n.op_type == "Constant"}
-    computable = constant_values(graph)
+    computable = computable_from_constants(graph)
     for node in graph.node:
         index = WEIGHT_INPUTS.get(node.op_type)
         if index is not None and len(node.input) > index:
@@ -91,7 +91,7 @@ def fold_constants_if_needed(model: onnx.ModelProto) -> tuple[onnx.ModelProto, s
     return result.model, result.fallback_reason
 
 
-def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     for t in graph.initializer:
         if t.name == name:
             return numpy_helper.to_array(t)
@@ -103,7 +103,7 @@ def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     return None
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
+def node_attribute(node: onnx.NodeProto, name: str, default):
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -147,13 +147,13 @@ def fold_batch_norms(graph: onnx.GraphProto) -> int:
         bn = _sole_reader(graph, conv.output[0], users)
         if bn is None or bn.op_type != "BatchNormalization" or len(bn.output) != 1 or bn.input[0] != conv.output[0]:
             continue
-        weight = _constant(graph, conv.input[1])
-        bias = _constant(graph, conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        params = [_constant(graph, n) for n in bn.input[1:5]]
+        weight = constant_value(graph, conv.input[1])
+        bias = constant_value(graph, conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        params = [constant_value(graph, n) for n in bn.input[1:5]]
         if weight is None or any(p is None for p in params) or (len(conv.input) > 2 and conv.input[2] and bias is None):
             continue
         gamma, beta, mean, var = (p.astype(np.float64) for p in params)
-        factor = gamma / np.sqrt(var + float(_attr(bn, "epsilon", 1e-5)))
+        factor = gamma / np.sqrt(var + float(node_attribute(bn, "epsilon", 1e-5)))
         new_w = (weight.astype(np.float64) * factor.reshape([-1] + [1] * (weight.ndim - 1))).astype(np.float32)
         base = bias.astype(np.float64) if bias is not None else np.zeros_like(mean)
         new_b = ((base - mean) * factor + beta).astype(np.float32)
@@ -201,9 +201,9 @@ def fold_conv_bias_adds(graph: onnx.GraphProto) -> int:
         add = _sole_reader(graph, conv.output[0], users)
         if add is None or add.op_type != "Add":
             continue
-        weight = _constant(graph, conv.input[1])
+        weight = constant_value(graph, conv.input[1])
         other = add.input[1] if add.input[0] == conv.output[0] else add.input[0]
-        value = _constant(graph, other)
+        value = constant_value(graph, other)
         if weight is None or value is None or value.dtype != np.float32:
             continue
         channels = weight.shape[0]
@@ -212,7 +212,7 @@ def fold_conv_bias_adds(graph: onnx.GraphProto) -> int:
         if len(shape) != rank or shape[0] != 1 or shape[1] not in (1, channels) or any(d != 1 for d in shape[2:]):
             continue
         extra = np.broadcast_to(value.reshape(-1), (channels,)).astype(np.float64)
-        old = _constant(graph, conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(channels)
+        old = constant_value(graph, conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(channels)
         if old is None:
             continue
         b_name = _unique(graph, f"{conv.name or conv.output[0]}_bias_folded")
@@ -233,12 +233,12 @@ def matmul_add_to_gemm(graph: onnx.GraphProto, ranks: dict[str, int]) -> int:
     for mm in list(graph.node):
         if mm.op_type != "MatMul" or ranks.get(mm.input[0]) != 2:
             continue
-        weight = _constant(graph, mm.input[1])
+        weight = constant_value(graph, mm.input[1])
         add = _sole_reader(graph, mm.output[0], users)
         if weight is None or weight.ndim != 2 or add is None or add.op_type != "Add":
             continue
         other = add.input[1] if add.input[0] == mm.output[0] else add.input[0]
-        bias = _constant(graph, other)
+        bias = constant_value(graph, other)
         if bias is None or bias.size not in (1, weight.shape[1]) or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
             continue
         b_name = _unique(graph, f"{other}_gemm_bias")

@@ -29,7 +29,7 @@ from onnxshrink.quantization.params import (
     weight_scales,
 )
 from onnxshrink.quantization.plan import NodePlan, Plan
-from onnxshrink.quantization.prepare import _attr, _constant, remove_unused_initializers
+from onnxshrink.quantization.prepare import node_attribute, constant_value, remove_unused_initializers
 from onnxshrink.quantization.ranges import activation_range
 from onnxshrink.quantization.stats import CalibrationStats
 
@@ -71,7 +71,7 @@ def compute_params(plan: Plan, stats: CalibrationStats, graph: onnx.GraphProto, 
     by_source: dict[str, QuantParams] = {}
     for source in set(plan.params_source.values()):
         if source in plan.constant_activations:
-            value = _constant(graph, source).astype(np.float64)
+            value = constant_value(graph, source).astype(np.float64)
             lo, hi = float(value.min()), float(value.max())
         elif source in stats.tensors:
             lo, hi = activation_range(stats.tensors[source], method, 256, percentile)
@@ -135,7 +135,7 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams
             dequantized[value] = dq_out
             if value in plan.constant_activations:
                 qp = params[value]
-                data = _constant(graph, value).astype(np.float64)
+                data = constant_value(graph, value).astype(np.float64)
                 info = np.iinfo(qp.np_dtype)
                 q = np.clip(np.rint(data / qp.scale) + qp.zero_point, info.min, info.max).astype(qp.np_dtype)
                 q_name = names(f"{value}_quantized")
@@ -197,15 +197,15 @@ def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_c
     """Replace the node's weight (and bias) by int8 (int32) initializers behind DequantizeLinear."""
     node, use = p.node, p.weight
     weight = use.weight.array().astype(np.float32)
-    alpha = float(_attr(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
+    alpha = float(node_attribute(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
     if alpha != 1.0:
         weight = weight * np.float32(alpha)
     axis = use.out_axis if per_channel and (node.op_type != "MatMul" or weight.ndim == 2) else None
     input_scale = params[p.activations[0]].scale
     bias = None
     if p.bias is not None:
-        bias = _constant(graph, p.bias).astype(np.float32).reshape(-1)
-        beta = float(_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
+        bias = constant_value(graph, p.bias).astype(np.float32).reshape(-1)
+        beta = float(node_attribute(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
         channels = weight.shape[use.out_axis]
         bias = np.broadcast_to(bias * np.float32(beta), (channels,)).astype(np.float32)
     key = (use.weight.name, axis, alpha)
