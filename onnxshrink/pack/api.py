@@ -22,7 +22,7 @@ from onnxshrink.errors import OnnxShrinkError, PackError, UsageError
 from onnxshrink.pack import codebook, container, tensors
 from onnxshrink.pack.bytereader import ByteReader
 from onnxshrink.pack.codecs import codec_ids, get_codec
-from onnxshrink.pack.codecs.abc import Analysis
+from onnxshrink.pack.codecs.abc import Analysis, decode_all
 from onnxshrink.pack.container import Limits
 from onnxshrink.pack.report import PackReport, TensorReport
 
@@ -155,6 +155,12 @@ def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limi
         raise PackError(f"{name}: corrupt container ({type(e).__name__} while decoding)") from None
 
 
+# Tensors up to this size are decoded together, in groups of up to
+# _BATCH_TOTAL_BYTES (bounding the extra memory); larger ones one at a time.
+_BATCH_BYTES = 1 << 20
+_BATCH_TOTAL_BYTES = 1 << 26
+
+
 def _restore(data: bytes | memoryview, limits: Limits) -> onnx.ModelProto:
     parsed = container.read(data, limits)
     model = onnx.ModelProto()
@@ -163,26 +169,52 @@ def _restore(data: bytes | memoryview, limits: Limits) -> onnx.ModelProto:
     except Exception:
         raise PackError("corrupt container: the model graph does not parse") from None
     slots = tensors.tensor_slots(model)
-    previous = -1
-    for entry, payload in zip(parsed.entries, parsed.payloads):
-        if not previous < entry.ordinal < len(slots):
-            raise PackError(f"corrupt container: tensor '{entry.name}' refers to a slot that does not exist")
-        previous = entry.ordinal
-        t = slots[entry.ordinal].tensor
-        if (slots[entry.ordinal].kind, t.name, t.data_type, tuple(t.dims)) != (
-            entry.kind, entry.name, entry.data_type, entry.dims
-        ) or tensors.has_data(t) or t.data_location == onnx.TensorProto.EXTERNAL:
-            raise PackError(f"corrupt container: tensor '{entry.name}' does not match the graph")
-        if tensors.expected_nbytes(entry.data_type, entry.dims) != entry.decoded_length:
-            raise PackError(f"corrupt container: tensor '{entry.name}' has the wrong size for its shape")
-        codec = get_codec(entry.codec)
-        reader = ByteReader(payload, f"payload of tensor '{entry.name}'")
-        out = codec.decode(reader, entry.decoded_length)
-        reader.expect_end()
-        if out.size != entry.decoded_length or zlib.crc32(out) != entry.crc32:
-            raise PackError(f"corrupt container: tensor '{entry.name}' fails its CRC32 check")
-        t.raw_data = out.tobytes()
+    jobs = [(entry, payload, _slot_for(entry, slots, previous))
+            for entry, payload, previous in zip(parsed.entries, parsed.payloads, [None, *parsed.entries])]
+    small = [job for job in jobs if job[0].decoded_length <= _BATCH_BYTES]
+    group: list = []
+    for job in small + [None]:
+        if job is None or (group and sum(j[0].decoded_length for j in group) + job[0].decoded_length > _BATCH_TOTAL_BYTES):
+            readers = [_payload_reader(entry, payload) for entry, payload, _ in group]
+            steps = [get_codec(entry.codec).decode_steps(r, entry.decoded_length) for (entry, _, _), r in zip(group, readers)]
+            for (entry, _, tensor), reader, out in zip(group, readers, decode_all(steps)):
+                _finish(entry, reader, out, tensor)
+            group = []
+        if job is not None:
+            group.append(job)
+    for entry, payload, tensor in jobs:
+        if entry.decoded_length > _BATCH_BYTES:
+            reader = _payload_reader(entry, payload)
+            _finish(entry, reader, get_codec(entry.codec).decode(reader, entry.decoded_length), tensor)
     return model
+
+
+def _slot_for(entry: container.Entry, slots: list[tensors.TensorSlot], previous: container.Entry | None
+              ) -> onnx.TensorProto:
+    """The skeleton tensor ``entry`` restores, after checking that they match."""
+    if not (previous.ordinal if previous else -1) < entry.ordinal < len(slots):
+        raise PackError(f"corrupt container: tensor '{entry.name}' refers to a slot that does not exist")
+    slot = slots[entry.ordinal]
+    t = slot.tensor
+    if (slot.kind, t.name, t.data_type, tuple(t.dims)) != (entry.kind, entry.name, entry.data_type, entry.dims) or (
+            tensors.has_data(t) or t.data_location == onnx.TensorProto.EXTERNAL):
+        raise PackError(f"corrupt container: tensor '{entry.name}' does not match the graph")
+    if tensors.expected_nbytes(entry.data_type, entry.dims) != entry.decoded_length:
+        raise PackError(f"corrupt container: tensor '{entry.name}' has the wrong size for its shape")
+    get_codec(entry.codec)  # refuse unknown codecs before decoding anything
+    return t
+
+
+def _payload_reader(entry: container.Entry, payload: memoryview) -> ByteReader:
+    return ByteReader(payload, f"payload of tensor '{entry.name}'")
+
+
+def _finish(entry: container.Entry, reader: ByteReader, out: np.ndarray, tensor: onnx.TensorProto) -> None:
+    """Check a decoded tensor (whole payload used, size, CRC32) and put it in place."""
+    reader.expect_end()
+    if out.size != entry.decoded_length or zlib.crc32(out) != entry.crc32:
+        raise PackError(f"corrupt container: tensor '{entry.name}' fails its CRC32 check")
+    tensor.raw_data = out.tobytes()
 
 
 def pack_file(src: str | os.PathLike, dst: str | os.PathLike, options: PackOptions = PackOptions()) -> PackReport:

@@ -169,3 +169,111 @@ class _DecodeState:
             np.add(p, s, out=p)
             if r + 1 < rows:
                 np.left_shift(b, s, out=b)
+
+
+class LaneStream:
+    """A Huffman stream parsed but not yet decoded: what :func:`decode_batch` needs.
+
+    ``result`` is filled by the decode.
+    """
+
+    __slots__ = ("payload", "lane_bits", "n", "lengths", "result")
+
+    def __init__(self, payload: bytes | memoryview, lane_bits: np.ndarray, n: int, lengths: np.ndarray):
+        self.payload, self.lane_bits, self.n, self.lengths = payload, lane_bits, n, lengths
+        self.result: np.ndarray | None = None
+
+
+# Streams up to this many symbols are decoded together (their lanes side by
+# side in one loop); longer ones have lanes enough of their own.
+BATCH_MAX_SYMBOLS = 1 << 18
+
+
+def decode_batch(streams: list[LaneStream]) -> None:
+    """Decode every stream, filling ``.result``. Short streams share one
+    lane-parallel loop: a model's hundred small tensors cost about what one
+    tensor of their total size does, not a hundred loops of per-step overhead."""
+    short = [s for s in streams if s.n <= BATCH_MAX_SYMBOLS]
+    for s in streams:
+        if s.n > BATCH_MAX_SYMBOLS:
+            s.result = decode(s.payload, s.lane_bits, s.n, s.lengths)
+    if len(short) == 1:
+        s = short[0]
+        s.result = decode(s.payload, s.lane_bits, s.n, s.lengths)
+    elif short:
+        _decode_together(short)
+
+
+def _decode_together(streams: list[LaneStream]) -> None:
+    """:func:`decode` for several streams at once: their lanes, sorted by how
+    many symbols they hold (longest first), advance together; lane j of a
+    stream reads that stream's table through a per-lane table offset and shift."""
+    sizes = [len(s.payload) for s in streams]
+    offsets = np.concatenate([[0], np.cumsum([(n + 3) // 4 * 4 for n in sizes])])
+    buf = np.zeros(int(offsets[-1]) + 8, dtype=np.uint8)
+    for s, off, n in zip(streams, offsets, sizes):
+        buf[off : off + n] = np.frombuffer(s.payload, dtype=np.uint8)
+    words = buf.view(">u4")
+    window = words[:-1].astype(np.uint64)
+    window <<= np.uint64(32)
+    window |= words[1:]
+    del words, buf
+    starts, ends, counts, table_base, drops, symtabs, lentabs = [], [], [], [], [], [], []
+    table_at, widest = 0, 1
+    for s, off in zip(streams, offsets):
+        k = s.lane_bits.size
+        rows = -(-s.n // k)
+        full = s.n - (rows - 1) * k
+        start = np.cumsum(s.lane_bits) - s.lane_bits + 8 * int(off)
+        starts.append(start)
+        ends.append(start + s.lane_bits)
+        counts.append(np.where(np.arange(k) < full, rows, rows - 1))
+        table_bits = int(s.lengths.max())
+        widest = max(widest, table_bits)
+        symtab, lentab = codebook.decode_tables(s.lengths, table_bits)
+        symtabs.append(symtab)
+        lentabs.append(lentab)
+        table_base.append(np.full(k, table_at))
+        drops.append(np.full(k, 64 - table_bits))
+        table_at += symtab.size
+    count = np.concatenate(counts)
+    order = np.argsort(-count, kind="stable")
+    count = count[order]
+    pos = np.concatenate(starts)[order].astype(np.uint64)
+    end = np.concatenate(ends)[order].astype(np.uint64)
+    base = np.concatenate(table_base)[order].astype(np.uint64)
+    drop = np.concatenate(drops)[order].astype(np.uint64)
+    symtab, lentab = np.concatenate(symtabs), np.concatenate(lentabs).astype(np.uint64)
+    rows_max = int(count[0])
+    # active[t]: lanes holding more than t symbols, a prefix of the sorted lanes.
+    active = np.searchsorted(-count, -np.arange(rows_max + 1), side="left")
+    n_lanes = count.size
+    out = np.empty((rows_max, n_lanes), dtype=np.uint8)
+    bits, code, size = (np.empty(n_lanes, dtype=np.uint64) for _ in range(3))
+    per_gather = max(1, min(4, 33 // widest))
+    for t in range(0, rows_max, per_gather):
+        m = int(active[t])
+        p, b = pos[:m], bits[:m]
+        window.take((p >> np.uint64(5)).view(np.int64), out=b, mode="clip")
+        np.left_shift(b, p & np.uint64(31), out=b)
+        for r in range(t, min(t + per_gather, rows_max)):
+            m = int(active[r])
+            p, b, c, s = pos[:m], bits[:m], code[:m], size[:m]
+            np.right_shift(b, drop[:m], out=c)
+            c += base[:m]
+            ci = c.view(np.int64)
+            symtab.take(ci, out=out[r, :m], mode="clip")
+            lentab.take(ci, out=s, mode="clip")
+            p += s
+            np.left_shift(b, s, out=b)
+    if not np.array_equal(pos, end):
+        raise PackError("corrupt container: a Huffman lane does not end where its length says")
+    column = np.empty(n_lanes, dtype=np.int64)
+    column[order] = np.arange(n_lanes)
+    first = 0
+    for s in streams:
+        k = s.lane_bits.size
+        cols = column[first : first + k]
+        first += k
+        rows = -(-s.n // k)
+        s.result = out[:rows, cols].reshape(-1)[: s.n]

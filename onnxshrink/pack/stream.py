@@ -96,10 +96,11 @@ def encode(
     return out
 
 
-def decode(reader: ByteReader, n: int) -> np.ndarray:
-    """Read one stream of ``n`` symbols from ``reader``; returns uint8 (n,).
-
-    Every field is checked before use; a corrupt stream raises PackError.
+def parse(reader: ByteReader, n: int) -> np.ndarray | lanes.LaneStream:
+    """Read one stream of ``n`` symbols from ``reader``: the symbols (uint8,
+    (n,)) for raw and constant streams, a :class:`lanes.LaneStream` still to
+    decode for Huffman ones. Every field is checked before use; a corrupt
+    stream raises PackError.
     """
     mode = reader.u8()
     if mode == RAW:
@@ -128,4 +129,22 @@ def decode(reader: ByteReader, n: int) -> np.ndarray:
         raise PackError(f"corrupt {reader.what}: lane lengths out of range")
     total = int(lane_bits.sum())
     payload = reader.take((total + 7) // 8)
-    return lanes.decode(payload, lane_bits, n, lengths)
+    return lanes.LaneStream(payload, lane_bits, n, lengths)
+
+
+def pending(parsed: list[np.ndarray | lanes.LaneStream]) -> list[lanes.LaneStream]:
+    """The streams among ``parsed`` that still need decoding."""
+    return [p for p in parsed if isinstance(p, lanes.LaneStream)]
+
+
+def symbols(parsed: np.ndarray | lanes.LaneStream) -> np.ndarray:
+    """The symbols of a parsed stream (decoded by now)."""
+    return parsed.result if isinstance(parsed, lanes.LaneStream) else parsed
+
+
+def decode(reader: ByteReader, n: int) -> np.ndarray:
+    """Read and decode one stream of ``n`` symbols; returns uint8 (n,)."""
+    parsed = parse(reader, n)
+    if isinstance(parsed, lanes.LaneStream):
+        return lanes.decode(parsed.payload, parsed.lane_bits, n, parsed.lengths)
+    return parsed

@@ -14,12 +14,12 @@ zero runs) are computed once.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Generator
 
 import numpy as np
 
 from onnxshrink.errors import PackError
-from onnxshrink.pack import stream
+from onnxshrink.pack import lanes, stream
 from onnxshrink.pack.bytereader import ByteReader
 
 WORDS = (1, 2, 4, 8)
@@ -55,6 +55,33 @@ def byte_planes(data: np.ndarray, word: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(grid[:, b]) for b in range(word)]
 
 
+DecodeSteps = Generator[list[lanes.LaneStream], None, np.ndarray]
+
+
+def decode_all(steps: list[DecodeSteps]) -> list[np.ndarray]:
+    """Run several codecs' :meth:`Codec.decode_steps` side by side: each round
+    decodes the streams all of them are waiting for in one batch
+    (:func:`lanes.decode_batch`), so many small tensors decode at the speed
+    of one large one. Returns their results in order."""
+    results: list[Any] = [None] * len(steps)
+    waiting: dict[int, list[lanes.LaneStream]] = {}
+
+    def advance(i: int) -> None:
+        try:
+            waiting[i] = next(steps[i])
+        except StopIteration as done:
+            waiting.pop(i, None)
+            results[i] = done.value
+
+    for i in range(len(steps)):
+        advance(i)
+    while waiting:
+        lanes.decode_batch([s for batch in waiting.values() for s in batch])
+        for i in list(waiting):
+            advance(i)
+    return results
+
+
 class Codec(ABC):
     """A lossless codec; ``word`` is the byte-plane width (1, 2, 4 or 8)."""
 
@@ -71,10 +98,15 @@ class Codec(ABC):
         ``analysis``: shared facts about ``data``, if the caller has them."""
 
     @abstractmethod
-    def decode(self, reader: ByteReader, nbytes: int) -> np.ndarray:
+    def decode_steps(self, reader: ByteReader, nbytes: int) -> DecodeSteps:
         """Decode ``nbytes`` bytes from ``reader`` (which holds exactly this
-        codec's payload); returns uint8 (nbytes,). Corrupt input raises
-        PackError."""
+        codec's payload), as a generator: it yields lists of Huffman streams
+        it needs decoded (see :func:`decode_all`) and returns the bytes,
+        uint8 (nbytes,). Corrupt input raises PackError."""
+
+    def decode(self, reader: ByteReader, nbytes: int) -> np.ndarray:
+        """Decode ``nbytes`` bytes from ``reader``: :meth:`decode_steps` run alone."""
+        return decode_all([self.decode_steps(reader, nbytes)])[0]
 
     def estimate(self, data: np.ndarray, analysis: Analysis | None = None) -> int:
         """Bytes ``encode`` would write (or a close upper bound), cheaply."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from onnxshrink.pack import stream
 from onnxshrink.pack.bytereader import ByteReader
-from onnxshrink.pack.codecs.abc import Analysis, Codec
+from onnxshrink.pack.codecs.abc import Analysis, Codec, DecodeSteps
 from onnxshrink.pack.codecs.registry import register_codec
 
 
@@ -30,11 +30,13 @@ class Huffman(Codec):
         a = analysis or Analysis(data)
         return sum(stream.estimate(h) for h in a.histograms(self.word))
 
-    def decode(self, reader: ByteReader, nbytes: int) -> np.ndarray:
+    def decode_steps(self, reader: ByteReader, nbytes: int) -> DecodeSteps:
         n = self._check_size(reader, nbytes)
+        planes = [stream.parse(reader, n) for _ in range(self.word)]
+        yield stream.pending(planes)
         if self.word == 1:
-            return stream.decode(reader, n)
+            return stream.symbols(planes[0])
         out = np.empty((n, self.word), dtype=np.uint8)
-        for b in range(self.word):
-            out[:, b] = stream.decode(reader, n)
+        for b, plane in enumerate(planes):
+            out[:, b] = stream.symbols(plane)
         return out.reshape(-1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxshrink.pack.bytereader import ByteReader
-from onnxshrink.pack.codecs.abc import Analysis, Codec
+from onnxshrink.pack.codecs.abc import Analysis, Codec, DecodeSteps
 from onnxshrink.pack.codecs.registry import register_codec
 
 
@@ -19,5 +19,7 @@ class Raw(Codec):
     def estimate(self, data: np.ndarray, analysis: Analysis | None = None) -> int:
         return data.size
 
-    def decode(self, reader: ByteReader, nbytes: int) -> np.ndarray:
-        return np.frombuffer(reader.take(nbytes), dtype=np.uint8)
+    def decode_steps(self, reader: ByteReader, nbytes: int) -> DecodeSteps:
+        data = np.frombuffer(reader.take(nbytes), dtype=np.uint8)
+        yield []
+        return data

@@ -12,7 +12,7 @@ import numpy as np
 from onnxshrink.pack import stream
 from onnxshrink.pack.bytereader import ByteReader, varint
 from onnxshrink.pack.codecs import zero_runs
-from onnxshrink.pack.codecs.abc import Analysis, Codec, byte_planes
+from onnxshrink.pack.codecs.abc import Analysis, Codec, DecodeSteps, byte_planes
 from onnxshrink.pack.codecs.registry import register_codec
 
 
@@ -59,19 +59,22 @@ class RunLength(Codec):
             return 20 + sum(1 + s.size for s in streams)
         return 20 + sum(stream.estimate(h) for h in hists)
 
-    def decode(self, reader: ByteReader, nbytes: int) -> np.ndarray:
+    def decode_steps(self, reader: ByteReader, nbytes: int) -> DecodeSteps:
         n_values = self._check_size(reader, nbytes)
         n_runs = reader.bounded(reader.varint(), n_values, "number of zero runs")
         tail = reader.bounded(reader.varint(), n_values, "trailing zeros")
-        runs = stream.decode(reader, n_runs)
-        positions = zero_runs.run_positions(runs, tail, n_values, reader.what)
+        runs = stream.parse(reader, n_runs)
+        yield stream.pending([runs])
+        positions = zero_runs.run_positions(stream.symbols(runs), tail, n_values, reader.what)
+        planes = [stream.parse(reader, positions.size) for _ in range(self.word)]
+        yield stream.pending(planes)
         if self.word == 1:
             out = np.zeros(n_values, dtype=np.uint8)
-            out[positions] = stream.decode(reader, positions.size)
+            out[positions] = stream.symbols(planes[0])
             return out
-        out = np.zeros((n_values, self.word), dtype=np.uint8)
         values = np.empty((positions.size, self.word), dtype=np.uint8)
-        for b in range(self.word):
-            values[:, b] = stream.decode(reader, positions.size)
+        for b, plane in enumerate(planes):
+            values[:, b] = stream.symbols(plane)
+        out = np.zeros((n_values, self.word), dtype=np.uint8)
         out[positions] = values
         return out.reshape(-1)
