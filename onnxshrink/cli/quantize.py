@@ -84,9 +84,13 @@ def print_report(report: QuantizeReport, output: Path) -> None:
         table.add_row(n["name"], op, n["kernel"], inputs, out, weight)
     console.print(table)
     if report.left_float:
-        left = Table("node", "why it stays in float", title="left in float")
+        by_reason: dict[str, list[str]] = {}
         for name, why in report.left_float.items():
-            left.add_row(name, why)
+            by_reason.setdefault(why, []).append(name)
+        left = Table("why it stays in float", "nodes", title="left in float (every node is in --json)")
+        for why, names in by_reason.items():
+            shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+            left.add_row(why, shown)
         console.print(left)
     sizes = report.size_bytes
     console.print(f"size: {human_bytes(sizes['original'])} -> {human_bytes(sizes['quantized'])} "

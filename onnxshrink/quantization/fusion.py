@@ -38,18 +38,21 @@ def optimized_graph(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.load(path)
 
 
-def unfused_nodes(model: onnx.ModelProto, quantized: dict[str, str]) -> list[str]:
-    """Names among ``quantized`` (name -> op type) that onnxruntime left as float ops fed by DequantizeLinear."""
+def unfused_nodes(model: onnx.ModelProto, quantized: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Names among ``quantized`` (name -> op type) that onnxruntime left as float ops
+    fed by DequantizeLinear, and what onnxruntime runs each named node as."""
     optimized = optimized_graph(model)
     made_by = {o: n for n in optimized.graph.node for o in n.output}
     left = []
+    runs_as = {}
     for node in optimized.graph.node:
+        runs_as.setdefault(node.name, node.op_type)
         op = quantized.get(node.name)
         if op is None or op in NOT_KERNELS or node.op_type != op:
             continue
         if any(made_by.get(i) is not None and made_by[i].op_type == "DequantizeLinear" for i in node.input):
             left.append(node.name)
-    return left
+    return left, runs_as
 
 
 def kernel_counts(model: onnx.ModelProto) -> dict[str, int]:
