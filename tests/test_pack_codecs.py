@@ -201,3 +201,30 @@ def test_float32_byte_planes_code_the_exponent_byte():
     data = np.frombuffer(x.tobytes(), np.uint8)
     size = len(get_codec({"id": "huffman", "word": 4}).encode(data))
     assert size < 0.87 * data.size
+
+
+def test_streams_decoded_together_match_streams_decoded_alone():
+    rng = np.random.default_rng(7)
+    parsed, expected = [], []
+    for n, scale, zeros in [(1, 3, 0), (700, 2, 0.3), (5000, 20, 0), (33_333, 6, 0.7), (2, 1, 0), (70_000, 40, 0)]:
+        values = laplace_int8(n, scale, zeros, seed=n).view(np.uint8)
+        values[:1] = 1 if n < 3 else values[:1]
+        blob = stream.encode(values)
+        parsed.append(stream.parse(ByteReader(blob), n))
+        expected.append(values)
+    lanes.decode_batch(stream.pending(parsed))
+    for p, values in zip(parsed, expected):
+        assert np.array_equal(stream.symbols(p), values)
+
+
+def test_a_bad_lane_in_a_batch_is_refused():
+    parsed = []
+    for seed in range(3):
+        values = laplace_int8(3000, seed=seed).view(np.uint8)
+        parsed.append(stream.parse(ByteReader(stream.encode(values)), values.size))
+    bad = parsed[1]
+    bad.lane_bits = bad.lane_bits.copy()
+    bad.lane_bits[0] += 1
+    bad.lane_bits[1] -= 1
+    with pytest.raises(PackError):
+        lanes.decode_batch(parsed)
