@@ -356,3 +356,25 @@ def test_op_coverage_silu_depthwise_concat_split_maxpool_indices_convtranspose_g
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
     y, idx = session.run(None, feed)
     assert cosine(reference[0], y) > 0.99 and idx.dtype == np.int64
+
+
+def test_paddle_style_export_bias_add_identity_and_opset_12_fold_into_one_integer_conv():
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(1, 4, 1, 1)).astype(np.float32), "bias")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Add", ["c", "bias"], ["a"], name="bias_add"),
+             helper.make_node("Identity", ["a"], ["i"], name="identity"),
+             helper.make_node("Relu", ["i"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["y"], name="gap")]
+    graph = helper.make_graph(nodes, "paddle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    data = batches(3, 8)
+    result = quantize_model(model, data, QuantizeOptions())
+    notes = result.report.prepared
+    assert notes["opset_upgraded_from"] == 12 and notes["conv_bias_adds_folded"] == 1 and notes["identities_removed"] == 1
+    assert kernel_counts(result.model) == {"QuantizeLinear": 1, "QLinearConv": 1, "QLinearGlobalAveragePool": 1,
+                                           "DequantizeLinear": 1}
+    assert cosine(run(model, data[0]), run(result.model, data[0])) > 0.999
