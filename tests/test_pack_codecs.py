@@ -204,7 +204,6 @@ def test_float32_byte_planes_code_the_exponent_byte():
 
 
 def test_streams_decoded_together_match_streams_decoded_alone():
-    rng = np.random.default_rng(7)
     parsed, expected = [], []
     for n, scale, zeros in [(1, 3, 0), (700, 2, 0.3), (5000, 20, 0), (33_333, 6, 0.7), (2, 1, 0), (70_000, 40, 0)]:
         values = laplace_int8(n, scale, zeros, seed=n).view(np.uint8)

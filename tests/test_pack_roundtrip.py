@@ -42,7 +42,7 @@ def assert_roundtrip(model: onnx.ModelProto, options: PackOptions = PackOptions(
     return blob
 
 
-def opset(*graphs_and_kwargs) -> list:
+def opset() -> list:
     return [helper.make_opsetid("", 17)]
 
 

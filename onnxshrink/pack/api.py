@@ -60,6 +60,10 @@ class PackResult:
     data: bytes
     report: PackReport
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict."""
+        return self.report.to_dict()
+
 
 def pack_model(model: onnx.ModelProto, options: PackOptions = PackOptions()) -> PackResult:
     """Pack ``model`` (all tensor data in memory) into container bytes.

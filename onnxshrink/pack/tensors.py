@@ -11,7 +11,6 @@ order: the attribute's tensor ``t``, its ``tensors``, then the graphs in
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
 
 import onnx
 from onnx import TensorProto, numpy_helper
