@@ -31,9 +31,12 @@ class Batch:
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
+    size: int | None = None  # set when the inputs do not share a leading batch axis
 
     def __len__(self) -> int:
         """Samples in the batch: the first input's leading dim (a scalar input is one sample)."""
+        if self.size is not None:
+            return self.size
         if not self.inputs:
             return 0 if self.labels is None else len(self.labels)
         first = np.asarray(next(iter(self.inputs.values())))
@@ -47,13 +50,20 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int | None, ...]
+    rank_known: bool = True  # False when the model declares no shape (then ``shape`` is ())
 
     @classmethod
     def from_value_info(cls, vi: onnx.ValueInfoProto) -> "InputSpec":
         tt = vi.type.tensor_type
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else np.dtype(np.float32)
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-        return cls(vi.name, np.dtype(dtype), shape)
+        return cls(vi.name, np.dtype(dtype), shape, tt.HasField("shape"))
+
+    def per_run(self, array_shape: Sequence[int]) -> bool:
+        """Whether an array of ``array_shape`` holds one whole input per sample
+        (one more axis than the input has: scalars, RNN states whose batch
+        axis is not the first)."""
+        return self.rank_known and len(array_shape) == len(self.shape) + 1
 
 
 def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -79,7 +89,7 @@ class _NpyStream:
         if dtype.hasobject:
             raise DataError(f"{where}: holds Python objects (dtype {dtype}); only numeric arrays are read")
         if not shape:
-            raise DataError(f"{where}: is a scalar; expected samples along axis 0")
+            raise DataError(f"{where}: is a scalar; expected samples along axis 0 (for a scalar input, one value per sample)")
         if fortran and len(shape) > 1:
             raise DataError(f"{where}: is stored in Fortran order; save it with np.ascontiguousarray")
         self.shape = tuple(int(s) for s in shape)
@@ -126,7 +136,8 @@ class NpzData:
                     counts.add(stream.shape[0])
                     self.arrays.setdefault(name, (stream.shape, stream.dtype))
                 if len(counts) > 1:
-                    raise DataError(f"{file}: arrays hold different numbers of samples ({sorted(counts)})")
+                    raise DataError(f"{file}: arrays hold different numbers of samples ({sorted(counts)}) along axis 0; "
+                                    "for inputs whose batch axis is not the first, add a leading sample axis")
                 self.num_samples += counts.pop() if counts else 0
         if self.num_samples == 0:
             raise DataError(f"{self.path}: holds no samples")
@@ -177,6 +188,11 @@ class NpzData:
         fixed = {s.name: s.shape[0] for s in specs if s.shape and s.shape[0] is not None}
         if fixed:
             batch_size = min(batch_size, min(fixed.values()))
+        # Arrays with one more axis than their input hold a whole input per
+        # sample: then every run takes one sample, those arrays without that axis.
+        per_run = {s.name for s in specs if s.per_run(self.arrays[s.name][0])}
+        if per_run:
+            batch_size = 1
         wanted = names + ([LABELS] if self.has_labels else [])
         for file in self.files:
             with self._open(file) as archive:
@@ -194,17 +210,24 @@ class NpzData:
                     for n, a in arrays.items():
                         if a.dtype.kind in "fc" and not np.isfinite(a).all():
                             raise DataError(f"{file}: array '{n}' holds NaN or Inf values")
-                    yield Batch({n: np.ascontiguousarray(a) for n, a in arrays.items()}, labels)
+                    if per_run:
+                        arrays = {n: a[0] if n in per_run else a for n, a in arrays.items()}
+                    # (ascontiguousarray would turn a 0-d array into 1-d)
+                    yield Batch({n: np.ascontiguousarray(a).reshape(a.shape) for n, a in arrays.items()}, labels,
+                                step if per_run else None)
 
 
 def _check_shape(spec: InputSpec, shape: tuple[int, ...], where: str) -> None:
-    sample = shape[1:]
-    if spec.shape and len(spec.shape) != len(shape):
-        raise DataError(
-            f"{where}: array '{spec.name}' has shape {list(shape)} (samples first); "
-            f"the model input is {_shape_text(spec.shape)}"
-        )
-    for have, want in zip(sample, spec.shape[1:]):
+    if spec.per_run(shape):  # one whole input per sample: compare everything after the sample axis
+        have_dims, want_dims = shape[1:], spec.shape
+    else:
+        have_dims, want_dims = shape[1:], spec.shape[1:]
+        if spec.rank_known and len(spec.shape) != len(shape):
+            raise DataError(
+                f"{where}: array '{spec.name}' has shape {list(shape)} (samples first); the model input is "
+                f"{_shape_text(spec.shape)}: give it that shape, or one more leading axis for one whole input per sample"
+            )
+    for have, want in zip(have_dims, want_dims):
         if want is not None and want > 0 and have != want:
             raise DataError(
                 f"{where}: array '{spec.name}' has shape {list(shape)}; the model input is {_shape_text(spec.shape)}"
