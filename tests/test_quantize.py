@@ -378,3 +378,24 @@ def test_paddle_style_export_bias_add_identity_and_opset_12_fold_into_one_intege
     assert kernel_counts(result.model) == {"QuantizeLinear": 1, "QLinearConv": 1, "QLinearGlobalAveragePool": 1,
                                            "DequantizeLinear": 1}
     assert cosine(run(model, data[0]), run(result.model, data[0])) > 0.999
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_spatial_reduce_mean_runs_as_integer_global_average_pool(keepdims):
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("ReduceMean", ["r"], ["m"], axes=[-2, -1], keepdims=keepdims, name="mean"),
+             helper.make_node("Flatten", ["m"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "wg"], ["y"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "mean", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+                              [numpy_helper.from_array(rng.normal(size=(8, 3, 1, 1)).astype(np.float32), "w"),
+                               numpy_helper.from_array(rng.normal(size=(5, 8)).astype(np.float32), "wg")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = batches(3, 8)
+    result = quantize_model(model, data, QuantizeOptions())
+    assert result.report.prepared["spatial_means_to_global_pool"] == 1
+    kernels = kernel_counts(result.model)
+    assert kernels.get("QLinearGlobalAveragePool") == 1 and "ReduceMean" not in kernels and "DequantizeLinear" not in kernels
+    assert cosine(run(model, data[0]), run(result.model, data[0])) > 0.999

@@ -7,7 +7,8 @@
   (ConstantOfShape, shape arithmetic), so it can be quantized;
 * fold BatchNormalization into the Conv before it, and a constant bias Add
   into the MatMul before it (as Gemm, for 2-D inputs), so that the pair runs
-  as one integer kernel with an int32 bias.
+  as one integer kernel with an int32 bias;
+* a spatial ReduceMean becomes GlobalAveragePool, which has one.
 
 Each pass works in place on the main graph; subgraphs are left alone.
 """
@@ -251,6 +252,34 @@ def matmul_add_to_gemm(graph: onnx.GraphProto, ranks: dict[str, int]) -> int:
         graph.node.insert(index, gemm)
         fused += 1
     return fused
+
+
+def spatial_means_to_global_pool(graph: onnx.GraphProto, ranks: dict[str, int]) -> int:
+    """ReduceMean over the spatial axes of a 4-D tensor becomes GlobalAveragePool
+    (+ Flatten when keepdims=0): the same values, and an op with an integer kernel."""
+    rewritten = 0
+    for index, node in enumerate(list(graph.node)):
+        if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx") or ranks.get(node.input[0]) != 4:
+            continue
+        axes = node_attribute(node, "axes", None)
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            value = constant_value(graph, node.input[1])
+            axes = None if value is None else value.reshape(-1).tolist()
+        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+            continue
+        keepdims = int(node_attribute(node, "keepdims", 1))
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        if keepdims:
+            new = [helper.make_node("GlobalAveragePool", [node.input[0]], [node.output[0]], name=node.name)]
+        else:
+            pooled = _unique(graph, f"{node.output[0]}_pooled")
+            new = [helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=node.name),
+                   helper.make_node("Flatten", [pooled], [node.output[0]], axis=1, name=f"{node.name}_flatten")]
+        for k, n in enumerate(new):
+            graph.node.insert(position + k, n)
+        rewritten += 1
+    return rewritten
 
 
 def value_ranks(model: onnx.ModelProto) -> dict[str, int]:

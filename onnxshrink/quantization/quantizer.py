@@ -65,7 +65,9 @@ def prepare_model(model: onnx.ModelProto, name: str = "model", *, fold_constants
     notes["identities_removed"] = prepare.remove_identities(work)
     notes["batchnorms_folded"] = prepare.fold_batch_norms(work.graph)
     notes["conv_bias_adds_folded"] = prepare.fold_conv_bias_adds(work.graph)
-    notes["matmul_add_to_gemm"] = prepare.matmul_add_to_gemm(work.graph, prepare.value_ranks(work))
+    ranks = prepare.value_ranks(work)
+    notes["matmul_add_to_gemm"] = prepare.matmul_add_to_gemm(work.graph, ranks)
+    notes["spatial_means_to_global_pool"] = prepare.spatial_means_to_global_pool(work.graph, ranks)
     prepare.remove_unused_initializers(work)
     return Prepared(work, prepare.value_types(work), notes)
 
