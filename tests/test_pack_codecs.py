@@ -227,3 +227,24 @@ def test_a_bad_lane_in_a_batch_is_refused():
     bad.lane_bits[1] -= 1
     with pytest.raises(PackError):
         lanes.decode_batch(parsed)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_code_length_tables_roundtrip_in_every_layout(seed):
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(256, np.int64)
+    used = rng.choice(256, size=rng.integers(2, 257), replace=False)
+    counts[used] = rng.integers(1, 10 ** rng.integers(1, 7), used.size)
+    lengths = codebook.code_lengths(counts)
+    best = codebook.write_lengths(lengths)
+    assert len(best) == codebook.table_size(lengths)
+    for table in (best, codebook._delta_table(lengths)):
+        reader = ByteReader(table)
+        assert np.array_equal(codebook.read_lengths(reader), lengths) and reader.remaining == 0
+
+
+def test_corrupt_code_length_tables_are_refused():
+    for table in (b"\x07", b"\x00\x00\x02" + bytes(64), b"\x01\x01\x05\x03\x11", b"\x02" + b"\x55" * 64):
+        with pytest.raises(PackError):
+            lengths = codebook.read_lengths(ByteReader(table))
+            codebook.check_lengths(lengths, codebook.MAX_CODE_LENGTH)

@@ -29,7 +29,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "pack"
 
 def golden_model() -> onnx.ModelProto:
     """Int8 dense and pruned, float32/float16/bfloat16 weights, int4, bool, a
-    Constant node and an If with initializers in its branches."""
+    Constant node and an If with initializers in its branches; between them
+    every codec and every kind of code-length table."""
     rng = np.random.default_rng(2024)
     dense = np.clip(np.round(rng.laplace(0, 9, (48, 64))), -127, 127).astype(np.int8)
     pruned = np.clip(np.round(rng.laplace(0, 9, (64, 64))), -127, 127).astype(np.int8)
@@ -42,6 +43,8 @@ def golden_model() -> onnx.ModelProto:
         helper.make_tensor("w_bf16", TensorProto.BFLOAT16, [300], rng.normal(0, 1, 300).tolist()),
         helper.make_tensor("w_int4", TensorProto.INT4, [600], rng.integers(-8, 8, 600).tolist()),
         numpy_helper.from_array(rng.random(512) < 0.2, "mask"),
+        # Only even bytes: its code-length table is the dense kind.
+        numpy_helper.from_array((rng.integers(0, 128, 4000) * 2).astype(np.uint8), "even_uint8"),
         numpy_helper.from_array(np.float32(0), "zero"),
     ]
     branch = lambda name, init: helper.make_graph(  # noqa: E731
@@ -113,3 +116,19 @@ def test_golden_model_is_what_the_fixtures_were_made_from():
     # which the decode test above keeps checking.
     expected = json.loads((FIXTURES / "v1_default.json").read_text())
     assert digests(golden_model()) == expected["tensors"]
+
+
+def test_golden_files_cover_every_code_length_table_kind(monkeypatch):
+    from onnxshrink.pack import codebook
+
+    seen = set()
+    read = codebook.read_lengths
+
+    def spy(reader):
+        seen.add(reader.view[reader.pos])
+        return read(reader)
+
+    monkeypatch.setattr(codebook, "read_lengths", spy)
+    for path in GOLDEN:
+        load_packed(path)
+    assert seen == {codebook.DENSE_TABLE, codebook.SPARSE_TABLE, codebook.DELTA_TABLE}

@@ -140,17 +140,21 @@ def decode_tables(lengths: np.ndarray, table_bits: int) -> tuple[np.ndarray, np.
 
 
 # How the 256 code lengths are stored (docs/FORMAT.md, section 5).
-DENSE_TABLE, SPARSE_TABLE = 0, 1
+DENSE_TABLE, SPARSE_TABLE, DELTA_TABLE = 0, 1, 2
+_DELTA_STEP = np.array([0, 1, -1, 0], dtype=np.int64)  # 2-bit codes; 3: a 4-bit literal follows
 
 
 def write_lengths(lengths: np.ndarray) -> bytes:
-    """The code-length table, in whichever of two layouts is smaller.
+    """The code-length table, in whichever of three layouts is smallest.
 
     Dense: u8 kind 0, u8 shortest length, u8 width w (1..4), then 256 values
     of w bits (0 = unused, else length - shortest + 1). Sparse: u8 kind 1,
     u8 count - 1, the used symbols (ascending), their lengths 4 bits each.
+    Delta: u8 kind 2, 256 2-bit steps from the previous symbol's length
+    (0 same, 1 up one, 2 down one, 3 literal), then the literals, 4 bits each.
     Near-uniform int8 weights need 2-3 bits a length, a float's exponent
-    plane uses a handful of symbols: both far below 4 bits x 256.
+    plane uses a handful of symbols, and int8 weights' lengths change by at
+    most one between neighbouring values: all far below 4 bits x 256.
     """
     used = np.flatnonzero(lengths)
     shortest = int(lengths[used].min())
@@ -159,7 +163,32 @@ def write_lengths(lengths: np.ndarray) -> bytes:
     dense = bytes([DENSE_TABLE, shortest, width]) + bitpack.pack_fixed_width(values.astype(np.uint64), width)
     sparse = bytes([SPARSE_TABLE, used.size - 1]) + used.astype(np.uint8).tobytes() + bitpack.pack_fixed_width(
         lengths[used].astype(np.uint64), 4)
-    return sparse if len(sparse) < len(dense) else dense
+    return min((dense, sparse, _delta_table(lengths)), key=len)  # first on ties
+
+
+def _delta_table(lengths: np.ndarray) -> bytes:
+    ls = lengths.astype(np.int64)
+    step = ls - np.concatenate([[0], ls[:-1]])
+    codes = np.full(ALPHABET, 3, dtype=np.uint64)
+    codes[step == 0], codes[step == 1], codes[step == -1] = 0, 1, 2
+    literals = ls[codes == 3].astype(np.uint64)
+    return bytes([DELTA_TABLE]) + bitpack.pack_fixed_width(codes, 2) + bitpack.pack_fixed_width(literals, 4)
+
+
+def _read_delta_table(reader) -> np.ndarray:
+    codes = bitpack.unpack_fixed_width(reader.take(ALPHABET * 2 // 8), ALPHABET, 2).astype(np.int64)
+    literal = codes == 3
+    count = int(literal.sum())
+    literals = bitpack.unpack_fixed_width(reader.take((count * 4 + 7) // 8), count, 4).astype(np.int64)
+    # Length i = the last literal at or before i (0 before any) + the steps since it.
+    segment = np.cumsum(literal)
+    base = np.concatenate([[0], literals])[segment]
+    walked = np.cumsum(_DELTA_STEP[codes])
+    at_literal = np.concatenate([[0], walked[literal]])[segment]
+    lengths = base + walked - at_literal
+    if lengths.min() < 0 or lengths.max() > 15:
+        raise PackError(f"corrupt {reader.what}: code-length table steps out of range")
+    return lengths.astype(np.uint8)
 
 
 def read_lengths(reader) -> np.ndarray:
@@ -167,6 +196,8 @@ def read_lengths(reader) -> np.ndarray:
     result still needs :func:`check_lengths`."""
     kind = reader.u8()
     lengths = np.zeros(ALPHABET, dtype=np.uint8)
+    if kind == DELTA_TABLE:
+        return _read_delta_table(reader)
     if kind == DENSE_TABLE:
         shortest, width = reader.u8(), reader.u8()
         if not 1 <= width <= 4 or not 1 <= shortest <= MAX_CODE_LENGTH:
@@ -190,7 +221,9 @@ def table_size(lengths: np.ndarray) -> int:
     """Bytes :func:`write_lengths` takes, without building it."""
     used = int(np.count_nonzero(lengths))
     span = int(lengths.max()) - int(lengths[lengths > 0].min()) + 1
-    return min(3 + 32 * max(1, span.bit_length()), 2 + used + (used + 1) // 2)
+    ls = lengths.astype(np.int64)
+    literals = int(np.count_nonzero(np.abs(ls - np.concatenate([[0], ls[:-1]])) > 1))
+    return min(3 + 32 * max(1, span.bit_length()), 2 + used + (used + 1) // 2, 65 + (literals + 1) // 2)
 
 
 def entropy_bits(counts: np.ndarray) -> float:
