@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import onnx
 
 from onnxshrink import runtime
@@ -63,18 +64,24 @@ def calibrate(
         missing = [s.name for s in specs if s.name not in batch.inputs]
         if missing:
             raise DataError(f"calibration data has no array for model input '{missing[0]}'")
+        # runs are split along axis 0 only when every input is batched along it; per-run samples
+        # (a scalar, an RNN state [2, batch, H]: Batch.size set) and fixed batch dims go whole
+        arrays = [np.asarray(batch.inputs[s.name]) for s in specs]
+        splittable = (not fixed_batch and batch.size is None and all(a.ndim for a in arrays)
+                      and len({a.shape[0] for a in arrays}) == 1)
         start = 0
         while start < len(batch):
-            step = len(batch) if fixed_batch else (chunk or 1)
-            feed = {s.name: batch.inputs[s.name][start:start + step] for s in specs}
+            step = (chunk or 1) if splittable else len(batch)
+            feed = {s.name: (batch.inputs[s.name][start:start + step] if splittable else batch.inputs[s.name])
+                    for s in specs}
             values = dict(zip(exposed, runtime.run(session, feed, exposed, what="calibration"))) if exposed else {}
-            if chunk is None:
+            if chunk is None and splittable:
                 per_sample = max(1, sum(v.nbytes for v in values.values()))
                 chunk = int(max(1, min(batch_size, memory_budget // per_sample)))
             for name in names:
                 if name in input_names:
                     values[name] = feed[name]
-            stats.update(values, len(next(iter(feed.values()))), histogram=histogram)
+            stats.update(values, min(step, len(batch) - start), histogram=histogram)
             del values, feed
             start += step
         if progress:
