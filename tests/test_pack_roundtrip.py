@@ -163,12 +163,20 @@ def test_function_bodies_roundtrip():
 
 
 def test_large_model_session_takes_initializers_as_ortvalues():
-    model = control_flow_model()
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.normal(size=(512, 600)).astype(np.float32), "w")  # 1.2 MB: moved out
+    b = numpy_helper.from_array(rng.normal(size=(600,)).astype(np.float32), "b")  # small: stays inline
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])], "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 512])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 600])], [w, b])
+    model = helper.make_model(graph, opset_imports=opset())
     blob = pack_model(model).data
-    x = {"x": np.ones((4, 16), np.float32)}
+    x = {"x": rng.normal(size=(2, 512)).astype(np.float32)}
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    small_limit = inference_session_from_packed(blob, inline_limit=1)
-    assert np.array_equal(reference.run(None, x)[0], small_limit.run(None, x)[0])
+    session = inference_session_from_packed(blob, inline_limit=1)
+    assert [v.shape() for v in session._onnxshrink_initializers] == [[512, 600]]
+    assert np.array_equal(reference.run(None, x)[0], session.run(None, x)[0])
 
 
 def test_pack_is_deterministic():
