@@ -33,6 +33,23 @@ from onnxshrink.validation import Gate, ValidationReport, compare_models
 __version__ = "0.1.0"
 
 
+def __getattr__(name: str) -> Any:
+    """Option and result types of the passes, imported on first use so that
+    loading a packed model needs only numpy, onnx and onnxruntime."""
+    lazy = {
+        "QuantizeOptions": "onnxshrink.quantization",
+        "CalibrationStats": "onnxshrink.quantization",
+        "PruneOptions": "onnxshrink.pruning",
+        "PackOptions": "onnxshrink.pack",
+        "ShrinkOptions": "onnxshrink.pipeline",
+    }
+    if name in lazy:
+        import importlib
+
+        return getattr(importlib.import_module(lazy[name]), name)
+    raise AttributeError(f"module 'onnxshrink' has no attribute {name!r}")
+
+
 def _packed_reader():
     """The packed-container reader, if this install has it."""
     try:
@@ -131,6 +148,11 @@ def shrink(model: onnx.ModelProto | str | os.PathLike, calib: Any, *, recipe: st
 
 
 __all__ = [
+    "CalibrationStats",
+    "PackOptions",
+    "PruneOptions",
+    "QuantizeOptions",
+    "ShrinkOptions",
     "DataError",
     "Gate",
     "GateFailed",
