@@ -14,6 +14,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from onnxshrink.data import Batch, InputSpec
 from onnxshrink.errors import DataError, UnsupportedModelError
@@ -36,13 +37,56 @@ def create_session(
     options.log_severity_level = 4  # errors come back as exceptions; we print them as one line
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    keep_alive: list = []
     if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
+        model, keep_alive = _serialized(model, options)
     try:
-        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                       providers=["CPUExecutionProvider"])
     except Exception as e:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise UnsupportedModelError(f"{name}: onnxruntime cannot load it ({first})") from None
+    # onnxruntime uses the external initializers' memory in place: they live as long as the session.
+    session._onnxshrink_initializers = keep_alive
+    return session
+
+
+# Above this many bytes of initializers a model cannot be one protobuf (2 GiB):
+# its large initializers go to onnxruntime as OrtValues instead.
+INLINE_SESSION_BYTES = 1_800_000_000
+_EXTERNAL_MIN_BYTES = 1 << 20
+
+
+def _serialized(model: onnx.ModelProto, options: ort.SessionOptions) -> tuple[bytes, list]:
+    """``model`` as bytes for onnxruntime; a model over the protobuf limit as a
+    skeleton plus its large main-graph initializers in ``options`` (the
+    returned OrtValues must outlive the session). ``model`` is not changed."""
+    from onnxshrink.external_data import _bytes_needed, _copy_fields_except
+
+    sizes = [_bytes_needed(t) or 0 for t in model.graph.initializer]
+    if sum(sizes) < INLINE_SESSION_BYTES:
+        return model.SerializeToString(), []
+    skeleton = onnx.ModelProto()
+    _copy_fields_except(model, skeleton, "graph")
+    _copy_fields_except(model.graph, skeleton.graph, "initializer")
+    names, values = [], []
+    for tensor, size in zip(model.graph.initializer, sizes):
+        stub = skeleton.graph.initializer.add()
+        if size < _EXTERNAL_MIN_BYTES or tensor.data_type == onnx.TensorProto.STRING:
+            stub.CopyFrom(tensor)
+            continue
+        _copy_fields_except(tensor, stub, "raw_data", "float_data", "int32_data", "int64_data", "double_data",
+                            "uint64_data", "external_data", "data_location")
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", "onnxshrink-in-memory"), ("offset", "0"), ("length", str(size))):
+            entry = stub.external_data.add()
+            entry.key, entry.value = key, value
+        names.append(tensor.name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(tensor)))
+    options.add_external_initializers(names, values)
+    # Prepacked weight copies would double the memory of a model this size.
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    return skeleton.SerializeToString(), values
 
 
 def run(session: ort.InferenceSession, feed: dict[str, np.ndarray], names: Sequence[str] | None = None, *, what: str = "model") -> list[np.ndarray]:
