@@ -11,6 +11,8 @@ the only Python loop is over the columns of a block.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from onnxshrink.pruning.masks import lowest_per_row, n_m_mask
@@ -92,11 +94,18 @@ def obs_prune(
     n_m: tuple[int, int] | None = None,
     block_size: int = 128,
     damp: float = 0.01,
+    quantize: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Prune ``weights`` [groups, rows, features] to ``sparsity`` (or an N:M
     pattern along features) and update the kept weights to compensate.
     ``hessian`` is [groups, features, features]. Returns a new float64 array
-    whose pruned entries are exactly zero."""
+    whose pruned entries are exactly zero.
+
+    With ``quantize`` (kept values of one column [groups, rows] and its
+    feature index -> those values on the quantization grid, zero kept zero),
+    each kept weight is rounded in the same sweep and its rounding error is
+    spread like a pruning error: GPTQ at ``sparsity=0``, SparseGPT's joint
+    prune-and-quantize otherwise."""
     w = np.array(weights, dtype=np.float64, copy=True)
     u, dead = inverse_cholesky(hessian, damp)
     gi, fi = np.nonzero(dead)
@@ -123,6 +132,8 @@ def obs_prune(
                 mask1[:, :, i:i + n_m[1]] = n_m_mask(part, *n_m)
             col = w1[:, :, i]
             q = np.where(mask1[:, :, i], 0.0, col)
+            if quantize is not None:
+                q = quantize(q, start + i)
             q1[:, :, i] = q
             err = (col - q) / d[:, None, i]
             w1[:, :, i:] -= err[:, :, None] * u1[:, None, i, i:]
