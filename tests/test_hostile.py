@@ -77,12 +77,21 @@ def test_hostile_reference_refused_by_library(tmp_path, secret, case):
     assert "'w'" in str(info.value), "the error names the tensor"
 
 
-@pytest.mark.parametrize("command", ["inspect", "validate"])
+COMMAND_ARGS = {
+    "inspect": lambda path, out: ["--json", out / "r.json"],
+    "validate": lambda path, out: [path, "--json", out / "r.json"],
+    "pack": lambda path, out: ["-o", out / "m.onnxz", "--json", out / "r.json"],
+    "quantize": lambda path, out: ["-o", out / "q.onnx", "--dynamic"],
+    "prune": lambda path, out: ["-o", out / "p.onnx", "--sparsity", "0.5"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_ARGS))
 @pytest.mark.parametrize("case", CASES)
 def test_hostile_reference_refused_by_cli(tmp_path, secret, case, command):
     path, word = _cases(tmp_path, secret)[case]
     before = sorted(str(p) for p in tmp_path.rglob("*"))
-    args = [command, path] + ([path, "--json", tmp_path / "r.json"] if command == "validate" else [])
+    args = [command, path, *COMMAND_ARGS[command](path, tmp_path)]
     result = run_cli(*args)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
