@@ -161,7 +161,9 @@ def _as_model(model: Any) -> onnx.ModelProto:
 def _size(model: Any, proto: onnx.ModelProto) -> int:
     if isinstance(model, (str, os.PathLike)):
         return runtime.model_size_bytes(model)
-    return proto.ByteSize()
+    from onnxshrink.model import serialized_size
+
+    return serialized_size(proto)
 
 
 def compare_models(
