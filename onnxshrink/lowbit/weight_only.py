@@ -1,0 +1,241 @@
+"""Weight-only quantization: int8/int4 weights behind DequantizeLinear, float activations.
+
+Which tensors are weights comes from their graph role: the weight input of
+Conv, ConvTranspose, Gemm and MatMul (:mod:`onnxshrink.roles`) and the data
+input of Gather (embedding tables), in the main graph and in If/Loop/Scan
+bodies, as initializers or Constant nodes. Biases, norms and shape tensors
+stay float.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from onnxshrink.activations import LayerInputStats, collect_layer_inputs
+from onnxshrink.errors import UsageError
+from onnxshrink.lowbit.dequantize import (UniqueNames, dequantize_in_graph, ensure_opset, required_opset,
+                                          set_ir_version_for)
+from onnxshrink.lowbit.gptq import gptq_codes, output_error
+from onnxshrink.lowbit.grid import Grid, quantize_nearest
+from onnxshrink.lowbit.options import WeightOnlyOptions
+from onnxshrink.lowbit.report import WeightOnlyReport, WeightRecord
+from onnxshrink.model import WeightRef, iter_weights, opset_version
+from onnxshrink.pruning import load_calibration
+from onnxshrink.pruning.options import ROWS_PER_FEATURE
+from onnxshrink.roles import WeightUse, weight_uses
+
+Progress = Callable[[str, int, int], None]
+QUANTIZABLE_DTYPES = (onnx.TensorProto.FLOAT,)
+
+
+@dataclasses.dataclass
+class WeightOnlyResult:
+    """The quantized model (a new proto), whether anything changed, and the report."""
+
+    model: onnx.ModelProto
+    modified: bool
+    report: WeightOnlyReport
+
+
+@dataclasses.dataclass
+class WeightTarget:
+    """One weight tensor to quantize, with every node that reads it as a weight."""
+
+    ref: WeightRef
+    uses: list[WeightUse]
+    bits: int
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    @property
+    def out_axis(self) -> int:
+        return self.uses[0].out_axis
+
+    @property
+    def in_axis(self) -> int:
+        return self.uses[0].in_axis
+
+    def grid(self, block: int | None) -> Grid:
+        return Grid(self.bits, self.out_axis) if block is None else Grid(self.bits, self.in_axis, block)
+
+
+def _gather_uses(model: onnx.ModelProto) -> list[WeightUse]:
+    """Gather nodes reading a 2-D constant table as their data (embeddings):
+    one scale per row (token), blocks along the row."""
+    by_graph: dict[int, list[WeightRef]] = {}
+    for ref in iter_weights(model):
+        by_graph.setdefault(id(ref.graph), []).append(ref)
+    uses: list[WeightUse] = []
+
+    def walk(graph: onnx.GraphProto, outer: dict[str, WeightRef]) -> None:
+        visible = {**outer, **{r.name: r for r in by_graph.get(id(graph), [])}}
+        for node in graph.node:
+            if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.input:
+                ref = visible.get(node.input[0])
+                if ref is not None and len(ref.tensor.dims) == 2:
+                    uses.append(WeightUse(ref, node, 0, 0, 1))
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                    walk(sub, visible)
+
+    walk(model.graph, {})
+    return uses
+
+
+def weight_targets(model: onnx.ModelProto, options: WeightOnlyOptions) -> tuple[list[WeightTarget], dict[str, str]]:
+    """The weights ``options`` quantize, in graph order, and those left float with the reason."""
+    grouped: dict[int, list[WeightUse]] = {}
+    for use in [*weight_uses(model), *_gather_uses(model)]:
+        grouped.setdefault(id(use.weight.tensor), []).append(use)
+    main_inputs = {vi.name for vi in model.graph.input}
+    targets, skipped = [], {}
+    for uses in grouped.values():
+        ref = uses[0].weight
+        names = [ref.name, *(u.node.name for u in uses if u.node.name)]
+        bits = options.bits_for(ref.name)
+        if any(fnmatch.fnmatchcase(n, p) for n in names for p in options.exclude):
+            skipped[ref.name] = "excluded"
+        elif bits is None:
+            skipped[ref.name] = "kept float by layer_bits"
+        elif ref.tensor.data_type not in QUANTIZABLE_DTYPES:
+            skipped[ref.name] = f"{onnx.TensorProto.DataType.Name(ref.tensor.data_type).lower()}, not float32"
+        elif ref.size < options.min_size:
+            skipped[ref.name] = f"{ref.size} elements < min_size {options.min_size}"
+        elif ref.kind == "initializer" and ref.graph is model.graph and ref.name in main_inputs:
+            skipped[ref.name] = "also a graph input (a caller may override it)"
+        elif not np.isfinite(ref.array()).all():
+            skipped[ref.name] = "holds NaN or Inf"
+        else:
+            targets.append(WeightTarget(ref, uses, bits))
+    return targets, skipped
+
+
+def _model_opset_need(targets: list[WeightTarget], block: int | None) -> int:
+    return max((required_opset(t.bits, block) for t in targets), default=0)
+
+
+def quantize_weights(
+    model: onnx.ModelProto,
+    options: WeightOnlyOptions,
+    *,
+    calib: Any = None,
+    eval_data: Any = None,
+    progress: Progress | None = None,
+    name: str = "model",
+    layer_stats: dict[str, LayerInputStats] | None = None,
+) -> WeightOnlyResult:
+    """Quantize the weights of a copy of ``model`` as ``options`` say; ``model``
+    is not changed.
+
+    ``calib`` (an .npz path, NpzData, reader or batches) is needed by
+    ``rounding="gptq"`` and, when given, also yields the output error
+    estimate of each layer. The default-domain opset is raised (21 for int4
+    or blocked scales, 13 for per-channel int8) when the model's is lower.
+    With ``eval_data`` the result is compared to ``model`` (no gate) and the
+    comparison is in the report. ``layer_stats`` (from
+    :func:`collect_weight_statistics` on the same model and data) skips
+    collecting them again, for sweeps over bits and rounding. Raises UsageError for options the data
+    cannot serve and UnsupportedModelError when the opset cannot be raised.
+    """
+    progress = progress or (lambda task, done, total: None)
+    if options.rounding == "gptq" and calib is None and layer_stats is None:
+        raise UsageError("--rounding gptq needs calibration data: give --calib DATA (an .npz of model inputs)")
+    block = options.block
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    opset_before = opset_version(work)
+    targets, skipped = weight_targets(work, options)
+    need = _model_opset_need(targets, block)
+    if need > opset_before:
+        work = ensure_opset(work, need, name)
+        targets, skipped = weight_targets(work, options)
+    stats: dict[str, LayerInputStats] = dict(layer_stats or {})
+    samples = 0
+    if calib is not None and targets and layer_stats is None:
+        stats, samples = _statistics(work, targets, calib, options, progress)
+    planned = []
+    for done, target in enumerate(targets, 1):
+        planned.append((target, *_quantize_one(target, block, options, stats.get(target.name))))
+        progress("quantizing weights", done, len(targets))
+    names = UniqueNames(work)
+    for target, codes, scales, _ in planned:
+        dequantize_in_graph(target.ref, codes, scales, target.grid(block), names)
+    set_ir_version_for(work)
+    report = WeightOnlyReport(
+        options=options.to_dict(), weights=[record for *_, record in planned], skipped=skipped,
+        opset_before=opset_before, opset_after=opset_version(work),
+        size_bytes={"original": model.ByteSize(), "quantized": work.ByteSize()}, calibration_samples=samples,
+    )
+    if eval_data is not None:
+        from onnxshrink.validation import compare_models
+
+        report.validation = compare_models(model, work, eval_data).to_dict()
+    return WeightOnlyResult(work, bool(planned), report)
+
+
+def collect_weight_statistics(model: onnx.ModelProto, calib: Any, options: WeightOnlyOptions,
+                              progress: Progress | None = None) -> dict[str, LayerInputStats]:
+    """Input Hessians of the weights ``options`` select in ``model``, from
+    ``calib``, for reuse across several :func:`quantize_weights` calls."""
+    return _statistics(model, weight_targets(model, options)[0], calib, options, progress)[0]
+
+
+def _statistics(model: onnx.ModelProto, targets: list[WeightTarget], calib: Any, options: WeightOnlyOptions,
+                progress: Progress | None) -> tuple[dict[str, LayerInputStats], int]:
+    # The shared collector (the one Hessian pruning uses); Gather tables have no layer input.
+    batches = load_calibration(calib, model, options)
+    uses = [u for t in targets for u in t.uses if u.op_type != "Gather"]
+    stats = collect_layer_inputs(model, uses, batches, ("hessian",), progress=progress, total_batches=len(batches),
+                                 rows_per_feature=ROWS_PER_FEATURE)
+    return stats, sum(len(b) for b in batches)
+
+
+def _quantize_one(target: WeightTarget, block: int | None, options: WeightOnlyOptions,
+                  stats: LayerInputStats | None) -> tuple[np.ndarray, np.ndarray, WeightRecord]:
+    """(codes, scales, record) of one weight; the model is not touched."""
+    w = target.ref.array()
+    grid = target.grid(block)
+    codes, scales = quantize_nearest(w, grid)
+    rounding, why = "nearest", None
+    has_hessian = stats is not None and stats.hessian is not None
+    if options.rounding == "gptq":
+        if has_hessian:
+            codes = gptq_codes(w, scales, grid, _use_of(target, stats), stats, sparsity=options.sparsity,
+                               block_size=options.block_size, damp=options.damp)
+            rounding = "gptq"
+        else:
+            why = _why_no_hessian(target, stats)
+    w_hat = codes * grid.expand(scales, w.shape).astype(np.float64)
+    norm = float(np.linalg.norm(w))
+    record = WeightRecord(
+        name=target.name, op_types=sorted({u.op_type for u in target.uses}), shape=list(w.shape), bits=grid.bits,
+        granularity=options.granularity, rounding=rounding,
+        relative_error=float(np.linalg.norm(w_hat - w)) / norm if norm > 0 else 0.0,
+        output_error=output_error(w, w_hat, _use_of(target, stats), stats) if has_hessian else None,
+        bytes_before=w.nbytes, bytes_after=(w.size * grid.bits + 7) // 8 + scales.nbytes,
+        sparsity=float((codes == 0).mean()), why_nearest=why,
+    )
+    return codes, scales, record
+
+
+def _use_of(target: WeightTarget, stats: LayerInputStats) -> WeightUse:
+    """The use whose layer layout the statistics were collected for."""
+    return next((u for u in target.uses if u.op_type == stats.layout.op_type), target.uses[0])
+
+
+def _why_no_hessian(target: WeightTarget, stats: LayerInputStats | None) -> str:
+    ops = {u.op_type for u in target.uses}
+    if stats is not None:
+        return "too many input features for a Hessian"
+    if ops & {"Gather", "ConvTranspose"}:
+        return f"{'/'.join(sorted(ops))} weights get no input statistics"
+    if target.ref.depth > 0:
+        return "inside a subgraph (no input statistics)"
+    return "no input statistics for this layer"
