@@ -224,13 +224,14 @@ def compare_models(
     for batch in batches:
         if first_feed is None:
             first_feed = runtime.first_sample(batch, specs)
-        cand_out = runtime.run(cand_session, batch.inputs, what="candidate")
+        # Reference first: inputs the original cannot take are the inputs' fault, and say so.
         if saved_iter is not None:
             saved_batch = _take(saved_iter, len(batch), reference_outputs)
             ref_out = [saved_batch.inputs[n] for n in cand_names]
         elif ref_session is not None:
             ref_out = runtime.run(ref_session, batch.inputs, what="reference")
-        else:
+        cand_out = runtime.run(cand_session, batch.inputs, what="candidate")
+        if saved_iter is None and ref_session is None:
             ref_out = cand_out
         for name, r, c in zip(cand_names, ref_out, cand_out):
             stats[name].add(r, c)
