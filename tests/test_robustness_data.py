@@ -73,8 +73,6 @@ def test_mixed_axes_without_the_extra_axis_are_refused_with_the_fix_named(tmp_pa
         compare_models(stateful_model(), stateful_model(), path)
 
 
-@pytest.mark.xfail(strict=False, reason="quantization/calibrate.py re-slices every input along axis 0 "
-                   "(feeds state[0:1]); it should feed per-run batches (Batch.size set) whole")
 def test_quantize_calibrates_on_per_run_samples(per_run_data):
     result = quantize_model(stateful_model(), str(per_run_data), QuantizeOptions(latency_guard=False))
     assert result.model.graph.node

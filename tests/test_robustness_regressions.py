@@ -1,0 +1,41 @@
+"""Failures the sweep found in passes owned elsewhere, pinned as tests.
+
+Each is xfail (not strict) until its owner fixes it; the reason says what
+breaks, so a passing run (XPASS) means the marker can go.
+"""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+import onnxshrink
+from conftest import ONNX_TEST_DATA
+from onnxshrink.model import load_model, save_model
+from onnxshrink.quantization import QuantizeOptions, quantize_model
+
+
+@pytest.mark.xfail(strict=False, reason="onnxshrink/__init__.py defines pack(), but importing the subpackage "
+                   "onnxshrink.pack (any 'from onnxshrink.pack import ...') rebinds onnxshrink.pack to the module")
+def test_public_pack_function_survives_importing_the_subpackage(tmp_path, mlp_path):
+    import onnxshrink.pack.api  # noqa: F401  (what pipeline, cli and tests all do)
+
+    assert callable(onnxshrink.pack)
+    onnxshrink.pack(mlp_path, tmp_path / "m.onnxz")
+
+
+@pytest.mark.xfail(strict=False, reason="quantize adds scale/zero-point initializers to an IR 3 model without "
+                   "listing them as graph inputs; onnx's checker (and so onnxshrink's loader) refuses the output")
+def test_quantized_ir3_model_reads_back(tmp_path):
+    source = ONNX_TEST_DATA / "pytorch-converted" / "test_Conv1d" / "model.onnx"
+    model = load_model(source)
+    assert model.ir_version < 4
+    import numpy as np
+    from onnx import numpy_helper
+
+    x = numpy_helper.to_array(onnx.load_tensor(str(source.parent / "test_data_set_0" / "input_0.pb")))
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **{model.graph.input[0].name: x})
+    result = quantize_model(model, str(calib), QuantizeOptions(latency_guard=False))
+    save_model(result.model, tmp_path / "q.onnx")
+    load_model(tmp_path / "q.onnx")
