@@ -9,7 +9,6 @@ from __future__ import annotations
 import onnx
 import pytest
 
-import onnxshrink
 from conftest import ONNX_TEST_DATA
 from onnxshrink.model import load_model, save_model
 from onnxshrink.quantization import QuantizeOptions, quantize_model
