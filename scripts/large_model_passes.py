@@ -86,16 +86,36 @@ def tensor_digests(path: Path) -> dict[str, str]:
     return out
 
 
+MAX_RSS = 18e9  # a watchdog: a command past this is killed before it takes the machine down
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
 def measured(*args: str) -> tuple[int, float, int, str]:
     """Run the onnxshrink CLI; (exit status, seconds, peak RSS bytes, last stderr line)."""
     start = time.perf_counter()
+    err = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen([sys.executable, "-c", "from onnxshrink.cli import main; main()", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+                            stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=ROOT)
+    killed = ""
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if _rss(proc.pid) > MAX_RSS:
+            proc.kill()
+            killed = f"killed by the watchdog at {MAX_RSS / 1e9:.1f} GB RSS"
+        time.sleep(0.2)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    lines = [line for line in err.splitlines() if line.strip()]
-    return proc.returncode, time.perf_counter() - start, usage.ru_maxrss * 1024, lines[-1] if lines else ""
+    err.seek(0)
+    lines = [line for line in err.read().splitlines() if line.strip()]
+    return proc.returncode, time.perf_counter() - start, usage.ru_maxrss * 1024, killed or (lines[-1] if lines else "")
 
 
 def main() -> int:
@@ -104,8 +124,11 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--only", default="pack,unpack,quantize,dynamic")
+    parser.add_argument("--max-rss-gb", type=float, default=18, help="Kill a command whose RSS passes this.")
     args = parser.parse_args()
     steps = set(args.only.split(","))
+    global MAX_RSS
+    MAX_RSS = args.max_rss_gb * 1e9
     work = args.workdir or Path(tempfile.mkdtemp(prefix="onnxshrink-large-"))
     ok = True
     try:
