@@ -27,6 +27,12 @@ from onnxshrink.errors import (
     UsageError,
 )
 from onnxshrink.model import load_model, save_model
+
+# The subpackage onnxshrink.pack shares its name with the public function pack()
+# defined below. Importing it first, here, means the function is bound last and
+# later `from onnxshrink.pack import ...` statements (which find the module in
+# sys.modules) no longer rebind the name. It needs only numpy and onnx.
+from onnxshrink import pack as _pack_subpackage  # noqa: E402,F401  isort: skip
 from onnxshrink.summary import ModelInfo, inspect_model
 from onnxshrink.validation import Gate, ValidationReport, compare_models
 
@@ -100,11 +106,13 @@ def pack(model: onnx.ModelProto | str | os.PathLike, path: str | os.PathLike | N
     return result
 
 
-def unpack(path: str | os.PathLike, output: str | os.PathLike | None = None) -> onnx.ModelProto:
-    """Restore a packed model (bit-exact); saves it to ``output`` when given."""
+def unpack(path: str | os.PathLike, output: str | os.PathLike | None = None, materialize: str = "qdq") -> onnx.ModelProto:
+    """Restore a packed model (bit-exact); saves it to ``output`` when given.
+    ``materialize="float"`` expands quantized weights to float32 initializers
+    (see :func:`onnxshrink.pack.load_packed`)."""
     from onnxshrink.pack import load_packed
 
-    model = load_packed(path)
+    model = load_packed(path, materialize=materialize)
     if output is not None:
         save_model(model, output)
     return model

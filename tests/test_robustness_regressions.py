@@ -1,7 +1,6 @@
 """Failures the sweep found in passes owned elsewhere, pinned as tests.
 
-Each is xfail (not strict) until its owner fixes it; the reason says what
-breaks, so a passing run (XPASS) means the marker can go.
+Each was found by scripts/sweep.py and is fixed; the tests keep it fixed.
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ from onnxshrink.model import load_model, save_model
 from onnxshrink.quantization import QuantizeOptions, quantize_model
 
 
-@pytest.mark.xfail(strict=False, reason="onnxshrink/__init__.py defines pack(), but importing the subpackage "
-                   "onnxshrink.pack (any 'from onnxshrink.pack import ...') rebinds onnxshrink.pack to the module")
 def test_public_pack_function_survives_importing_the_subpackage(tmp_path, mlp_path):
     import onnxshrink.pack.api  # noqa: F401  (what pipeline, cli and tests all do)
 
@@ -23,8 +20,6 @@ def test_public_pack_function_survives_importing_the_subpackage(tmp_path, mlp_pa
     onnxshrink.pack(mlp_path, tmp_path / "m.onnxz")
 
 
-@pytest.mark.xfail(strict=False, reason="quantize adds scale/zero-point initializers to an IR 3 model without "
-                   "listing them as graph inputs; onnx's checker (and so onnxshrink's loader) refuses the output")
 def test_quantized_ir3_model_reads_back(tmp_path):
     source = ONNX_TEST_DATA / "pytorch-converted" / "test_Conv1d" / "model.onnx"
     model = load_model(source)

@@ -47,6 +47,10 @@ def upgrade_opset(model: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, i
         return model, None
     try:
         converted = onnx.version_converter.convert_version(model, MIN_OPSET)
+        # The converter keeps the IR version; IR < 4 would require every new
+        # initializer (scales, zero points) to be listed as a graph input.
+        converted.ir_version = max(converted.ir_version,
+                                   onnx.helper.find_min_ir_version_for(list(converted.opset_import)))
         onnx.checker.check_model(converted)
     except Exception as e:  # the converter raises bare RuntimeErrors/ValidationErrors
         reason = " ".join(str(e).split())[:200] or type(e).__name__
