@@ -20,6 +20,7 @@ from onnxshrink.cli._common import (
 )
 from onnxshrink.errors import UsageError
 from onnxshrink.model import load_model, save_model
+from onnxshrink.lowbit import WeightOnlyOptions, quantize_weights
 from onnxshrink.quantization import METHODS, QuantizeOptions, QuantizeReport, quantize_model
 
 
@@ -46,10 +47,32 @@ def quantize_command(
     latency_guard: Annotated[bool, typer.Option("--latency-guard/--no-latency-guard", help="Keep in float nodes onnxruntime cannot run as integer kernels; measure latency.")] = QuantizeOptions.latency_guard,
     fold_constants: Annotated[bool, typer.Option("--fold-constants/--no-fold-constants", help="Run onnxsim first when a layer weight is computed at run time.")] = QuantizeOptions.fold_constants,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")] = QuantizeOptions.batch_size,
+    weights_only: Annotated[bool, typer.Option("--weights-only", help="Quantize only the weights (int8/int4 behind DequantizeLinear); activations stay float; --calib optional.")] = False,
+    bits: Annotated[int, typer.Option("--bits", help="With --weights-only: 8 or 4 bits per weight.")] = WeightOnlyOptions.bits,
+    granularity: Annotated[str, typer.Option("--granularity", help="With --weights-only: 'channel' or 'block:N' scales.")] = WeightOnlyOptions.granularity,
+    rounding: Annotated[str, typer.Option("--rounding", help="With --weights-only: 'nearest', or 'gptq' (error-compensated; needs --calib).")] = WeightOnlyOptions.rounding,
+    min_size: Annotated[int, typer.Option("--min-size", help="With --weights-only: weights with fewer elements stay float.")] = WeightOnlyOptions.min_size,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Quantize MODEL to int8 (QDQ): int8 per-channel weights, calibrated activations, integer kernels in onnxruntime."""
+    if weights_only:
+        if dynamic:
+            raise UsageError("--weights-only and --dynamic are two different modes; give one")
+        wo = WeightOnlyOptions(bits=bits, granularity=granularity, rounding=rounding, min_size=min_size,
+                               exclude=_names(exclude_nodes), batch_size=batch_size)
+        if rounding == "gptq" and calib is None:
+            raise UsageError("--rounding gptq needs calibration data: give --calib DATA")
+        source = load_model(model)
+        with progress_bar(quiet) as progress:
+            result = quantize_weights(source, wo, calib=str(calib) if calib else None,
+                                      eval_data=str(eval_data) if eval_data else None, progress=progress, name=str(model))
+        save_model(result.model, output)
+        if json_path:
+            write_json(json_path, result.report.to_dict())
+        if not quiet:
+            print_weight_only_report(result.report.to_dict(), output)
+        return
     options = QuantizeOptions(
         method=method, percentile=percentile, per_channel=per_channel, activations=activations,
         exclude_nodes=_names(exclude_nodes), exclude_ops=_names(exclude_ops), min_cosine=min_cosine,
@@ -111,4 +134,23 @@ def print_report(report: QuantizeReport, output: Path) -> None:
         console.print(f"calibration: {c['samples']} samples, {c['tensors']} tensors, {c['method']}, {c['seconds']:.2f} s")
     for w in report.warnings:
         err_console.print(f"onnxshrink: warning: {w}", markup=False)
+    console.print(f"wrote {output}")
+
+
+def print_weight_only_report(report: dict, output: Path) -> None:
+    """Per weight: bits, granularity, rounding and relative error; sizes and metrics."""
+    table = Table("weight", "bits", "granularity", "rounding", "rel. error", title="weight-only quantization")
+    for w in report.get("weights", []):
+        err = w.get("relative_error")
+        table.add_row(str(w.get("name")), str(w.get("bits") or "float"), str(w.get("granularity", "-")),
+                      str(w.get("rounding", "-")), "-" if err is None else f"{100 * err:.2f}%")
+    console.print(table)
+    sizes = report.get("size_bytes") or {}
+    if sizes:
+        console.print(" -> ".join(f"{k} {human_bytes(v)}" for k, v in sizes.items()), markup=False)
+    v = report.get("validation") or {}
+    if v.get("accuracy"):
+        a = v["accuracy"]
+        console.print(f"accuracy: fp32 {100 * a['reference']:.2f}%, quantized {100 * a['candidate']:.2f}% "
+                      f"(drop {100 * (a['reference'] - a['candidate']):.2f} points)")
     console.print(f"wrote {output}")
