@@ -2,8 +2,9 @@
 a change that breaks reading an existing file fails here.
 
 The files in tests/fixtures/pack/ were written once by ``make_fixtures``; the
-expected tensors are stored as SHA-256 digests beside them. Regenerate only
-for a new format version, and keep the old files:
+expected tensors are stored as SHA-256 digests beside them. ``make_fixtures``
+writes only files that do not exist yet: add a fixture for new codec
+parameters or a new format version, and keep the old files:
 
     ONNXSHRINK_WRITE_GOLDEN=1 python -m pytest tests/test_pack_golden.py
 """
@@ -63,10 +64,33 @@ def golden_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxshrink-golden")
 
 
+def golden_lowbit_model() -> onnx.ModelProto:
+    """Version 2 parameters: int4 / uint4 / int2 coded one symbol per element
+    (odd counts, typed int32_data storage, 90 % zeros) and small float32
+    tensors stored as float16."""
+    rng = np.random.default_rng(2025)
+    int4 = np.clip(np.round(rng.normal(0, 2.2, 1001)), -8, 7).astype(np.int64)
+    sparse4 = np.clip(np.round(rng.normal(0, 2.2, 8001)), -8, 7).astype(np.int64)
+    sparse4[rng.random(sparse4.size) < 0.9] = 0
+    inits = [
+        helper.make_tensor("w_int4", TensorProto.INT4, [7, 143], int4.tolist()),
+        helper.make_tensor("w_int4_sparse", TensorProto.INT4, [8001], sparse4.tolist()),
+        helper.make_tensor("w_uint4", TensorProto.UINT4, [333], np.clip(np.round(rng.normal(8, 2, 333)), 0, 15).tolist()),
+        helper.make_tensor("w_int2", TensorProto.INT2, [8001], np.where(rng.random(8001) < 0.95, 0, rng.integers(-2, 2, 8001)).tolist()),
+        numpy_helper.from_array(rng.normal(0, 0.1, 96).astype(np.float32), "bias_fp32"),
+    ]
+    nodes = [helper.make_node("Identity", [t.name], [t.name + "_out"]) for t in inits]
+    outputs = [helper.make_tensor_value_info(t.name + "_out", t.data_type, list(t.dims)) for t in inits]
+    graph = helper.make_graph(nodes, "golden_lowbit", [], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10,
+                             producer_name="onnxshrink-golden")
+
+
 FIXTURE_OPTIONS = {
-    "v1_default": PackOptions(min_tensor_bytes=0),
-    "v1_rle": PackOptions(codecs=("rle",), min_tensor_bytes=0),
-    "v1_raw": PackOptions(codecs=("raw",)),
+    "v1_default": (golden_model, PackOptions(min_tensor_bytes=0)),
+    "v1_rle": (golden_model, PackOptions(codecs=("rle",), min_tensor_bytes=0)),
+    "v1_raw": (golden_model, PackOptions(codecs=("raw",))),
+    "v2_lowbit": (golden_lowbit_model, PackOptions(min_tensor_bytes=0, float16_small=True)),
 }
 
 
@@ -81,12 +105,15 @@ def digests(model: onnx.ModelProto) -> list[dict]:
 
 def make_fixtures() -> None:
     FIXTURES.mkdir(parents=True, exist_ok=True)
-    model = golden_model()
-    for name, options in FIXTURE_OPTIONS.items():
+    for name, (make_model, options) in FIXTURE_OPTIONS.items():
+        if (FIXTURES / f"{name}.onnxz").exists():
+            continue  # golden files are never rewritten
+        model = make_model()
         result = pack_model(model, options)
+        restored = load_packed(result.data)  # lossy options: the digests are of what decodes
         (FIXTURES / f"{name}.onnxz").write_bytes(result.data)
         codecs = sorted({t.codec for t in result.report.packed})
-        (FIXTURES / f"{name}.json").write_text(json.dumps({"codecs": codecs, "tensors": digests(model)}, indent=1) + "\n")
+        (FIXTURES / f"{name}.json").write_text(json.dumps({"codecs": codecs, "tensors": digests(restored)}, indent=1) + "\n")
 
 
 if os.environ.get("ONNXSHRINK_WRITE_GOLDEN"):
@@ -116,6 +143,19 @@ def test_golden_model_is_what_the_fixtures_were_made_from():
     # which the decode test above keeps checking.
     expected = json.loads((FIXTURES / "v1_default.json").read_text())
     assert digests(golden_model()) == expected["tensors"]
+    lowbit = json.loads((FIXTURES / "v2_lowbit.json").read_text())["tensors"]
+    assert [d for d in digests(golden_lowbit_model()) if d["name"] != "bias_fp32"] == lowbit[:-1]
+
+
+def test_golden_files_cover_every_codec_parameter():
+    from onnxshrink.pack import container
+
+    seen = set()
+    for path in GOLDEN:
+        for e in container.read(path.read_bytes()).entries:
+            seen |= {(k, v) for k, v in e.codec.items() if k in container.V2_CODEC_KEYS}
+        assert path.read_bytes()[8] == int(path.stem[1]), "the name says the version"
+    assert seen == {("symbol_bits", 4), ("symbol_bits", 2), ("cast", "float16")}
 
 
 def test_golden_files_cover_every_code_length_table_kind(monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +10,17 @@ import typer
 from rich.table import Table
 
 from onnxshrink.cli._common import JsonOption, OutputOption, QuietOption, console, human_bytes, reports_errors, write_json
-from onnxshrink.pack import PackReport, pack_file, unpack_file
+from onnxshrink.pack import PackOptions, PackReport, pack_file, unpack_file
+
+_DEFAULTS = PackOptions()
+
+
+class Materialize(str, Enum):
+    """Choices of ``unpack --materialize`` (the API's MATERIALIZE_MODES; a test keeps them equal)."""
+
+    qdq = "qdq"
+    float = "float"
+
 
 
 @reports_errors
@@ -17,10 +28,16 @@ def pack_command(
     model: Annotated[Path, typer.Argument(help="The .onnx model to pack (only read).")],
     output: OutputOption,
     json_path: JsonOption = None,
+    float16_small: Annotated[bool, typer.Option(
+        "--float16-small", help="LOSSY: store float32 tensors of fewer than --float16-small-below elements "
+        "(biases, norms, positional embeddings) as float16; restored as float32. The report lists them.")] = False,
+    float16_small_below: Annotated[int, typer.Option(
+        help="Element count below which --float16-small applies.")] = _DEFAULTS.float16_small_below,
     quiet: QuietOption = False,
 ) -> None:
     """Pack a model losslessly into a verified .onnxz container (Huffman / zero-run coded tensors)."""
-    report = pack_file(model, output)
+    options = PackOptions(float16_small=float16_small, float16_small_below=float16_small_below)
+    report = pack_file(model, output, options)
     if json_path:
         write_json(json_path, report.to_dict())
     if not quiet:
@@ -31,13 +48,19 @@ def pack_command(
 def unpack_command(
     packed: Annotated[Path, typer.Argument(help="The .onnxz container to restore.")],
     output: OutputOption,
+    materialize: Annotated[Materialize, typer.Option(
+        help="qdq: quantized weights stay integer + DequantizeLinear, as packed (bit-exact). float: expand them "
+        "to float32 initializers holding exactly what DequantizeLinear computes (larger file, no run-time "
+        "dequantization).")] = Materialize.qdq,
     quiet: QuietOption = False,
 ) -> None:
     """Restore a packed .onnxz into a plain .onnx, bit-exact; every tensor is CRC-checked."""
-    model = unpack_file(packed, output)
+    model = unpack_file(packed, output, materialize=materialize.value)
     if not quiet:
         n = sum(1 for _ in model.graph.initializer)
-        console.print(f"{output}: restored {n} initializers from {packed}", markup=False)
+        console.print(f"{output}: restored {n} initializers from {packed}"
+                      + (" (quantized weights as float32)" if materialize is Materialize.float else ""),
+                      markup=False)
 
 
 def print_report(report: PackReport, output: Path) -> None:
@@ -46,13 +69,17 @@ def print_report(report: PackReport, output: Path) -> None:
                   title=f"Packed tensors ({len(report.packed)})", title_justify="left")
     for t in report.packed:
         ratio = f"{t.bytes_after / t.entropy_bytes:.3f}" if t.entropy_bytes else "-"
-        table.add_row(t.name, t.dtype, "x".join(map(str, t.shape)) or "scalar", t.codec, human_bytes(t.bytes_before),
+        codec = f"{t.codec} ({t.stored_as})" if t.stored_as else t.codec
+        table.add_row(t.name, t.dtype, "x".join(map(str, t.shape)) or "scalar", codec, human_bytes(t.bytes_before),
                       human_bytes(t.bytes_after), f"{t.bits_per_element:.2f}", human_bytes(t.entropy_bytes), ratio)
     entropy = report.entropy_bytes
     table.add_row("total", "", "", "", human_bytes(report.tensor_bytes_before), human_bytes(report.tensor_bytes_after),
                   "", human_bytes(entropy), f"{report.tensor_bytes_after / entropy:.3f}" if entropy else "-",
                   style="bold")
     console.print(table)
+    if report.float16_tensors:
+        console.print(f"stored as float16 (lossy, --float16-small): {', '.join(report.float16_tensors)}",
+                      markup=False, soft_wrap=True)
     inline = len(report.tensors) - len(report.packed)
     console.print(
         f"{output}: {human_bytes(report.container_bytes)} from {human_bytes(report.model_bytes)} "

@@ -1,7 +1,7 @@
 """Lossless packing of ONNX models into verified .onnxz containers.
 
 ``pack_model(model) -> PackResult`` (container bytes and a report),
-``write_packed(result, path)``, ``load_packed(path_or_bytes) -> ModelProto``
+``write_packed(result, path)``, ``load_packed(path_or_bytes, materialize="qdq"|"float") -> ModelProto``
 and ``inference_session_from_packed(path_or_bytes)``. Codecs live in
 :mod:`onnxshrink.pack.codecs`; the format is docs/FORMAT.md.
 """
@@ -10,6 +10,7 @@ from onnxshrink.pack.api import (
     PackOptions, PackResult, load_packed, pack_file, pack_model, unpack_file, write_packed,
 )
 from onnxshrink.pack.container import MAGIC, Limits
+from onnxshrink.pack.materialize import MATERIALIZE_MODES, materialize_float
 from onnxshrink.pack.report import PackReport, TensorReport
 from onnxshrink.pack.session import inference_session_from_packed
 
@@ -24,7 +25,7 @@ def is_packed_file(path) -> bool:
 
 
 __all__ = [
-    "Limits", "PackOptions", "PackReport", "PackResult", "TensorReport",
-    "inference_session_from_packed", "is_packed_file", "load_packed", "pack_file", "pack_model",
+    "Limits", "MATERIALIZE_MODES", "PackOptions", "PackReport", "PackResult", "TensorReport",
+    "inference_session_from_packed", "is_packed_file", "load_packed", "materialize_float", "pack_file", "pack_model",
     "unpack_file", "write_packed",
 ]

@@ -19,11 +19,12 @@ import numpy as np
 import onnx
 
 from onnxshrink.errors import OnnxShrinkError, PackError, UsageError
-from onnxshrink.pack import codebook, container, tensors
+from onnxshrink.pack import codebook, container, symbols, tensors
 from onnxshrink.pack.bytereader import ByteReader
 from onnxshrink.pack.codecs import codec_ids, get_codec
-from onnxshrink.pack.codecs.abc import Analysis, decode_all
+from onnxshrink.pack.codecs.abc import Analysis, Codec, decode_all
 from onnxshrink.pack.container import Limits
+from onnxshrink.pack.materialize import check_mode, materialize_float
 from onnxshrink.pack.report import PackReport, TensorReport
 
 DEFAULT_CODECS = ("raw", "huffman", "rle", "rle+huffman")
@@ -39,18 +40,27 @@ class PackOptions:
     smallest (Huffman decodes 30 % faster than zero runs on a half-zero tensor
     that zero runs code 0.5 % smaller). ``min_tensor_bytes``: smaller tensors
     stay inline in the graph, which the container compresses as a whole.
+
+    ``float16_small`` (lossy, off by default): packed float32 tensors of fewer
+    than ``float16_small_below`` elements (biases, norms, positional
+    embeddings) are rounded to float16 values, stored as float16 and restored
+    as float32. Tensors with values float16 cannot hold (non-finite, beyond
+    65504) and the scales and zero points of Quantize/DequantizeLinear nodes
+    stay exact. The report names every tensor stored this way.
     """
 
     codecs: tuple[str, ...] = DEFAULT_CODECS
     min_tensor_bytes: int = 256
     speed_tolerance: float = 0.01
+    float16_small: bool = False
+    float16_small_below: int = 65536
 
     def __post_init__(self):
         unknown = [c for c in self.codecs if c not in codec_ids()]
         if unknown or not self.codecs:
             raise UsageError(f"unknown codec(s) {unknown or '(none given)'}; choose from {', '.join(codec_ids())}")
-        if self.min_tensor_bytes < 0 or not 0 <= self.speed_tolerance < 1:
-            raise UsageError("min_tensor_bytes must be >= 0 and speed_tolerance in [0, 1)")
+        if self.min_tensor_bytes < 0 or not 0 <= self.speed_tolerance < 1 or self.float16_small_below < 0:
+            raise UsageError("min_tensor_bytes and float16_small_below must be >= 0 and speed_tolerance in [0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +85,7 @@ def pack_model(model: onnx.ModelProto, options: PackOptions = PackOptions()) -> 
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(model)
     entries, payloads, rows = [], [], []
+    exact = quantization_parameters(skeleton) if options.float16_small else set()
     for slot in tensors.tensor_slots(skeleton):
         t = slot.tensor
         data = tensors.tensor_bytes(t)
@@ -85,15 +96,20 @@ def pack_model(model: onnx.ModelProto, options: PackOptions = PackOptions()) -> 
                 rows.append(TensorReport(t.name, slot.where, dtype, tuple(t.dims), "inline", size, size, 0.0))
             continue
         layout = tensors.DTYPE_LAYOUTS[t.data_type]
-        word = layout.word if layout.bits >= 8 else 1
+        cast = None
+        if (options.float16_small and t.data_type == onnx.TensorProto.FLOAT and t.name not in exact
+                and len(data) // 4 < options.float16_small_below):
+            rounded = symbols.round_to_float16(data)
+            if rounded is not None:
+                data, cast = rounded, "float16"
         arr = np.frombuffer(data, dtype=np.uint8)
-        config, payload, entropy = _best_encoding(arr, word, options)
+        config, payload, entropy = _best_encoding(arr, _codec_params(layout, cast), options)
         entries.append(container.Entry(
             slot.ordinal, slot.kind, t.name, t.data_type, tuple(t.dims), config,
             len(data), len(payload), zlib.crc32(data)))
         payloads.append(payload)
         rows.append(TensorReport(t.name, slot.where, dtype, tuple(t.dims), config["id"], len(data), len(payload),
-                                 entropy))
+                                 entropy, cast or ""))
         tensors.strip_data(t)
     blob = container.write(skeleton.SerializeToString(deterministic=True), entries, payloads)
     header = len(blob) - sum(len(p) for p in payloads)
@@ -101,25 +117,58 @@ def pack_model(model: onnx.ModelProto, options: PackOptions = PackOptions()) -> 
     return PackResult(blob, report)
 
 
-def _best_encoding(arr: np.ndarray, word: int, options: PackOptions) -> tuple[dict[str, Any], bytes, float]:
+def _codec_params(layout: tensors.DtypeLayout, cast: str | None) -> list[dict[str, Any]]:
+    """The codec parameters to try on a tensor of this layout, the faster to decode first.
+
+    Sub-byte tensors are tried both as bytes (a pair of int4 values per
+    symbol: half the symbols to decode) and as one symbol per element (what
+    gets them near their per-element entropy, and what zero runs need); the
+    last entry is the one whose order-0 entropy the report states.
+    """
+    if cast is not None:
+        return [{"word": symbols.CAST_WORDS[cast], "cast": cast}]
+    if layout.bits < 8:
+        return [{"word": 1}, {"word": 1, "symbol_bits": layout.bits}]
+    return [{"word": layout.word}]
+
+
+def _best_encoding(arr: np.ndarray, params: list[dict[str, Any]], options: PackOptions
+                   ) -> tuple[dict[str, Any], bytes, float]:
     """The config and payload of the codec to use, and the tensor's entropy bound.
 
     The codec is the first listed (the faster to decode) whose estimated size
     is within ``options.speed_tolerance`` of the smallest estimate; estimates
     are exact but for the lane tables (~0.1 %), so only that codec encodes.
+    ``raw`` is only tried with the first parameters (raw symbols would only
+    be larger).
     """
     analysis = Analysis(arr)
-    codecs = [get_codec({"id": c, "word": word}) for c in options.codecs]
+    codecs: list[Codec] = [get_codec({"id": c, **p}) for c in options.codecs
+                           for p in (params[:1] if c == "raw" else params)]
     worth = [c for c in codecs if c.worth_trying(analysis)] or codecs
     estimates = [(c.estimate(arr, analysis), c) for c in worth]
     best = min(e for e, _ in estimates)
     codec = next(c for e, c in estimates if e <= best * (1 + options.speed_tolerance))
     payload = codec.encode(arr, analysis)
-    if len(payload) > arr.size and "raw" in options.codecs:
-        codec = get_codec({"id": "raw", "word": word})
+    raw = get_codec({"id": "raw", **params[0]})
+    if "raw" in options.codecs and len(payload) > raw.estimate(arr, analysis):
+        codec = raw
         payload = codec.encode(arr, analysis)
-    entropy = sum(codebook.entropy_bits(h) for h in analysis.histograms(word)) / 8
+    finest = get_codec({"id": "raw", **params[-1]}).values_analysis(arr, analysis)
+    word = params[-1]["word"]
+    entropy = sum(codebook.entropy_bits(h) for h in finest.histograms(word)) / 8
     return codec.get_config(), payload, entropy
+
+
+def quantization_parameters(model: onnx.ModelProto) -> set[str]:
+    """Names read as scales or zero points by QuantizeLinear/DequantizeLinear
+    nodes anywhere in ``model``: tensors a lossy cast must not touch."""
+    from onnxshrink.model import iter_graphs
+
+    graphs = [g for g, _ in iter_graphs(model.graph)]
+    nodes = [n for g in graphs for n in g.node] + [n for f in model.functions for n in f.node]
+    return {name for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+            for name in n.input[1:3] if name}
 
 
 def write_packed(result: PackResult, path: str | os.PathLike) -> None:
@@ -142,21 +191,31 @@ def _read_source(source: str | os.PathLike | bytes | bytearray | memoryview) -> 
         raise PackError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limits: Limits = Limits()) -> onnx.ModelProto:
+def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limits: Limits = Limits(),
+                materialize: str = "qdq") -> onnx.ModelProto:
     """Read a packed model (a path or the container bytes) into a ModelProto
     whose tensors are bit-identical to those packed.
 
     Every size is checked against ``limits`` and the real bytes before it is
     allocated, and every tensor against its CRC32. Anything wrong raises
     PackError, never another exception.
+
+    ``materialize``: ``"qdq"`` (default) gives the model as packed;
+    ``"float"`` replaces each quantized weight's DequantizeLinear node by a
+    float32 initializer of exactly the values the node computes (see
+    :mod:`onnxshrink.pack.materialize`): no dequantization at run time.
     """
+    check_mode(materialize)
     data, name = _read_source(source)
     try:
-        return _restore(data, limits)
+        model = _restore(data, limits)
     except OnnxShrinkError as e:
         raise PackError(f"{name}: {e}") from None
     except Exception as e:  # anything else a corrupt file provokes is still a corrupt file
         raise PackError(f"{name}: corrupt container ({type(e).__name__} while decoding)") from None
+    if materialize == "float":
+        materialize_float(model)
+    return model
 
 
 # Tensors up to this size are decoded together, in groups of up to
@@ -235,14 +294,15 @@ def pack_file(src: str | os.PathLike, dst: str | os.PathLike, options: PackOptio
     return result.report
 
 
-def unpack_file(src: str | os.PathLike, dst: str | os.PathLike, limits: Limits = Limits()) -> onnx.ModelProto:
+def unpack_file(src: str | os.PathLike, dst: str | os.PathLike, limits: Limits = Limits(),
+                materialize: str = "qdq") -> onnx.ModelProto:
     """Restore the packed model at ``src`` as a plain .onnx at ``dst`` (atomic;
     external data beside it when the model is too large for one protobuf).
-    Returns the restored model."""
+    ``materialize`` as for :func:`load_packed`. Returns the restored model."""
     from onnxshrink.model import save_model
 
     _refuse_same_file(src, dst)
-    model = load_packed(src, limits)
+    model = load_packed(src, limits, materialize)
     save_model(model, dst)
     return model
 

@@ -22,7 +22,12 @@ from onnxshrink.errors import PackError
 from onnxshrink.pack.bytereader import ByteReader, i32, u8, u16, u32, u64
 
 MAGIC = b"\x89ONNXZ\r\n"
-VERSION = 1
+VERSION = 2  # the newest version this build reads and writes
+VERSIONS = (1, 2)
+# Codec parameters version 2 added (sub-byte symbols, float16 storage); a
+# container that uses none of them is written as version 1, which older
+# readers still read.
+V2_CODEC_KEYS = frozenset({"symbol_bits", "cast"})
 _PREFIX = struct.Struct("<8sHHB3xQQ")  # magic, version, flags, compression, stored, length
 PREFIX_SIZE = _PREFIX.size + 4  # + CRC32
 NONE, ZLIB, LZMA = 0, 1, 2
@@ -76,7 +81,8 @@ def write(skeleton: bytes, entries: list[Entry], payloads: list[bytes]) -> bytes
     """Serialise a container; same inputs give the same bytes."""
     header = b"".join([u64(len(skeleton)), skeleton, u32(len(entries))] + [_entry_bytes(e) for e in entries])
     method, stored = _compress(header)
-    prefix = _PREFIX.pack(MAGIC, VERSION, 0, method, len(stored), len(header))
+    version = 2 if any(V2_CODEC_KEYS & set(e.codec) for e in entries) else 1
+    prefix = _PREFIX.pack(MAGIC, version, 0, method, len(stored), len(header))
     crc = zlib.crc32(stored, zlib.crc32(prefix))
     return b"".join([prefix, u32(crc), stored, *payloads])
 
@@ -113,8 +119,9 @@ def read(data: bytes | memoryview, limits: Limits = Limits()) -> Container:
     if len(view) < PREFIX_SIZE or bytes(view[:8]) != MAGIC:
         raise PackError("not an onnxshrink packed model (.onnxz): the magic bytes are missing")
     magic, version, flags, method, stored_len, header_len = _PREFIX.unpack(view[: _PREFIX.size])
-    if version != VERSION:
-        raise PackError(f"unsupported .onnxz version {version} (this onnxshrink reads version {VERSION}); "
+    if version not in VERSIONS:
+        raise PackError(f"unsupported .onnxz version {version} (this onnxshrink reads versions "
+                        f"{', '.join(map(str, VERSIONS))}); "
                         "use a newer onnxshrink")
     (crc,) = struct.unpack("<I", view[_PREFIX.size : PREFIX_SIZE])
     if flags != 0 or method not in (NONE, ZLIB, LZMA):
@@ -132,6 +139,8 @@ def read(data: bytes | memoryview, limits: Limits = Limits()) -> Container:
     count = reader.bounded(reader.u32(), limits.max_entries, "number of tensors")
     entries = [_read_entry(reader, limits) for _ in range(count)]
     reader.expect_end()
+    if version == 1 and any(V2_CODEC_KEYS & set(e.codec) for e in entries):
+        raise PackError("corrupt container: a version 1 file uses codec parameters of version 2")
     total = sum(e.decoded_length for e in entries)
     if total > limits.max_total_bytes:
         raise PackError(f"container declares {total} bytes of tensors, beyond the limit {limits.max_total_bytes}")

@@ -28,6 +28,7 @@ class TensorReport:
     bytes_before: int
     bytes_after: int
     entropy_bytes: float
+    stored_as: str = ""  # "float16": a float32 tensor stored as float16 (lossy, PackOptions.float16_small)
 
     @property
     def elements(self) -> int:
@@ -71,6 +72,11 @@ class PackReport:
         return sum(t.entropy_bytes for t in self.packed)
 
     @property
+    def float16_tensors(self) -> list[str]:
+        """Names of the float32 tensors stored as float16 (lossy)."""
+        return [t.name for t in self.tensors if t.stored_as == "float16"]
+
+    @property
     def codec_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for t in self.tensors:
@@ -92,5 +98,6 @@ class PackReport:
                 "packed_over_entropy": round(self.tensor_bytes_after / entropy, 4) if entropy else None,
                 "ratio": round(self.container_bytes / self.model_bytes, 4) if self.model_bytes else None,
                 "codecs": self.codec_counts,
+                "float16_tensors": self.float16_tensors,
             },
         }

@@ -28,15 +28,18 @@ def inference_session_from_packed(
     sess_options=None,
     limits: Limits = Limits(),
     inline_limit: int = INLINE_SESSION_BYTES,
+    materialize: str = "qdq",
 ):
     """Build an ``onnxruntime.InferenceSession`` from a packed model (path or bytes).
 
     ``providers`` defaults to the CPU provider. ``sess_options`` is used as
     given (and, for large models, gains the external initializers).
+    ``materialize="float"`` runs quantized weights as float32 initializers
+    (see :func:`load_packed`).
     """
     import onnxruntime as ort
 
-    model = load_packed(source, limits)
+    model = load_packed(source, limits, materialize)
     providers = providers or ["CPUExecutionProvider"]
     sess_options = sess_options or ort.SessionOptions()
     if model.ByteSize() < inline_limit:

@@ -22,15 +22,13 @@ from onnxshrink.pack.codecs.registry import register_codec
 class Huffman(Codec):
     codec_id = "huffman"
 
-    def encode(self, data: np.ndarray, analysis: Analysis | None = None) -> bytes:
-        a = analysis or Analysis(data)
+    def encode_values(self, data: np.ndarray, a: Analysis) -> bytes:
         return b"".join(stream.encode(p, counts=h) for p, h in zip(a.planes(self.word), a.histograms(self.word)))
 
-    def estimate(self, data: np.ndarray, analysis: Analysis | None = None) -> int:
-        a = analysis or Analysis(data)
+    def estimate_values(self, data: np.ndarray, a: Analysis) -> int:
         return sum(stream.estimate(h) for h in a.histograms(self.word))
 
-    def decode_steps(self, reader: ByteReader, nbytes: int) -> DecodeSteps:
+    def decode_values(self, reader: ByteReader, nbytes: int) -> DecodeSteps:
         n = self._check_size(reader, nbytes)
         planes = [stream.parse(reader, n) for _ in range(self.word)]
         yield stream.pending(planes)

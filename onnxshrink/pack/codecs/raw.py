@@ -13,13 +13,13 @@ from onnxshrink.pack.codecs.registry import register_codec
 class Raw(Codec):
     codec_id = "raw"
 
-    def encode(self, data: np.ndarray, analysis: Analysis | None = None) -> bytes:
+    def encode_values(self, data: np.ndarray, analysis: Analysis) -> bytes:
         return data.tobytes()
 
-    def estimate(self, data: np.ndarray, analysis: Analysis | None = None) -> int:
+    def estimate_values(self, data: np.ndarray, analysis: Analysis) -> int:
         return data.size
 
-    def decode_steps(self, reader: ByteReader, nbytes: int) -> DecodeSteps:
+    def decode_values(self, reader: ByteReader, nbytes: int) -> DecodeSteps:
         data = np.frombuffer(reader.take(nbytes), dtype=np.uint8)
         yield []
         return data

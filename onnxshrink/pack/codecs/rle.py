@@ -37,7 +37,7 @@ class RunLength(Codec):
         hists = a.fact(("zero_run_histograms", self.word), lambda: [stream.histogram(s) for s in streams])
         return tail, streams, hists
 
-    def worth_trying(self, analysis: Analysis) -> bool:
+    def worth_trying_values(self, analysis: Analysis) -> bool:
         # A value is zero only if its byte in every plane is: the rarest zero
         # byte bounds the share of zero values. Below ~25 % zeros, Huffman of
         # the values themselves is always smaller (measured on Laplace data).
@@ -45,21 +45,21 @@ class RunLength(Codec):
         zero_bytes = min(int(h[0]) for h in analysis.histograms(self.word))
         return n > 0 and zero_bytes >= MIN_ZERO_SHARE * n
 
-    def encode(self, data: np.ndarray, analysis: Analysis | None = None) -> bytes:
-        tail, streams, hists = self._streams(analysis or Analysis(data))
+    def encode_values(self, data: np.ndarray, analysis: Analysis) -> bytes:
+        tail, streams, hists = self._streams(analysis)
         if not self.entropy_coded:
             coded = [stream.encode(s, entropy_coded=False) for s in streams]
         else:
             coded = [stream.encode(s, counts=h) for s, h in zip(streams, hists)]
         return b"".join([varint(streams[0].size), varint(tail), *coded])
 
-    def estimate(self, data: np.ndarray, analysis: Analysis | None = None) -> int:
-        tail, streams, hists = self._streams(analysis or Analysis(data))
+    def estimate_values(self, data: np.ndarray, analysis: Analysis) -> int:
+        tail, streams, hists = self._streams(analysis)
         if not self.entropy_coded:
             return 20 + sum(1 + s.size for s in streams)
         return 20 + sum(stream.estimate(h) for h in hists)
 
-    def decode_steps(self, reader: ByteReader, nbytes: int) -> DecodeSteps:
+    def decode_values(self, reader: ByteReader, nbytes: int) -> DecodeSteps:
         n_values = self._check_size(reader, nbytes)
         n_runs = reader.bounded(reader.varint(), n_values, "number of zero runs")
         tail = reader.bounded(reader.varint(), n_values, "trailing zeros")
