@@ -41,10 +41,18 @@ class ShrinkOptions:
     gate: Gate = Gate()
     target_ratio: float | None = None
     calib_samples: int = 256
+    weight_bits: tuple[int, ...] = (8,)
 
     def __post_init__(self) -> None:
         if self.target_ratio is not None and self.target_ratio <= 1.0:
             raise UsageError(f"--target-ratio must be above 1, got {self.target_ratio}")
+        if not self.weight_bits or any(b not in (4, 8) for b in self.weight_bits):
+            raise UsageError(f"--weight-bits takes 4 and/or 8 (e.g. 4,8), got {','.join(map(str, self.weight_bits))}")
+
+    @property
+    def mixed_precision(self) -> bool:
+        """Weight-only quantization with per-layer widths, instead of static int8 QDQ."""
+        return 4 in self.weight_bits
 
     @property
     def effective_gate(self) -> Gate:
@@ -147,21 +155,66 @@ def quantization_errors(before: onnx.ModelProto, after: onnx.ModelProto) -> dict
     return errors
 
 
-def _trial(base: onnx.ModelProto, original: onnx.ModelProto, recipe: Recipe, gate: Gate, share: float | None,
-           calib: list[Batch], eval_data: Any, progress: Progress) -> dict[str, Any]:
+def _mixed_precision(model: onnx.ModelProto, original: onnx.ModelProto, widths: tuple[int, ...], gate: Gate,
+                     calib: list[Batch], check: Any, cache: dict[str, Any], progress: Progress):
+    """Weight-only quantization with GPTQ rounding: every weight at the narrowest
+    width, then the most sensitive (largest estimated output error) promoted to
+    the widest, as few as the gate allows (bisection on their number). The
+    layer Hessians come from the unpruned model and are reused by every trial.
+    Returns the WeightOnlyResult, or None when even the widest fails the gate."""
+    from onnxshrink.lowbit import WeightOnlyOptions, collect_weight_statistics, quantize_weights
+
+    narrow, wide = min(widths), max(widths)
+    base_options = WeightOnlyOptions(bits=narrow, rounding="gptq")
+    if "layer_stats" not in cache:
+        cache["layer_stats"] = collect_weight_statistics(cache["base"], calib, base_options, progress=progress)
+    stats = cache["layer_stats"]
+
+    def quantized(promoted: list[str]):
+        opts = dataclasses.replace(base_options, layer_bits={name: wide for name in promoted})
+        return quantize_weights(model, opts, calib=calib, layer_stats=stats)
+
+    def passes(result) -> bool:
+        return compare_models(original, result.model, check, gate=gate, measure_latency=False).passed
+
+    first = quantized([])
+    if passes(first):
+        return first
+    ranked = sorted((w for w in first.report.weights if w.bits),
+                    key=lambda w: -(w.output_error if w.output_error is not None else w.relative_error))
+    names = [w.name for w in ranked]
+    if narrow == wide:
+        return None
+    best = quantized(names)
+    if not passes(best):
+        return None
+    lo, hi = 0, len(names)  # lo fails, hi passes
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        candidate = quantized(names[:mid])
+        if passes(candidate):
+            hi, best = mid, candidate
+        else:
+            lo = mid
+    return best
+
+
+def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOptions, gate: Gate, share: float | None,
+           calib: list[Batch], eval_data: Any, progress: Progress, cache: dict[str, Any]) -> dict[str, Any]:
     """One candidate: prune with ``share`` of the budget (None: as the recipe says),
     quantize within the rest, validate against the original, pack."""
     from onnxshrink.pruning import PruneOptions, prune_model
     from onnxshrink.quantization import QuantizeOptions, quantize_model
 
+    recipe = options.recipe
     budget = _budget(gate)
     model, stages, layers = base, [], {}
     check = eval_data if eval_data is not None else calib
     prune_cfg = recipe.prune
     if prune_cfg is not None and (share is None or share > 0):
         targets = {} if (share is None and prune_cfg.get("sparsity") is not None) else _sub_gate(gate, budget * (share or 0))
-        options = PruneOptions(**prune_cfg, **targets)
-        result = prune_model(model, options, calib=calib, eval_data=check, progress=progress)
+        prune_options = PruneOptions(**prune_cfg, **targets)
+        result = prune_model(model, prune_options, calib=calib, eval_data=check, progress=progress)
         model = result.model
         summary = result.report.to_dict()
         stages.append(("prune", model, f"{100 * result.report.weight_sparsity:.1f}% of weights zero"))
@@ -170,7 +223,18 @@ def _trial(base: onnx.ModelProto, original: onnx.ModelProto, recipe: Recipe, gat
     used = 0.0
     if stages:
         used = _drop(compare_models(original, model, check, gate=Gate(), measure_latency=False), gate)
-    if recipe.quantize is not None:
+    if recipe.quantize is not None and options.mixed_precision:
+        chosen = _mixed_precision(model, original, options.weight_bits, gate, calib, check, cache, progress)
+        if chosen is None:
+            return {"failed": "no mix of weight widths meets the gate", "share": share}
+        model = chosen.model
+        kept = sum(1 for w in chosen.report.weights if w.bits == max(options.weight_bits))
+        stages.append(("quantize", model, f"weights: {len(chosen.report.weights) - kept} at "
+                                          f"{min(options.weight_bits)} bits, {kept} at {max(options.weight_bits)} bits"))
+        for w in chosen.report.weights:
+            entry = layers.setdefault(w.name, {"name": w.name, "sparsity": w.sparsity})
+            entry.update({"quant_error": w.relative_error, "bits": w.bits})
+    elif recipe.quantize is not None:
         q_options = QuantizeOptions(**recipe.quantize, **(_sub_gate(gate, budget - used) if gate.active else {}))
         try:
             q = quantize_model(model, calib, q_options, eval_data=check, progress=progress)
@@ -220,9 +284,10 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
     if options.target_ratio is not None:
         shares = tuple(reversed(shares))  # least aggressive first: the most accurate that reaches the ratio
     trials, chosen = [], None
+    cache: dict[str, Any] = {"base": base}
     for i, share in enumerate(shares):
         progress("search", i, len(shares))
-        trial = _trial(base, original, recipe, gate, share, calib_batches, eval_data, progress)
+        trial = _trial(base, original, options, gate, share, calib_batches, eval_data, progress, cache)
         if "failed" in trial:
             trials.append({"trial": i, "prune_budget_share": share, "passed": False, "why": trial["failed"]})
             continue
@@ -248,6 +313,7 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
     report = {
         "model": model_name,
         "recipe": recipe.to_dict(),
+        "weight_bits": list(options.weight_bits),
         "gate": dataclasses.asdict(gate),
         "passed": True,
         "original_bytes": original_bytes,

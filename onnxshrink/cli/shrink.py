@@ -54,6 +54,13 @@ def with_overrides(recipe: Recipe, *, sparsity: float | None, pattern: str | Non
     return dataclasses.replace(recipe, **changes)
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise UsageError(f"--weight-bits takes widths like 4,8, got '{text}'") from None
+
+
 @reports_errors
 def shrink_command(
     model: Annotated[Path, typer.Argument(help="The .onnx model to shrink (only read).")],
@@ -71,6 +78,7 @@ def shrink_command(
     prune: Annotated[Optional[bool], typer.Option("--prune/--no-prune", help="Run or skip the prune stage.")] = None,
     quantize: Annotated[Optional[bool], typer.Option("--quantize/--no-quantize", help="Run or skip the quantize stage.")] = None,
     simplify: Annotated[Optional[bool], typer.Option("--simplify/--no-simplify", help="Run or skip onnxsim constant folding.")] = None,
+    weight_bits: Annotated[str, typer.Option("--weight-bits", help="Allowed weight widths, e.g. 4,8: weight-only quantization with a per-layer width chosen under the gate (default 8: static int8).")] = "8",
     report_html: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here.")] = None,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
@@ -83,7 +91,7 @@ def shrink_command(
     chosen = with_overrides(chosen, sparsity=sparsity, pattern=pattern, prune_method=prune_method,
                             quant_method=quant_method, prune=prune, quantize=quantize, simplify=simplify)
     options = ShrinkOptions(recipe=chosen, gate=Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop),
-                            target_ratio=target_ratio)
+                            target_ratio=target_ratio, weight_bits=_widths(weight_bits))
     with progress_bar(quiet) as progress:
         result = shrink(source, calib, options, eval_data=eval_data, model_name=str(model), progress=progress)
     result.report["original_bytes"] = model.stat().st_size
