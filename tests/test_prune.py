@@ -50,7 +50,11 @@ def small_net(seed: int = 0) -> onnx.ModelProto:
 
 
 def calib(n: int = 64, seed: int = 1) -> list[Batch]:
-    x = np.random.default_rng(seed).standard_normal((n, 4, 6, 6)).astype(np.float32)
+    """Inputs with correlated features (12 latent factors), as real data has."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(99).standard_normal((12, 144))
+    x = rng.standard_normal((n, 12)) @ mix + 0.1 * rng.standard_normal((n, 144))
+    x = x.reshape(n, 4, 6, 6).astype(np.float32)
     return [Batch({"x": x[i:i + 32]}) for i in range(0, n, 32)]
 
 
@@ -143,12 +147,12 @@ def test_hessian_reconstruction_beats_magnitude_on_the_layer_output():
     assert n_m_holds(nm[0], 1, 2, 4)
 
 
-def test_hessian_beats_magnitude_on_model_outputs():
-    model, data = small_net(), calib(128)
-    dense = run(model, data)
+def test_hessian_beats_magnitude_on_held_out_outputs():
+    model, data, held = small_net(), calib(256), calib(128, seed=7)
+    dense = run(model, held)
     errors = {}
     for method in ("magnitude", "hessian"):
-        out = run(prune_model(model, PruneOptions(sparsity=0.7, method=method, min_size=64), calib=data).model, data)
+        out = run(prune_model(model, PruneOptions(sparsity=0.7, method=method, min_size=64), calib=data).model, held)
         errors[method] = float(((out - dense) ** 2).sum() / (dense**2).sum())
     assert errors["hessian"] < 0.5 * errors["magnitude"]
 
@@ -210,3 +214,8 @@ def test_light_squeezenet_after_simplify_prunes_and_runs():
             assert abs(result.report.weight_sparsity - 0.5) < 0.01
         else:
             assert result.report.params_after < result.report.params_before
+
+
+def test_cosine_target_needs_some_data():
+    with pytest.raises(UsageError, match="--min-cosine"):
+        prune_model(small_net(), PruneOptions(min_cosine=0.99))

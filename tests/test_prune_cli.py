@@ -27,7 +27,8 @@ def test_every_option_has_a_flag_named_after_it():
     for hint in hints.values():
         for meta in getattr(hint, "__metadata__", ()):
             # in Annotated, typer reads a string first argument as the first flag
-            flags.update([getattr(meta, "default", None)] + list(getattr(meta, "param_decls", None) or ()))
+            decls = [getattr(meta, "default", None)] + list(getattr(meta, "param_decls", None) or ())
+            flags.update(d for d in decls if isinstance(d, str))
     for field in dataclasses.fields(PruneOptions):
         flag = "--" + field.name.replace("_", "-")
         assert flag in flags or any(f.startswith(flag + "/") for f in flags), flag

@@ -96,6 +96,8 @@ def prune_model(
         raise UsageError(f"--method {method} needs calibration data: give --calib DATA (an .npz of model inputs)")
     if options.max_accuracy_drop is not None and eval_data is None:
         raise UsageError("--max-accuracy-drop needs labelled evaluation data: give --eval DATA")
+    if options.min_cosine is not None and eval_data is None and calib is None:
+        raise UsageError("--min-cosine needs inputs to compare outputs on: give --eval DATA or --calib DATA")
     work = onnx.ModelProto()
     work.CopyFrom(model)
     notes: list[str] = []
@@ -117,6 +119,7 @@ def prune_model(
     targets, skipped = prunable_weights(work, min_size=options.min_size, exclude=options.exclude,
                                         include_recurrent=options.include_recurrent)
     if options.pattern == "channel":
+        skipped = {name: why for name, why in skipped.items() if why == "excluded"}
         if options.has_target:
             work, records, groups, search = search_sparsity(work, reference, options, method, batches, check_data,
                                                             targets=None, progress=progress)
@@ -180,7 +183,7 @@ def prune_unstructured(
     if sparsities is None:
         s = options.sparsity or 0.0
         if options.scope == "global" and n_m is None:
-            sparsities = global_sparsities(targets, stats, s)
+            sparsities = global_sparsities(targets, s)
         else:
             sparsities = {t.name: s for t in targets}
     return prune_tensors(targets, sparsities, method, stats, n_m=n_m, block_size=options.block_size,

@@ -23,9 +23,8 @@ class PruneOptions:
     ``min_cosine``) it is the most the search may reach (default: as high as
     the target allows). ``method=None`` picks ``hessian`` when calibration
     data is given and ``magnitude`` otherwise. ``scope="layer"`` gives every
-    layer the same sparsity; ``"global"`` ranks weights across layers (by
-    ``|w|``, or ``|w| * rms(x)`` with calibration data) to set each layer's
-    share. ``exclude`` holds weight or node names (shell patterns allowed).
+    layer the same sparsity; ``"global"`` ranks ``|w|`` across layers to set each
+    layer's share, which the method then prunes its own way. ``exclude`` holds weight or node names (shell patterns allowed).
     """
 
     sparsity: float | None = None
