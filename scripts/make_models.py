@@ -14,7 +14,7 @@ Run it in an environment of its own, with the CPU build of torch pinned:
 
     python3 -m venv /tmp/models-venv
     /tmp/models-venv/bin/pip install torch==2.13.0 onnxscript scikit-learn onnx onnxruntime numpy
-    /tmp/models-venv/bin/python scripts/make_models.py            # all four, ~10 min on 2 cores
+    /tmp/models-venv/bin/python scripts/make_models.py            # all four, ~5 min on 2 idle cores
     /tmp/models-venv/bin/python scripts/make_models.py digits_mlp # just one
 
 Seeds are fixed (SEED in make_digits_data.py, plus one offset per model) and

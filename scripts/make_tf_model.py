@@ -12,7 +12,7 @@ TensorFlow gets an environment of its own, apart from the torch one:
 
     python3 -m venv /tmp/tf-venv
     /tmp/tf-venv/bin/pip install "tensorflow-cpu==2.21.*" "tf2onnx==1.17.*" scikit-learn onnx onnxruntime numpy
-    /tmp/tf-venv/bin/python scripts/make_tf_model.py     # ~1 min on 2 cores
+    /tmp/tf-venv/bin/python scripts/make_tf_model.py     # ~30 s on 2 idle cores
 
 Seeds are fixed and TensorFlow runs with op determinism on. tf2onnx 1.17 with
 Keras 3 cannot convert a keras.Sequential (from_keras fails with a KeyError),
