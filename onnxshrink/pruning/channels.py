@@ -32,6 +32,7 @@ from onnxshrink.activations import (
     from_matrices,
 )
 from onnxshrink.data import Batch
+from onnxshrink.pruning.blas import single_threaded
 from onnxshrink.pruning.channel_groups import ChannelAnalysis, Track, analyze_channels, expand
 from onnxshrink.pruning.obs import cholesky_lower, lower_inverse
 from onnxshrink.pruning.options import ROWS_PER_FEATURE, PruneOptions
@@ -154,6 +155,7 @@ def _spd_inverse(a: np.ndarray) -> np.ndarray:
     return lower_inv.T @ lower_inv
 
 
+@single_threaded()
 def _refit(w: np.ndarray, bias: np.ndarray | None, kept_features: np.ndarray, s: LayerInputStats, damp: float,
            least_squares: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """New [rows, kept features] weights (and bias) for a layer whose other

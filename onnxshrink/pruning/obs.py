@@ -15,15 +15,16 @@ from typing import Callable
 
 import numpy as np
 
+from onnxshrink.pruning.blas import single_threaded
 from onnxshrink.pruning.masks import lowest_per_row, n_m_mask
 
 from onnxshrink.activations import HESSIAN_MAX_FEATURES as MAX_FEATURES  # noqa: F401  (re-exported)
 
 
-# LAPACK factorisations run on blocks of at most this size; the rest is matmul.
-# OpenBLAS's threaded potrf/getri can be 10-100x slower than its matmul on a
-# busy machine, while small blocks stay on its single-thread path.
-_BLOCK = 128
+# LAPACK factorisations run on blocks of at most this size, the rest is
+# matmul: small blocks stay on OpenBLAS's single-thread path even where
+# blas.single_threaded cannot reach the library (see blas.py for why).
+_BLOCK = 64
 
 
 def _small_inverse(a: np.ndarray) -> np.ndarray:
@@ -86,6 +87,7 @@ def inverse_cholesky(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.n
     raise np.linalg.LinAlgError("the Hessian is not positive definite even with heavy damping")
 
 
+@single_threaded()
 def obs_prune(
     weights: np.ndarray,
     hessian: np.ndarray,
@@ -144,6 +146,7 @@ def obs_prune(
     return w
 
 
+@single_threaded()
 def reconstruction_error(original: np.ndarray, pruned: np.ndarray, hessian: np.ndarray) -> float:
     """Relative output error ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` of a layer, from its Hessian."""
     delta = pruned - original
