@@ -25,6 +25,11 @@ from onnxshrink.validation import Gate, ValidationReport, compare_models
 Progress = Callable[[str, int, int], None]
 # Fractions of the accuracy (or cosine) budget given to pruning, most aggressive first.
 PRUNE_BUDGET_SHARES = (0.75, 0.5, 0.25, 0.0)
+# When the first passing candidate used less than this fraction of the budget,
+# one bolder candidate (pruning gets the whole budget) is tried as well.
+SLACK_FRACTION = 0.6
+# Ranges tried for static int8 weight codes, narrowest first (4: codes in [-7, 7]).
+WEIGHT_RANGE_BITS = (4, 6, 8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,12 +204,33 @@ def _mixed_precision(model: onnx.ModelProto, original: onnx.ModelProto, widths: 
     return best
 
 
+def _static_int8(model: onnx.ModelProto, original: onnx.ModelProto, settings: dict[str, Any], gate: Gate,
+                 remaining: float, calib: list[Batch], check: Any, progress: Progress):
+    """Static int8 QDQ within what is left of the budget. Unless the recipe fixes
+    it, weight codes are first tried in a narrow range (fewer distinct levels
+    pack smaller and still run in int8 kernels), widening until the final model
+    passes the gate against the original. None when not even full int8 does."""
+    from onnxshrink.quantization import QuantizeOptions, quantize_model
+
+    ranges = (settings["weight_range_bits"],) if "weight_range_bits" in settings else WEIGHT_RANGE_BITS
+    targets = _sub_gate(gate, remaining) if gate.active else {}
+    for bits in ranges:
+        options = QuantizeOptions(**{**settings, "weight_range_bits": bits}, **targets)
+        try:
+            q = quantize_model(model, calib, options, eval_data=check, progress=progress)
+        except GateFailed:
+            continue
+        if not gate.active or len(ranges) == 1 or \
+                compare_models(original, q.model, check, gate=gate, measure_latency=False).passed:
+            return q
+    return None
+
+
 def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOptions, gate: Gate, share: float | None,
            calib: list[Batch], eval_data: Any, progress: Progress, cache: dict[str, Any]) -> dict[str, Any]:
     """One candidate: prune with ``share`` of the budget (None: as the recipe says),
     quantize within the rest, validate against the original, pack."""
     from onnxshrink.pruning import PruneOptions, prune_model
-    from onnxshrink.quantization import QuantizeOptions, quantize_model
 
     recipe = options.recipe
     budget = _budget(gate)
@@ -235,15 +261,15 @@ def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOpti
             entry = layers.setdefault(w.name, {"name": w.name, "sparsity": w.sparsity})
             entry.update({"quant_error": w.relative_error, "bits": w.bits})
     elif recipe.quantize is not None:
-        q_options = QuantizeOptions(**recipe.quantize, **(_sub_gate(gate, budget - used) if gate.active else {}))
-        try:
-            q = quantize_model(model, calib, q_options, eval_data=check, progress=progress)
-        except GateFailed as e:
+        q = _static_int8(model, original, recipe.quantize, gate, budget - used, calib, check, progress)
+        if q is None:
             # Pruning left too little of the budget: this candidate fails, a milder one follows.
-            return {"failed": f"quantization within the remaining budget: {e}", "share": share}
+            return {"failed": "quantization within the remaining budget", "share": share}
         errors = quantization_errors(model, q.model)
         model = q.model
-        stages.append(("quantize", model, f"{len(q.report.left_float)} nodes left in float"))
+        range_bits = q.report.weight_range_bits
+        stages.append(("quantize", model, f"int8, weight codes in {range_bits}-bit range; "
+                                          f"{len(q.report.left_float)} nodes left in float"))
         for name, err in errors.items():
             layers.setdefault(name, {"name": name, "sparsity": 0.0})["quant_error"] = err
     validation = compare_models(original, model, check, gate=gate, measure_latency=True)
@@ -299,6 +325,18 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
         if passed:
             chosen = trial
             break
+    if (chosen is not None and options.target_ratio is None and chosen["share"] == shares[0]
+            and _drop(chosen["validation"], gate) < SLACK_FRACTION * _budget(gate)):
+        # The first candidate left much of the budget unused: try pruning with all of it.
+        trial = _trial(base, original, options, gate, 1.0, calib_batches, eval_data, progress, cache)
+        if "failed" not in trial:
+            ratio = original_bytes / max(trial["size"], 1)
+            passed = trial["validation"].passed
+            trials.append({"trial": len(trials), "prune_budget_share": 1.0, "size_bytes": trial["size"],
+                           "ratio": round(ratio, 3), "accuracy_drop": round(_drop(trial["validation"], gate), 4),
+                           "passed": passed})
+            if passed and trial["size"] < chosen["size"]:
+                chosen = trial
     progress("search", len(trials), len(trials))
     if chosen is None:
         last = trials[-1]

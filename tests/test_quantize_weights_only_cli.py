@@ -56,3 +56,24 @@ def test_bad_weight_only_flags_exit_2(tmp_path, flags, message):
     result = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--weights-only", *flags)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_narrow_weight_range_keeps_int8_kernels_and_packs_smaller(tmp_path):
+    """--weight-range-bits 4: int8 weights whose codes lie in [-7, 7]; same graph, smaller packed size."""
+    from conftest import MODELS
+
+    src = MODELS / "digits_mlp.onnx"
+    calib = MODELS / "digits_mlp.calib.npz"
+    sizes = {}
+    for bits in ("8", "4"):
+        out = tmp_path / f"q{bits}.onnx"
+        result = run_cli("quantize", src, "-o", out, "--calib", calib, "--weight-range-bits", bits, "--no-latency-guard")
+        assert result.returncode == 0, result.stderr
+        q = onnx.load(str(out))
+        codes = [numpy_helper.to_array(t) for t in q.graph.initializer
+                 if t.data_type == TensorProto.INT8 and t.name.endswith("_quantized")]
+        assert codes and max(int(np.abs(c).max()) for c in codes) == (7 if bits == "4" else 127)
+        packed = tmp_path / f"q{bits}.onnxz"
+        assert run_cli("pack", out, "-o", packed).returncode == 0
+        sizes[bits] = packed.stat().st_size
+    assert sizes["4"] < 0.7 * sizes["8"]

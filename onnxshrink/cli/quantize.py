@@ -47,6 +47,7 @@ def quantize_command(
     latency_guard: Annotated[bool, typer.Option("--latency-guard/--no-latency-guard", help="Keep in float nodes onnxruntime cannot run as integer kernels; measure latency.")] = QuantizeOptions.latency_guard,
     fold_constants: Annotated[bool, typer.Option("--fold-constants/--no-fold-constants", help="Run onnxsim first when a layer weight is computed at run time.")] = QuantizeOptions.fold_constants,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")] = QuantizeOptions.batch_size,
+    weight_range_bits: Annotated[int, typer.Option("--weight-range-bits", help="Static int8: weight codes use this many bits of range (8 = full; 6 packs smaller, same int8 kernels).")] = QuantizeOptions.weight_range_bits,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Quantize only the weights (int8/int4 behind DequantizeLinear); activations stay float; --calib optional.")] = False,
     bits: Annotated[int, typer.Option("--bits", help="With --weights-only: 8 or 4 bits per weight.")] = WeightOnlyOptions.bits,
     granularity: Annotated[str, typer.Option("--granularity", help="With --weights-only: 'channel' or 'block:N' scales.")] = WeightOnlyOptions.granularity,
@@ -77,7 +78,7 @@ def quantize_command(
         method=method, percentile=percentile, per_channel=per_channel, activations=activations,
         exclude_nodes=_names(exclude_nodes), exclude_ops=_names(exclude_ops), min_cosine=min_cosine,
         max_accuracy_drop=max_accuracy_drop, dynamic=dynamic, latency_guard=latency_guard,
-        fold_constants=fold_constants, batch_size=batch_size,
+        fold_constants=fold_constants, batch_size=batch_size, weight_range_bits=weight_range_bits,
     )
     if dynamic and calib is not None:
         raise UsageError("--dynamic needs no --calib; drop one of them")

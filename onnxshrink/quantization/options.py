@@ -27,6 +27,9 @@ class QuantizeOptions:
     fp32 latency and puts back in float the nodes onnxruntime cannot run in
     integer kernels. ``fold_constants`` runs onnxsim first when a layer weight
     is computed at run time. ``batch_size`` is the calibration batch size.
+    ``weight_range_bits`` below 8 keeps int8 weights but uses only the codes of a
+    narrower symmetric range (6: [-31, 31]): the model still runs in int8
+    kernels, and its weights pack smaller.
     """
 
     method: str = "minmax"
@@ -41,6 +44,7 @@ class QuantizeOptions:
     latency_guard: bool = True
     fold_constants: bool = True
     batch_size: int = 32
+    weight_range_bits: int = 8
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -55,6 +59,8 @@ class QuantizeOptions:
             raise UsageError(f"--max-accuracy-drop is in points and must lie in [0, 100], got {self.max_accuracy_drop}")
         if self.min_cosine is not None and self.max_accuracy_drop is not None:
             raise UsageError("give one target: --min-cosine or --max-accuracy-drop, not both")
+        if not 2 <= self.weight_range_bits <= 8:
+            raise UsageError(f"--weight-range-bits must lie in 2..8 (codes within the int8 range), got {self.weight_range_bits}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
         if self.dynamic and self.accuracy_aware:

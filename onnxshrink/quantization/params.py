@@ -55,8 +55,13 @@ class QuantizedWeight:
     axis: int | None
 
 
-def weight_scales(weight: np.ndarray, axis: int | None) -> np.ndarray:
-    """Symmetric scales, max|w| / 127 per channel along ``axis`` (per tensor if None).
+def weight_levels(bits: int) -> int:
+    """The largest code of symmetric weights with ``bits`` of range: 127 for 8, 31 for 6."""
+    return 2 ** (bits - 1) - 1
+
+
+def weight_scales(weight: np.ndarray, axis: int | None, levels: int = WEIGHT_LEVELS) -> np.ndarray:
+    """Symmetric scales, max|w| / ``levels`` (127) per channel along ``axis`` (per tensor if None).
 
     An all-zero channel gets scale 1 (any scale maps zeros to zeros); tiny
     non-zero channels get at least MIN_SCALE."""
@@ -65,16 +70,16 @@ def weight_scales(weight: np.ndarray, axis: int | None) -> np.ndarray:
         peak = np.asarray(w.max(initial=0.0))
     else:
         peak = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1).max(axis=1, initial=0.0)
-    scale = peak / WEIGHT_LEVELS
+    scale = peak / levels
     scale = np.where(peak > 0, np.maximum(scale, MIN_SCALE), 1.0)
     return scale.astype(np.float32)
 
 
-def quantize_weight(weight: np.ndarray, scale: np.ndarray, axis: int | None) -> QuantizedWeight:
-    """int8 values ``round(w / scale)`` clipped to [-127, 127]; zeros stay exactly zero."""
+def quantize_weight(weight: np.ndarray, scale: np.ndarray, axis: int | None, levels: int = WEIGHT_LEVELS) -> QuantizedWeight:
+    """int8 values ``round(w / scale)`` clipped to [-levels, levels]; zeros stay exactly zero."""
     w = np.asarray(weight, dtype=np.float32)
     s = scale if axis is None else scale.reshape([-1 if d == axis else 1 for d in range(w.ndim)])
-    q = np.clip(np.rint(w / s), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8)
+    q = np.clip(np.rint(w / s), -levels, levels).astype(np.int8)
     return QuantizedWeight(q, scale.astype(np.float32), axis)
 
 

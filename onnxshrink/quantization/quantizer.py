@@ -132,7 +132,8 @@ def build(prepared: Prepared, source: StatisticsSource, options: QuantizeOptions
                      exclude_ops=frozenset(options.exclude_ops), keep_float=keep_float)
     stats = source.require(plan.calibrated)
     params = compute_params(plan, stats, prepared.model.graph, options.method, options.activations, options.percentile)
-    model, records = apply_plan(prepared.model, plan, params, per_channel=options.per_channel)
+    model, records = apply_plan(prepared.model, plan, params, per_channel=options.per_channel,
+                                 weight_range_bits=options.weight_range_bits)
     return model, plan, records
 
 
@@ -221,7 +222,7 @@ def quantize_model(
                    "method": options.method, "histograms": options.method != "minmax"}
     report = QuantizeReport(
         mode="static", method=options.method, activations=options.activations, per_channel=options.per_channel,
-        nodes=[r.to_dict() for r in records], left_float=left_float,
+        weight_range_bits=options.weight_range_bits, nodes=[r.to_dict() for r in records], left_float=left_float,
         size_bytes={"original": model.ByteSize(), "quantized": qmodel.ByteSize()},
         calibration=calibration, validation=validation.to_dict(), latency_ms=dict(lat), target=target,
         search=search_log, prepared=prepared.notes, warnings=warnings,

@@ -24,6 +24,7 @@ class QuantizeReport:
     search: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     prepared: dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    weight_range_bits: int = 8
 
     @property
     def size_ratio(self) -> float:

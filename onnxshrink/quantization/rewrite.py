@@ -26,6 +26,7 @@ from onnxshrink.quantization.params import (
     fit_bias,
     quantize_bias,
     quantize_weight,
+    weight_levels,
     weight_scales,
 )
 from onnxshrink.quantization.plan import NodePlan, Plan
@@ -82,8 +83,9 @@ def compute_params(plan: Plan, stats: CalibrationStats, graph: onnx.GraphProto, 
 
 
 def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams], *,
-               per_channel: bool) -> tuple[onnx.ModelProto, list[NodeRecord]]:
-    """A new model with ``plan`` written in; ``model`` is not changed."""
+               per_channel: bool, weight_range_bits: int = 8) -> tuple[onnx.ModelProto, list[NodeRecord]]:
+    """A new model with ``plan`` written in; ``model`` is not changed. Weight codes
+    use ``weight_range_bits`` of the int8 range (fewer levels pack smaller)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -157,7 +159,8 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams
                 inputs[value] = params[value].to_dict()
         weight_record = None
         if p.weight is not None:
-            weight_record = _quantize_weight_input(graph, p, params, names, head, weight_cache, per_channel)
+            weight_record = _quantize_weight_input(graph, p, params, names, head, weight_cache, per_channel,
+                                                   weight_levels(weight_range_bits))
         output_record = None
         if p.output_quantized:
             target = p.output_name
@@ -193,7 +196,7 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams
     return out, records
 
 
-def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_channel: bool) -> dict:
+def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_channel: bool, levels: int) -> dict:
     """Replace the node's weight (and bias) by int8 (int32) initializers behind DequantizeLinear."""
     node, use = p.node, p.weight
     weight = use.weight.array().astype(np.float32)
@@ -210,11 +213,11 @@ def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_c
         bias = np.broadcast_to(bias * np.float32(beta), (channels,)).astype(np.float32)
     key = (use.weight.name, axis, alpha)
     if key not in cache:
-        scale = weight_scales(weight, axis)
+        scale = weight_scales(weight, axis, levels)
         if bias is not None:
             fitted = fit_bias(np.broadcast_to(scale, bias.shape), bias, input_scale)
             scale = fitted if axis is not None else np.float32(fitted.max()).reshape(())
-        q = quantize_weight(weight, scale, axis)
+        q = quantize_weight(weight, scale, axis, levels)
         q_name = names(f"{use.weight.name}_quantized")
         s_name, z_name = names(f"{use.weight.name}_scale"), names(f"{use.weight.name}_zero_point")
         graph.initializer.append(numpy_helper.from_array(q.values, q_name))
