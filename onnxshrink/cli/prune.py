@@ -91,8 +91,12 @@ def print_report(report: PruneReport, output: Path) -> None:
     f0, f1 = report.flops_before, report.flops_after
     if f0:
         console.print(f"FLOPs (1 sample): {f0:,} -> {f1:,} ({100 * (1 - f1 / f0):.1f}% fewer)")
+    if report.skipped:
+        shown = [f"{name} ({why})" for name, why in list(report.skipped.items())[:4]]
+        more = f" and {len(report.skipped) - 4} more" if len(report.skipped) > 4 else ""
+        console.print(f"left alone: {', '.join(shown)}{more}")
     if report.search:
-        console.print(f"search: {len(report.search)} steps")
+        console.print(f"search: {len(report.search)} allocations measured")
     v = report.validation
     if v is not None:
         cos = min(m["cosine"] for m in v.outputs.values())

@@ -145,7 +145,8 @@ def prune_model(
         validation.raise_if_failed()
     params_after, nonzero_after = parameter_counts(work)
     report = PruneReport(
-        pattern=options.pattern, method=method, scope=options.scope, requested_sparsity=options.sparsity,
+        pattern=options.pattern, method=method, scope="searched" if options.has_target else options.scope,
+        requested_sparsity=options.sparsity,
         tensors=records, channel_groups=groups, skipped=skipped, params_before=params_before,
         params_after=params_after, nonzero_before=nonzero_before, nonzero_after=nonzero_after,
         flops_before=flops_before, flops_after=count_flops(work), search=search, validation=validation, notes=notes,
