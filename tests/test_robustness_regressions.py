@@ -6,7 +6,6 @@ Each was found by scripts/sweep.py and is fixed; the tests keep it fixed.
 from __future__ import annotations
 
 import onnx
-import pytest
 
 from conftest import ONNX_TEST_DATA
 from onnxshrink.model import load_model, save_model
@@ -14,6 +13,7 @@ from onnxshrink.quantization import QuantizeOptions, quantize_model
 
 
 def test_public_pack_function_survives_importing_the_subpackage(tmp_path, mlp_path):
+    """onnxshrink.pack() was rebound to the subpackage by any 'from onnxshrink.pack import ...'."""
     import onnxshrink.pack.api  # noqa: F401  (what pipeline, cli and tests all do)
 
     assert callable(onnxshrink.pack)
@@ -21,6 +21,8 @@ def test_public_pack_function_survives_importing_the_subpackage(tmp_path, mlp_pa
 
 
 def test_quantized_ir3_model_reads_back(tmp_path):
+    """Quantize added scale/zero-point initializers to an IR 3 model without listing them
+    as graph inputs; onnx's checker (and so onnxshrink's loader) refused the output."""
     source = ONNX_TEST_DATA / "pytorch-converted" / "test_Conv1d" / "model.onnx"
     model = load_model(source)
     assert model.ir_version < 4
