@@ -28,11 +28,6 @@ from onnxshrink.errors import (
 )
 from onnxshrink.model import load_model, save_model
 
-# The subpackage onnxshrink.pack shares its name with the public function pack()
-# defined below. Importing it first, here, means the function is bound last and
-# later `from onnxshrink.pack import ...` statements (which find the module in
-# sys.modules) no longer rebind the name. It needs only numpy and onnx.
-from onnxshrink import pack as _pack_subpackage  # noqa: E402,F401  isort: skip
 from onnxshrink.summary import ModelInfo, inspect_model
 from onnxshrink.validation import Gate, ValidationReport, compare_models
 
@@ -46,7 +41,7 @@ def __getattr__(name: str) -> Any:
         "QuantizeOptions": "onnxshrink.quantization",
         "CalibrationStats": "onnxshrink.quantization",
         "PruneOptions": "onnxshrink.pruning",
-        "PackOptions": "onnxshrink.pack",
+        "PackOptions": "onnxshrink.packing",
         "ShrinkOptions": "onnxshrink.pipeline",
     }
     if name in lazy:
@@ -59,7 +54,7 @@ def __getattr__(name: str) -> Any:
 def _packed_reader():
     """The packed-container reader, if this install has it."""
     try:
-        from onnxshrink.pack import is_packed_file, load_packed
+        from onnxshrink.packing import is_packed_file, load_packed
     except ImportError:
         return None, None
     return is_packed_file, load_packed
@@ -98,7 +93,7 @@ def validate(reference: Any, candidate: Any, data: Any = None, **options: Any) -
 def pack(model: onnx.ModelProto | str | os.PathLike, path: str | os.PathLike | None = None, **options: Any):
     """Pack a model losslessly; returns the PackResult (container bytes and report),
     and writes it atomically to ``path`` when given."""
-    from onnxshrink.pack import PackOptions, pack_model, write_packed
+    from onnxshrink.packing import PackOptions, pack_model, write_packed
 
     result = pack_model(_model(model), PackOptions(**options))
     if path is not None:
@@ -109,8 +104,8 @@ def pack(model: onnx.ModelProto | str | os.PathLike, path: str | os.PathLike | N
 def unpack(path: str | os.PathLike, output: str | os.PathLike | None = None, materialize: str = "qdq") -> onnx.ModelProto:
     """Restore a packed model (bit-exact); saves it to ``output`` when given.
     ``materialize="float"`` expands quantized weights to float32 initializers
-    (see :func:`onnxshrink.pack.load_packed`)."""
-    from onnxshrink.pack import load_packed
+    (see :func:`onnxshrink.packing.load_packed`)."""
+    from onnxshrink.packing import load_packed
 
     model = load_packed(path, materialize=materialize)
     if output is not None:
@@ -120,7 +115,7 @@ def unpack(path: str | os.PathLike, output: str | os.PathLike | None = None, mat
 
 def session(path: str | os.PathLike, **options: Any):
     """An onnxruntime InferenceSession for a packed .onnxz file (path or bytes), built in memory."""
-    from onnxshrink.pack import inference_session_from_packed
+    from onnxshrink.packing import inference_session_from_packed
 
     return inference_session_from_packed(path, **options)
 

@@ -87,7 +87,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _packed_size(model: onnx.ModelProto) -> tuple[int, bytes]:
-    from onnxshrink.pack import pack_model
+    from onnxshrink.packing import pack_model
 
     result = pack_model(model)
     return len(result.data), result.data

@@ -44,7 +44,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from onnxshrink.pack import load_packed, pack_model  # noqa: E402
+from onnxshrink.packing import load_packed, pack_model  # noqa: E402
 
 try:
     import zstandard
@@ -109,12 +109,12 @@ def best_time(fn, repeat: int = 3) -> float:
 
 
 def peak_rss_mb(packed: Path | None) -> float:
-    """Peak RSS of a fresh interpreter that imports onnxshrink.pack and (if given) unpacks ``packed``.
+    """Peak RSS of a fresh interpreter that imports onnxshrink.packing and (if given) unpacks ``packed``.
 
     Read from /proc/self/status (VmHWM, which exec resets): getrusage's ru_maxrss keeps the
     parent's peak across fork+exec on Linux and would report the benchmark's own memory.
     """
-    code = ("import resource, sys; sys.path.insert(0, sys.argv[1]); from onnxshrink.pack import load_packed; "
+    code = ("import resource, sys; sys.path.insert(0, sys.argv[1]); from onnxshrink.packing import load_packed; "
             "sys.argv[2] and load_packed(sys.argv[2]); "
             "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')] if sys.platform == 'linux' else []; "
             "print(int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
@@ -167,7 +167,7 @@ def table(rows: list[dict], baseline_rss: float) -> str:
             fmt(r["xz"]), fmt(r["gzip"]), fmt(ratio, ".3f"), fmt(r["enc"], ".0f"), fmt(r["dec"], ".0f"),
             fmt(r["dec_vs_zstd"], ".1f"), fmt(r["rss"], ".0f"), r["codecs"]]) + " |")
     lines.append("")
-    lines.append(f"Peak RSS of the interpreter with onnxshrink.pack imported and nothing unpacked: {baseline_rss:.0f} MB. "
+    lines.append(f"Peak RSS of the interpreter with onnxshrink.packing imported and nothing unpacked: {baseline_rss:.0f} MB. "
                  f"Python {platform.python_version()}, numpy {np.__version__}, onnx {onnx.__version__}, "
                  f"{platform.machine()}; one thread, best of 3 in CPU time; MB/s are of decoded tensor bytes.")
     return "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ import onnxshrink
 from conftest import run_cli, save_data, tiny_mlp
 from onnxshrink.errors import DataError, OnnxShrinkError
 from onnxshrink.model import load_model, save_model
-from onnxshrink.pack import pack_file
+from onnxshrink.packing import pack_file
 from onnxshrink.quantization import QuantizeOptions, quantize_model
 
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

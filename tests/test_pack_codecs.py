@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from onnxshrink.errors import PackError
-from onnxshrink.pack import bitpack, codebook, lanes, stream
-from onnxshrink.pack.bytereader import ByteReader
-from onnxshrink.pack.codecs import codec_ids, get_codec
-from onnxshrink.pack.codecs.abc import Analysis
-from onnxshrink.pack.codecs.zero_runs import nonzero_positions, run_positions, zero_run_lengths
+from onnxshrink.packing import bitpack, codebook, lanes, stream
+from onnxshrink.packing.bytereader import ByteReader
+from onnxshrink.packing.codecs import codec_ids, get_codec
+from onnxshrink.packing.codecs.abc import Analysis
+from onnxshrink.packing.codecs.zero_runs import nonzero_positions, run_positions, zero_run_lengths
 
 CODECS = ["raw", "huffman", "rle", "rle+huffman"]
 

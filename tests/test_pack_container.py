@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxshrink.errors import PackError
-from onnxshrink.pack import Limits, PackOptions, container, load_packed, pack_model
-from onnxshrink.pack.bytereader import u32
+from onnxshrink.packing import Limits, PackOptions, container, load_packed, pack_model
+from onnxshrink.packing.bytereader import u32
 
 FUZZ = settings(max_examples=int(__import__("os").environ.get("PACK_FUZZ_EXAMPLES", 150)), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow], derandomize=True)

@@ -21,9 +21,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxshrink.pack import PackOptions, load_packed, pack_model
-from onnxshrink.pack.codecs import codec_ids
-from onnxshrink.pack.tensors import tensor_slots
+from onnxshrink.packing import PackOptions, load_packed, pack_model
+from onnxshrink.packing.codecs import codec_ids
+from onnxshrink.packing.tensors import tensor_slots
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pack"
 
@@ -148,7 +148,7 @@ def test_golden_model_is_what_the_fixtures_were_made_from():
 
 
 def test_golden_files_cover_every_codec_parameter():
-    from onnxshrink.pack import container
+    from onnxshrink.packing import container
 
     seen = set()
     for path in GOLDEN:
@@ -159,7 +159,7 @@ def test_golden_files_cover_every_codec_parameter():
 
 
 def test_golden_files_cover_every_code_length_table_kind(monkeypatch):
-    from onnxshrink.pack import codebook
+    from onnxshrink.packing import codebook
 
     seen = set()
     read = codebook.read_lengths

@@ -11,10 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxshrink.errors import PackError
-from onnxshrink.pack import PackOptions, container, load_packed, pack_model, stream
-from onnxshrink.pack.bytereader import ByteReader
-from onnxshrink.pack.codebook import entropy_bits
-from onnxshrink.pack.codecs import get_codec
+from onnxshrink.packing import PackOptions, container, load_packed, pack_model, stream
+from onnxshrink.packing.bytereader import ByteReader
+from onnxshrink.packing.codebook import entropy_bits
+from onnxshrink.packing.codecs import get_codec
 
 SUB_BYTE = {TensorProto.INT4: (-8, 8, 4), TensorProto.UINT4: (0, 16, 4), TensorProto.INT2: (-2, 2, 2),
             TensorProto.UINT2: (0, 4, 2)}

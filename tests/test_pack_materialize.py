@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxshrink
 from onnxshrink.errors import UsageError
-from onnxshrink.pack import MATERIALIZE_MODES, inference_session_from_packed, load_packed, pack_model
-from onnxshrink.pack.materialize import materialize_float
+from onnxshrink.packing import MATERIALIZE_MODES, inference_session_from_packed, load_packed, pack_model
+from onnxshrink.packing.materialize import materialize_float
 
 
 def _int4(name: str, values: np.ndarray, signed: bool = True) -> TensorProto:

@@ -14,10 +14,10 @@ from conftest import BUNDLED, MODELS, ONNX_TEST_DATA
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxshrink
-from onnxshrink.pack import (
+from onnxshrink.packing import (
     PackOptions, inference_session_from_packed, is_packed_file, load_packed, pack_file, pack_model, unpack_file,
 )
-from onnxshrink.pack.tensors import tensor_slots
+from onnxshrink.packing.tensors import tensor_slots
 
 EVERYTHING = PackOptions(min_tensor_bytes=0)  # every tensor through a codec, even tiny ones
 
@@ -259,7 +259,7 @@ def test_onnx_backend_models_roundtrip(path):
 
 
 def test_the_load_path_imports_no_cli_or_simplifier_modules():
-    code = ("import sys, onnxshrink.pack as p; p.load_packed(sys.argv[1]); "
+    code = ("import sys, onnxshrink.packing as p; p.load_packed(sys.argv[1]); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'typer', 'rich', 'click', 'onnxsim'}))")
     import subprocess
     import sys

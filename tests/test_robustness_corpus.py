@@ -20,7 +20,7 @@ from conftest import ONNX_TEST_DATA
 from onnxshrink.data import Batch, model_inputs
 from onnxshrink.errors import OnnxShrinkError
 from onnxshrink.model import load_model
-from onnxshrink.pack import load_packed, pack_model
+from onnxshrink.packing import load_packed, pack_model
 from onnxshrink.quantization import QuantizeOptions, quantize_model
 from onnxshrink.validation import compare_models
 

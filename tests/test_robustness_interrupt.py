@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import ROOT
 
 DELAYS = (0.0, 0.4, 0.9, 1.5)
-START = ("import sys, onnxshrink.cli, onnxshrink.pack; sys.stderr.write('ready\\n'); sys.stderr.flush(); "
+START = ("import sys, onnxshrink.cli, onnxshrink.packing; sys.stderr.write('ready\\n'); sys.stderr.flush(); "
          "onnxshrink.cli.main()")
 
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from onnxshrink.cli._common import JsonOption, OutputOption, QuietOption, console, human_bytes, reports_errors, write_json
-from onnxshrink.pack import PackOptions, PackReport, pack_file, unpack_file
+from onnxshrink.packing import PackOptions, PackReport, pack_file, unpack_file
 
 _DEFAULTS = PackOptions()
 

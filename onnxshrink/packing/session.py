@@ -13,8 +13,8 @@ import os
 import onnx
 from onnx import numpy_helper
 
-from onnxshrink.pack.api import load_packed
-from onnxshrink.pack.container import Limits
+from onnxshrink.packing.api import load_packed
+from onnxshrink.packing.container import Limits
 
 # Above this many bytes the serialised model would approach protobuf's 2 GiB limit.
 INLINE_SESSION_BYTES = 1_800_000_000

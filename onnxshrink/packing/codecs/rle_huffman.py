@@ -6,8 +6,8 @@ tensors near their entropy bound. Same payload layout as ``rle``.
 
 from __future__ import annotations
 
-from onnxshrink.pack.codecs.registry import register_codec
-from onnxshrink.pack.codecs.rle import RunLength
+from onnxshrink.packing.codecs.registry import register_codec
+from onnxshrink.packing.codecs.rle import RunLength
 
 
 @register_codec

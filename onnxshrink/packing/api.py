@@ -19,13 +19,13 @@ import numpy as np
 import onnx
 
 from onnxshrink.errors import OnnxShrinkError, PackError, UsageError
-from onnxshrink.pack import codebook, container, symbols, tensors
-from onnxshrink.pack.bytereader import ByteReader
-from onnxshrink.pack.codecs import codec_ids, get_codec
-from onnxshrink.pack.codecs.abc import Analysis, Codec, decode_all
-from onnxshrink.pack.container import Limits
-from onnxshrink.pack.materialize import check_mode, materialize_float
-from onnxshrink.pack.report import PackReport, TensorReport
+from onnxshrink.packing import codebook, container, symbols, tensors
+from onnxshrink.packing.bytereader import ByteReader
+from onnxshrink.packing.codecs import codec_ids, get_codec
+from onnxshrink.packing.codecs.abc import Analysis, Codec, decode_all
+from onnxshrink.packing.container import Limits
+from onnxshrink.packing.materialize import check_mode, materialize_float
+from onnxshrink.packing.report import PackReport, TensorReport
 
 DEFAULT_CODECS = ("raw", "huffman", "rle", "rle+huffman")
 
@@ -203,7 +203,7 @@ def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limi
     ``materialize``: ``"qdq"`` (default) gives the model as packed;
     ``"float"`` replaces each quantized weight's DequantizeLinear node by a
     float32 initializer of exactly the values the node computes (see
-    :mod:`onnxshrink.pack.materialize`): no dequantization at run time.
+    :mod:`onnxshrink.packing.materialize`): no dequantization at run time.
     """
     check_mode(materialize)
     data, name = _read_source(source)

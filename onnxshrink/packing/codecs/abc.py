@@ -19,8 +19,8 @@ from typing import Any, Callable, ClassVar, Generator
 import numpy as np
 
 from onnxshrink.errors import PackError
-from onnxshrink.pack import lanes, stream, symbols
-from onnxshrink.pack.bytereader import ByteReader
+from onnxshrink.packing import lanes, stream, symbols
+from onnxshrink.packing.bytereader import ByteReader
 
 WORDS = (1, 2, 4, 8)
 SYMBOL_BITS = (8, 4, 2)

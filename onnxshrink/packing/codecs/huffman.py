@@ -1,5 +1,5 @@
 """``huffman``: each byte plane as its own stream (Huffman-coded lanes, or
-raw, or constant, whichever is smallest; see :mod:`onnxshrink.pack.stream`).
+raw, or constant, whichever is smallest; see :mod:`onnxshrink.packing.stream`).
 
 For int8 there is one plane, the values themselves. For float32 the plane of
 top bytes (sign and exponent) codes to a few bits while mantissa planes stay
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxshrink.pack import stream
-from onnxshrink.pack.bytereader import ByteReader
-from onnxshrink.pack.codecs.abc import Analysis, Codec, DecodeSteps
-from onnxshrink.pack.codecs.registry import register_codec
+from onnxshrink.packing import stream
+from onnxshrink.packing.bytereader import ByteReader
+from onnxshrink.packing.codecs.abc import Analysis, Codec, DecodeSteps
+from onnxshrink.packing.codecs.registry import register_codec
 
 
 @register_codec

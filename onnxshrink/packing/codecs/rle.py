@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxshrink.pack import stream
-from onnxshrink.pack.bytereader import ByteReader, varint
-from onnxshrink.pack.codecs import zero_runs
-from onnxshrink.pack.codecs.abc import Analysis, Codec, DecodeSteps, byte_planes
-from onnxshrink.pack.codecs.registry import register_codec
+from onnxshrink.packing import stream
+from onnxshrink.packing.bytereader import ByteReader, varint
+from onnxshrink.packing.codecs import zero_runs
+from onnxshrink.packing.codecs.abc import Analysis, Codec, DecodeSteps, byte_planes
+from onnxshrink.packing.codecs.registry import register_codec
 
 
 MIN_ZERO_SHARE = 0.25

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxshrink.errors import PackError
-from onnxshrink.pack import bitpack
+from onnxshrink.packing import bitpack
 
 ALPHABET = 256
 # Longest code we ever emit (and the 4-bit length tables can hold). The decoder

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from onnxshrink.errors import PackError
-from onnxshrink.pack import bitpack, codebook, lanes
-from onnxshrink.pack.bytereader import ByteReader, u8, varint
+from onnxshrink.packing import bitpack, codebook, lanes
+from onnxshrink.packing.bytereader import ByteReader, u8, varint
 
 RAW, CONSTANT, HUFFMAN = 0, 1, 2
 # Encoder tuning; the decoder reads the lane count from the stream, so these

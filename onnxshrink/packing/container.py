@@ -6,7 +6,7 @@ without the packed tensors' data, then the table of entries), then the
 payloads back to back in table order, up to the end of the file.
 
 :func:`write` and :func:`read` know nothing about codecs or ONNX beyond
-carrying the model bytes; :mod:`onnxshrink.pack.api` builds on them.
+carrying the model bytes; :mod:`onnxshrink.packing.api` builds on them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import zlib
 from typing import Any
 
 from onnxshrink.errors import PackError
-from onnxshrink.pack.bytereader import ByteReader, i32, u8, u16, u32, u64
+from onnxshrink.packing.bytereader import ByteReader, i32, u8, u16, u32, u64
 
 MAGIC = b"\x89ONNXZ\r\n"
 VERSION = 2  # the newest version this build reads and writes

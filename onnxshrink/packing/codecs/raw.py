@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxshrink.pack.bytereader import ByteReader
-from onnxshrink.pack.codecs.abc import Analysis, Codec, DecodeSteps
-from onnxshrink.pack.codecs.registry import register_codec
+from onnxshrink.packing.bytereader import ByteReader
+from onnxshrink.packing.codecs.abc import Analysis, Codec, DecodeSteps
+from onnxshrink.packing.codecs.registry import register_codec
 
 
 @register_codec

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from onnxshrink.errors import PackError
-from onnxshrink.pack.codecs.abc import Codec
+from onnxshrink.packing.codecs.abc import Codec
 
 _REGISTRY: dict[str, type[Codec]] = {}
 

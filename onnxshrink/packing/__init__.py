@@ -3,16 +3,16 @@
 ``pack_model(model) -> PackResult`` (container bytes and a report),
 ``write_packed(result, path)``, ``load_packed(path_or_bytes, materialize="qdq"|"float") -> ModelProto``
 and ``inference_session_from_packed(path_or_bytes)``. Codecs live in
-:mod:`onnxshrink.pack.codecs`; the format is docs/FORMAT.md.
+:mod:`onnxshrink.packing.codecs`; the format is docs/FORMAT.md.
 """
 
-from onnxshrink.pack.api import (
+from onnxshrink.packing.api import (
     PackOptions, PackResult, load_packed, pack_file, pack_model, unpack_file, write_packed,
 )
-from onnxshrink.pack.container import MAGIC, Limits
-from onnxshrink.pack.materialize import MATERIALIZE_MODES, materialize_float
-from onnxshrink.pack.report import PackReport, TensorReport
-from onnxshrink.pack.session import inference_session_from_packed
+from onnxshrink.packing.container import MAGIC, Limits
+from onnxshrink.packing.materialize import MATERIALIZE_MODES, materialize_float
+from onnxshrink.packing.report import PackReport, TensorReport
+from onnxshrink.packing.session import inference_session_from_packed
 
 
 def is_packed_file(path) -> bool:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxshrink.errors import PackError
-from onnxshrink.pack import bitpack, codebook
+from onnxshrink.packing import bitpack, codebook
 
 
 def lane_count(n: int, symbols_per_lane: int, max_lanes: int, short_lanes: int = 256, short_symbols: int = 256) -> int:

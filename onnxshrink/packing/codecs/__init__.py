@@ -4,8 +4,8 @@ Importing this package registers the built-in codecs: ``raw``, ``huffman``,
 ``rle`` and ``rle+huffman``.
 """
 
-from onnxshrink.pack.codecs import huffman, raw, rle, rle_huffman  # noqa: F401  (registers)
-from onnxshrink.pack.codecs.abc import Codec
-from onnxshrink.pack.codecs.registry import codec_ids, get_codec, register_codec
+from onnxshrink.packing.codecs import huffman, raw, rle, rle_huffman  # noqa: F401  (registers)
+from onnxshrink.packing.codecs.abc import Codec
+from onnxshrink.packing.codecs.registry import codec_ids, get_codec, register_codec
 
 __all__ = ["Codec", "codec_ids", "get_codec", "register_codec"]
