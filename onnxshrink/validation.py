@@ -248,7 +248,9 @@ def compare_models(
         accuracy = {"reference": correct["reference"] / labelled, "candidate": correct["candidate"] / labelled}
     latency: dict[str, float | None] = {"reference": None, "candidate": None}
     if measure_latency and first_feed is not None:
-        latency = _latencies(ref_proto if ref_session is not None else None, cand_proto, first_feed)
+        timed_reference = ref_proto if ref_session is not None else None
+        del ref_session, cand_session  # latency gets its own sessions: never four alive at once
+        latency = _latencies(timed_reference, cand_proto, first_feed)
     sizes = {
         "reference": _size(reference, ref_proto) if ref_proto is not None else None,
         "candidate": _size(candidate, cand_proto),
@@ -279,15 +281,28 @@ def _correct(logits: np.ndarray, labels: np.ndarray) -> int:
     return int((predictions == labels).sum())
 
 
+# Above this many bytes of weights (both models together) latency is measured one
+# model at a time, so only one session holds a copy of the weights.
+INTERLEAVE_MAX_BYTES = 256 << 20
+
+
 def _latencies(ref: onnx.ModelProto | None, cand: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, float | None]:
-    """Median single-thread latency of each model, measured in interleaved rounds."""
-    sessions = {"candidate": runtime.create_session(cand, threads=1)}
-    if ref is not None:
-        sessions["reference"] = runtime.create_session(ref, threads=1)
-    rounds: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(3):
-        for key, session in sessions.items():
-            rounds[key].append(runtime.median_latency_ms(session, feed, runs=10, warmup=2))
+    """Median single-thread latency of each model, measured in interleaved rounds
+    (for large models, one model after the other)."""
+    from onnxshrink.model import data_bytes
+
+    models = {"candidate": cand} if ref is None else {"reference": ref, "candidate": cand}
+    rounds: dict[str, list[float]] = {k: [] for k in models}
+    if sum(data_bytes(m) for m in models.values()) > INTERLEAVE_MAX_BYTES:
+        for key, model in models.items():
+            session = runtime.create_session(model, threads=1)
+            rounds[key] = [runtime.median_latency_ms(session, feed, runs=10, warmup=2) for _ in range(3)]
+            del session
+    else:
+        sessions = {key: runtime.create_session(model, threads=1) for key, model in models.items()}
+        for _ in range(3):
+            for key, session in sessions.items():
+                rounds[key].append(runtime.median_latency_ms(session, feed, runs=10, warmup=2))
     return {"reference": float(np.median(rounds["reference"])) if "reference" in rounds else None,
             "candidate": float(np.median(rounds["candidate"]))}
 
