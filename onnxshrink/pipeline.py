@@ -230,7 +230,7 @@ def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOpti
            calib: list[Batch], eval_data: Any, progress: Progress, cache: dict[str, Any]) -> dict[str, Any]:
     """One candidate: prune with ``share`` of the budget (None: as the recipe says),
     quantize within the rest, validate against the original, pack."""
-    from onnxshrink.pruning import PruneOptions, prune_model
+    from onnxshrink.pruning import PruneOptions, collect_statistics, prune_model
 
     recipe = options.recipe
     budget = _budget(gate)
@@ -240,7 +240,11 @@ def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOpti
     if prune_cfg is not None and (share is None or share > 0):
         targets = {} if (share is None and prune_cfg.get("sparsity") is not None) else _sub_gate(gate, budget * (share or 0))
         prune_options = PruneOptions(**prune_cfg, **targets)
-        result = prune_model(model, prune_options, calib=calib, eval_data=check, progress=progress)
+        if "prune_stats" not in cache and prune_options.resolved_method(True) != "magnitude":
+            # Layer input statistics of the unpruned model, collected once for every trial.
+            cache["prune_stats"] = collect_statistics(model, calib, prune_options, progress=progress)
+        result = prune_model(model, prune_options, calib=calib, eval_data=check, progress=progress,
+                             layer_stats=cache.get("prune_stats"))
         model = result.model
         summary = result.report.to_dict()
         stages.append(("prune", model, f"{100 * result.report.weight_sparsity:.1f}% of weights zero"))
