@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxshrink.model import serialized_size
 from onnxshrink.errors import OnnxShrinkError, PackError, UsageError
 from onnxshrink.packing import codebook, container, symbols, tensors
 from onnxshrink.packing.bytereader import ByteReader
@@ -113,7 +114,7 @@ def pack_model(model: onnx.ModelProto, options: PackOptions = PackOptions()) -> 
         tensors.strip_data(t)
     blob = container.write(skeleton.SerializeToString(deterministic=True), entries, payloads)
     header = len(blob) - sum(len(p) for p in payloads)
-    report = PackReport(rows, model.ByteSize(), len(blob), header)
+    report = PackReport(rows, serialized_size(model), len(blob), header)
     return PackResult(blob, report)
 
 

@@ -13,6 +13,7 @@ import os
 import onnx
 from onnx import numpy_helper
 
+from onnxshrink.model import serialized_size
 from onnxshrink.packing.api import load_packed
 from onnxshrink.packing.container import Limits
 
@@ -42,7 +43,7 @@ def inference_session_from_packed(
     model = load_packed(source, limits, materialize)
     providers = providers or ["CPUExecutionProvider"]
     sess_options = sess_options or ort.SessionOptions()
-    if model.ByteSize() < inline_limit:
+    if serialized_size(model) < inline_limit:
         return ort.InferenceSession(model.SerializeToString(), sess_options, providers=providers)
     names, values = [], []
     for t in model.graph.initializer:

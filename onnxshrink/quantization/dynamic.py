@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxshrink.model import serialized_size
 from onnxshrink.quantization.options import QuantizeOptions
 from onnxshrink.quantization.params import quantize_weight, weight_scales
 from onnxshrink.quantization.prepare import node_attribute, constant_value, remove_unused_initializers
@@ -96,7 +97,7 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
     validation = compare_models(model, out, eval_data, measure_latency=options.latency_guard)
     report = QuantizeReport(
         mode="dynamic", method=None, activations="uint8 (dynamic)", per_channel=options.per_channel, nodes=records,
-        left_float=left_float, size_bytes={"original": model.ByteSize(), "quantized": out.ByteSize()},
+        left_float=left_float, size_bytes={"original": serialized_size(model), "quantized": serialized_size(out)},
         calibration={}, validation=validation.to_dict(), latency_ms=dict(validation.latency_ms),
         prepared=prepared.notes,
         warnings=[] if eval_data is not None else ["no --eval data: the final metrics use random inputs"],

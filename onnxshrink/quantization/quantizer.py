@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import onnx
 
+from onnxshrink.model import serialized_size
 from onnxshrink.data import NpzData
 from onnxshrink.errors import UsageError
 from onnxshrink.quantization import prepare
@@ -223,7 +224,7 @@ def quantize_model(
     report = QuantizeReport(
         mode="static", method=options.method, activations=options.activations, per_channel=options.per_channel,
         weight_range_bits=options.weight_range_bits, nodes=[r.to_dict() for r in records], left_float=left_float,
-        size_bytes={"original": model.ByteSize(), "quantized": qmodel.ByteSize()},
+        size_bytes={"original": serialized_size(model), "quantized": serialized_size(qmodel)},
         calibration=calibration, validation=validation.to_dict(), latency_ms=dict(lat), target=target,
         search=search_log, prepared=prepared.notes, warnings=warnings,
     )
