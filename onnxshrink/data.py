@@ -278,6 +278,25 @@ def synthetic_batches(
         yield Batch(inputs)
 
 
+def read_samples(source: Any, specs: Sequence[InputSpec], limit: int, batch_size: int = 32) -> list[Batch]:
+    """Up to ``limit`` samples of ``source`` as a list of batches, for passes that
+    read their calibration data more than once. Raises DataError when there are none."""
+    batches: list[Batch] = []
+    have = 0
+    for batch in iter_batches(source, specs, batch_size):
+        take = min(len(batch), limit - have)
+        if take < len(batch):
+            batch = Batch({k: v[:take] for k, v in batch.inputs.items()},
+                          None if batch.labels is None else batch.labels[:take])
+        batches.append(batch)
+        have += take
+        if have >= limit:
+            break
+    if not batches:
+        raise DataError("the calibration data holds no samples")
+    return batches
+
+
 def iter_batches(source: Any, specs: Sequence[InputSpec], batch_size: int = 32) -> Iterator[Batch]:
     """Batches from a path, an NpzData, an ORT-style reader, or an iterable of Batch/dicts."""
     if isinstance(source, (str, os.PathLike)):

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxshrink.data import Batch, iter_batches, model_inputs
+from onnxshrink.data import Batch, model_inputs, read_samples
 from onnxshrink.errors import GateFailed, UsageError
 from onnxshrink.recipes import Recipe
 from onnxshrink.validation import Gate, ValidationReport, compare_models
@@ -91,22 +91,6 @@ def _packed_size(model: onnx.ModelProto) -> tuple[int, bytes]:
 
     result = pack_model(model)
     return len(result.data), result.data
-
-
-def _calibration(calib: Any, model: onnx.ModelProto, samples: int) -> list[Batch]:
-    """The calibration samples, read once and reused by every stage and trial."""
-    batches, have = [], 0
-    for batch in iter_batches(calib, model_inputs(model), 32):
-        take = min(len(batch), samples - have)
-        if take < len(batch):
-            batch = Batch({k: v[:take] for k, v in batch.inputs.items()})
-        batches.append(batch)
-        have += take
-        if have >= samples:
-            break
-    if not batches:
-        raise UsageError("the calibration data holds no samples")
-    return batches
 
 
 def _drop(report: ValidationReport, gate: Gate) -> float:
@@ -308,7 +292,7 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
         base = simplified.model
         stages.append({"name": "simplify", "bytes": base.ByteSize(), "packed_bytes": None,
                        "note": simplified.fallback_reason or f"{simplified.nodes_before} -> {simplified.nodes_after} nodes"})
-    calib_batches = _calibration(calib, base, options.calib_samples)
+    calib_batches = read_samples(calib, model_inputs(base), options.calib_samples)
     searching = recipe.prune is not None and recipe.prune.get("sparsity") is None and gate.active
     shares: tuple[float | None, ...] = PRUNE_BUDGET_SHARES if searching else (None,)
     if options.target_ratio is not None:

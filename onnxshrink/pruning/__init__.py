@@ -23,14 +23,14 @@ from typing import Any, Callable
 import onnx
 
 from onnxshrink.activations import LayerInputStats, collect_layer_inputs
-from onnxshrink.data import Batch, iter_batches, model_inputs
+from onnxshrink.data import Batch, model_inputs, read_samples
 from onnxshrink.errors import UsageError
 from onnxshrink.pruning.masks import n_m_holds, parse_n_m
 from onnxshrink.pruning.options import METHODS, PATTERNS, ROWS_PER_FEATURE, SCOPES, PruneOptions
 from onnxshrink.pruning.report import PruneReport, count_flops, parameter_counts
 from onnxshrink.pruning.targets import PruneTarget, prunable_weights
 from onnxshrink.pruning.unstructured import TensorPruning, global_sparsities, prune_tensors
-from onnxshrink.validation import Gate, ValidationReport, compare_models
+from onnxshrink.validation import Gate, compare_models
 
 Progress = Callable[[str, int, int], None]
 
@@ -49,19 +49,7 @@ def load_calibration(calib: Any, model: onnx.ModelProto, options: PruneOptions) 
     (passes read them more than once)."""
     if calib is None:
         return None
-    batches, have = [], 0
-    for batch in iter_batches(calib, model_inputs(model), options.batch_size):
-        take = min(len(batch), options.calib_samples - have)
-        if take < len(batch):
-            batch = Batch({k: v[:take] for k, v in batch.inputs.items()},
-                          None if batch.labels is None else batch.labels[:take])
-        batches.append(batch)
-        have += take
-        if have >= options.calib_samples:
-            break
-    if not batches:
-        raise UsageError("the calibration data holds no samples")
-    return batches
+    return read_samples(calib, model_inputs(model), options.calib_samples, options.batch_size)
 
 
 def _gate(options: PruneOptions) -> Gate:
