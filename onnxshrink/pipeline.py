@@ -236,7 +236,11 @@ def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOpti
             layers[t["name"]] = {"name": t["name"], "op": t["op_type"], "sparsity": t["sparsity"]}
     used = 0.0
     if stages:
-        used = _drop(compare_models(original, model, check, gate=Gate(), measure_latency=False), gate)
+        # prune_model already compared the pruned model with its input (the
+        # constant-folded original) on the same data; no second run is needed.
+        checked = result.report.validation
+        used = _drop(checked if checked is not None else
+                     compare_models(original, model, check, gate=Gate(), measure_latency=False), gate)
     if recipe.quantize is not None and options.mixed_precision:
         chosen = _mixed_precision(model, original, options.weight_bits, gate, calib, check, cache, progress)
         if chosen is None:
