@@ -5,6 +5,8 @@ Each command is a function in its own module, registered here.
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from onnxshrink.cli._common import interrupted
@@ -38,3 +40,10 @@ def main() -> None:
         app()
     except KeyboardInterrupt:  # before a command's own handler is in place (typer building the command)
         interrupted()
+    except SystemExit as done:
+        # The command is over and its output, if any, is in place. Python's teardown
+        # (freeing the model, onnxruntime's destructors) takes a moment with the
+        # default SIGINT disposition restored; a Ctrl-C then would kill the process
+        # with no message and report "interrupted" for work that completed.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise done
