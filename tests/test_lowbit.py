@@ -95,6 +95,27 @@ def test_quantized_graph_computes_codes_times_scales_exactly():
     assert [o.version for o in q.opset_import if o.domain == ""] == [21] and q.ir_version >= 10
 
 
+@pytest.mark.parametrize("granularity", ["channel", "block:8"])
+def test_4bit_scales_are_float16_values_that_never_clip(granularity):
+    """Below 8 bits scales are rounded up to float16 values (they pack in half
+    the bytes): each stays >= max|w| / 7 of its group, so no code clips, and
+    within 2^-10 of it; 8-bit scales stay the exact max|w| / 127."""
+    rng = np.random.default_rng(5)
+    w = (rng.normal(size=(16, 24)) * np.logspace(-3, 1, 24)).astype(np.float32)
+    for bits, qmax in ((4, 7), (8, 127)):
+        grid = Grid(bits, 0, None if granularity == "channel" else 8)
+        scales = grid.scales(w)
+        groups = np.abs(w).max(axis=1) if granularity == "channel" else np.abs(w).reshape(2, 8, 24).max(axis=1)
+        exact = (groups.astype(np.float64) / qmax).astype(np.float32)
+        if bits == 4:
+            assert (scales.astype(np.float16).astype(np.float32) == scales).all()
+            assert (scales >= exact).all() and (scales <= exact * (1 + 2.0 ** -10)).all()
+            codes, _ = quantize_nearest(w, grid)
+            assert np.abs(codes).max() <= qmax
+        else:
+            np.testing.assert_array_equal(scales, exact)
+
+
 def _conv_model(w: np.ndarray, opset: int = 17) -> onnx.ModelProto:
     c = w.shape[1]
     g = helper.make_graph([helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1], name="conv")], "g",

@@ -6,6 +6,12 @@ zeros survive). Scales are ``max|w| / qmax`` over a channel (or block); a
 channel that is all zero, or so small that its scale would be subnormal, gets
 a safe normal scale (1.0, or the smallest normal float32) so
 DequantizeLinear never multiplies by zero, a subnormal, Inf or NaN.
+
+Below 8 bits, scales in float16's normal range are rounded *up* to the nearest value
+float16 holds exactly (a relative change under 2^-11, and up, so no code
+clips): their low mantissa bits are then zero, which the container codes in
+about half the bytes, and the scales can be cast to float16 losslessly.
+At 8 bits scales are a small share of the bytes and stay exact.
 """
 
 from __future__ import annotations
@@ -16,6 +22,19 @@ import ml_dtypes
 import numpy as np
 
 _TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32
+_F16_MIN, _F16_MAX = float(np.finfo(np.float16).tiny), float(np.finfo(np.float16).max)
+
+
+def float16_exact_up(s: np.ndarray) -> np.ndarray:
+    """float32 ``s`` with entries in float16's normal range rounded up to the
+    nearest value float16 represents exactly; other entries unchanged."""
+    s = np.asarray(s, dtype=np.float32)
+    inside = (s >= _F16_MIN) & (s <= _F16_MAX)
+    with np.errstate(over="ignore"):
+        h = np.where(inside, s, np.float32(1.0)).astype(np.float16)  # no overflow: outside entries are 1.0
+        h = np.where(h.astype(np.float32) < s, np.nextafter(h, np.float16(np.inf)), h)
+    up = h.astype(np.float32)
+    return np.where(inside & np.isfinite(up), up, s).astype(np.float32)
 
 
 def code_range(bits: int) -> tuple[int, int]:
@@ -57,7 +76,8 @@ class Grid:
             amax = a.reshape(split).max(axis=self.axis + 1)
         s = (amax / code_range(self.bits)[1]).astype(np.float32)
         s = np.where(amax > 0, np.maximum(s, np.float32(_TINY)), np.float32(1.0))
-        return np.where(np.isfinite(s), s, np.float32(1.0)).astype(np.float32)
+        s = np.where(np.isfinite(s), s, np.float32(1.0)).astype(np.float32)
+        return float16_exact_up(s) if self.bits < 8 else s
 
     def expand(self, scales: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """The per-element scale of a weight of ``shape`` (what DequantizeLinear multiplies by)."""
