@@ -50,7 +50,9 @@ def simplify(model: onnx.ModelProto) -> SimplifyResult:
         return SimplifyResult(model, False, before, before, f"onnxsim failed: {reason}")
     if not ok:
         return SimplifyResult(model, False, before, before, "onnxsim's own check failed")
-    # onnxsim drops metadata_props on some paths; they carry user data (labels, vocabularies).
-    if not simplified.metadata_props and model.metadata_props:
-        simplified.metadata_props.extend(model.metadata_props)
+    # onnxsim drops metadata_props on some paths (they carry user data: labels,
+    # vocabularies) and adds its own provenance keys (onnxsim.removed_nodes, ...,
+    # kilobytes on a small model): the output keeps exactly the input's.
+    del simplified.metadata_props[:]
+    simplified.metadata_props.extend(model.metadata_props)
     return SimplifyResult(simplified, True, before, len(simplified.graph.node))

@@ -128,6 +128,15 @@ def test_simplify_turns_computed_weights_into_initializers(path):
     assert any(n.op_type == "ConstantOfShape" for n in model.graph.node), "simplify changed its input"
 
 
+def test_simplify_keeps_exactly_the_input_metadata():
+    """onnxsim adds kilobytes of provenance keys (onnxsim.removed_nodes, ...); the user's keys stay, those go."""
+    model = tiny_mlp()
+    onnx.helper.set_model_props(model, {"labels": "cat,dog", "author": "me"})
+    result = simplify(model)
+    assert result.modified
+    assert [(p.key, p.value) for p in result.model.metadata_props] == [("labels", "cat,dog"), ("author", "me")]
+
+
 def test_simplify_falls_back_cleanly(monkeypatch):
     import onnxsim
 
