@@ -93,6 +93,40 @@ def _packed_size(model: onnx.ModelProto) -> tuple[int, bytes]:
     return len(result.data), result.data
 
 
+def _without_inferred_info(model: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without the value_info entries the original did not have.
+
+    Shape inference (onnxsim's, the passes') annotates every intermediate
+    tensor; onnxruntime infers them again at load, so in the output they are
+    only bytes (~500 of a 36 KB packed transformer). The original's own stay.
+    """
+    theirs = {vi.name for vi in original.graph.value_info}
+    kept = [vi for vi in model.graph.value_info if vi.name in theirs]
+    if len(kept) == len(model.graph.value_info):
+        return model
+    slim = _copy(model)
+    del slim.graph.value_info[:]
+    slim.graph.value_info.extend(kept)
+    return slim
+
+
+def _float16_small(chosen: dict[str, Any], original: onnx.ModelProto, gate: Gate, check: Any) -> dict[str, Any] | None:
+    """The chosen candidate packed with its small float tensors as float16,
+    if that is smaller and the model as it unpacks still passes the gate."""
+    from onnxshrink.packing import PackOptions, load_packed, pack_model
+
+    result = pack_model(chosen["model"], PackOptions(float16_small=True))
+    stored = [t.name for t in result.report.tensors if t.stored_as == "float16"]
+    if not stored or len(result.data) >= chosen["size"]:
+        return None
+    restored = load_packed(result.data)
+    validation = compare_models(original, restored, check, gate=gate, measure_latency=True)
+    if not validation.passed:
+        return None
+    return {**chosen, "model": restored, "packed": result.data, "size": len(result.data), "validation": validation,
+            "float16": stored}
+
+
 def _drop(report: ValidationReport, gate: Gate) -> float:
     """How much of the budget a model uses: accuracy points, or 1 - min cosine."""
     if gate.max_accuracy_drop is not None:
@@ -264,6 +298,7 @@ def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOpti
                                           f"{len(q.report.left_float)} nodes left in float"))
         for name, err in errors.items():
             layers.setdefault(name, {"name": name, "sparsity": 0.0})["quant_error"] = err
+    model = _without_inferred_info(model, original)
     validation = compare_models(original, model, check, gate=gate, measure_latency=True)
     size, packed = _packed_size(model) if recipe.pack else (model.ByteSize(), None)
     return {"model": model, "packed": packed, "size": size, "validation": validation, "stages": stages,
@@ -337,8 +372,13 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
         raise GateFailed(f"no candidate passed the gate after {len(trials)} tries ({why}); nothing written")
     for name, staged, note in chosen["stages"]:
         stages.append({"name": name, "bytes": staged.ByteSize(), "packed_bytes": _packed_size(staged)[0], "note": note})
+    if recipe.pack and recipe.pack_float16_small and gate.active:
+        chosen = _float16_small(chosen, original, gate, eval_data if eval_data is not None else calib_batches) or chosen
     if recipe.pack:
-        stages.append({"name": "pack", "bytes": chosen["size"], "packed_bytes": chosen["size"], "note": "lossless"})
+        float16 = chosen.get("float16", [])
+        note = (f"{len(float16)} small float tensors stored as float16 (gate checked on the unpacked model), "
+                "the rest lossless") if float16 else "lossless"
+        stages.append({"name": "pack", "bytes": chosen["size"], "packed_bytes": chosen["size"], "note": note})
     validation: ValidationReport = chosen["validation"]
     report = {
         "model": model_name,
@@ -351,6 +391,7 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
         "ratio": round(original_bytes / max(chosen["size"], 1), 4),
         "stages": stages,
         "layers": chosen["layers"],
+        "float16_tensors": chosen.get("float16", []),
         "search": [t for t in trials if "size_bytes" in t] if searching else [],
         "final": validation.to_dict(),
     }

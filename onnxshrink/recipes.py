@@ -1,7 +1,8 @@
 """Shrink recipes: TOML files whose sections mirror the stage commands' options.
 
 A recipe has the sections ``[simplify]``, ``[prune]``, ``[quantize]``, ``[pack]``
-(each with ``enabled``) and ``[gate]`` (``max_accuracy_drop`` or
+(each with ``enabled``; ``[pack]`` also takes ``float16_small``: small float
+tensors stored as float16 when the gate still holds) and ``[gate]`` (``max_accuracy_drop`` or
 ``min_cosine``). Keys inside ``[prune]`` and ``[quantize]`` are the fields of
 :class:`PruneOptions` and :class:`QuantizeOptions` (the same names as the
 ``prune``/``quantize`` flags, with ``_`` for ``-``). Recipes for common cases
@@ -43,6 +44,9 @@ class Recipe:
     quantize: dict[str, Any] | None
     pack: bool
     gate: dict[str, float]
+    # Store small float tensors (biases, norms, positional embeddings) as float16
+    # in the container when the final model still passes the gate that way.
+    pack_float16_small: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,18 +83,19 @@ def parse_recipe(data: dict[str, Any], name: str) -> Recipe:
             if isinstance(value, list):
                 table[key] = tuple(value)
         stages[section] = table if enabled else None
-    for section in ("simplify", "pack"):
+    for section, keys in (("simplify", {"enabled"}), ("pack", {"enabled", "float16_small"})):
         table = dict(data.get(section, {}))
-        extra = sorted(set(table) - {"enabled"})
+        extra = sorted(set(table) - keys)
         if extra:
-            raise UsageError(f"recipe {name}: [{section}] takes only 'enabled', not '{extra[0]}'")
+            raise UsageError(f"recipe {name}: [{section}] takes only {', '.join(sorted(keys))}, not '{extra[0]}'")
         stages[section] = bool(table.get("enabled", True))
+    pack_float16_small = bool(dict(data.get("pack", {})).get("float16_small", False))
     gate = dict(data.get("gate", {}))
     bad = sorted(set(gate) - set(GATE_KEYS))
     if bad:
         raise UsageError(f"recipe {name}: [gate] has no key '{bad[0]}' (keys: {', '.join(GATE_KEYS)})")
     return Recipe(name, str(data.get("description", "")), stages["simplify"], stages["prune"], stages["quantize"],
-                  stages["pack"], {k: float(v) for k, v in gate.items()})
+                  stages["pack"], {k: float(v) for k, v in gate.items()}, pack_float16_small)
 
 
 def recipe_for(model: Any) -> str:

@@ -40,8 +40,35 @@ def test_shrink_is_deterministic_and_gated(tmp_path):
     assert run_cli("unpack", tmp_path / "m0.onnxz", "-o", un).returncode == 0
     check = run_cli("validate", MLP, un, "--data", EVAL, "--max-accuracy-drop", "1.0", "--no-latency")
     assert check.returncode == 0, check.stdout + check.stderr
+    # Static int8 leaves no float tensor but scales, which stay exact: none is stored as float16.
+    assert report["float16_tensors"] == [] and report["stages"][-1]["note"] == "lossless"
+    # Inferred shapes of intermediate tensors are not carried into the output.
+    unpacked, original = onnx.load(str(un)), onnx.load(str(MLP))
+    assert {vi.name for vi in unpacked.graph.value_info} <= {vi.name for vi in original.graph.value_info}
     page = (tmp_path / "r0.html").read_text()
     assert page.count("<svg") >= 3 and "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
+
+
+def test_small_floats_go_float16_only_under_the_gate(tmp_path):
+    """Weight-only 4/8-bit leaves biases float: the recipe stores them as float16
+    when the unpacked model still passes the gate, and names them in the report."""
+    out, un = tmp_path / "m.onnxz", tmp_path / "un.onnx"
+    result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--eval", EVAL, "--sparsity", "0.5",
+                     "--weight-bits", "4,8", "--max-accuracy-drop", "1.0", "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    halves = report["float16_tensors"]
+    assert halves and "float16" in report["stages"][-1]["note"]
+    assert run_cli("unpack", out, "-o", un).returncode == 0
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(un)).graph.initializer}
+    original = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(MLP)).graph.initializer}
+    for name in halves:
+        a = stored[name]
+        assert a.dtype == np.float32 and (a.astype(np.float16).astype(np.float32) == a).all()
+        if name in original:
+            assert not np.array_equal(a, original[name])  # really rounded, not already float16 values
+    check = run_cli("validate", MLP, un, "--data", EVAL, "--max-accuracy-drop", "1.0", "--no-latency")
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_failed_gate_writes_nothing_and_exits_1(tmp_path):
@@ -90,7 +117,7 @@ def test_builtin_recipes_parse_and_are_listed():
         ({"prune": {"sparsity": 0.5, "bogus": 1}}, "no option 'bogus'"),
         ({"quantise": {}}, "unknown section"),
         ({"gate": {"max_drop": 1}}, "no key 'max_drop'"),
-        ({"pack": {"level": 3}}, "takes only 'enabled'"),
+        ({"pack": {"level": 3}}, "takes only enabled, float16_small, not 'level'"),
     ],
 )
 def test_bad_recipes_are_refused_by_name(data, message):
