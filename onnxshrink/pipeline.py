@@ -182,9 +182,11 @@ def _mixed_precision(model: onnx.ModelProto, original: onnx.ModelProto, widths: 
                      calib: list[Batch], check: Any, cache: dict[str, Any], progress: Progress):
     """Weight-only quantization with GPTQ rounding: every weight at the narrowest
     width, then the most sensitive (largest estimated output error) promoted to
-    the widest, as few as the gate allows (bisection on their number). The
-    layer Hessians come from the unpruned model and are reused by every trial.
-    Returns the WeightOnlyResult, or None when even the widest fails the gate."""
+    the widest, as few as the gate allows (bisection on their number). When
+    even all at the widest fail, the most sensitive stay float instead, again
+    as few as the gate allows. The layer Hessians come from the unpruned model
+    and are reused by every trial. Returns the WeightOnlyResult, or None when
+    no mix passes the gate."""
     from onnxshrink.lowbit import WeightOnlyOptions, collect_weight_statistics, quantize_weights
 
     narrow, wide = min(widths), max(widths)
@@ -193,9 +195,25 @@ def _mixed_precision(model: onnx.ModelProto, original: onnx.ModelProto, widths: 
         cache["layer_stats"] = collect_weight_statistics(cache["base"], calib, base_options, progress=progress)
     stats = cache["layer_stats"]
 
-    def quantized(promoted: list[str]):
-        opts = dataclasses.replace(base_options, layer_bits={name: wide for name in promoted})
+    def quantized(promoted: list[str], kept_float: tuple[str, ...] = ()):
+        layer_bits: dict[str, int | None] = {name: wide for name in promoted}
+        layer_bits.update({name: None for name in kept_float})
+        opts = dataclasses.replace(base_options, layer_bits=layer_bits)
         return quantize_weights(model, opts, calib=calib, layer_stats=stats)
+
+    def fewest(count: int, make):
+        """Bisection on how many of the ranked names get the better treatment:
+        the smallest count whose model passes (``count`` itself must pass)."""
+        best = make(count)
+        lo, hi = 0, count  # lo fails, hi passes
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            candidate = make(mid)
+            if passes(candidate):
+                hi, best = mid, candidate
+            else:
+                lo = mid
+        return best
 
     def passes(result) -> bool:
         return compare_models(original, result.model, check, gate=gate, measure_latency=False).passed
@@ -206,20 +224,11 @@ def _mixed_precision(model: onnx.ModelProto, original: onnx.ModelProto, widths: 
     ranked = sorted((w for w in first.report.weights if w.bits),
                     key=lambda w: -(w.output_error if w.output_error is not None else w.relative_error))
     names = [w.name for w in ranked]
-    if narrow == wide:
+    if narrow != wide and passes(quantized(names)):
+        return fewest(len(names), lambda k: quantized(names[:k]))
+    if not names or not passes(quantized([], tuple(names))):
         return None
-    best = quantized(names)
-    if not passes(best):
-        return None
-    lo, hi = 0, len(names)  # lo fails, hi passes
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        candidate = quantized(names[:mid])
-        if passes(candidate):
-            hi, best = mid, candidate
-        else:
-            lo = mid
-    return best
+    return fewest(len(names), lambda k: quantized(names, tuple(names[:k])))
 
 
 def _static_int8(model: onnx.ModelProto, original: onnx.ModelProto, settings: dict[str, Any], gate: Gate,
@@ -280,9 +289,12 @@ def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOpti
         if chosen is None:
             return {"failed": "no mix of weight widths meets the gate", "share": share}
         model = chosen.model
-        kept = sum(1 for w in chosen.report.weights if w.bits == max(options.weight_bits))
-        stages.append(("quantize", model, f"weights: {len(chosen.report.weights) - kept} at "
-                                          f"{min(options.weight_bits)} bits, {kept} at {max(options.weight_bits)} bits"))
+        counts = {bits: sum(1 for w in chosen.report.weights if w.bits == bits) for bits in sorted(set(options.weight_bits))}
+        from onnxshrink.lowbit.weight_only import KEPT_FLOAT
+
+        left_float = sum(1 for why in chosen.report.skipped.values() if why == KEPT_FLOAT)
+        stages.append(("quantize", model, "weights: " + ", ".join(f"{n} at {b} bits" for b, n in counts.items())
+                       + (f", {left_float} left float" if left_float else "")))
         for w in chosen.report.weights:
             entry = layers.setdefault(w.name, {"name": w.name, "sparsity": w.sparsity})
             entry.update({"quant_error": w.relative_error, "bits": w.bits})

@@ -137,3 +137,32 @@ def test_recipe_file_from_the_command_line(tmp_path):
     bad.write_text("[prune\n")
     result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--recipe", bad)
     assert result.returncode == 2 and "not valid TOML" in result.stderr
+
+
+def test_mixed_precision_keeps_the_most_sensitive_weight_float():
+    """When even all weights at 8 bits fail the gate, the most sensitive stays
+    float and the rest is still quantized. w1's input row 0 is huge but its
+    input is near zero: its per-channel scale crushes every other weight to 0."""
+    from onnx import TensorProto, helper
+
+    from onnxshrink.pipeline import ShrinkOptions, shrink
+    from onnxshrink.recipes import Recipe
+
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(64, 64)).astype(np.float32)
+    w1[0, :] = 3000.0
+    w2 = rng.normal(size=(64, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(size=(64, 64)).astype(np.float32)
+    x[:, 0] = 1e-4
+    recipe = Recipe("t", "", False, None, {}, True, {"min_cosine": 0.9999})
+    result = shrink(model, [{"x": x}], ShrinkOptions(recipe, weight_bits=(4, 8)))
+    dtypes = {t.name: t.data_type for t in result.model.graph.initializer}
+    assert dtypes["w1"] == TensorProto.FLOAT and dtypes["w2_quantized"] == TensorProto.INT8
+    assert "1 left float" in result.report["stages"][-2]["note"]
+    assert result.validation.passed

@@ -30,6 +30,7 @@ from onnxshrink.pruning.options import ROWS_PER_FEATURE
 from onnxshrink.roles import WeightUse, weight_uses
 
 Progress = Callable[[str, int, int], None]
+KEPT_FLOAT = "kept float by layer_bits"  # the skipped-reason of weights layer_bits maps to None
 QUANTIZABLE_DTYPES = (onnx.TensorProto.FLOAT,)
 
 
@@ -103,7 +104,7 @@ def weight_targets(model: onnx.ModelProto, options: WeightOnlyOptions) -> tuple[
         if any(fnmatch.fnmatchcase(n, p) for n in names for p in options.exclude):
             skipped[ref.name] = "excluded"
         elif bits is None:
-            skipped[ref.name] = "kept float by layer_bits"
+            skipped[ref.name] = KEPT_FLOAT
         elif ref.tensor.data_type not in QUANTIZABLE_DTYPES:
             skipped[ref.name] = f"{onnx.TensorProto.DataType.Name(ref.tensor.data_type).lower()}, not float32"
         elif ref.size < options.min_size:
