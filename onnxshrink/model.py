@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -27,14 +28,21 @@ from onnxshrink.fileio import atomic_output
 INLINE_LIMIT_BYTES = 1_800_000_000
 
 
-def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
+def load_model(path: str | os.PathLike, *, load_external_data: bool = True,
+               map_external_data: bool = False) -> onnx.ModelProto:
     """Read an ONNX model from ``path``.
 
     Raises :class:`ModelLoadError` for a missing, empty, truncated or corrupt
     file and :class:`UnsafeModelError` for external data that escapes the
     model's folder or declares sizes beyond the real file. With
     ``load_external_data`` the tensors stored beside the model are read into
-    the returned proto, so it no longer refers to any file.
+    the returned proto, so it no longer refers to any file. With
+    ``map_external_data`` the large ones (numeric, 1 MiB or more, no checksum)
+    are left in their files as *mapped* tensors instead: references to checked
+    byte ranges that :func:`tensor_array` reads as memory-mapped arrays,
+    onnxruntime sessions use in place and :func:`save_model` copies, so a
+    model of several GB is held in memory about once however many passes and
+    sessions read it.
     """
     path = Path(path)
     blob = _read_model_bytes(path)
@@ -44,7 +52,9 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
     _check_model(model, path, has_external=bool(references))
     # External tensors had their length checked against shape and dtype when resolved.
     check_tensors(model, str(path))
-    if load_external_data:
+    if map_external_data:
+        external_data.load_into(_map_references(references))
+    elif load_external_data:
         external_data.load_into(references)
     return model
 
@@ -189,23 +199,107 @@ def data_bytes(model: onnx.ModelProto) -> int:
 
 
 def serialized_size(model: onnx.ModelProto) -> int:
-    """``model.ByteSize()``, or over protobuf's 2 GB limit (where that raises
-    EncodeError) the bytes of its tensor data, which is nearly all of it."""
+    """``model.ByteSize()`` plus the bytes of its mapped tensors, or over
+    protobuf's 2 GB limit (where that raises EncodeError) the bytes of its
+    tensor data, which is nearly all of it."""
     try:
-        return model.ByteSize()
+        size = model.ByteSize()
     except Exception:
         return data_bytes(model)
+    return size + sum(int(_mapped_info(t)["length"]) for t, _ in _all_tensors(model) if is_mapped(t))
+
+
+# Mapped tensors (see load_model): large numeric external tensors left in their
+# checked files. The reference keeps the checked absolute path, so it survives
+# CopyFrom; the marker key tells it from a reference taken from a file, which
+# the resolver never lets through with such a key.
+MAPPED_MIN_BYTES = 1 << 20
+_MAPPED_KEY = "onnxshrink_mapped"
+_MAPPABLE_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BOOL,
+                   onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+                   onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
+# One mapping per file while any array reads it: pages mapped twice would count twice in RSS.
+_mappings: "weakref.WeakValueDictionary[str, np.memmap]" = weakref.WeakValueDictionary()
+
+
+def _map_references(references: list[external_data.ExternalReference]) -> list[external_data.ExternalReference]:
+    """Make the large numeric tensors among checked ``references`` mapped; return
+    the others (small, checksummed, other dtypes), which are to be read now."""
+    eager = []
+    for ref in references:
+        if ref.checksum is not None or ref.length < MAPPED_MIN_BYTES or ref.tensor.data_type not in _MAPPABLE_TYPES:
+            eager.append(ref)
+            continue
+        ref.tensor.ClearField("external_data")
+        for key, value in (("location", str(ref.file)), ("offset", str(ref.offset)), ("length", str(ref.length)),
+                           (_MAPPED_KEY, "1")):
+            entry = ref.tensor.external_data.add()
+            entry.key, entry.value = key, value
+    return eager
+
+
+def is_mapped(tensor: onnx.TensorProto) -> bool:
+    """True for a tensor whose data ``load_model(map_external_data=True)`` left in its file."""
+    return tensor.data_location == onnx.TensorProto.EXTERNAL and any(e.key == _MAPPED_KEY for e in tensor.external_data)
+
+
+def has_mapped(model: onnx.ModelProto) -> bool:
+    return any(is_mapped(t) for t, _ in _all_tensors(model))
+
+
+def _mapped_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def mapped_file(tensor: onnx.TensorProto) -> Path:
+    """The checked file a mapped tensor's data lives in."""
+    return Path(_mapped_info(tensor)["location"])
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """The tensor's values: ``numpy_helper.to_array`` for data in the proto; for a
+    mapped tensor a copy-on-write view of its file (no copy until written; the
+    file is never written)."""
+    if not is_mapped(tensor):
+        return numpy_helper.to_array(tensor)
+    info = _mapped_info(tensor)
+    mapping = _mappings.get(info["location"])
+    if mapping is None:
+        mapping = np.memmap(info["location"], dtype=np.uint8, mode="c")
+        _mappings[info["location"]] = mapping
+    offset, length = int(info["offset"]), int(info["length"])
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    return np.asarray(mapping[offset:offset + length]).view(dtype).reshape(tuple(tensor.dims))
+
+
+def materialized(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with every mapped tensor's data read into ``raw_data``
+    (``model`` itself when it has none)."""
+    if not has_mapped(model):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for tensor, _ in _all_tensors(copy):
+        if is_mapped(tensor):
+            data = tensor_array(tensor).tobytes()
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
+            tensor.raw_data = data
+            del data
+    return copy
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data_file: bool | None = None) -> None:
     """Write ``model`` to ``path`` atomically; ``model`` itself is left as it was.
 
     Tensor data goes to ``<name>.data`` beside ``path`` when the model is too
-    large for one protobuf (or ``external_data_file=True``). Locations are ours:
+    large for one protobuf (or ``external_data_file=True``). Mapped tensors are
+    read from their files (so they are held in memory while writing). Locations are ours:
     a tensor that still refers to an external file is refused, since writing
     it back could target a path chosen by whoever made the input.
     """
     path = Path(path)
+    model = materialized(model)
     for tensor, where in _all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             raise UnsafeModelError(
@@ -239,7 +333,7 @@ class WeightRef:
     depth: int = 0
 
     def array(self) -> np.ndarray:
-        return numpy_helper.to_array(self.tensor)
+        return tensor_array(self.tensor)
 
     def set_array(self, array: np.ndarray) -> None:
         """Replace the tensor's data (and dtype/shape) with ``array``, keeping its name."""

@@ -250,6 +250,7 @@ def compare_models(
     if measure_latency and first_feed is not None:
         timed_reference = ref_proto if ref_session is not None else None
         del ref_session, cand_session  # latency gets its own sessions: never four alive at once
+        runtime.release_memory()
         latency = _latencies(timed_reference, cand_proto, first_feed)
     sizes = {
         "reference": _size(reference, ref_proto) if ref_proto is not None else None,
@@ -298,6 +299,7 @@ def _latencies(ref: onnx.ModelProto | None, cand: onnx.ModelProto, feed: dict[st
             session = runtime.create_session(model, threads=1)
             rounds[key] = [runtime.median_latency_ms(session, feed, runs=10, warmup=2) for _ in range(3)]
             del session
+            runtime.release_memory()
     else:
         sessions = {key: runtime.create_session(model, threads=1) for key, model in models.items()}
         for _ in range(3):

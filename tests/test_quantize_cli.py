@@ -137,3 +137,23 @@ def test_benchmark_script_writes_its_table(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in out.read_text().splitlines() if line.startswith("| digits_mlp")]
     assert len(rows) == 2 and "onnxshrink" in rows[0] and "onnxruntime" in rows[1]
+
+
+def test_dynamic_takes_shape_for_symbolic_dims_of_its_check_inputs(tmp_path):
+    """x [batch, n] @ W [16, 8]: random inputs with n = 1 cannot run; --shape x=2x16 can."""
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "sym",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "n"])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 8])], [w])
+    path = tmp_path / "sym.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    refused = invoke(path, "-o", tmp_path / "a.onnx", "--dynamic", "-q")
+    assert refused.exit_code == 2 and not (tmp_path / "a.onnx").exists()
+    done = invoke(path, "-o", tmp_path / "b.onnx", "--dynamic", "--shape", "x=2x16", "--json", tmp_path / "b.json", "-q")
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["validation"]["synthetic_inputs"] and report["nodes"][0]["name"] == "mm"
+    bad = invoke(path, "-o", tmp_path / "c.onnx", "--dynamic", "--shape", "x=2by16")
+    assert bad.exit_code == 2 and "--shape" in bad.output

@@ -14,6 +14,7 @@ from onnxshrink.cli._common import (
     console,
     err_console,
     human_bytes,
+    parse_shapes,
     progress_bar,
     reports_errors,
     write_json,
@@ -48,8 +49,9 @@ def quantize_command(
     fold_constants: Annotated[bool, typer.Option("--fold-constants/--no-fold-constants", help="Run onnxsim first when a layer weight is computed at run time.")] = QuantizeOptions.fold_constants,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")] = QuantizeOptions.batch_size,
     weight_range_bits: Annotated[int, typer.Option("--weight-range-bits", help="Static int8: weight codes use this many bits of range (8 = full; 6 packs smaller, same int8 kernels).")] = QuantizeOptions.weight_range_bits,
+    shapes: Annotated[Optional[list[str]], typer.Option("--shape", help="Symbolic dims of the random check inputs (--dynamic without --eval): NAME=1x3x224x224.")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Quantize only the weights (int8/int4 behind DequantizeLinear); activations stay float; --calib optional.")] = False,
-    bits: Annotated[int, typer.Option("--bits", help="With --weights-only: 8 or 4 bits per weight.")] = WeightOnlyOptions.bits,
+    bits: Annotated[int, typer.Option("--bits", help="With --weights-only: 8 or 4 bits per weight (3 or 2: fewer levels in int4 storage, smaller once packed).")] = WeightOnlyOptions.bits,
     granularity: Annotated[str, typer.Option("--granularity", help="With --weights-only: 'channel' or 'block:N' scales.")] = WeightOnlyOptions.granularity,
     rounding: Annotated[str, typer.Option("--rounding", help="With --weights-only: 'nearest', or 'gptq' (error-compensated; needs --calib).")] = WeightOnlyOptions.rounding,
     min_size: Annotated[int, typer.Option("--min-size", help="With --weights-only: weights with fewer elements stay float.")] = WeightOnlyOptions.min_size,
@@ -79,12 +81,14 @@ def quantize_command(
         exclude_nodes=_names(exclude_nodes), exclude_ops=_names(exclude_ops), min_cosine=min_cosine,
         max_accuracy_drop=max_accuracy_drop, dynamic=dynamic, latency_guard=latency_guard,
         fold_constants=fold_constants, batch_size=batch_size, weight_range_bits=weight_range_bits,
+        shapes=tuple((name, tuple(dims)) for name, dims in parse_shapes(shapes).items()),
     )
     if dynamic and calib is not None:
         raise UsageError("--dynamic needs no --calib; drop one of them")
     if not dynamic and calib is None:
         raise UsageError("give --calib DATA (an .npz with one array per model input), or --dynamic")
-    source = load_model(model)
+    # Large external weights stay in their files, mapped: read once, shared by every pass and session.
+    source = load_model(model, map_external_data=True)
     with progress_bar(quiet) as progress:
         result = quantize_model(source, str(calib) if calib else None, options,
                                 eval_data=str(eval_data) if eval_data else None, progress=progress, name=str(model))

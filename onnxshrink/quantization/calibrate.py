@@ -48,8 +48,8 @@ def calibrate(
     specs = model_inputs(model)
     input_names = {s.name for s in specs}
     exposed = [n for n in dict.fromkeys(names) if n not in input_names]
-    session = runtime.create_session(runtime.with_outputs(model, exposed), threads=threads or os.cpu_count() or 1,
-                                     name="calibration model")
+    session = runtime.create_session(model, threads=threads or os.cpu_count() or 1, name="calibration model",
+                                     extra_outputs=exposed)
     total = getattr(data, "num_samples", None)
     if total is None and isinstance(data, (str, os.PathLike)):
         from onnxshrink.data import NpzData
@@ -86,6 +86,8 @@ def calibrate(
             start += step
         if progress:
             progress("calibrating", stats.samples, total or 0)
+    del session
+    runtime.release_memory()
     if stats.samples == 0:
         raise DataError("the calibration data holds no samples")
     return stats

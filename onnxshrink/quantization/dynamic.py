@@ -24,6 +24,7 @@ from onnxshrink.quantization.prepare import node_attribute, constant_value, remo
 from onnxshrink.quantization.report import QuantizeReport
 from onnxshrink.quantization.rewrite import _Names
 from onnxshrink.roles import weight_uses
+from onnxshrink.runtime import release_memory
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
 
@@ -94,7 +95,9 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
     del graph.node[:]
     graph.node.extend(nodes)
     remove_unused_initializers(out)
-    validation = compare_models(model, out, eval_data, measure_latency=options.latency_guard)
+    release_memory()  # the per-weight temporaries of a large model
+    validation = compare_models(model, out, eval_data, measure_latency=options.latency_guard,
+                                shapes=dict(options.shapes) or None)
     report = QuantizeReport(
         mode="dynamic", method=None, activations="uint8 (dynamic)", per_channel=options.per_channel, nodes=records,
         left_float=left_float, size_bytes={"original": serialized_size(model), "quantized": serialized_size(out)},

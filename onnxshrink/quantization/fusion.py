@@ -13,29 +13,23 @@ import os
 import tempfile
 
 import onnx
-import onnxruntime as ort
 
-from onnxshrink.errors import UnsupportedModelError
+from onnxshrink import runtime
 
 # Ops whose QDQ form is meant to run in float or as 8-bit data movement: never "unfused".
 NOT_KERNELS = {"HardSwish", "HardSigmoid", "Relu", "Clip"}
 
 
 def optimized_graph(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` as onnxruntime's CPU provider rewrites it (extended optimizations)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
+    """``model`` as onnxruntime's CPU provider rewrites it (extended optimizations);
+    its large initializers are left out (only the graph is read)."""
     with tempfile.TemporaryDirectory(prefix="onnxshrink-") as folder:
         path = os.path.join(folder, "optimized.onnx")
-        options.optimized_model_filepath = path
-        try:
-            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise UnsupportedModelError(f"quantized model: onnxruntime cannot load it ({first})") from None
-        return onnx.load(path)
+        session = runtime.create_session(model, threads=1, optimize="extended", name="quantized model",
+                                         optimized_model_path=path)
+        del session
+        runtime.release_memory()
+        return onnx.load(path, load_external_data=False)
 
 
 def unfused_nodes(model: onnx.ModelProto, quantized: dict[str, str]) -> tuple[list[str], dict[str, str]]:

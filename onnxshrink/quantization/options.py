@@ -29,7 +29,9 @@ class QuantizeOptions:
     is computed at run time. ``batch_size`` is the calibration batch size.
     ``weight_range_bits`` below 8 keeps int8 weights but uses only the codes of a
     narrower symmetric range (6: [-31, 31]): the model still runs in int8
-    kernels, and its weights pack smaller.
+    kernels, and its weights pack smaller. ``shapes`` fills symbolic input dims
+    of the random inputs the final check uses when there is no data to run
+    (``--dynamic`` without ``--eval``), as ``((name, (dim, ...)), ...)``.
     """
 
     method: str = "minmax"
@@ -45,6 +47,7 @@ class QuantizeOptions:
     fold_constants: bool = True
     batch_size: int = 32
     weight_range_bits: int = 8
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

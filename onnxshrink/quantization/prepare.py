@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxshrink.errors import UnsupportedModelError
-from onnxshrink.model import consumers, iter_graphs, opset_version
+from onnxshrink.model import INLINE_LIMIT_BYTES, consumers, data_bytes, has_mapped, iter_graphs, materialized, opset_version, tensor_array
 from onnxshrink.simplify import simplify
 
 MIN_OPSET = 13
@@ -92,20 +92,26 @@ def fold_constants_if_needed(model: onnx.ModelProto) -> tuple[onnx.ModelProto, s
     """onnxsim's constant folding when weights are computed; the reason it failed otherwise."""
     if not has_computed_weights(model):
         return model, None
-    result = simplify(model)
-    return result.model, result.fallback_reason
+    result = simplify(materialized(model) if has_mapped(model) and data_bytes(model) <= INLINE_LIMIT_BYTES else model)
+    return (result.model if result.modified else model), result.fallback_reason
 
 
-def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+def constant_tensor(graph: onnx.GraphProto, name: str) -> onnx.TensorProto | None:
+    """The initializer or Constant ``value`` tensor named ``name`` in ``graph``."""
     for t in graph.initializer:
         if t.name == name:
-            return numpy_helper.to_array(t)
+            return t
     for node in graph.node:
         if node.op_type == "Constant" and node.output[0] == name:
             for a in node.attribute:
                 if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-                    return numpy_helper.to_array(a.t)
+                    return a.t
     return None
+
+
+def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    tensor = constant_tensor(graph, name)
+    return None if tensor is None else tensor_array(tensor)
 
 
 def node_attribute(node: onnx.NodeProto, name: str, default):
@@ -238,17 +244,18 @@ def matmul_add_to_gemm(graph: onnx.GraphProto, ranks: dict[str, int]) -> int:
     for mm in list(graph.node):
         if mm.op_type != "MatMul" or ranks.get(mm.input[0]) != 2:
             continue
-        weight = constant_value(graph, mm.input[1])
+        weight = constant_tensor(graph, mm.input[1])  # only its shape: the data is not read
         add = _sole_reader(graph, mm.output[0], users)
-        if weight is None or weight.ndim != 2 or add is None or add.op_type != "Add":
+        if weight is None or len(weight.dims) != 2 or add is None or add.op_type != "Add":
             continue
+        columns = int(weight.dims[1])
         other = add.input[1] if add.input[0] == mm.output[0] else add.input[0]
         bias = constant_value(graph, other)
-        if bias is None or bias.size not in (1, weight.shape[1]) or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
+        if bias is None or bias.size not in (1, columns) or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
             continue
         b_name = _unique(graph, f"{other}_gemm_bias")
         graph.initializer.append(numpy_helper.from_array(
-            np.broadcast_to(bias.reshape(-1), (weight.shape[1],)).astype(np.float32).copy(), b_name))
+            np.broadcast_to(bias.reshape(-1), (columns,)).astype(np.float32).copy(), b_name))
         gemm = helper.make_node("Gemm", [mm.input[0], mm.input[1], b_name], [add.output[0]], name=mm.name or add.name)
         index = list(graph.node).index(mm)
         graph.node.remove(mm)
@@ -289,7 +296,7 @@ def spatial_means_to_global_pool(graph: onnx.GraphProto, ranks: dict[str, int]) 
 def value_ranks(model: onnx.ModelProto) -> dict[str, int]:
     """Rank of every value shape inference can type (symbolic dims are fine)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(_without_weight_data(model))
     except Exception:  # shape inference is a hint here; without it nothing is fused
         return {}
     ranks = {}
@@ -309,9 +316,10 @@ def remove_unused_initializers(model: onnx.ModelProto) -> None:
     dropped = {t.name for t in model.graph.initializer if t.name not in used}
     if not dropped:
         return
-    keep = [t for t in model.graph.initializer if t.name not in dropped]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    # Deleted in place: re-adding the kept ones would copy them (protobuf keeps the old memory).
+    for index in reversed(range(len(model.graph.initializer))):
+        if model.graph.initializer[index].name in dropped:
+            del model.graph.initializer[index]
     inputs = [i for i in model.graph.input if i.name not in dropped]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
@@ -332,7 +340,7 @@ def name_nodes(graph: onnx.GraphProto) -> None:
 def value_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every value shape inference can type."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(_without_weight_data(model))
     except Exception:  # without types, only values typed in the graph itself are known
         inferred = model
     types = {t.name: t.data_type for t in model.graph.initializer}
@@ -345,3 +353,30 @@ def value_types(model: onnx.ModelProto) -> dict[str, int]:
                 if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
                     types[node.output[0]] = a.t.data_type
     return types
+
+
+# Above this many bytes of tensor data, shape inference gets a copy without the data of
+# the large initializers: it serializes the model, and needs their shapes only.
+_SHAPES_ONLY_ABOVE_BYTES = 64 << 20
+
+
+def _without_weight_data(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` itself, or for a large one a copy whose main-graph initializers of
+    1 MiB or more keep their type and shape but no data (in-memory references)."""
+    if data_bytes(model) <= _SHAPES_ONLY_ABOVE_BYTES:
+        return model
+    from onnxshrink.external_data import _DATA_FIELDS, _bytes_needed, _copy_fields_except
+
+    stubbed = onnx.ModelProto()
+    _copy_fields_except(model, stubbed, "graph")
+    _copy_fields_except(model.graph, stubbed.graph, "initializer")
+    for tensor in model.graph.initializer:
+        stub = stubbed.graph.initializer.add()
+        if (_bytes_needed(tensor) or 0) < 1 << 20 or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            stub.CopyFrom(tensor)
+            continue
+        _copy_fields_except(tensor, stub, *_DATA_FIELDS)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        entry = stub.external_data.add()
+        entry.key, entry.value = "location", "onnxshrink-in-memory"
+    return stubbed

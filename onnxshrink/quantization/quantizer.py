@@ -10,6 +10,7 @@ from typing import Any, Callable
 import onnx
 
 from onnxshrink.model import serialized_size
+from onnxshrink.runtime import release_memory
 from onnxshrink.data import NpzData
 from onnxshrink.errors import UsageError
 from onnxshrink.quantization import prepare
@@ -135,6 +136,7 @@ def build(prepared: Prepared, source: StatisticsSource, options: QuantizeOptions
     params = compute_params(plan, stats, prepared.model.graph, options.method, options.activations, options.percentile)
     model, records = apply_plan(prepared.model, plan, params, per_channel=options.per_channel,
                                  weight_range_bits=options.weight_range_bits)
+    release_memory()  # the per-weight temporaries of a large model
     return model, plan, records
 
 
@@ -211,7 +213,8 @@ def quantize_model(
     data = eval_data if eval_data is not None else _as_data_for_validation(calib)
     from onnxshrink.validation import compare_models
 
-    validation = compare_models(model, qmodel, data, measure_latency=options.latency_guard)
+    validation = compare_models(model, qmodel, data, measure_latency=options.latency_guard,
+                                shapes=dict(options.shapes) or None)
     lat = validation.latency_ms
     if lat.get("reference") and lat.get("candidate") and lat["candidate"] > lat["reference"]:
         warnings.append(f"the int8 model is slower than fp32 on this CPU ({lat['candidate']:.3f} ms vs "

@@ -1,0 +1,128 @@
+"""Quantizing models whose weights live in external data: mapped weights, and peak memory.
+
+``load_model(map_external_data=True)`` (what ``onnxshrink quantize`` uses)
+leaves large weights in their files; every pass and onnxruntime session then
+reads them from one mapping instead of holding copies. These tests check the
+results are the same as with the weights read into the proto, and that the
+CLI's peak RSS stays near the weight bytes (issue 7: the old code peaked at
+about 7x them).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxshrink import runtime
+from onnxshrink.model import is_mapped, load_model, save_model, serialized_size, tensor_array
+from onnxshrink.quantization import QuantizeOptions, quantize_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _external_model(folder: Path, rows: int, cols: int, count: int, *, bias: bool = False, seed: int = 0) -> tuple[Path, int]:
+    """y = Sum_i(x @ W_i (+ b_i)), W_i [rows, cols] fp32 in one external file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    inits, nodes, outs, offset = [], [], [], 0
+    with open(folder / "weights.bin", "wb") as f:
+        for i in range(count):
+            w = (0.05 * rng.standard_normal((rows, cols), dtype=np.float32)).astype(np.float32)
+            f.write(w.tobytes())
+            t = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[rows, cols])
+            t.data_location = TensorProto.EXTERNAL
+            for k, v in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(w.nbytes))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            offset += w.nbytes
+            inits.append(t)
+            nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"h{i}"], name=f"mm{i}"))
+            out = f"h{i}"
+            if bias:
+                inits.append(onnx.numpy_helper.from_array(rng.standard_normal(cols).astype(np.float32), f"b{i}"))
+                nodes.append(helper.make_node("Add", [f"h{i}", f"b{i}"], [f"a{i}"], name=f"add{i}"))
+                out = f"a{i}"
+            outs.append(out)
+    nodes.append(helper.make_node("Sum", outs, ["y"], name="sum"))
+    graph = helper.make_graph(nodes, "ext", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", rows])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", cols])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path, offset
+
+
+def test_mapped_weights_read_run_and_save_like_loaded_ones(tmp_path):
+    path, _ = _external_model(tmp_path / "m", 512, 1024, 3, bias=True)
+    loaded, mapped = load_model(path), load_model(path, map_external_data=True)
+    weights = [t for t in mapped.graph.initializer if t.name.startswith("w")]
+    assert weights and all(is_mapped(t) for t in weights)
+    assert not any(is_mapped(t) for t in mapped.graph.initializer if t.name.startswith("b"))  # small: read in
+    for a, b in zip(loaded.graph.initializer, mapped.graph.initializer):
+        assert np.array_equal(tensor_array(a), tensor_array(b))
+    assert serialized_size(mapped) == pytest.approx(serialized_size(loaded), rel=1e-3)
+    x = np.random.default_rng(1).standard_normal((4, 512)).astype(np.float32)
+    expected = runtime.create_session(loaded, optimize=False).run(None, {"x": x})[0]
+    got = runtime.create_session(mapped, optimize=False).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    save_model(mapped, tmp_path / "out" / "model.onnx")  # reads the mapped data; the input is untouched
+    again = load_model(tmp_path / "out" / "model.onnx")
+    for a, b in zip(loaded.graph.initializer, again.graph.initializer):
+        assert a.raw_data == b.raw_data
+
+
+def test_session_from_a_temporary_weights_file_matches_the_serialized_one(tmp_path, monkeypatch):
+    path, _ = _external_model(tmp_path / "m", 512, 1024, 2)
+    model = load_model(path)
+    x = np.random.default_rng(2).standard_normal((3, 512)).astype(np.float32)
+    expected = runtime.create_session(model, optimize=False).run(None, {"x": x})[0]
+    monkeypatch.setattr(runtime, "FILE_SESSION_BYTES", 1)  # this model's weights go through a mapped file
+    session = runtime.create_session(model, optimize=False, extra_outputs=["h0"])
+    y, h0 = session.run(None, {"x": x})
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    assert h0.shape == (3, 1024)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_quantizing_mapped_weights_gives_the_same_model(tmp_path, dynamic):
+    path, _ = _external_model(tmp_path / "m", 512, 1024, 3, bias=True)
+    calib = [{"x": np.random.default_rng(3).standard_normal((16, 512)).astype(np.float32)}]
+    options = QuantizeOptions(dynamic=dynamic, latency_guard=False)
+    loaded = quantize_model(load_model(path), None if dynamic else calib, options)
+    mapped = quantize_model(load_model(path, map_external_data=True), None if dynamic else calib, options)
+    assert mapped.model.SerializeToString() == loaded.model.SerializeToString()
+    assert mapped.report.size_bytes["original"] == pytest.approx(loaded.report.size_bytes["original"], rel=1e-3)
+
+
+def _peak_rss(args: list[str]) -> int:
+    """Peak RSS in bytes of one child process (its own ru_maxrss, from wait4)."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    assert os.waitstatus_to_exitcode(status) == 0, err[-2000:]
+    return usage.ru_maxrss * 1024
+
+
+def test_quantize_peak_memory_stays_near_the_weight_bytes(tmp_path):
+    """Static and dynamic quantization of ~120 MB of external weights. The old
+    code held the weights 6-7 times over (proto, prepared copy, shape-inference
+    serializations, calibration copy, serialized bytes and onnxruntime's copy
+    per session); now about once (mapped, shared with onnxruntime)."""
+    path, weight_bytes = _external_model(tmp_path / "big", 1024, 7500, 4)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(1).standard_normal((8, 1024)).astype(np.float32))
+    cli = ["-c", "from onnxshrink.cli import main; main()", "quantize", str(path)]
+    idle = _peak_rss(["-c", "import onnxruntime, onnx, numpy, onnxshrink.cli, onnxshrink.quantization"])
+    static = _peak_rss([*cli, "-o", str(tmp_path / "q" / "model.onnx"), "--calib", str(calib), "-q"])
+    dynamic = _peak_rss([*cli, "-o", str(tmp_path / "d" / "model.onnx"), "--dynamic", "-q"])
+    for name, peak in (("static", static), ("dynamic", dynamic)):
+        ratio = (peak - idle) / weight_bytes
+        assert ratio < 3.0, f"{name}: peak RSS {peak / 1e6:.0f} MB, {ratio:.2f}x the {weight_bytes / 1e6:.0f} MB of weights"
