@@ -20,9 +20,12 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import onnx
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from onnxshrink.errors import ModelLoadError, UnsafeModelError
 from onnxshrink.fileio import atomic_output
@@ -151,32 +154,104 @@ def resolve_references(model: onnx.ModelProto, folder: Path, *, model_name: str)
     return refs
 
 
+def refuse_references(model: onnx.ModelProto) -> None:
+    """Raise UnsafeModelError if a tensor of ``model`` still refers to external
+    data: writing it back could target a path chosen by whoever made the input."""
+    from onnxshrink.model import all_tensors  # late: model imports this module
+
+    for tensor, where in [*all_tensors(model), *_function_tensors(model)]:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise UnsafeModelError(
+                f"tensor '{tensor.name}' in {where} still refers to external data; load the model with "
+                "onnxshrink.load_model so its data is read (and checked) before saving"
+            )
+
+
+def _function_tensors(model: onnx.ModelProto) -> Iterable[tuple[onnx.TensorProto, str]]:
+    """The tensors of model functions' nodes and their subgraphs (``all_tensors`` covers the graphs)."""
+    for function in model.functions:
+        yield from ((t, f"function '{function.name}'") for t in _node_tensors(function.node))
+
+
+def _node_tensors(nodes) -> Iterable[onnx.TensorProto]:
+    for node in nodes:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from g.initializer
+                yield from _node_tensors(g.node)
+
+
+def read_reference(ref: ExternalReference) -> bytes:
+    """The ``length`` bytes a checked reference points at, after checking
+    that they are all there and match its checksum (if it declares one)."""
+    with open(ref.file, "rb") as f:
+        f.seek(ref.offset)
+        data = f.read(ref.length)
+    if len(data) != ref.length:
+        raise ModelLoadError(f"tensor '{ref.tensor.name}': external data file {ref.file.name} is shorter than declared")
+    if ref.checksum is not None and hashlib.sha1(data).hexdigest() != ref.checksum.lower():
+        raise ModelLoadError(f"tensor '{ref.tensor.name}': external data checksum mismatch in {ref.file.name}")
+    return data
+
+
+def detach(tensor: onnx.TensorProto) -> None:
+    """Make ``tensor`` no longer refer to an external file (its data is read
+    elsewhere); everything else about it stays."""
+    tensor.ClearField("external_data")
+    tensor.ClearField("data_location")
+
+
 def load_into(references: Iterable[ExternalReference]) -> None:
     """Read each checked reference into its tensor's ``raw_data``; the tensors
     no longer refer to any file afterwards."""
     for ref in references:
-        with open(ref.file, "rb") as f:
-            f.seek(ref.offset)
-            data = f.read(ref.length)
-        if len(data) != ref.length:
-            raise ModelLoadError(f"tensor '{ref.tensor.name}': external data file {ref.file.name} is shorter than declared")
-        if ref.checksum is not None and hashlib.sha1(data).hexdigest() != ref.checksum.lower():
-            raise ModelLoadError(f"tensor '{ref.tensor.name}': external data checksum mismatch in {ref.file.name}")
-        ref.tensor.ClearField("external_data")
-        ref.tensor.ClearField("data_location")
+        data = read_reference(ref)
+        detach(ref.tensor)
         ref.tensor.raw_data = data
         del data
 
 
-def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Write ``model`` to ``path`` with its larger main-graph initializers in
-    ``<path name>.data``; ``model`` is not changed.
+@dataclasses.dataclass(frozen=True)
+class DeferredData:
+    """Data of a tensor that is not in the proto yet: ``length`` bytes that
+    ``read()`` produces (reads or decodes them) when they are written."""
 
-    Memory stays near one copy of the weights: the .onnx written is a skeleton
-    built field by field (big tensors replaced by references), and each
-    tensor's bytes are written straight from the model, one at a time.
-    (Clearing a field would not help: protobuf keeps the memory in its arena.)
+    length: int
+    read: Callable[[], "bytes | bytearray | memoryview | np.ndarray"]
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def raw_data_size(length: int) -> int:
+    """Bytes a ``raw_data`` field of ``length`` bytes adds to a TensorProto
+    (tag, length prefix, data)."""
+    return 1 + _varint_size(length) + length
+
+
+def save_with_external_data(model: onnx.ModelProto, path: Path,
+                            deferred: Mapping[int, DeferredData] | None = None) -> onnx.ModelProto:
+    """Write ``model`` to ``path`` with its larger main-graph initializers in
+    ``<path name>.data``; ``model`` is not changed. Returns the model as
+    written (those initializers refer to the data file).
+
+    ``deferred``: main-graph initializers (by index) whose data is not in
+    ``model``; each is written as if its ``raw_data`` held the bytes its
+    :class:`DeferredData` produces, which are asked for only when that
+    tensor is written and dropped right after.
+
+    Memory stays near one copy of the weights (or one tensor, for deferred
+    data): the .onnx written is a skeleton built field by field (big tensors
+    replaced by references), and each tensor's bytes are written straight
+    from the model, one at a time. (Clearing a field would not help:
+    protobuf keeps the memory in its arena.)
     """
+    refuse_references(model)
+    deferred = deferred or {}
     data_path = path.with_name(path.name + ".data")
     skeleton = onnx.ModelProto()
     _copy_fields_except(model, skeleton, "graph")
@@ -184,14 +259,20 @@ def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
     # Model renamed last: a reader never sees a model whose data is missing.
     with atomic_output(path) as tmp_model, atomic_output(data_path) as tmp_data:
         with open(tmp_data, "wb") as f:
-            for tensor in model.graph.initializer:
+            for i, tensor in enumerate(model.graph.initializer):
                 stub = skeleton.graph.initializer.add()
-                if tensor.ByteSize() < EXTERNAL_MIN_BYTES or tensor.data_type == onnx.TensorProto.STRING:
+                later = deferred.get(i)
+                size = tensor.ByteSize() + (raw_data_size(later.length) if later else 0)
+                data = _deferred_bytes(tensor, later) if later else None
+                if size < EXTERNAL_MIN_BYTES or tensor.data_type == onnx.TensorProto.STRING:
                     stub.CopyFrom(tensor)
+                    if data is not None:
+                        stub.raw_data = bytes(data)
                     continue
                 f.write(b"\0" * ((-f.tell()) % ALIGNMENT))
                 offset = f.tell()
-                data = tensor.raw_data if tensor.HasField("raw_data") else onnx.numpy_helper.to_array(tensor).tobytes()
+                if data is None:
+                    data = tensor.raw_data if tensor.HasField("raw_data") else onnx.numpy_helper.to_array(tensor).tobytes()
                 f.write(data)
                 length = len(data)
                 del data
@@ -201,6 +282,14 @@ def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
                     entry = stub.external_data.add()
                     entry.key, entry.value = key, value
         tmp_model.write_bytes(skeleton.SerializeToString())
+    return skeleton
+
+
+def _deferred_bytes(tensor: onnx.TensorProto, later: DeferredData):
+    data = later.read()
+    if len(data) != later.length:
+        raise ValueError(f"tensor '{tensor.name}': {len(data)} bytes of deferred data, {later.length} announced")
+    return data
 
 
 _DATA_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",

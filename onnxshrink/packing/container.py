@@ -1,12 +1,18 @@
-"""The .onnxz container: bytes in, bytes out, every field checked.
+"""The .onnxz container: every field checked, and never more than the header
+held in memory by the container code itself.
 
 Layout (docs/FORMAT.md has it byte by byte): a 36-byte prefix (magic,
 version, header compression, header sizes, CRC32), the header (the model
 without the packed tensors' data, then the table of entries), then the
 payloads back to back in table order, up to the end of the file.
 
-:func:`write` and :func:`read` know nothing about codecs or ONNX beyond
-carrying the model bytes; :mod:`onnxshrink.packing.api` builds on them.
+Writing: :func:`head` is everything before the payloads, so a writer can
+stream payloads from wherever it keeps them; :func:`write` joins all in
+memory. Reading: :func:`read_layout` parses and checks the head through a
+``read_at(offset, size)`` callable and says where each payload starts, so a
+file is read one payload at a time; :func:`read` does it on bytes in memory.
+Neither knows about codecs or ONNX beyond carrying the model bytes;
+:mod:`onnxshrink.packing.api` builds on them.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import json
 import lzma
 import struct
 import zlib
-from typing import Any
+from typing import Any, Callable
 
 from onnxshrink.errors import PackError
 from onnxshrink.packing.bytereader import ByteReader, i32, u8, u16, u32, u64
@@ -72,6 +78,19 @@ class Container:
     payloads: list[memoryview]
 
 
+@dataclasses.dataclass
+class Layout:
+    """A checked container head: the skeleton, the entries, and the offset in
+    the file of each entry's payload (they fill the file exactly)."""
+
+    skeleton: bytes
+    entries: list[Entry]
+    offsets: list[int]
+
+
+ReadAt = Callable[[int, int], "bytes | bytearray | memoryview"]
+
+
 def codec_config_bytes(config: dict[str, Any]) -> bytes:
     """Canonical JSON of a codec config (sorted keys, no spaces): deterministic."""
     return json.dumps(config, sort_keys=True, separators=(",", ":")).encode("ascii")
@@ -79,12 +98,18 @@ def codec_config_bytes(config: dict[str, Any]) -> bytes:
 
 def write(skeleton: bytes, entries: list[Entry], payloads: list[bytes]) -> bytes:
     """Serialise a container; same inputs give the same bytes."""
+    return b"".join([head(skeleton, entries), *payloads])
+
+
+def head(skeleton: bytes, entries: list[Entry]) -> bytes:
+    """The container up to its first payload (prefix, CRC32, stored header);
+    the payloads follow it in entry order. Same inputs give the same bytes."""
     header = b"".join([u64(len(skeleton)), skeleton, u32(len(entries))] + [_entry_bytes(e) for e in entries])
     method, stored = _compress(header)
     version = 2 if any(V2_CODEC_KEYS & set(e.codec) for e in entries) else 1
     prefix = _PREFIX.pack(MAGIC, version, 0, method, len(stored), len(header))
     crc = zlib.crc32(stored, zlib.crc32(prefix))
-    return b"".join([prefix, u32(crc), stored, *payloads])
+    return b"".join([prefix, u32(crc), stored])
 
 
 def _entry_bytes(e: Entry) -> bytes:
@@ -109,31 +134,48 @@ def _compress(header: bytes) -> tuple[int, bytes]:
 
 
 def read(data: bytes | memoryview, limits: Limits = Limits()) -> Container:
-    """Parse and check a container; payloads are views into ``data``.
+    """Parse and check a container in memory; payloads are views into ``data``.
 
-    Raises PackError for anything that is not a well-formed container of a
-    version this build reads, or that declares sizes beyond ``limits``.
-    Payload contents are checked later, against each entry's CRC32.
+    Raises PackError as :func:`read_layout` does.
     """
     view = memoryview(data).cast("B")
-    if len(view) < PREFIX_SIZE or bytes(view[:8]) != MAGIC:
+    layout = read_layout(lambda offset, size: view[offset : offset + size], len(view), limits)
+    payloads = [view[o : o + e.encoded_length] for o, e in zip(layout.offsets, layout.entries)]
+    return Container(layout.skeleton, layout.entries, payloads)
+
+
+def read_layout(read_at: ReadAt, size: int, limits: Limits = Limits()) -> Layout:
+    """Parse and check the head of a container of ``size`` bytes, reading it
+    through ``read_at(offset, n)`` (which returns at most ``n`` bytes);
+    payloads are not read.
+
+    Raises PackError for anything that is not a well-formed container of a
+    version this build reads, that declares sizes beyond ``limits``, or
+    whose payloads do not fill the rest of the file exactly. Payload
+    contents are checked later, against each entry's CRC32.
+    """
+    prefix = bytes(read_at(0, min(size, PREFIX_SIZE)))
+    if len(prefix) < PREFIX_SIZE or prefix[:8] != MAGIC:
         raise PackError("not an onnxshrink packed model (.onnxz): the magic bytes are missing")
-    magic, version, flags, method, stored_len, header_len = _PREFIX.unpack(view[: _PREFIX.size])
+    magic, version, flags, method, stored_len, header_len = _PREFIX.unpack(prefix[: _PREFIX.size])
     if version not in VERSIONS:
         raise PackError(f"unsupported .onnxz version {version} (this onnxshrink reads versions "
                         f"{', '.join(map(str, VERSIONS))}); "
                         "use a newer onnxshrink")
-    (crc,) = struct.unpack("<I", view[_PREFIX.size : PREFIX_SIZE])
+    (crc,) = struct.unpack("<I", prefix[_PREFIX.size : PREFIX_SIZE])
     if flags != 0 or method not in (NONE, ZLIB, LZMA):
         raise PackError(f"corrupt container: unknown flags {flags} or header compression {method}")
-    if stored_len > len(view) - PREFIX_SIZE:
-        raise PackError(f"corrupt container: truncated (header of {stored_len} bytes, file of {len(view)})")
+    if stored_len > size - PREFIX_SIZE:
+        raise PackError(f"corrupt container: truncated (header of {stored_len} bytes, file of {size})")
     if header_len > limits.max_header_bytes:
         raise PackError(f"container header of {header_len} bytes exceeds the limit {limits.max_header_bytes}")
-    stored = view[PREFIX_SIZE : PREFIX_SIZE + stored_len]
-    if zlib.crc32(stored, zlib.crc32(view[: _PREFIX.size])) != crc:
+    stored = read_at(PREFIX_SIZE, stored_len)
+    if len(stored) != stored_len:
+        raise PackError(f"corrupt container: truncated (header of {stored_len} bytes, {len(stored)} read)")
+    if zlib.crc32(stored, zlib.crc32(prefix[: _PREFIX.size])) != crc:
         raise PackError("corrupt container: the header checksum does not match (damaged or truncated file)")
     header = _decompress(method, stored, header_len)
+    del stored
     reader = ByteReader(header, "container header")
     skeleton = bytes(reader.take(reader.bounded(reader.u64(), header_len, "model size")))
     count = reader.bounded(reader.u32(), limits.max_entries, "number of tensors")
@@ -144,10 +186,16 @@ def read(data: bytes | memoryview, limits: Limits = Limits()) -> Container:
     total = sum(e.decoded_length for e in entries)
     if total > limits.max_total_bytes:
         raise PackError(f"container declares {total} bytes of tensors, beyond the limit {limits.max_total_bytes}")
-    body = ByteReader(view[PREFIX_SIZE + stored_len :], "container payloads")
-    payloads = [body.take(e.encoded_length) for e in entries]
-    body.expect_end()
-    return Container(skeleton, entries, payloads)
+    offsets, position = [], PREFIX_SIZE + stored_len
+    for e in entries:
+        if e.encoded_length > size - position:
+            raise PackError(f"corrupt container payloads: truncated (wanted {e.encoded_length} bytes, "
+                            f"{size - position} left)")
+        offsets.append(position)
+        position += e.encoded_length
+    if position != size:
+        raise PackError(f"corrupt container payloads: {size - position} unexpected trailing bytes")
+    return Layout(skeleton, entries, offsets)
 
 
 def _decompress(method: int, stored: memoryview, length: int) -> bytes:

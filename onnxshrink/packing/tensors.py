@@ -11,6 +11,8 @@ order: the attribute's tensor ``t``, its ``tensors``, then the graphs in
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from typing import Mapping
 
 import onnx
 from onnx import TensorProto, numpy_helper
@@ -102,15 +104,18 @@ def expected_nbytes(data_type: int, dims) -> int | None:
     return (n * layout.bits + 7) // 8
 
 
-def tensor_bytes(tensor: TensorProto) -> bytes | None:
+def tensor_bytes(tensor: TensorProto, external: bytes | None = None) -> bytes | None:
     """The tensor's little-endian ``raw_data`` bytes, or None for a tensor that
     stays inline in the graph (strings, unknown types, segments, odd sizes).
 
     Tensors with typed fields (float_data, int32_data, ...) are converted with
     numpy_helper, so ``to_array`` of the restored raw_data is identical.
-    Raises PackError for a tensor that still refers to external data.
+    ``external``: the bytes of a tensor whose data is not in the proto (read
+    from its external file), judged as if they were its ``raw_data``.
+    Raises PackError for a tensor that still refers to external data whose
+    bytes are not given.
     """
-    if tensor.data_location == TensorProto.EXTERNAL:
+    if external is None and tensor.data_location == TensorProto.EXTERNAL:
         raise PackError(
             f"tensor '{tensor.name}' still refers to external data; load the model with "
             "onnxshrink.load_model so its data is read before packing"
@@ -118,7 +123,9 @@ def tensor_bytes(tensor: TensorProto) -> bytes | None:
     expected = expected_nbytes(tensor.data_type, tensor.dims)
     if expected is None or tensor.HasField("segment"):
         return None
-    if tensor.HasField("raw_data"):
+    if external is not None:
+        data = external
+    elif tensor.HasField("raw_data"):
         data = tensor.raw_data
     else:
         try:
@@ -138,3 +145,59 @@ def strip_data(tensor: TensorProto) -> None:
 def has_data(tensor: TensorProto) -> bool:
     """Whether any data field of ``tensor`` is set."""
     return tensor.HasField("raw_data") or any(len(getattr(tensor, f)) for f in _TYPED_FIELDS)
+
+
+def loaded_byte_size(model: onnx.ModelProto, lengths: Mapping[int, int]) -> int:
+    """What ``model.ByteSize()`` would be if the tensor of each slot ordinal in
+    ``lengths`` held that many bytes of ``raw_data`` in place of its
+    external-data reference (as ``load_model`` leaves a model), computed
+    without the bytes: the tensors' sizes, then each enclosing message's.
+    """
+    if not lengths:
+        return model.ByteSize()
+    ordinals = itertools.count()
+
+    def framed(old: int, new: int) -> int:
+        """Growth of a message field whose value grows from ``old`` to ``new`` bytes."""
+        return new - old + _varint_size(new) - _varint_size(old)
+
+    def tensor_delta(t: TensorProto) -> int:
+        length = lengths.get(next(ordinals))
+        if length is None:
+            return 0
+        loaded = TensorProto()
+        loaded.CopyFrom(t)
+        loaded.ClearField("external_data")
+        loaded.ClearField("data_location")
+        old = t.ByteSize()
+        return framed(old, loaded.ByteSize() + 1 + _varint_size(length) + length)
+
+    def graph_delta(g: onnx.GraphProto) -> int:
+        old = g.ByteSize()
+        inner = sum(tensor_delta(t) for t in g.initializer) + nodes_delta(g.node)
+        return framed(old, old + inner)
+
+    def nodes_delta(nodes) -> int:
+        total = 0
+        for node in nodes:
+            old = node.ByteSize()
+            total += framed(old, old + sum(attribute_delta(a) for a in node.attribute))
+        return total
+
+    def attribute_delta(a: onnx.AttributeProto) -> int:
+        old = a.ByteSize()
+        inner = tensor_delta(a.t) if a.HasField("t") else 0
+        inner += sum(tensor_delta(t) for t in a.tensors)
+        inner += graph_delta(a.g) if a.HasField("g") else 0
+        inner += sum(graph_delta(g) for g in a.graphs)
+        return framed(old, old + inner)
+
+    total = model.ByteSize() + graph_delta(model.graph)
+    for f in model.functions:
+        old = f.ByteSize()
+        total += framed(old, old + nodes_delta(f.node))
+    return total
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
