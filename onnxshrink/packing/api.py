@@ -2,66 +2,41 @@
 
 ``pack_model`` leaves the caller's model alone: it works on a copy, encodes
 each large tensor with the codec that measures smallest, strips the data from
-the copy and writes container bytes. ``load_packed`` checks and restores
-every tensor bit for bit. The read side imports only numpy, onnx and the
-standard library (onnxruntime only to build a session).
+the copy and returns the container bytes. ``load_packed`` checks and restores
+every tensor bit for bit. ``pack_file`` and ``unpack_file`` stream instead:
+one tensor's bytes and its payload in memory at a time (pack reads each
+external tensor when it encodes it; unpack decodes each large tensor into
+the output's data file), so a model of any size packs and unpacks in about
+one copy of its weights or less. The read side imports only numpy, onnx and
+the standard library (onnxruntime only to build a session).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
-import zlib
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-import numpy as np
 import onnx
 
-from onnxshrink.model import serialized_size
+from onnxshrink import external_data
 from onnxshrink.errors import OnnxShrinkError, PackError, UsageError
-from onnxshrink.packing import codebook, container, symbols, tensors
-from onnxshrink.packing.bytereader import ByteReader
-from onnxshrink.packing.codecs import codec_ids, get_codec
-from onnxshrink.packing.codecs.abc import Analysis, Codec, decode_all
+from onnxshrink.external_data import DeferredData, ExternalReference
+from onnxshrink.fileio import atomic_output, copy_rest, read_at
+from onnxshrink.model import data_bytes, serialized_size
+from onnxshrink.packing import container, tensors
 from onnxshrink.packing.container import Limits
+from onnxshrink.packing.decoder import PackedSource
+from onnxshrink.packing.encoder import DEFAULT_CODECS, PackOptions, encode_tensors, quantization_parameters
 from onnxshrink.packing.materialize import check_mode, materialize_float
-from onnxshrink.packing.report import PackReport, TensorReport
+from onnxshrink.packing.report import PackReport
 
-DEFAULT_CODECS = ("raw", "huffman", "rle", "rle+huffman")
-
-
-@dataclasses.dataclass(frozen=True)
-class PackOptions:
-    """How to pack.
-
-    ``codecs``: the candidates tried on each tensor (the smallest result wins).
-    They are listed fastest to decode first: ``speed_tolerance`` lets an
-    earlier codec win when its output is at most that fraction larger than the
-    smallest (Huffman decodes 30 % faster than zero runs on a half-zero tensor
-    that zero runs code 0.5 % smaller). ``min_tensor_bytes``: smaller tensors
-    stay inline in the graph, which the container compresses as a whole.
-
-    ``float16_small`` (lossy, off by default): packed float32 tensors of fewer
-    than ``float16_small_below`` elements (biases, norms, positional
-    embeddings) are rounded to float16 values, stored as float16 and restored
-    as float32. Tensors with values float16 cannot hold (non-finite, beyond
-    65504) and the scales and zero points of Quantize/DequantizeLinear nodes
-    stay exact. The report names every tensor stored this way.
-    """
-
-    codecs: tuple[str, ...] = DEFAULT_CODECS
-    min_tensor_bytes: int = 256
-    speed_tolerance: float = 0.01
-    float16_small: bool = False
-    float16_small_below: int = 65536
-
-    def __post_init__(self):
-        unknown = [c for c in self.codecs if c not in codec_ids()]
-        if unknown or not self.codecs:
-            raise UsageError(f"unknown codec(s) {unknown or '(none given)'}; choose from {', '.join(codec_ids())}")
-        if self.min_tensor_bytes < 0 or not 0 <= self.speed_tolerance < 1 or self.float16_small_below < 0:
-            raise UsageError("min_tensor_bytes and float16_small_below must be >= 0 and speed_tolerance in [0, 1)")
+__all__ = ["DEFAULT_CODECS", "PackOptions", "PackResult", "load_packed", "pack_file", "pack_model",
+           "quantization_parameters", "unpack_file", "write_packed"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,115 +56,84 @@ def pack_model(model: onnx.ModelProto, options: PackOptions = PackOptions()) -> 
 
     The model is not modified. Deterministic: the same model and options give
     byte-identical output. Raises PackError for a tensor that still refers to
-    external data (load models with :func:`onnxshrink.model.load_model`).
+    external data (load models with :func:`onnxshrink.model.load_model`, or
+    pack files with :func:`pack_file`, which reads it tensor by tensor).
     """
+    model_bytes = serialized_size(model)
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(model)
-    entries, payloads, rows = [], [], []
-    exact = quantization_parameters(skeleton) if options.float16_small else set()
-    for slot in tensors.tensor_slots(skeleton):
-        t = slot.tensor
-        data = tensors.tensor_bytes(t)
-        dtype = onnx.TensorProto.DataType.Name(t.data_type) if t.data_type in onnx.TensorProto.DataType.values() else str(t.data_type)
-        if data is None or len(data) < options.min_tensor_bytes:
-            if tensors.has_data(t):
-                size = len(data) if data is not None else t.ByteSize()
-                rows.append(TensorReport(t.name, slot.where, dtype, tuple(t.dims), "inline", size, size, 0.0))
-            continue
-        layout = tensors.DTYPE_LAYOUTS[t.data_type]
-        cast = None
-        if (options.float16_small and t.data_type == onnx.TensorProto.FLOAT and t.name not in exact
-                and len(data) // 4 < options.float16_small_below):
-            rounded = symbols.round_to_float16(data)
-            if rounded is not None:
-                data, cast = rounded, "float16"
-        arr = np.frombuffer(data, dtype=np.uint8)
-        config, payload, entropy = _best_encoding(arr, _codec_params(layout, cast), options)
-        entries.append(container.Entry(
-            slot.ordinal, slot.kind, t.name, t.data_type, tuple(t.dims), config,
-            len(data), len(payload), zlib.crc32(data)))
-        payloads.append(payload)
-        rows.append(TensorReport(t.name, slot.where, dtype, tuple(t.dims), config["id"], len(data), len(payload),
-                                 entropy, cast or ""))
-        tensors.strip_data(t)
-    blob = container.write(skeleton.SerializeToString(deterministic=True), entries, payloads)
-    header = len(blob) - sum(len(p) for p in payloads)
-    report = PackReport(rows, serialized_size(model), len(blob), header)
-    return PackResult(blob, report)
-
-
-def _codec_params(layout: tensors.DtypeLayout, cast: str | None) -> list[dict[str, Any]]:
-    """The codec parameters to try on a tensor of this layout, the faster to decode first.
-
-    Sub-byte tensors are tried both as bytes (a pair of int4 values per
-    symbol: half the symbols to decode) and as one symbol per element (what
-    gets them near their per-element entropy, and what zero runs need); the
-    last entry is the one whose order-0 entropy the report states.
-    """
-    if cast is not None:
-        return [{"word": symbols.CAST_WORDS[cast], "cast": cast}]
-    if layout.bits < 8:
-        return [{"word": 1}, {"word": 1, "symbol_bits": layout.bits}]
-    return [{"word": layout.word}]
-
-
-def _best_encoding(arr: np.ndarray, params: list[dict[str, Any]], options: PackOptions
-                   ) -> tuple[dict[str, Any], bytes, float]:
-    """The config and payload of the codec to use, and the tensor's entropy bound.
-
-    The codec is the first listed (the faster to decode) whose estimated size
-    is within ``options.speed_tolerance`` of the smallest estimate; estimates
-    are exact but for the lane tables (~0.1 %), so only that codec encodes.
-    ``raw`` is only tried with the first parameters (raw symbols would only
-    be larger).
-    """
-    analysis = Analysis(arr)
-    codecs: list[Codec] = [get_codec({"id": c, **p}) for c in options.codecs
-                           for p in (params[:1] if c == "raw" else params)]
-    worth = [c for c in codecs if c.worth_trying(analysis)] or codecs
-    estimates = [(c.estimate(arr, analysis), c) for c in worth]
-    best = min(e for e, _ in estimates)
-    codec = next(c for e, c in estimates if e <= best * (1 + options.speed_tolerance))
-    payload = codec.encode(arr, analysis)
-    raw = get_codec({"id": "raw", **params[0]})
-    if "raw" in options.codecs and len(payload) > raw.estimate(arr, analysis):
-        codec = raw
-        payload = codec.encode(arr, analysis)
-    finest = get_codec({"id": "raw", **params[-1]}).values_analysis(arr, analysis)
-    word = params[-1]["word"]
-    entropy = sum(codebook.entropy_bits(h) for h in finest.histograms(word)) / 8
-    return codec.get_config(), payload, entropy
-
-
-def quantization_parameters(model: onnx.ModelProto) -> set[str]:
-    """Names read as scales or zero points by QuantizeLinear/DequantizeLinear
-    nodes anywhere in ``model``: tensors a lossy cast must not touch."""
-    from onnxshrink.model import iter_graphs
-
-    graphs = [g for g, _ in iter_graphs(model.graph)]
-    nodes = [n for g in graphs for n in g.node] + [n for f in model.functions for n in f.node]
-    return {name for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-            for name in n.input[1:3] if name}
+    payloads = io.BytesIO()
+    entries, rows = encode_tensors(skeleton, options, payloads)
+    head = container.head(skeleton.SerializeToString(deterministic=True), entries)
+    with payloads.getbuffer() as body:
+        blob = b"".join([head, body])
+    return PackResult(blob, PackReport(rows, model_bytes, len(blob), len(head)))
 
 
 def write_packed(result: PackResult, path: str | os.PathLike) -> None:
     """Write the container atomically: ``path`` is whole or untouched."""
-    from onnxshrink.fileio import atomic_output
-
     with atomic_output(path) as tmp:
         tmp.write_bytes(result.data)
 
 
-def _read_source(source: str | os.PathLike | bytes | bytearray | memoryview) -> tuple[bytes | memoryview, str]:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return source, "packed model"
-    path = Path(source)
-    if not path.is_file():
-        raise PackError(f"{path}: no such file")
-    try:
-        return path.read_bytes(), str(path)
-    except OSError as e:
-        raise PackError(f"{path}: cannot read ({e.strerror})") from None
+def pack_file(src: str | os.PathLike, dst: str | os.PathLike, options: PackOptions = PackOptions()) -> PackReport:
+    """Pack the model at ``src`` into ``dst`` (atomic; ``src`` is only read).
+
+    Streams: external data is read one tensor at a time as it is encoded and
+    each payload goes to a scratch file beside ``dst`` (deleted whatever
+    happens) as soon as it is made; then ``dst`` gets the header and the
+    payloads. Memory: the model as stored in ``src`` (no external data) plus
+    about one tensor. The bytes written are those of :func:`pack_model` on
+    the loaded model.
+
+    Raises ModelLoadError/UnsafeModelError for a bad input, UsageError when
+    ``dst`` is ``src``.
+    """
+    from onnxshrink.model import load_model
+
+    _refuse_same_file(src, dst)
+    model = load_model(src, load_external_data=False)
+    external = _external_slots(model, Path(src))
+    model_bytes = _loaded_size(model, {k: ref.length for k, ref in external.items()})
+    with atomic_output(dst) as tmp, open(tmp, "wb") as out, tempfile.TemporaryFile(dir=tmp.parent) as payloads:
+        entries, rows = encode_tensors(model, options, payloads, external)
+        head = container.head(model.SerializeToString(deterministic=True), entries)
+        out.write(head)
+        payloads.seek(0)
+        copy_rest(payloads, out)
+        size = out.tell()
+    return PackReport(rows, model_bytes, size, len(head))
+
+
+def _external_slots(model: onnx.ModelProto, path: Path) -> dict[int, ExternalReference]:
+    """The checked external-data reference of each tensor slot still stored in
+    a file, by ordinal. Other external tensors (sparse initializers, which
+    are not packed) are read into the model now, as ``load_model`` would."""
+    from onnxshrink.model import iter_graphs
+
+    refs = external_data.resolve_references(model, path.parent, model_name=str(path))
+    by_key = {_reference_key(ref.tensor): ref for ref in refs}
+    found = {slot.ordinal: by_key[key] for slot in tensors.tensor_slots(model)
+             if slot.tensor.data_location == onnx.TensorProto.EXTERNAL
+             and (key := _reference_key(slot.tensor)) in by_key}
+    for graph, _ in iter_graphs(model.graph):
+        for sparse in graph.sparse_initializer:
+            for t in (sparse.values, sparse.indices):
+                if t.data_location == onnx.TensorProto.EXTERNAL and _reference_key(t) in by_key:
+                    external_data.load_into([dataclasses.replace(by_key[_reference_key(t)], tensor=t)])
+    return found
+
+
+def _reference_key(t: onnx.TensorProto) -> tuple:
+    """What a checked reference depends on: tensors that share it read the same bytes."""
+    return tuple((e.key, e.value) for e in t.external_data), t.data_type, tuple(t.dims)
+
+
+def _loaded_size(model: onnx.ModelProto, lengths: dict[int, int]) -> int:
+    """``serialized_size`` of ``model`` once its external data is loaded."""
+    size = tensors.loaded_byte_size(model, lengths)
+    # Over protobuf's 2 GiB limit serialized_size falls back on the data bytes.
+    return size if size < 1 << 31 else data_bytes(model)
 
 
 def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limits: Limits = Limits(),
@@ -199,7 +143,7 @@ def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limi
 
     Every size is checked against ``limits`` and the real bytes before it is
     allocated, and every tensor against its CRC32. Anything wrong raises
-    PackError, never another exception.
+    PackError, never another exception. A file is read one payload at a time.
 
     ``materialize``: ``"qdq"`` (default) gives the model as packed;
     ``"float"`` replaces each quantized weight's DequantizeLinear node by a
@@ -207,105 +151,105 @@ def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limi
     :mod:`onnxshrink.packing.materialize`): no dequantization at run time.
     """
     check_mode(materialize)
-    data, name = _read_source(source)
-    try:
-        model = _restore(data, limits)
-    except OnnxShrinkError as e:
-        raise PackError(f"{name}: {e}") from None
-    except Exception as e:  # anything else a corrupt file provokes is still a corrupt file
-        raise PackError(f"{name}: corrupt container ({type(e).__name__} while decoding)") from None
+    with _open_packed(source, limits) as (packed, name):
+        with _corrupt_as_pack_error(name):
+            for job, out in packed.decoded(packed.jobs):
+                job.tensor.raw_data = out.tobytes()
+                del out
+    model = packed.model
     if materialize == "float":
         materialize_float(model)
     return model
 
 
-# Tensors up to this size are decoded together, in groups of up to
-# _BATCH_TOTAL_BYTES (bounding the extra memory); larger ones one at a time.
-_BATCH_BYTES = 1 << 20
-_BATCH_TOTAL_BYTES = 1 << 26
-
-
-def _restore(data: bytes | memoryview, limits: Limits) -> onnx.ModelProto:
-    parsed = container.read(data, limits)
-    model = onnx.ModelProto()
+@contextlib.contextmanager
+def _open_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limits: Limits
+                 ) -> Iterator[tuple[PackedSource, str]]:
+    """The checked container at ``source`` (bytes or a path, kept open while in use) and its name."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view = memoryview(source).cast("B")
+        with _corrupt_as_pack_error("packed model"):
+            packed = PackedSource(lambda offset, n: view[offset : offset + n], len(view), limits)
+        yield packed, "packed model"
+        return
+    path = Path(source)
+    if not path.is_file():
+        raise PackError(f"{path}: no such file")
     try:
-        model.ParseFromString(parsed.skeleton)
-    except Exception:
-        raise PackError("corrupt container: the model graph does not parse") from None
-    slots = tensors.tensor_slots(model)
-    jobs = [(entry, payload, _slot_for(entry, slots, previous))
-            for entry, payload, previous in zip(parsed.entries, parsed.payloads, [None, *parsed.entries])]
-    small = [job for job in jobs if job[0].decoded_length <= _BATCH_BYTES]
-    group: list = []
-    for job in small + [None]:
-        if job is None or (group and sum(j[0].decoded_length for j in group) + job[0].decoded_length > _BATCH_TOTAL_BYTES):
-            readers = [_payload_reader(entry, payload) for entry, payload, _ in group]
-            steps = [get_codec(entry.codec).decode_steps(r, entry.decoded_length) for (entry, _, _), r in zip(group, readers)]
-            for (entry, _, tensor), reader, out in zip(group, readers, decode_all(steps)):
-                _finish(entry, reader, out, tensor)
-            group = []
-        if job is not None:
-            group.append(job)
-    for entry, payload, tensor in jobs:
-        if entry.decoded_length > _BATCH_BYTES:
-            reader = _payload_reader(entry, payload)
-            _finish(entry, reader, get_codec(entry.codec).decode(reader, entry.decoded_length), tensor)
-    return model
+        f = open(path, "rb")
+    except OSError as e:
+        raise PackError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        with _corrupt_as_pack_error(str(path)):
+            packed = PackedSource(lambda offset, n: _read_or_refuse(f, offset, n, path), os.fstat(f.fileno()).st_size,
+                                  limits)
+        yield packed, str(path)
 
 
-def _slot_for(entry: container.Entry, slots: list[tensors.TensorSlot], previous: container.Entry | None
-              ) -> onnx.TensorProto:
-    """The skeleton tensor ``entry`` restores, after checking that they match."""
-    if not (previous.ordinal if previous else -1) < entry.ordinal < len(slots):
-        raise PackError(f"corrupt container: tensor '{entry.name}' refers to a slot that does not exist")
-    slot = slots[entry.ordinal]
-    t = slot.tensor
-    if (slot.kind, t.name, t.data_type, tuple(t.dims)) != (entry.kind, entry.name, entry.data_type, entry.dims) or (
-            tensors.has_data(t) or t.data_location == onnx.TensorProto.EXTERNAL):
-        raise PackError(f"corrupt container: tensor '{entry.name}' does not match the graph")
-    if tensors.expected_nbytes(entry.data_type, entry.dims) != entry.decoded_length:
-        raise PackError(f"corrupt container: tensor '{entry.name}' has the wrong size for its shape")
-    get_codec(entry.codec)  # refuse unknown codecs before decoding anything
-    return t
+def _read_or_refuse(f, offset: int, n: int, path: Path) -> bytearray:
+    try:
+        return read_at(f, offset, n)
+    except OSError as e:
+        raise PackError(f"cannot read ({e.strerror})") from None
 
 
-def _payload_reader(entry: container.Entry, payload: memoryview) -> ByteReader:
-    return ByteReader(payload, f"payload of tensor '{entry.name}'")
-
-
-def _finish(entry: container.Entry, reader: ByteReader, out: np.ndarray, tensor: onnx.TensorProto) -> None:
-    """Check a decoded tensor (whole payload used, size, CRC32) and put it in place."""
-    reader.expect_end()
-    if out.size != entry.decoded_length or zlib.crc32(out) != entry.crc32:
-        raise PackError(f"corrupt container: tensor '{entry.name}' fails its CRC32 check")
-    tensor.raw_data = out.tobytes()
-
-
-def pack_file(src: str | os.PathLike, dst: str | os.PathLike, options: PackOptions = PackOptions()) -> PackReport:
-    """Pack the model at ``src`` into ``dst`` (atomic; ``src`` is only read).
-
-    Raises ModelLoadError/UnsafeModelError for a bad input, UsageError when
-    ``dst`` is ``src``.
-    """
-    from onnxshrink.model import load_model
-
-    _refuse_same_file(src, dst)
-    result = pack_model(load_model(src), options)
-    write_packed(result, dst)
-    return result.report
+@contextlib.contextmanager
+def _corrupt_as_pack_error(name: str) -> Iterator[None]:
+    """Errors while reading a container become one PackError naming it."""
+    try:
+        yield
+    except OnnxShrinkError as e:
+        raise PackError(f"{name}: {e}") from None
+    except Exception as e:  # anything else a corrupt file provokes is still a corrupt file
+        raise PackError(f"{name}: corrupt container ({type(e).__name__} while decoding)") from None
 
 
 def unpack_file(src: str | os.PathLike, dst: str | os.PathLike, limits: Limits = Limits(),
                 materialize: str = "qdq") -> onnx.ModelProto:
-    """Restore the packed model at ``src`` as a plain .onnx at ``dst`` (atomic;
-    external data beside it when the model is too large for one protobuf).
-    ``materialize`` as for :func:`load_packed`. Returns the restored model."""
-    from onnxshrink.model import save_model
+    """Restore the packed model at ``src`` as a plain .onnx at ``dst``
+    (atomic), bit-exact. ``materialize`` as for :func:`load_packed`.
+
+    A model too large for one protobuf is written with its main-graph
+    initializers in ``<dst name>.data``, as ``save_model`` writes it; those
+    are decoded and written one at a time, never all held in memory (with
+    ``materialize="float"`` the whole model is restored in memory first).
+    Returns the model as written: there, tensors in the data file refer to it.
+    """
+    from onnxshrink.model import INLINE_LIMIT_BYTES, all_tensors, save_model
 
     _refuse_same_file(src, dst)
-    model = load_packed(src, limits, materialize)
-    save_model(model, dst)
-    return model
+    check_mode(materialize)
+    if materialize != "qdq":
+        model = load_packed(src, limits, materialize)
+        save_model(model, dst)
+        return model
+    with _open_packed(src, limits) as (packed, name):
+        model, jobs = packed.model, packed.jobs
+        restored = sum(t.ByteSize() for t, _ in all_tensors(model)) + sum(
+            external_data.raw_data_size(j.entry.decoded_length) for j in jobs)
+        # Too large for one protobuf: main-graph initializers (slots 0 .. n-1, so
+        # their ordinals are their indices) go to the data file as they decode.
+        main = len(model.graph.initializer) if restored > INLINE_LIMIT_BYTES else 0
+        later = [j for j in jobs if j.entry.ordinal < main]
+        now = [j for j in jobs if j.entry.ordinal >= main]
+        with _corrupt_as_pack_error(name):
+            for job, out in packed.decoded(now):
+                job.tensor.raw_data = out.tobytes()
+                del out
+        if not later:
+            save_model(model, dst)
+            return model
+        decoded = packed.decoded(later)
+
+        def read_next(job) -> Any:
+            with _corrupt_as_pack_error(name):
+                done, out = next(decoded)
+            if done is not job:  # the writer asks in initializer order, which is the entries' order
+                raise RuntimeError(f"tensor '{job.entry.name}' asked for out of order")
+            return out
+
+        deferred = {j.entry.ordinal: DeferredData(j.entry.decoded_length, lambda j=j: read_next(j)) for j in later}
+        return external_data.save_with_external_data(model, Path(dst), deferred)
 
 
 def _refuse_same_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
