@@ -199,8 +199,8 @@ def test_layer_bits_exclude_and_min_size():
 
 
 def test_options_refuse_what_cannot_work():
-    for bad in ({"bits": 3}, {"granularity": "block:1"}, {"granularity": "row"}, {"rounding": "best"},
-                {"layer_bits": {"w": 2}}, {"sparsity": 0.5}):
+    for bad in ({"bits": 5}, {"bits": 1}, {"granularity": "block:1"}, {"granularity": "row"}, {"rounding": "best"},
+                {"layer_bits": {"w": 6}}, {"sparsity": 0.5}):
         with pytest.raises(UsageError):
             WeightOnlyOptions(**bad)
     with pytest.raises(UsageError, match="--calib"):
@@ -233,3 +233,23 @@ def test_weight_count_is_unchanged_and_report_serialises():
     assert all(0 < r["relative_error"] < 0.2 for r in d["weights"])
     int4 = {w.name for w in iter_weights(result.model) if w.tensor.data_type == TensorProto.INT4}
     assert int4 == {"w1_quantized", "w1_zero_point", "w2_quantized", "w2_zero_point"}
+
+
+@pytest.mark.parametrize("bits", [3, 2])
+def test_three_and_two_bits_use_fewer_int4_levels(bits):
+    """3 and 2 bits are int4 codes in [-2^(b-1), 2^(b-1)-1]; the graph runs and
+    its error grows as the levels get fewer."""
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(8, 16, 3, 3)).astype(np.float32)
+    x = {"x": rng.normal(size=(1, 16, 6, 6)).astype(np.float32)}
+    reference = _run(_conv_model(w), x)[0]
+    errors = {}
+    for b in (4, bits):
+        q = quantize_weights(_conv_model(w), WeightOnlyOptions(bits=b, min_size=0)).model
+        codes = [numpy_helper.to_array(t) for t in q.graph.initializer if t.name.endswith("_quantized")][0]
+        assert codes.dtype.name == "int4"
+        lo, hi = -(1 << (b - 1)), (1 << (b - 1)) - 1
+        assert codes.astype(np.int8).min() >= lo and codes.astype(np.int8).max() <= hi
+        assert len(np.unique(codes.astype(np.int8))) <= hi - lo + 1
+        errors[b] = float(np.abs(_run(q, x)[0] - reference).mean())
+    assert errors[bits] > errors[4]

@@ -43,7 +43,12 @@ def code_range(bits: int) -> tuple[int, int]:
 
 
 def code_dtype(bits: int) -> np.dtype:
+    """int8 for 8 bits; int4 for 4 and for 3 and 2 (fewer levels in int4 storage)."""
     return np.dtype(np.int8) if bits == 8 else np.dtype(ml_dtypes.int4)
+
+
+def storage_bits(bits: int) -> int:
+    return 8 if bits == 8 else 4
 
 
 @dataclasses.dataclass(frozen=True)

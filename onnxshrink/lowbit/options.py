@@ -8,7 +8,7 @@ from typing import Mapping
 
 from onnxshrink.errors import UsageError
 
-BITS = (8, 4)
+BITS = (8, 4, 3, 2)  # 3 and 2: fewer levels, stored as int4 codes (entropy coding packs them smaller)
 ROUNDINGS = ("nearest", "gptq")
 GRANULARITIES = ("channel", "block:N")
 _BLOCK = re.compile(r"^block:(\d+)$")
@@ -28,8 +28,9 @@ def parse_granularity(text: str) -> int | None:
 class WeightOnlyOptions:
     """Options of :func:`onnxshrink.lowbit.quantize_weights`.
 
-    ``bits`` is the default width (8 or 4) of every quantized weight;
-    ``layer_bits`` overrides it per weight name (4, 8, or None to keep that
+    ``bits`` is the default width (8, 4, or 3 and 2: fewer levels stored as
+    int4 codes) of every quantized weight;
+    ``layer_bits`` overrides it per weight name (a width, or None to keep that
     weight in float), what mixed precision sets. ``granularity`` is
     ``"channel"`` (one scale per output channel) or ``"block:N"`` (one scale
     per N consecutive input channels of each output channel). ``rounding`` is
@@ -55,13 +56,13 @@ class WeightOnlyOptions:
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
-            raise UsageError(f"--bits must be 8 or 4, got {self.bits}")
+            raise UsageError(f"--bits must be 8, 4, 3 or 2, got {self.bits}")
         parse_granularity(self.granularity)
         if self.rounding not in ROUNDINGS:
             raise UsageError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got '{self.rounding}'")
         for name, bits in dict(self.layer_bits).items():
             if bits is not None and bits not in BITS:
-                raise UsageError(f"layer_bits['{name}'] must be 8, 4 or None (float), got {bits}")
+                raise UsageError(f"layer_bits['{name}'] must be 8, 4, 3, 2 or None (float), got {bits}")
         if not 0.0 <= self.sparsity < 1.0:
             raise UsageError(f"sparsity is a fraction in [0, 1), got {self.sparsity}")
         if self.sparsity > 0 and self.rounding != "gptq":

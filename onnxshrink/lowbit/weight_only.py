@@ -21,7 +21,7 @@ from onnxshrink.errors import UsageError
 from onnxshrink.lowbit.dequantize import (UniqueNames, dequantize_in_graph, ensure_opset, required_opset,
                                           set_ir_version_for)
 from onnxshrink.lowbit.gptq import gptq_codes, output_error
-from onnxshrink.lowbit.grid import Grid, quantize_nearest
+from onnxshrink.lowbit.grid import Grid, quantize_nearest, storage_bits
 from onnxshrink.lowbit.options import WeightOnlyOptions
 from onnxshrink.lowbit.report import WeightOnlyReport, WeightRecord
 from onnxshrink.model import WeightRef, iter_weights, opset_version
@@ -220,7 +220,7 @@ def _quantize_one(target: WeightTarget, block: int | None, options: WeightOnlyOp
         granularity=options.granularity, rounding=rounding,
         relative_error=float(np.linalg.norm(w_hat - w)) / norm if norm > 0 else 0.0,
         output_error=output_error(w, w_hat, _use_of(target, stats), stats) if has_hessian else None,
-        bytes_before=w.nbytes, bytes_after=(w.size * grid.bits + 7) // 8 + scales.nbytes,
+        bytes_before=w.nbytes, bytes_after=(w.size * storage_bits(grid.bits) + 7) // 8 + scales.nbytes,
         sparsity=float((codes == 0).mean()), why_nearest=why,
     )
     return codes, scales, record
