@@ -28,6 +28,8 @@ PRUNE_BUDGET_SHARES = (0.75, 0.5, 0.25, 0.0)
 # When the first passing candidate used less than this fraction of the budget,
 # one bolder candidate (pruning gets the whole budget) is tried as well.
 SLACK_FRACTION = 0.6
+# Widths --weight-bits allows: below 8, weight-only quantization with a width per layer.
+WEIGHT_WIDTHS = (2, 3, 4, 8)
 # Ranges tried for static int8 weight codes, narrowest first (4: codes in [-7, 7]).
 WEIGHT_RANGE_BITS = (4, 6, 8)
 
@@ -51,13 +53,14 @@ class ShrinkOptions:
     def __post_init__(self) -> None:
         if self.target_ratio is not None and self.target_ratio <= 1.0:
             raise UsageError(f"--target-ratio must be above 1, got {self.target_ratio}")
-        if not self.weight_bits or any(b not in (4, 8) for b in self.weight_bits):
-            raise UsageError(f"--weight-bits takes 4 and/or 8 (e.g. 4,8), got {','.join(map(str, self.weight_bits))}")
+        if not self.weight_bits or any(b not in WEIGHT_WIDTHS for b in self.weight_bits):
+            raise UsageError(f"--weight-bits takes widths among {', '.join(map(str, WEIGHT_WIDTHS))} (e.g. 4,8), "
+                             f"got {','.join(map(str, self.weight_bits))}")
 
     @property
     def mixed_precision(self) -> bool:
         """Weight-only quantization with per-layer widths, instead of static int8 QDQ."""
-        return 4 in self.weight_bits
+        return min(self.weight_bits) < 8
 
     @property
     def effective_gate(self) -> Gate:
@@ -181,24 +184,25 @@ def quantization_errors(before: onnx.ModelProto, after: onnx.ModelProto) -> dict
 def _mixed_precision(model: onnx.ModelProto, original: onnx.ModelProto, widths: tuple[int, ...], gate: Gate,
                      calib: list[Batch], check: Any, cache: dict[str, Any], progress: Progress):
     """Weight-only quantization with GPTQ rounding: every weight at the narrowest
-    width, then the most sensitive (largest estimated output error) promoted to
-    the widest, as few as the gate allows (bisection on their number). When
-    even all at the widest fail, the most sensitive stay float instead, again
-    as few as the gate allows. The layer Hessians come from the unpruned model
+    width; while that fails the gate, the most sensitive (largest estimated
+    output error) are promoted to the next width, as few as the gate allows
+    (bisection on their number), the rest stay a width below. When even all at
+    the widest fail, the most sensitive stay float instead, again as few as
+    the gate allows. The layer Hessians come from the unpruned model
     and are reused by every trial. Returns the WeightOnlyResult, or None when
     no mix passes the gate."""
     from onnxshrink.lowbit import WeightOnlyOptions, collect_weight_statistics, quantize_weights
 
-    narrow, wide = min(widths), max(widths)
-    base_options = WeightOnlyOptions(bits=narrow, rounding="gptq")
+    widths = tuple(sorted(set(widths)))
+    base_options = WeightOnlyOptions(bits=widths[0], rounding="gptq")
     if "layer_stats" not in cache:
         cache["layer_stats"] = collect_weight_statistics(cache["base"], calib, base_options, progress=progress)
     stats = cache["layer_stats"]
 
-    def quantized(promoted: list[str], kept_float: tuple[str, ...] = ()):
-        layer_bits: dict[str, int | None] = {name: wide for name in promoted}
+    def quantized(promoted: list[str], to: int, rest: int, kept_float: tuple[str, ...] = ()):
+        layer_bits: dict[str, int | None] = {name: to for name in promoted}
         layer_bits.update({name: None for name in kept_float})
-        opts = dataclasses.replace(base_options, layer_bits=layer_bits)
+        opts = dataclasses.replace(base_options, bits=rest, layer_bits=layer_bits)
         return quantize_weights(model, opts, calib=calib, layer_stats=stats)
 
     def fewest(count: int, make):
@@ -218,17 +222,19 @@ def _mixed_precision(model: onnx.ModelProto, original: onnx.ModelProto, widths: 
     def passes(result) -> bool:
         return compare_models(original, result.model, check, gate=gate, measure_latency=False).passed
 
-    first = quantized([])
+    first = quantized([], widths[0], widths[0])
     if passes(first):
         return first
     ranked = sorted((w for w in first.report.weights if w.bits),
                     key=lambda w: -(w.output_error if w.output_error is not None else w.relative_error))
     names = [w.name for w in ranked]
-    if narrow != wide and passes(quantized(names)):
-        return fewest(len(names), lambda k: quantized(names[:k]))
-    if not names or not passes(quantized([], tuple(names))):
+    for lower, upper in zip(widths, widths[1:]):
+        if passes(quantized(names, upper, upper)):
+            return fewest(len(names), lambda k: quantized(names[:k], upper, lower))
+    wide = widths[-1]
+    if not names or not passes(quantized([], wide, wide, tuple(names))):
         return None
-    return fewest(len(names), lambda k: quantized(names, tuple(names[:k])))
+    return fewest(len(names), lambda k: quantized(names, wide, wide, tuple(names[:k])))
 
 
 def _static_int8(model: onnx.ModelProto, original: onnx.ModelProto, settings: dict[str, Any], gate: Gate,

@@ -166,3 +166,19 @@ def test_mixed_precision_keeps_the_most_sensitive_weight_float():
     assert dtypes["w1"] == TensorProto.FLOAT and dtypes["w2_quantized"] == TensorProto.INT8
     assert "1 left float" in result.report["stages"][-2]["note"]
     assert result.validation.passed
+
+
+def test_weight_widths_are_checked_and_three_levels_are_used(tmp_path):
+    from onnxshrink.pipeline import ShrinkOptions
+
+    recipe = load_recipe("cnn-default")
+    with pytest.raises(UsageError, match="--weight-bits"):
+        ShrinkOptions(recipe, weight_bits=(5, 8))
+    assert ShrinkOptions(recipe, weight_bits=(3, 4, 8)).mixed_precision
+    assert not ShrinkOptions(recipe, weight_bits=(8,)).mixed_precision
+    out = tmp_path / "m.onnxz"
+    result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--eval", EVAL, "--sparsity", "0.5",
+                     "--weight-bits", "3,4,8", "--max-accuracy-drop", "1.0", "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    note = json.loads((tmp_path / "r.json").read_text())["stages"][-2]["note"]
+    assert "at 3 bits" in note and "at 4 bits" in note and "at 8 bits" in note

@@ -78,7 +78,7 @@ def shrink_command(
     prune: Annotated[Optional[bool], typer.Option("--prune/--no-prune", help="Run or skip the prune stage.")] = None,
     quantize: Annotated[Optional[bool], typer.Option("--quantize/--no-quantize", help="Run or skip the quantize stage.")] = None,
     simplify: Annotated[Optional[bool], typer.Option("--simplify/--no-simplify", help="Run or skip onnxsim constant folding.")] = None,
-    weight_bits: Annotated[str, typer.Option("--weight-bits", help="Allowed weight widths, e.g. 4,8: weight-only quantization with a per-layer width chosen under the gate (default 8: static int8).")] = "8",
+    weight_bits: Annotated[str, typer.Option("--weight-bits", help="Allowed weight widths among 2,3,4,8, e.g. 4,8 or 3,4,8: weight-only quantization with a per-layer width chosen under the gate, the most sensitive layers wider or float (default 8: static int8).")] = "8",
     report_html: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here.")] = None,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
