@@ -26,8 +26,8 @@ subprocess of --shrink-ray-python, so they never share our environment; what
 they fail on is written in the table. Without them those cells say "not
 installed". Our ``shrink`` runs through its CLI in a subprocess too.
 
-    python scripts/bench_lowbit.py --shrink-ray-python /tmp/shrinkray-venv/bin/python --out docs/lowbit.md
-    python scripts/bench_lowbit.py --models digits_mlp --no-latency --out /tmp/lowbit.md   # ~1 min
+    python scripts/bench_lowbit.py --shrink-ray-python /tmp/shrinkray-venv/bin/python --out docs/lowbit.md   # ~13 min
+    python scripts/bench_lowbit.py --models digits_mlp --no-latency --out /tmp/lowbit.md   # ~15 s, no peers
 """
 
 # No `from __future__ import annotations`: the dataclasses below must build when the
@@ -53,7 +53,8 @@ sys.path.insert(0, str(ROOT))
 import onnxshrink  # noqa: E402
 from onnxshrink import runtime  # noqa: E402
 from onnxshrink.data import NpzData  # noqa: E402
-from onnxshrink.lowbit import WeightOnlyOptions, collect_weight_statistics, quantize_weights, weight_targets  # noqa: E402
+from onnxshrink.lowbit import (WeightOnlyOptions, collect_weight_statistics, quantize_weights,  # noqa: E402
+                               weight_targets)
 from onnxshrink.model import load_model  # noqa: E402
 from onnxshrink.pruning.allocation import OutputChecker  # noqa: E402
 
@@ -204,7 +205,8 @@ def _shrink_ray_note(mode: str, data: bytes | None) -> str:
     if data is None or mode != "integer_weights":
         return "CLI defaults"
     model = onnx.load_from_string(data)
-    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute)]
+    constants = (a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute)
+    tensors = [*model.graph.initializer, *constants]
     return f"CLI defaults: {sum(t.data_type == onnx.TensorProto.INT8 for t in tensors)} weights int8, per tensor"
 
 
@@ -270,7 +272,8 @@ def bench_model(name: str, work: Path, latency: bool, shrink_ray_python: str | N
     for rounding in ("nearest", "gptq"):
         m = quantize_weights(model, WeightOnlyOptions(bits=4, rounding=rounding), layer_stats=stats).model
         data = m.SerializeToString()
-        rows.append(Row(f"ours int4 weight-only {rounding}", m, len(data), zstd_bytes(data), "per channel, min_size 256"))
+        rows.append(Row(f"ours int4 weight-only {rounding}", m, len(data), zstd_bytes(data),
+                        "per channel, min_size 256"))
     shrunk = {}
     for drop in (1.0, 0.2):
         path, note = our_shrink(src, drop, work)
@@ -347,7 +350,8 @@ def _commit() -> str:
 def render(results: list[ModelResult], command: str, seconds: float, total: int) -> str:
     done = "" if len(results) == total else f" (partial: {len(results)} of {total} models so far)"
     lines = [f"# Low-bit weight quantization: onnxshrink, Shrink Ray and onnxruntime{done}", "",
-             f"`{command}` at commit {_commit()} on {datetime.date.today().isoformat()}, {seconds:.0f} s, {platform.machine()} "
+             f"`{command}` at commit {_commit()} on {datetime.date.today().isoformat()}, {seconds:.0f} s, "
+             f"{platform.machine()} "
              f"({os.cpu_count()} cores, shared: latencies are ratios of interleaved runs, not absolute times).", "",
              "## Issue 9's bars", "",
              "int8 weight-only: the drop must be <= 0.2 points and the float-materialised latency <= 1.05x fp32; "
@@ -366,8 +370,9 @@ def render(results: list[ModelResult], command: str, seconds: float, total: int)
     lines += [line for r in results for line in r.own_game]
     lines += ["", "## Where GPTQ and nearest rounding part (int4, symmetric)", "",
               "Same layer Hessians for every run; layer subsets quantize only those weights (channel, min_size 0) "
-              "and leave the others float. Output error is the relative squared error of the model's outputs against fp32 "
-              "on the eval set (what GPTQ lowers layer by layer, even where accuracy does not move).", "", SWEEP_HEADER, "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+              "and leave the others float. Output error is the relative squared error of the model's outputs "
+              "against fp32 on the eval set (what GPTQ lowers layer by layer, even where accuracy does not move).", "",
+              SWEEP_HEADER, "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     lines += [line for r in results for line in r.sweep]
     return "\n".join(lines) + "\n"
 
