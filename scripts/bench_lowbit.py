@@ -193,9 +193,14 @@ def latency_ratios(reference: onnx.ModelProto, candidates: dict[str, onnx.ModelP
 
 
 def _file_row(config: str, data: bytes | None, failure: str | None, note: str = "") -> Row:
+    """The row of a model a peer wrote (``data``), or of its ``failure``."""
     if data is None:
         return Row(config, failure=failure)
-    return Row(config, onnx.load_from_string(data), len(data), zstd_bytes(data), note)
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as e:  # a peer wrote something that is not a model
+        return Row(config, failure=f"broken: {_last_line(str(e)) or type(e).__name__}")
+    return Row(config, model, len(data), zstd_bytes(data), note)
 
 
 def _shrink_ray_note(mode: str, data: bytes | None) -> str:
@@ -204,7 +209,10 @@ def _shrink_ray_note(mode: str, data: bytes | None) -> str:
     float_weights: float32 values rounded to 256 levels)."""
     if data is None or mode != "integer_weights":
         return "CLI defaults"
-    model = onnx.load_from_string(data)
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:  # _file_row reports it
+        return ""
     constants = (a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute)
     tensors = [*model.graph.initializer, *constants]
     return f"CLI defaults: {sum(t.data_type == onnx.TensorProto.INT8 for t in tensors)} weights int8, per tensor"

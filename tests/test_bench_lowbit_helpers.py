@@ -63,3 +63,9 @@ def test_tables_render_from_rows(bench):
     assert "| m | Shrink Ray integer_weights | failed (exit 1): boom | | | | | | |" in text
     for line in ("| m | own |", "| m | sweep |", "| m | summary |", bench.HEADER, bench.OWN_HEADER, bench.SWEEP_HEADER):
         assert line in text
+
+
+def test_a_peer_file_that_is_not_a_model_is_a_broken_cell(bench):
+    row = bench._file_row("Shrink Ray integer_weights", b"\xff\xff not a model", None)
+    assert row.model is None and row.failure.startswith("broken: ")
+    assert bench._shrink_ray_note("integer_weights", b"\xff\xff not a model") == ""
