@@ -68,6 +68,20 @@ def test_pack_file_streams_external_data_into_the_same_bytes(tmp_path, options):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnxz", "src"]
 
 
+def test_pack_model_reads_mapped_tensors_from_their_files(tmp_path):
+    model = mixed_model()
+    model.graph.initializer.append(numpy_helper.from_array(
+        np.random.default_rng(2).normal(size=(600, 500)).astype(np.float32), "w_mapped"))
+    src = saved_with_external_data(model, tmp_path)
+    mapped = load_model(src, map_external_data=True)
+    assert model_io.has_mapped(mapped)
+    before = mapped.SerializeToString()
+    expected = pack_model(load_model(src))
+    result = pack_model(mapped)
+    assert result.data == expected.data and result.report.to_dict() == expected.report.to_dict()
+    assert mapped.SerializeToString() == before
+
+
 def test_loaded_byte_size_is_the_loaded_models_byte_size(tmp_path):
     src = saved_with_external_data(mixed_model(), tmp_path)
     stored = load_model(src, load_external_data=False)

@@ -55,11 +55,13 @@ def pack_model(model: onnx.ModelProto, options: PackOptions = PackOptions()) -> 
     """Pack ``model`` (all tensor data in memory) into container bytes.
 
     The model is not modified. Deterministic: the same model and options give
-    byte-identical output. Raises PackError for a tensor that still refers to
-    external data (load models with :func:`onnxshrink.model.load_model`, or
-    pack files with :func:`pack_file`, which reads it tensor by tensor).
+    byte-identical output. Mapped tensors (``load_model(...,
+    map_external_data=True)``) are read from their files one at a time.
+    Raises PackError for a tensor that still refers to other external data
+    (load models with :func:`onnxshrink.model.load_model`, or pack files with
+    :func:`pack_file`, which reads it tensor by tensor).
     """
-    model_bytes = serialized_size(model)
+    model_bytes = _model_bytes(model)
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(model)
     payloads = io.BytesIO()
@@ -68,6 +70,15 @@ def pack_model(model: onnx.ModelProto, options: PackOptions = PackOptions()) -> 
     with payloads.getbuffer() as body:
         blob = b"".join([head, body])
     return PackResult(blob, PackReport(rows, model_bytes, len(blob), len(head)))
+
+
+def _model_bytes(model: onnx.ModelProto) -> int:
+    """The report's model size: as a plain .onnx with all data inline (mapped tensors' too)."""
+    from onnxshrink.model import is_mapped
+
+    mapped = {s.ordinal: int({e.key: e.value for e in s.tensor.external_data}["length"])
+              for s in tensors.tensor_slots(model) if is_mapped(s.tensor)}
+    return _loaded_size(model, mapped) if mapped else serialized_size(model)
 
 
 def write_packed(result: PackResult, path: str | os.PathLike) -> None:

@@ -72,7 +72,8 @@ def encode_tensors(model: onnx.ModelProto, options: PackOptions, sink: BinaryIO,
     Changes ``model`` in place into the skeleton: packed tensors lose their
     data. ``external``: slot ordinal -> checked reference, for tensors whose
     data is still in a file (``load_model(..., load_external_data=False)``);
-    each is read when encoded and no longer refers to the file afterwards
+    each of them, and each mapped tensor, is read when encoded and no longer
+    refers to the file afterwards
     (tensors that stay inline get their bytes as ``raw_data``, exactly as
     ``load_model`` would have left them).
     """
@@ -93,8 +94,8 @@ def _encode_slot(slot: tensors.TensorSlot, ref: ExternalReference | None, option
     """One tensor: its entry (None if it stays inline) and report row (None if it holds no data).
     A function of its own so that the tensor's bytes and payload die with it."""
     t = slot.tensor
-    if ref is not None:
-        raw = external_data.read_reference(ref)
+    raw = _stored_bytes(t, ref)
+    if raw is not None:
         external_data.detach(t)
         data = tensors.tensor_bytes(t, raw)
         if data is None or len(data) < options.min_tensor_bytes:
@@ -122,6 +123,19 @@ def _encode_slot(slot: tensors.TensorSlot, ref: ExternalReference | None, option
     tensors.strip_data(t)
     return entry, TensorReport(t.name, slot.where, dtype, tuple(t.dims), config["id"], len(data), len(payload),
                                entropy, cast or "")
+
+
+def _stored_bytes(t: onnx.TensorProto, ref: ExternalReference | None) -> bytes | None:
+    """The bytes of a tensor whose data is not in the proto: read through its
+    checked reference, or from the file a mapped tensor (``load_model(...,
+    map_external_data=True)``) is mapped from; None for data in the proto."""
+    from onnxshrink.model import is_mapped, tensor_array
+
+    if ref is not None:
+        return external_data.read_reference(ref)
+    if is_mapped(t):
+        return tensor_array(t).tobytes()
+    return None
 
 
 def _codec_params(layout: tensors.DtypeLayout, cast: str | None) -> list[dict[str, Any]]:
