@@ -49,6 +49,7 @@ def quantize_command(
     fold_constants: Annotated[bool, typer.Option("--fold-constants/--no-fold-constants", help="Run onnxsim first when a layer weight is computed at run time.")] = QuantizeOptions.fold_constants,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")] = QuantizeOptions.batch_size,
     weight_range_bits: Annotated[int, typer.Option("--weight-range-bits", help="Static int8: weight codes use this many bits of range (8 = full; 6 packs smaller, same int8 kernels).")] = QuantizeOptions.weight_range_bits,
+    bias_correction: Annotated[bool, typer.Option("--bias-correction/--no-bias-correction", help="Static int8: lower each Conv/Gemm bias by the mean output shift its weight rounding causes on the calibration data.")] = QuantizeOptions.bias_correction,
     shapes: Annotated[Optional[list[str]], typer.Option("--shape", help="Symbolic dims of the random check inputs (--dynamic without --eval): NAME=1x3x224x224.")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Quantize only the weights (int8/int4 behind DequantizeLinear); activations stay float; --calib optional.")] = False,
     bits: Annotated[int, typer.Option("--bits", help="With --weights-only: 8 or 4 bits per weight (3 or 2: fewer levels in int4 storage, smaller once packed).")] = WeightOnlyOptions.bits,
@@ -81,6 +82,7 @@ def quantize_command(
         exclude_nodes=_names(exclude_nodes), exclude_ops=_names(exclude_ops), min_cosine=min_cosine,
         max_accuracy_drop=max_accuracy_drop, dynamic=dynamic, latency_guard=latency_guard,
         fold_constants=fold_constants, batch_size=batch_size, weight_range_bits=weight_range_bits,
+        bias_correction=bias_correction,
         shapes=tuple((name, tuple(dims)) for name, dims in parse_shapes(shapes).items()),
     )
     if dynamic and calib is not None:

@@ -32,6 +32,9 @@ class QuantizeOptions:
     kernels, and its weights pack smaller. ``shapes`` fills symbolic input dims
     of the random inputs the final check uses when there is no data to run
     (``--dynamic`` without ``--eval``), as ``((name, (dim, ...)), ...)``.
+    ``bias_correction`` lowers each Conv/Gemm bias by the mean output shift its
+    weight rounding causes on the calibration data (see
+    :mod:`onnxshrink.quantization.bias_correction`).
     """
 
     method: str = "minmax"
@@ -48,6 +51,7 @@ class QuantizeOptions:
     batch_size: int = 32
     weight_range_bits: int = 8
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    bias_correction: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

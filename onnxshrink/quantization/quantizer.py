@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any, Callable
 
+import numpy as np
 import onnx
 
 from onnxshrink.model import serialized_size
@@ -104,6 +105,32 @@ class StatisticsSource:
         self.seconds = 0.0
         self.stats = data if isinstance(data, CalibrationStats) else CalibrationStats()
         self.rereadable = isinstance(data, (str, os.PathLike, list, tuple, NpzData))
+        self.input_means: dict[str, np.ndarray] = {}  # per-channel means of layer inputs, for bias correction
+        self.bias_correction_skipped: str | None = None
+
+    def bias_shifts(self, plan: Plan) -> dict[str, np.ndarray]:
+        """Per node of ``plan`` that has a bias: the mean output shift of its weight
+        rounding on the calibration data (input means measured once per tensor)."""
+        from onnxshrink.quantization import bias_correction as bc
+        from onnxshrink.quantization.params import weight_levels
+
+        nodes = [p for p in plan.nodes.values() if bc.correctable(p)]
+        missing = [p.activations[0] for p in nodes if p.activations[0] not in self.input_means]
+        if missing and not self.rereadable:
+            self.bias_correction_skipped = ("bias correction skipped: it reads the calibration data itself a second "
+                                            "time, which a one-shot reader or saved statistics cannot give; pass a "
+                                            "path or a list of batches")
+            return {}
+        if missing:
+            self.input_means.update(bc.input_means(self.prepared.model, missing, self.data,
+                                              batch_size=self.options.batch_size))
+        shifts = {}
+        for p in nodes:
+            shift = bc.output_shift(p, self.input_means[p.activations[0]], per_channel=self.options.per_channel,
+                                    levels=weight_levels(self.options.weight_range_bits))
+            if shift is not None:
+                shifts[p.node.name] = shift
+        return shifts
 
     def require(self, names: list[str]) -> CalibrationStats:
         missing = [n for n in names if n not in self.stats.tensors]
@@ -135,7 +162,8 @@ def build(prepared: Prepared, source: StatisticsSource, options: QuantizeOptions
     stats = source.require(plan.calibrated)
     params = compute_params(plan, stats, prepared.model.graph, options.method, options.activations, options.percentile)
     model, records = apply_plan(prepared.model, plan, params, per_channel=options.per_channel,
-                                 weight_range_bits=options.weight_range_bits)
+                                 weight_range_bits=options.weight_range_bits,
+                                 bias_shift=source.bias_shifts(plan) if options.bias_correction else None)
     release_memory()  # the per-weight temporaries of a large model
     return model, plan, records
 
@@ -219,6 +247,8 @@ def quantize_model(
     if lat.get("reference") and lat.get("candidate") and lat["candidate"] > lat["reference"]:
         warnings.append(f"the int8 model is slower than fp32 on this CPU ({lat['candidate']:.3f} ms vs "
                         f"{lat['reference']:.3f} ms, 1 thread): the model is too small for integer kernels to pay off")
+    if source.bias_correction_skipped:
+        warnings.append(source.bias_correction_skipped)
     if not plan.nodes:
         warnings.append("no node could be quantized; the model is unchanged apart from the preparation passes")
     stats = source.stats

@@ -83,9 +83,11 @@ def compute_params(plan: Plan, stats: CalibrationStats, graph: onnx.GraphProto, 
 
 
 def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams], *,
-               per_channel: bool, weight_range_bits: int = 8) -> tuple[onnx.ModelProto, list[NodeRecord]]:
+               per_channel: bool, weight_range_bits: int = 8,
+               bias_shift: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, list[NodeRecord]]:
     """A new model with ``plan`` written in; ``model`` is not changed. Weight codes
-    use ``weight_range_bits`` of the int8 range (fewer levels pack smaller)."""
+    use ``weight_range_bits`` of the int8 range (fewer levels pack smaller);
+    ``bias_shift`` (node name -> per-channel shift) is taken off those nodes' biases."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -160,7 +162,7 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams
         weight_record = None
         if p.weight is not None:
             weight_record = _quantize_weight_input(graph, p, params, names, head, weight_cache, per_channel,
-                                                   weight_levels(weight_range_bits))
+                                                   weight_levels(weight_range_bits), (bias_shift or {}).get(node.name))
         output_record = None
         if p.output_quantized:
             target = p.output_name
@@ -196,8 +198,9 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams
     return out, records
 
 
-def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_channel: bool, levels: int) -> dict:
-    """Replace the node's weight (and bias) by int8 (int32) initializers behind DequantizeLinear."""
+def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_channel: bool, levels: int,
+                           shift: np.ndarray | None = None) -> dict:
+    """Replace the node's weight (and bias, less ``shift``) by int8 (int32) initializers behind DequantizeLinear."""
     node, use = p.node, p.weight
     weight = use.weight.array().astype(np.float32)
     alpha = float(node_attribute(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
@@ -211,6 +214,8 @@ def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_c
         beta = float(node_attribute(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
         channels = weight.shape[use.out_axis]
         bias = np.broadcast_to(bias * np.float32(beta), (channels,)).astype(np.float32)
+        if shift is not None:
+            bias = (bias.astype(np.float64) - shift).astype(np.float32)
     key = (use.weight.name, axis, alpha)
     if key not in cache:
         scale = weight_scales(weight, axis, levels)
@@ -247,7 +252,7 @@ def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_c
         node.input[p.rule.bias] = bias_out
         if node.op_type == "Gemm":
             _set_attr(node, "beta", 1.0)
-        record["bias"] = "int32"
+        record["bias"] = "int32, corrected" if shift is not None else "int32"
     return record
 
 

@@ -1,0 +1,95 @@
+"""Bias correction for static int8 (Nagel et al., 2019, the empirical variant).
+
+Rounding a layer's weights to int8 shifts the mean of its output: with the
+error ``ΔW = Ŵ - W`` and the layer input ``x``, each output channel moves by
+``E[ΔW · x] = ΔW · E[x]``. The mean input of every quantized Conv and Gemm is
+measured on the calibration data (one run of the float model, the inputs
+exposed as extra outputs, summed per channel and dropped batch by batch), the
+shift per output channel follows from the weight's own rounding error, and
+the float bias is lowered by it before it is quantized. Each layer is
+corrected for its own rounding only, so corrections do not compound.
+
+For Conv the mean is per input channel and the shift sums ``ΔW`` over the
+kernel (border positions that read padding are not singled out); Gemm
+reads its input as ``[batch, features]``. Nodes without a bias, MatMul,
+ConvTranspose and Gemm with ``transA`` are left as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxshrink import runtime
+from onnxshrink.data import iter_batches, model_inputs
+from onnxshrink.errors import DataError
+from onnxshrink.quantization.params import quantize_weight, weight_scales
+from onnxshrink.quantization.plan import NodePlan
+from onnxshrink.quantization.prepare import node_attribute
+
+
+def correctable(p: NodePlan) -> bool:
+    """A quantized Conv or Gemm with a weight and a bias whose input is channel-first."""
+    if p.weight is None or p.bias is None or not p.activations:
+        return False
+    if p.node.op_type == "Conv":
+        return True
+    return p.node.op_type == "Gemm" and int(node_attribute(p.node, "transA", 0)) == 0
+
+
+def input_means(model: onnx.ModelProto, names: list[str], data: Any, *, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Mean of each tensor in ``names`` over every axis but axis 1 (its channels), over all of ``data``."""
+    specs = model_inputs(model)
+    graph_inputs = {s.name for s in specs}
+    exposed = [n for n in dict.fromkeys(names) if n not in graph_inputs]
+    session = runtime.create_session(model, threads=os.cpu_count() or 1, name="bias correction model",
+                                     extra_outputs=exposed)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for batch in iter_batches(data, specs, batch_size):
+        values = dict(zip(exposed, runtime.run(session, batch.inputs, exposed, what="bias correction"))) if exposed else {}
+        values.update({n: np.asarray(batch.inputs[n]) for n in names if n in graph_inputs})
+        for name in names:
+            v = np.asarray(values[name], dtype=np.float64)
+            if v.ndim < 2:
+                raise DataError(f"bias correction: tensor '{name}' has rank {v.ndim}; a channel axis 1 is needed")
+            channel_first = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)
+            sums[name] = sums.get(name, 0.0) + channel_first.sum(axis=1)
+            counts[name] = counts.get(name, 0) + channel_first.shape[1]
+        del values
+    del session
+    runtime.release_memory()
+    if not counts:
+        raise DataError("bias correction: the calibration data holds no samples")
+    return {name: sums[name] / counts[name] for name in names}
+
+
+def output_shift(p: NodePlan, mean: np.ndarray, *, per_channel: bool, levels: int) -> np.ndarray | None:
+    """The mean output change per channel that rounding ``p``'s weight causes,
+    for an input whose per-channel mean is ``mean``; None when the shapes do not
+    fit the layer (the node is then left uncorrected)."""
+    use = p.weight
+    weight = use.weight.array().astype(np.float64)
+    if p.node.op_type == "Gemm":
+        weight = weight * float(node_attribute(p.node, "alpha", 1.0))
+    axis = use.out_axis if per_channel else None
+    w32 = weight.astype(np.float32)
+    q = quantize_weight(w32, weight_scales(w32, axis, levels), axis, levels)
+    scale = q.scale if axis is None else q.scale.reshape([-1 if d == axis else 1 for d in range(weight.ndim)])
+    delta = q.values.astype(np.float64) * scale.astype(np.float64) - weight
+    if p.node.op_type == "Conv":
+        out_channels, in_per_group = delta.shape[0], delta.shape[1]
+        groups = int(node_attribute(p.node, "group", 1))
+        if mean.size != in_per_group * groups or out_channels % groups:
+            return None
+        per_tap = delta.reshape(out_channels, in_per_group, -1).sum(axis=2)  # [O, I/g]
+        group_of = np.arange(out_channels) // (out_channels // groups)
+        inputs = mean.reshape(groups, in_per_group)[group_of]  # [O, I/g]
+        return (per_tap * inputs).sum(axis=1)
+    delta_io = np.moveaxis(delta, (use.in_axis, use.out_axis), (0, 1))  # Gemm: [in, out]
+    if delta_io.ndim != 2 or mean.size != delta_io.shape[0]:
+        return None
+    return mean @ delta_io
