@@ -69,8 +69,8 @@ SIDE_HEADER = ("| model | configuration | accuracy % | size bytes | x smaller | 
                "| latency / fp32 | note |")
 OWN_HEADER = ("| model | ours .onnxz bytes | ours % | Shrink Ray int zstd -19 bytes | Shrink Ray % | ratio | bar "
               "| holds |")
-SWEEP_HEADER = ("| model | granularity | min_size | layers | weights at 4 bits | nearest % | gptq % | gptq - nearest "
-                "| output error nearest / gptq |")
+SWEEP_HEADER = ("| model | bits | granularity | min_size | layers | weights quantized | nearest % | gptq % "
+                "| gptq - nearest | output error nearest / gptq |")
 
 
 @dataclasses.dataclass
@@ -229,24 +229,26 @@ def _times(fp32: int, size: int | None) -> str:
 def sweep(name: str, model: onnx.ModelProto, stats, measure) -> list[str]:
     """Rows of the nearest-vs-GPTQ table: granularity x min_size with every
     eligible weight at 4 bits, then layer subsets (channel, min_size 0) with
-    the other weights left float. ``measure`` gives a model's accuracy (%)
+    the other weights left float, then 3 and 2 bits (channel, min_size 256),
+    where the two roundings part. ``measure`` gives a model's accuracy (%)
     and the relative squared error of its outputs against fp32."""
     names = [t.name for t in weight_targets(model, WeightOnlyOptions(bits=4, min_size=0))[0]]
-    configs = [(g, m, "all", {}) for g in ("channel", "block:32", "block:16") for m in (256, 0)]
+    configs = [(4, g, m, "all", {}) for g in ("channel", "block:32", "block:16") for m in (256, 0)]
     if len(names) >= 3:
         for label, keep in (("first only", names[:1]), ("last only", names[-1:]),
                             ("all but first and last", names[1:-1])):
-            configs.append(("channel", 0, label, {n: None for n in names if n not in keep}))
+            configs.append((4, "channel", 0, label, {n: None for n in names if n not in keep}))
+    configs += [(bits, "channel", 256, "all", {}) for bits in (3, 2)]
     lines = []
-    for granularity, min_size, label, layer_bits in configs:
+    for bits, granularity, min_size, label, layer_bits in configs:
         got, count = {}, 0
         for rounding in ("nearest", "gptq"):
-            options = WeightOnlyOptions(bits=4, granularity=granularity, rounding=rounding, min_size=min_size,
+            options = WeightOnlyOptions(bits=bits, granularity=granularity, rounding=rounding, min_size=min_size,
                                         layer_bits=layer_bits)
             result = quantize_weights(model, options, layer_stats=stats)
             got[rounding], count = measure(result.model), len(result.report.weights)
         (a, e), (b, f) = got["nearest"], got["gptq"]
-        lines.append(f"| {name} | {granularity} | {min_size} | {label} | {count} of {len(names)} | "
+        lines.append(f"| {name} | {bits} | {granularity} | {min_size} | {label} | {count} of {len(names)} | "
                      f"{a:.2f} | {b:.2f} | {b - a:+.2f} | {e:.4f} / {f:.4f} |")
     return lines
 
@@ -376,11 +378,11 @@ def render(results: list[ModelResult], command: str, seconds: float, total: int)
               "Shrink Ray's integer_weights model after `zstd -19`; ratio = ours / theirs.", "",
               OWN_HEADER, "|---|" + "---:|" * 6 + "---|"]
     lines += [line for r in results for line in r.own_game]
-    lines += ["", "## Where GPTQ and nearest rounding part (int4, symmetric)", "",
+    lines += ["", "## Where GPTQ and nearest rounding part (symmetric; 4 bits, then 3 and 2)", "",
               "Same layer Hessians for every run; layer subsets quantize only those weights (channel, min_size 0) "
               "and leave the others float. Output error is the relative squared error of the model's outputs "
               "against fp32 on the eval set (what GPTQ lowers layer by layer, even where accuracy does not move).", "",
-              SWEEP_HEADER, "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+              SWEEP_HEADER, "|---|---:|---|---:|---|---:|---:|---:|---:|---:|"]
     lines += [line for r in results for line in r.sweep]
     return "\n".join(lines) + "\n"
 
