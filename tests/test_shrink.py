@@ -182,3 +182,32 @@ def test_weight_widths_are_checked_and_three_levels_are_used(tmp_path):
     assert result.returncode == 0, result.stderr
     note = json.loads((tmp_path / "r.json").read_text())["stages"][-2]["note"]
     assert "at 3 bits" in note and "at 4 bits" in note and "at 8 bits" in note
+
+
+@pytest.mark.parametrize("bolder_size, bolder_drop, expected_share", [
+    (98_000, 0.3, 0.75),   # 2 % smaller but less accurate: not worth it
+    (90_000, 0.3, 1.0),    # 10 % smaller: taken
+    (99_000, 0.1, 1.0),    # smaller and no less accurate: taken
+])
+def test_bolder_candidate_must_earn_its_accuracy(monkeypatch, bolder_size, bolder_drop, expected_share):
+    """The extra all-budget pruning trial replaces the first passing candidate
+    only when it is clearly smaller, or no less accurate."""
+    import onnxshrink.pipeline as pipeline
+    from onnxshrink.validation import Gate
+
+    class Checked:
+        def __init__(self, drop):
+            self.passed, self.accuracy_drop_points, self.failures = True, drop, []
+
+        def to_dict(self):
+            return {"passed": True}
+
+    def fake_trial(base, original, options, gate, share, *rest):
+        size, drop = (100_000, 0.1) if share == 0.75 else (bolder_size, bolder_drop)
+        return {"model": base, "packed": b"x" * size, "size": size, "validation": Checked(drop), "stages": [],
+                "layers": [], "share": share}
+
+    monkeypatch.setattr(pipeline, "_trial", fake_trial)
+    options = pipeline.ShrinkOptions(load_recipe("cnn-default"), gate=Gate(max_accuracy_drop=1.0))
+    result = pipeline.shrink(onnx.load(str(MLP)), CALIB, options, eval_data=EVAL)
+    assert [t["chosen"] for t in result.report["search"]] == [expected_share == 0.75, expected_share == 1.0]
