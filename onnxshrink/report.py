@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 WIDTH = 760
 BAR_COLOR = "#3b7dd8"
@@ -55,16 +55,19 @@ def bar_chart(title: str, rows: Sequence[tuple[str, float, str]], *, unit: str =
 
 
 def scatter_chart(title: str, points: Sequence[dict[str, Any]], *, x: str, y: str, x_label: str, y_label: str,
-                  limit: float | None = None) -> str:
-    """Points with keys ``x``/``y`` and ``passed``; an optional horizontal limit line at ``limit``."""
+                  limit: float | None = None, x_text: Callable[[float], str] | None = None) -> str:
+    """Points with keys ``x``/``y``, ``passed`` and ``chosen`` (ringed); an optional
+    horizontal limit line at ``limit``; ``x_text`` formats the x ticks."""
+    x_text = x_text or (lambda v: f"{v:.3g}")
     if not points:
         return f'<section><h2>{_esc(title)}</h2><p class="muted">no search was run</p></section>'
     height, left, bottom, pad = 300, 60, 40, 16
     xs = [float(p[x]) for p in points]
     ys = [float(p[y]) for p in points] + ([limit] if limit is not None else [])
     x0, x1 = min(xs), max(xs)
+    margin = 0.1 * (x1 - x0) if x1 > x0 else 0.1 * abs(x0) or 1.0  # one point sits mid-axis, not on it
+    x0, x1 = x0 - margin, x1 + margin
     y0, y1 = min(ys + [0.0]), max(ys)
-    x1 = x1 if x1 > x0 else x0 + 1
     y1 = y1 if y1 > y0 else y0 + 1
 
     def px(v: float) -> float:
@@ -80,8 +83,9 @@ def scatter_chart(title: str, points: Sequence[dict[str, Any]], *, x: str, y: st
              f'<text x="{(left + WIDTH) / 2}" y="{height - 8}" text-anchor="middle" class="lbl">{_esc(x_label)}</text>',
              f'<text x="14" y="{(height - bottom) / 2}" text-anchor="middle" class="lbl" '
              f'transform="rotate(-90 14 {(height - bottom) / 2})">{_esc(y_label)}</text>']
-    for v in (x0, (x0 + x1) / 2, x1):
-        parts.append(f'<text x="{px(v):.1f}" y="{height - bottom + 14}" text-anchor="middle" class="val">{v:.3g}</text>')
+    for v, anchor in ((x0, "start"), ((x0 + x1) / 2, "middle"), (x1, "end")):  # the ends stay inside the chart
+        parts.append(f'<text x="{px(v):.1f}" y="{height - bottom + 14}" text-anchor="{anchor}" class="val">'
+                     f'{_esc(x_text(v))}</text>')
     for v in (y0, (y0 + y1) / 2, y1):
         parts.append(f'<text x="{left - 6}" y="{py(v) + 4:.1f}" text-anchor="end" class="val">{v:.3g}</text>')
     if limit is not None:
@@ -91,8 +95,10 @@ def scatter_chart(title: str, points: Sequence[dict[str, Any]], *, x: str, y: st
     for p in points:
         color = PASS_COLOR if p.get("passed") else FAIL_COLOR
         tip = ", ".join(f"{k}={v}" for k, v in p.items() if not isinstance(v, (list, dict)))
-        parts.append(f'<circle cx="{px(float(p[x])):.1f}" cy="{py(float(p[y])):.1f}" r="5" fill="{color}">'
-                     f'<title>{_esc(tip)}</title></circle>')
+        cx, cy = px(float(p[x])), py(float(p[y]))
+        if p.get("chosen"):
+            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="9" fill="none" stroke="{color}" stroke-width="2"/>')
+        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{color}"><title>{_esc(tip)}</title></circle>')
     parts.append("</svg>")
     return f"<section><h2>{_esc(title)}</h2>{''.join(parts)}</section>"
 
@@ -147,8 +153,8 @@ def render_html(report: dict[str, Any]) -> str:
     qerror = bar_chart("Quantization error per layer (relative weight error, grey = kept in float)", qrows,
                        value_text=lambda v: f"{100 * v:.2f}%")
     tradeoff = scatter_chart("Search: accuracy drop vs size", search, x="size_bytes", y="accuracy_drop",
-                             x_label="packed size (bytes)", y_label="accuracy drop (points)",
-                             limit=report.get("gate", {}).get("max_accuracy_drop"))
+                             x_label="packed size (ringed: the one kept)", y_label="accuracy drop (points)",
+                             limit=report.get("gate", {}).get("max_accuracy_drop"), x_text=_fmt_bytes)
     stage_rows = [(s["name"], _fmt_bytes(s["bytes"]), _fmt_bytes(s["packed_bytes"]) if s.get("packed_bytes") else "-",
                    s.get("note", "")) for s in stages]
     return (
