@@ -115,6 +115,11 @@ def shrink_command(
         if final is not None and final.accuracy:
             line += (f"; accuracy {100 * final.accuracy['reference']:.2f}% -> {100 * final.accuracy['candidate']:.2f}%")
         console.print(line, markup=False)
+        if options.mixed_precision and result.packed is not None:
+            # onnxruntime dequantizes weight-only codes on every run (several times fp32's latency at batch 1).
+            console.print(f"weights are stored as integer codes: for fp32 speed load with "
+                          f"onnxshrink.load(path, materialize=\"float\") or run "
+                          f"onnxshrink unpack {output} -o MODEL.onnx --materialize float", markup=False, soft_wrap=True)
 
 
 @reports_errors
