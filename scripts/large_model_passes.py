@@ -37,16 +37,23 @@ ROWS = 1024
 
 
 def make_model(folder: Path, total_bytes: float, tensors: int = 10) -> tuple[Path, int]:
-    """y = Sum_i(x @ W_i), W_i [1024, N] fp32 in one external file, written one weight at a time."""
+    """y = Sum_i(x @ W_i), ``tensors`` fp32 weights [1024, N] totalling ``total_bytes``."""
+    return external_matmul_model(folder, ROWS, int(total_bytes / tensors / 4 / ROWS), tensors)
+
+
+def external_matmul_model(folder: Path, rows: int, cols: int, count: int, *, bias: bool = False, seed: int = 0,
+                          scale: float = 0.02) -> tuple[Path, int]:
+    """y = Sum_i(x @ W_i (+ b_i)), W_i [rows, cols] fp32 (seeded, ``scale`` x N(0, 1)) in one
+    external file ``weights.bin``, written one weight at a time; small biases inline.
+    Returns the model path and the external weight bytes (tests use it too)."""
     folder.mkdir(parents=True, exist_ok=True)
-    cols = int(total_bytes / tensors / 4 / ROWS)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     inits, nodes, outs, offset = [], [], [], 0
     with open(folder / "weights.bin", "wb") as f:
-        for i in range(tensors):
-            w = (0.02 * rng.standard_normal((ROWS, cols), dtype=np.float32)).astype(np.float32)
+        for i in range(count):
+            w = (scale * rng.standard_normal((rows, cols), dtype=np.float32)).astype(np.float32)
             f.write(w.tobytes())
-            t = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[ROWS, cols])
+            t = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[rows, cols])
             t.data_location = TensorProto.EXTERNAL
             for k, v in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(w.nbytes))):
                 e = t.external_data.add()
@@ -54,10 +61,15 @@ def make_model(folder: Path, total_bytes: float, tensors: int = 10) -> tuple[Pat
             offset += w.nbytes
             inits.append(t)
             nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"h{i}"], name=f"mm{i}"))
-            outs.append(f"h{i}")
+            out = f"h{i}"
+            if bias:
+                inits.append(onnx.numpy_helper.from_array(rng.standard_normal(cols).astype(np.float32), f"b{i}"))
+                nodes.append(helper.make_node("Add", [out, f"b{i}"], [f"a{i}"], name=f"add{i}"))
+                out = f"a{i}"
+            outs.append(out)
             del w
     nodes.append(helper.make_node("Sum", outs, ["y"], name="sum"))
-    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", ROWS])],
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", rows])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", cols])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = folder / "model.onnx"

@@ -74,5 +74,15 @@ def mlp_data(tmp_path: Path) -> Path:
     return save_data(tmp_path / "data.npz")
 
 
+def load_script(name: str):
+    """scripts/NAME.py as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def bundled(name: str) -> Path:
     return MODELS / f"{name}.onnx"

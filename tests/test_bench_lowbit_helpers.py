@@ -4,7 +4,6 @@ Shrink Ray is not needed."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -13,15 +12,13 @@ import onnx
 import pytest
 from onnx import helper
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import load_script
+
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_lowbit", ROOT / "scripts" / "bench_lowbit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_lowbit")
 
 
 def _model(op: str) -> onnx.ModelProto:

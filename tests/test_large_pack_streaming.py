@@ -15,11 +15,9 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 TENSORS, ROWS, COLS = 12, 1024, 2048  # 12 x 8 MB
 # Growth allowed over the imports, as a fraction of the weight bytes. Measured:
@@ -54,26 +52,7 @@ print(json.dumps({"growth": peak() - base}))
 
 def big_model(folder) -> tuple:
     """y = sum_i x @ W_i, W_i [1024, 2048] float32 in one external file, seeded."""
-    rng = np.random.default_rng(0)
-    inits, nodes, offset = [], [], 0
-    with open(folder / "weights.bin", "wb") as f:
-        for i in range(TENSORS):
-            w = (0.02 * rng.standard_normal((ROWS, COLS), dtype=np.float32))
-            f.write(w.tobytes())
-            t = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[ROWS, COLS])
-            t.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(w.nbytes))):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, value
-            offset += w.nbytes
-            inits.append(t)
-            nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"h{i}"]))
-    nodes.append(helper.make_node("Sum", [f"h{i}" for i in range(TENSORS)], ["y"]))
-    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", ROWS])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", COLS])], inits)
-    path = folder / "model.onnx"
-    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
-    return path, offset
+    return load_script("large_model_passes").external_matmul_model(folder, ROWS, COLS, TENSORS)
 
 
 def growth(*args) -> int:

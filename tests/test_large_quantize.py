@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
+from conftest import load_script
 from onnxshrink import runtime
 from onnxshrink.model import is_mapped, load_model, save_model, serialized_size, tensor_array
 from onnxshrink.quantization import QuantizeOptions, quantize_model
@@ -27,36 +26,9 @@ from onnxshrink.quantization import QuantizeOptions, quantize_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _external_model(folder: Path, rows: int, cols: int, count: int, *, bias: bool = False, seed: int = 0) -> tuple[Path, int]:
+def _external_model(folder: Path, rows: int, cols: int, count: int, *, bias: bool = False) -> tuple[Path, int]:
     """y = Sum_i(x @ W_i (+ b_i)), W_i [rows, cols] fp32 in one external file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    inits, nodes, outs, offset = [], [], [], 0
-    with open(folder / "weights.bin", "wb") as f:
-        for i in range(count):
-            w = (0.05 * rng.standard_normal((rows, cols), dtype=np.float32)).astype(np.float32)
-            f.write(w.tobytes())
-            t = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[rows, cols])
-            t.data_location = TensorProto.EXTERNAL
-            for k, v in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(w.nbytes))):
-                e = t.external_data.add()
-                e.key, e.value = k, v
-            offset += w.nbytes
-            inits.append(t)
-            nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"h{i}"], name=f"mm{i}"))
-            out = f"h{i}"
-            if bias:
-                inits.append(onnx.numpy_helper.from_array(rng.standard_normal(cols).astype(np.float32), f"b{i}"))
-                nodes.append(helper.make_node("Add", [f"h{i}", f"b{i}"], [f"a{i}"], name=f"add{i}"))
-                out = f"a{i}"
-            outs.append(out)
-    nodes.append(helper.make_node("Sum", outs, ["y"], name="sum"))
-    graph = helper.make_graph(nodes, "ext", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", rows])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", cols])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    path = folder / "model.onnx"
-    path.write_bytes(model.SerializeToString())
-    return path, offset
+    return load_script("large_model_passes").external_matmul_model(folder, rows, cols, count, bias=bias, scale=0.05)
 
 
 def test_mapped_weights_read_run_and_save_like_loaded_ones(tmp_path):

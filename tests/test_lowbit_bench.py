@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, load_script
 
 
 @pytest.mark.skipif(not (ROOT / "models" / "digits_mlp.onnx").exists(), reason="bundled models not built")
 def test_bench_lowbit_writes_a_markdown_table(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_lowbit", ROOT / "scripts" / "bench_lowbit.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_lowbit")
     out = tmp_path / "lowbit.md"
     bench.main(["--models", "digits_mlp", "--no-latency", "--out", str(out)])
     row = next(line for line in out.read_text().splitlines() if line.startswith("| digits_mlp"))

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, load_script
 
 
 @pytest.mark.skipif(not (ROOT / "models" / "digits_mlp.onnx").exists(), reason="bundled models not built")
 def test_bench_prune_writes_a_markdown_table(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_prune", ROOT / "scripts" / "bench_prune.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_prune")
     out = tmp_path / "prune.md"
     bench.main(["--models", "digits_mlp", "--sparsities", "0.5", "--no-channel", "--out", str(out)])
     text = out.read_text()
