@@ -74,6 +74,30 @@ def mlp_data(tmp_path: Path) -> Path:
     return save_data(tmp_path / "data.npz")
 
 
+# A child's own peak RSS. Its ru_maxrss is no good for that: Linux carries the
+# parent's high-water mark across fork + exec, so a child of a large pytest
+# process reports at least pytest's size. VmHWM is the exec'd image's alone.
+PEAK_RSS_PRELUDE = r"""
+import atexit as _atexit, os as _os
+def _write_peak():
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    with open(_os.environ["ONNXSHRINK_PEAK_FILE"], "w") as out:
+        out.write(str(kb * 1024))
+_atexit.register(_write_peak)
+"""
+
+
+def child_peak_rss(code: str, *args: str, tmp: Path) -> int:
+    """Run ``python -c code args`` (it must exit 0) and return its own peak RSS in bytes."""
+    peak_file = tmp / f"peak-{os.getpid()}-{len(list(tmp.glob('peak-*')))}"
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS_PRELUDE + code, *map(str, args)], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "ONNXSHRINK_PEAK_FILE": str(peak_file)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(peak_file.read_text())
+
+
 def load_script(name: str):
     """scripts/NAME.py as a module (the scripts are not a package)."""
     import importlib.util

@@ -30,8 +30,12 @@ import json, resource, sys
 import onnxshrink.model
 from onnxshrink.packing import pack_file, unpack_file
 
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak():  # this image's own high-water mark (ru_maxrss would include the parent's, inherited over fork + exec)
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 def now():  # resident bytes now (the peak so far where /proc is missing)
     try:

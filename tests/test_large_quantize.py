@@ -10,15 +10,12 @@ about 7x them).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import load_script
+from conftest import child_peak_rss, load_script
 from onnxshrink import runtime
 from onnxshrink.model import is_mapped, load_model, save_model, serialized_size, tensor_array
 from onnxshrink.quantization import QuantizeOptions, quantize_model
@@ -73,16 +70,6 @@ def test_quantizing_mapped_weights_gives_the_same_model(tmp_path, dynamic):
     assert mapped.report.size_bytes["original"] == pytest.approx(loaded.report.size_bytes["original"], rel=1e-3)
 
 
-def _peak_rss(args: list[str]) -> int:
-    """Peak RSS in bytes of one child process (its own ru_maxrss, from wait4)."""
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    assert os.waitstatus_to_exitcode(status) == 0, err[-2000:]
-    return usage.ru_maxrss * 1024
-
-
 def test_quantize_peak_memory_stays_near_the_weight_bytes(tmp_path):
     """Static and dynamic quantization of ~120 MB of external weights. The old
     code held the weights 6-7 times over (proto, prepared copy, shape-inference
@@ -91,10 +78,10 @@ def test_quantize_peak_memory_stays_near_the_weight_bytes(tmp_path):
     path, weight_bytes = _external_model(tmp_path / "big", 1024, 7500, 4)
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=np.random.default_rng(1).standard_normal((8, 1024)).astype(np.float32))
-    cli = ["-c", "from onnxshrink.cli import main; main()", "quantize", str(path)]
-    idle = _peak_rss(["-c", "import onnxruntime, onnx, numpy, onnxshrink.cli, onnxshrink.quantization"])
-    static = _peak_rss([*cli, "-o", str(tmp_path / "q" / "model.onnx"), "--calib", str(calib), "-q"])
-    dynamic = _peak_rss([*cli, "-o", str(tmp_path / "d" / "model.onnx"), "--dynamic", "-q"])
+    cli = ["from onnxshrink.cli import main; main()", "quantize", str(path)]
+    idle = child_peak_rss("import onnxruntime, onnx, numpy, onnxshrink.cli, onnxshrink.quantization", tmp=tmp_path)
+    static = child_peak_rss(*cli, "-o", tmp_path / "q" / "model.onnx", "--calib", calib, "-q", tmp=tmp_path)
+    dynamic = child_peak_rss(*cli, "-o", tmp_path / "d" / "model.onnx", "--dynamic", "-q", tmp=tmp_path)
     for name, peak in (("static", static), ("dynamic", dynamic)):
         ratio = (peak - idle) / weight_bytes
         assert ratio < 3.0, f"{name}: peak RSS {peak / 1e6:.0f} MB, {ratio:.2f}x the {weight_bytes / 1e6:.0f} MB of weights"
