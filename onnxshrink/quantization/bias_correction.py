@@ -3,8 +3,8 @@
 Rounding a layer's weights to int8 shifts the mean of its output: with the
 error ``ΔW = Ŵ - W`` and the layer input ``x``, each output channel moves by
 ``E[ΔW · x] = ΔW · E[x]``. The mean input of every quantized Conv and Gemm is
-measured on the calibration data (one run of the float model, the inputs
-exposed as extra outputs, summed per channel and dropped batch by batch), the
+measured on the calibration data (in the calibration run itself, summed per
+channel and dropped batch by batch), the
 shift per output channel follows from the weight's own rounding error, and
 the float bias is lowered by it before it is quantized. Each layer is
 corrected for its own rounding only, so corrections do not compound.
@@ -17,14 +17,8 @@ ConvTranspose and Gemm with ``transA`` are left as they are.
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import numpy as np
-import onnx
 
-from onnxshrink import runtime
-from onnxshrink.data import iter_batches, model_inputs
 from onnxshrink.errors import DataError
 from onnxshrink.quantization.params import quantize_weight, weight_scales
 from onnxshrink.quantization.plan import NodePlan
@@ -40,31 +34,26 @@ def correctable(p: NodePlan) -> bool:
     return p.node.op_type == "Gemm" and int(node_attribute(p.node, "transA", 0)) == 0
 
 
-def input_means(model: onnx.ModelProto, names: list[str], data: Any, *, batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Mean of each tensor in ``names`` over every axis but axis 1 (its channels), over all of ``data``."""
-    specs = model_inputs(model)
-    graph_inputs = {s.name for s in specs}
-    exposed = [n for n in dict.fromkeys(names) if n not in graph_inputs]
-    session = runtime.create_session(model, threads=os.cpu_count() or 1, name="bias correction model",
-                                     extra_outputs=exposed)
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for batch in iter_batches(data, specs, batch_size):
-        values = dict(zip(exposed, runtime.run(session, batch.inputs, exposed, what="bias correction"))) if exposed else {}
-        values.update({n: np.asarray(batch.inputs[n]) for n in names if n in graph_inputs})
-        for name in names:
+class ChannelMeans:
+    """Running per-channel (axis 1) means of the tensors ``names``, fed batch by
+    batch by the calibration run (:func:`onnxshrink.quantization.calibrate.calibrate`)."""
+
+    def __init__(self, names: list[str]):
+        self.names = list(dict.fromkeys(names))
+        self._sums: dict[str, np.ndarray] = {}
+        self._counts: dict[str, int] = {}
+
+    def update(self, values: dict[str, np.ndarray]) -> None:
+        for name in self.names:
             v = np.asarray(values[name], dtype=np.float64)
             if v.ndim < 2:
                 raise DataError(f"bias correction: tensor '{name}' has rank {v.ndim}; a channel axis 1 is needed")
             channel_first = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)
-            sums[name] = sums.get(name, 0.0) + channel_first.sum(axis=1)
-            counts[name] = counts.get(name, 0) + channel_first.shape[1]
-        del values
-    del session
-    runtime.release_memory()
-    if not counts:
-        raise DataError("bias correction: the calibration data holds no samples")
-    return {name: sums[name] / counts[name] for name in names}
+            self._sums[name] = self._sums.get(name, 0.0) + channel_first.sum(axis=1)
+            self._counts[name] = self._counts.get(name, 0) + channel_first.shape[1]
+
+    def means(self) -> dict[str, np.ndarray]:
+        return {name: self._sums[name] / self._counts[name] for name in self._sums}
 
 
 def output_shift(p: NodePlan, mean: np.ndarray, *, per_channel: bool, levels: int) -> np.ndarray | None:

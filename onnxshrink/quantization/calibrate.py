@@ -17,6 +17,7 @@ import onnx
 from onnxshrink import runtime
 from onnxshrink.data import iter_batches, model_inputs
 from onnxshrink.errors import DataError
+from onnxshrink.quantization.bias_correction import ChannelMeans
 from onnxshrink.quantization.stats import CalibrationStats
 
 Progress = Callable[[str, int, int], None]
@@ -34,6 +35,7 @@ def calibrate(
     threads: int | None = None,
     histogram: bool = True,
     memory_budget: int = MEMORY_BUDGET_BYTES,
+    channel_means: ChannelMeans | None = None,
 ) -> CalibrationStats:
     """Statistics of the values ``names`` of ``model`` over every sample of ``data``.
 
@@ -42,12 +44,14 @@ def calibrate(
     ``histogram=False`` keeps only min/max (enough for the minmax method).
     Each run holds at most ``batch_size`` samples and, after a first
     one-sample run measures them, no more than fit ``memory_budget`` bytes of
-    exposed tensors.
+    exposed tensors. ``channel_means`` (bias correction's accumulator) is fed
+    its tensors in the same runs.
     ``model`` is not changed.
     """
     specs = model_inputs(model)
     input_names = {s.name for s in specs}
-    exposed = [n for n in dict.fromkeys(names) if n not in input_names]
+    wanted = list(dict.fromkeys([*names, *(channel_means.names if channel_means is not None else [])]))
+    exposed = [n for n in wanted if n not in input_names]
     session = runtime.create_session(model, threads=threads or os.cpu_count() or 1, name="calibration model",
                                      extra_outputs=exposed)
     total = getattr(data, "num_samples", None)
@@ -78,10 +82,12 @@ def calibrate(
             if chunk is None and splittable:
                 per_sample = max(1, sum(v.nbytes for v in values.values()))
                 chunk = int(max(1, min(batch_size, memory_budget // per_sample)))
-            for name in names:
+            for name in wanted:
                 if name in input_names:
                     values[name] = feed[name]
-            stats.update(values, min(step, len(batch) - start), histogram=histogram)
+            if channel_means is not None:
+                channel_means.update(values)
+            stats.update({n: values[n] for n in names}, min(step, len(batch) - start), histogram=histogram)
             del values, feed
             start += step
         if progress:

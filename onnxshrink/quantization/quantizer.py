@@ -14,7 +14,7 @@ from onnxshrink.model import serialized_size
 from onnxshrink.runtime import release_memory
 from onnxshrink.data import NpzData
 from onnxshrink.errors import UsageError
-from onnxshrink.quantization import prepare
+from onnxshrink.quantization import bias_correction, prepare
 from onnxshrink.quantization.calibrate import calibrate
 from onnxshrink.quantization.options import QuantizeOptions
 from onnxshrink.quantization.plan import Plan, make_plan
@@ -110,31 +110,30 @@ class StatisticsSource:
 
     def bias_shifts(self, plan: Plan) -> dict[str, np.ndarray]:
         """Per node of ``plan`` that has a bias: the mean output shift of its weight
-        rounding on the calibration data (input means measured once per tensor)."""
-        from onnxshrink.quantization import bias_correction as bc
+        rounding, from the layer input means :meth:`require` collected."""
         from onnxshrink.quantization.params import weight_levels
 
-        nodes = [p for p in plan.nodes.values() if bc.correctable(p)]
-        missing = [p.activations[0] for p in nodes if p.activations[0] not in self.input_means]
-        if missing and not self.rereadable:
-            self.bias_correction_skipped = ("bias correction skipped: it reads the calibration data itself a second "
-                                            "time, which a one-shot reader or saved statistics cannot give; pass a "
-                                            "path or a list of batches")
+        nodes = [p for p in plan.nodes.values() if bias_correction.correctable(p)]
+        if any(p.activations[0] not in self.input_means for p in nodes):
+            self.bias_correction_skipped = ("bias correction skipped: it needs layer input means, which saved "
+                                            "statistics do not hold and are not collected from a one-shot reader; "
+                                            "pass a path or a list of batches")
             return {}
-        if missing:
-            self.input_means.update(bc.input_means(self.prepared.model, missing, self.data,
-                                              batch_size=self.options.batch_size))
         shifts = {}
         for p in nodes:
-            shift = bc.output_shift(p, self.input_means[p.activations[0]], per_channel=self.options.per_channel,
-                                    levels=weight_levels(self.options.weight_range_bits))
+            shift = bias_correction.output_shift(p, self.input_means[p.activations[0]],
+                                                 per_channel=self.options.per_channel,
+                                                 levels=weight_levels(self.options.weight_range_bits))
             if shift is not None:
                 shifts[p.node.name] = shift
         return shifts
 
-    def require(self, names: list[str]) -> CalibrationStats:
+    def require(self, names: list[str], means_for: list[str] = ()) -> CalibrationStats:
+        """Statistics of ``names``, and (data that can be read again only) the
+        per-channel means of ``means_for`` for bias correction, in one pass."""
         missing = [n for n in names if n not in self.stats.tensors]
-        if not missing:
+        missing_means = [n for n in means_for if n not in self.input_means] if self.rereadable else []
+        if not missing and not missing_means:
             return self.stats
         if isinstance(self.data, CalibrationStats):
             raise UsageError(f"the calibration statistics have no entry for tensor '{missing[0]}'; "
@@ -145,9 +144,12 @@ class StatisticsSource:
         if not self.rereadable:
             missing = calibration_values(self.prepared.model, self.prepared.types)
         started = time.perf_counter()
+        means = bias_correction.ChannelMeans(missing_means) if missing_means else None
         fresh = calibrate(self.prepared.model, missing, self.data, batch_size=self.options.batch_size,
-                          progress=self.progress, histogram=self.options.method != "minmax")
+                          progress=self.progress, histogram=self.options.method != "minmax", channel_means=means)
         self.seconds += time.perf_counter() - started
+        if means is not None:
+            self.input_means.update(means.means())
         samples = self.stats.samples or fresh.samples
         self.stats.tensors.update(fresh.tensors)
         self.stats.samples = samples
@@ -159,7 +161,9 @@ def build(prepared: Prepared, source: StatisticsSource, options: QuantizeOptions
     """The quantized model for one placement (``keep_float`` nodes stay float)."""
     plan = make_plan(prepared.model, prepared.types, exclude_nodes=frozenset(options.exclude_nodes),
                      exclude_ops=frozenset(options.exclude_ops), keep_float=keep_float)
-    stats = source.require(plan.calibrated)
+    bias_inputs = ([p.activations[0] for p in plan.nodes.values() if bias_correction.correctable(p)]
+                   if options.bias_correction else [])
+    stats = source.require(plan.calibrated, means_for=bias_inputs)
     params = compute_params(plan, stats, prepared.model.graph, options.method, options.activations, options.percentile)
     model, records = apply_plan(prepared.model, plan, params, per_channel=options.per_channel,
                                  weight_range_bits=options.weight_range_bits,
