@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 
 from onnxshrink.errors import DataError
-from onnxshrink.quantization.params import quantize_weight, weight_scales
 from onnxshrink.quantization.plan import NodePlan
 from onnxshrink.quantization.prepare import node_attribute
 
@@ -56,19 +55,12 @@ class ChannelMeans:
         return {name: self._sums[name] / self._counts[name] for name in self._sums}
 
 
-def output_shift(p: NodePlan, mean: np.ndarray, *, per_channel: bool, levels: int) -> np.ndarray | None:
-    """The mean output change per channel that rounding ``p``'s weight causes,
-    for an input whose per-channel mean is ``mean``; None when the shapes do not
-    fit the layer (the node is then left uncorrected)."""
+def output_shift(p: NodePlan, delta: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
+    """The mean output change per channel that the rounding error ``delta``
+    (float64, the weight's layout) of ``p``'s weight causes for an input whose
+    per-channel mean is ``mean``; None when the shapes do not fit the layer
+    (the node is then left uncorrected)."""
     use = p.weight
-    weight = use.weight.array().astype(np.float64)
-    if p.node.op_type == "Gemm":
-        weight = weight * float(node_attribute(p.node, "alpha", 1.0))
-    axis = use.out_axis if per_channel else None
-    w32 = weight.astype(np.float32)
-    q = quantize_weight(w32, weight_scales(w32, axis, levels), axis, levels)
-    scale = q.scale if axis is None else q.scale.reshape([-1 if d == axis else 1 for d in range(weight.ndim)])
-    delta = q.values.astype(np.float64) * scale.astype(np.float64) - weight
     if p.node.op_type == "Conv":
         out_channels, in_per_group = delta.shape[0], delta.shape[1]
         groups = int(node_attribute(p.node, "group", 1))

@@ -108,25 +108,17 @@ class StatisticsSource:
         self.input_means: dict[str, np.ndarray] = {}  # per-channel means of layer inputs, for bias correction
         self.bias_correction_skipped: str | None = None
 
-    def bias_shifts(self, plan: Plan) -> dict[str, np.ndarray]:
-        """Per node of ``plan`` that has a bias: the mean output shift of its weight
-        rounding, from the layer input means :meth:`require` collected."""
-        from onnxshrink.quantization.params import weight_levels
-
+    def bias_input_means(self, plan: Plan) -> dict[str, np.ndarray]:
+        """Node name -> per-channel mean of its input, for every node of ``plan``
+        bias correction applies to (collected by :meth:`require`); empty, with a
+        note, when they could not be collected."""
         nodes = [p for p in plan.nodes.values() if bias_correction.correctable(p)]
         if any(p.activations[0] not in self.input_means for p in nodes):
             self.bias_correction_skipped = ("bias correction skipped: it needs layer input means, which saved "
                                             "statistics do not hold and are not collected from a one-shot reader; "
                                             "pass a path or a list of batches")
             return {}
-        shifts = {}
-        for p in nodes:
-            shift = bias_correction.output_shift(p, self.input_means[p.activations[0]],
-                                                 per_channel=self.options.per_channel,
-                                                 levels=weight_levels(self.options.weight_range_bits))
-            if shift is not None:
-                shifts[p.node.name] = shift
-        return shifts
+        return {p.node.name: self.input_means[p.activations[0]] for p in nodes}
 
     def require(self, names: list[str], means_for: list[str] = ()) -> CalibrationStats:
         """Statistics of ``names``, and (data that can be read again only) the
@@ -167,7 +159,7 @@ def build(prepared: Prepared, source: StatisticsSource, options: QuantizeOptions
     params = compute_params(plan, stats, prepared.model.graph, options.method, options.activations, options.percentile)
     model, records = apply_plan(prepared.model, plan, params, per_channel=options.per_channel,
                                  weight_range_bits=options.weight_range_bits,
-                                 bias_shift=source.bias_shifts(plan) if options.bias_correction else None)
+                                 bias_input_means=source.bias_input_means(plan) if options.bias_correction else None)
     release_memory()  # the per-weight temporaries of a large model
     return model, plan, records
 

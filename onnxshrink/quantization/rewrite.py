@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxshrink.model import producers
+from onnxshrink.quantization import bias_correction
 from onnxshrink.quantization.params import (
     QuantParams,
     activation_params,
@@ -84,10 +85,11 @@ def compute_params(plan: Plan, stats: CalibrationStats, graph: onnx.GraphProto, 
 
 def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams], *,
                per_channel: bool, weight_range_bits: int = 8,
-               bias_shift: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, list[NodeRecord]]:
+               bias_input_means: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, list[NodeRecord]]:
     """A new model with ``plan`` written in; ``model`` is not changed. Weight codes
     use ``weight_range_bits`` of the int8 range (fewer levels pack smaller);
-    ``bias_shift`` (node name -> per-channel shift) is taken off those nodes' biases."""
+    ``bias_input_means`` (node name -> per-channel mean of its input) turns on bias
+    correction for those nodes (:mod:`onnxshrink.quantization.bias_correction`)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -162,7 +164,7 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams
         weight_record = None
         if p.weight is not None:
             weight_record = _quantize_weight_input(graph, p, params, names, head, weight_cache, per_channel,
-                                                   weight_levels(weight_range_bits), (bias_shift or {}).get(node.name))
+                                                   weight_levels(weight_range_bits), (bias_input_means or {}).get(node.name))
         output_record = None
         if p.output_quantized:
             target = p.output_name
@@ -199,8 +201,9 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams
 
 
 def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_channel: bool, levels: int,
-                           shift: np.ndarray | None = None) -> dict:
-    """Replace the node's weight (and bias, less ``shift``) by int8 (int32) initializers behind DequantizeLinear."""
+                           input_mean: np.ndarray | None = None) -> dict:
+    """Replace the node's weight (and bias) by int8 (int32) initializers behind DequantizeLinear;
+    with ``input_mean`` the bias is lowered by the mean output shift of the weight's rounding."""
     node, use = p.node, p.weight
     weight = use.weight.array().astype(np.float32)
     alpha = float(node_attribute(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
@@ -214,8 +217,6 @@ def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_c
         beta = float(node_attribute(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
         channels = weight.shape[use.out_axis]
         bias = np.broadcast_to(bias * np.float32(beta), (channels,)).astype(np.float32)
-        if shift is not None:
-            bias = (bias.astype(np.float64) - shift).astype(np.float32)
     key = (use.weight.name, axis, alpha)
     if key not in cache:
         scale = weight_scales(weight, axis, levels)
@@ -232,13 +233,20 @@ def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_c
         attrs = {"axis": axis} if axis is not None else {}
         head.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out],
                                      name=names(f"{use.weight.name}_DequantizeLinear"), **attrs))
-        cache[key] = (dq_out, q.scale)
-    dq_out, scale = cache[key]
+        cache[key] = (dq_out, q.scale, q.values)
+    dq_out, scale, codes = cache[key]
     node.input[use.input_index] = dq_out
     if node.op_type == "Gemm":
         _set_attr(node, "alpha", 1.0)
     record = {"type": "int8", "symmetric": True, "axis": axis, "channels": int(scale.size),
               "scale_min": float(scale.min()), "scale_max": float(scale.max())}
+    shift = None
+    if bias is not None and input_mean is not None:
+        view = scale if axis is None else scale.reshape([-1 if d == axis else 1 for d in range(weight.ndim)])
+        delta = codes.astype(np.float64) * view.astype(np.float64) - weight.astype(np.float64)
+        shift = bias_correction.output_shift(p, delta, input_mean)
+        if shift is not None:
+            bias = (bias.astype(np.float64) - shift).astype(np.float32)
     if bias is not None:
         q_bias, b_scale = quantize_bias(bias, input_scale, scale)
         qb, sb, zb = names(f"{p.bias}_quantized"), names(f"{p.bias}_scale"), names(f"{p.bias}_zero_point")
