@@ -207,10 +207,9 @@ def _mixed_precision(model: onnx.ModelProto, original: onnx.ModelProto, widths: 
         opts = dataclasses.replace(base_options, bits=rest, layer_bits=layer_bits)
         return quantize_weights(model, opts, calib=calib, layer_stats=stats)
 
-    def fewest(count: int, make):
+    def fewest(count: int, make, best):
         """Bisection on how many of the ranked names get the better treatment:
-        the smallest count whose model passes (``count`` itself must pass)."""
-        best = make(count)
+        the smallest count whose model passes; ``best`` is ``make(count)``, which passes."""
         lo, hi = 0, count  # lo fails, hi passes
         while hi - lo > 1:
             mid = (lo + hi) // 2
@@ -231,12 +230,16 @@ def _mixed_precision(model: onnx.ModelProto, original: onnx.ModelProto, widths: 
                     key=lambda w: -(w.output_error if w.output_error is not None else w.relative_error))
     names = [w.name for w in ranked]
     for lower, upper in zip(widths, widths[1:]):
-        if passes(quantized(names, upper, upper)):
-            return fewest(len(names), lambda k: quantized(names[:k], upper, lower))
-    wide = widths[-1]
-    if not names or not passes(quantized([], wide, wide, tuple(names))):
+        every = quantized(names, upper, upper)
+        if passes(every):
+            return fewest(len(names), lambda k: quantized(names[:k], upper, lower), every)
+    if not names:
         return None
-    return fewest(len(names), lambda k: quantized(names, wide, wide, tuple(names[:k])))
+    wide = widths[-1]
+    all_float = quantized([], wide, wide, tuple(names))
+    if not passes(all_float):
+        return None
+    return fewest(len(names), lambda k: quantized(names, wide, wide, tuple(names[:k])), all_float)
 
 
 def _static_int8(model: onnx.ModelProto, original: onnx.ModelProto, settings: dict[str, Any], gate: Gate,
