@@ -134,6 +134,9 @@ def render_html(report: dict[str, Any]) -> str:
     acc = final.get("accuracy")
     if acc:
         kpis.append(("accuracy", f"{100 * acc['reference']:.2f}% → {100 * acc['candidate']:.2f}%"))
+        if acc.get("labelled"):
+            kpis.append(("eval samples changed", f"{acc['lost']} newly wrong, {acc['gained']} newly right "
+                                                 f"of {acc['labelled']}"))
     cos = [m.get("cosine") for m in (final.get("outputs") or {}).values() if m.get("cosine") is not None]
     if cos:
         kpis.append(("min output cosine", f"{min(cos):.5f}"))

@@ -129,7 +129,9 @@ class ValidationReport:
 
     passed: bool
     outputs: dict[str, dict[str, Any]]
-    accuracy: dict[str, float | None] | None
+    # reference/candidate: top-1 accuracy; labelled: samples with labels; lost/gained:
+    # samples the candidate newly gets wrong/right (their difference is the drop).
+    accuracy: dict[str, Any] | None
     latency_ms: dict[str, float | None]
     size_bytes: dict[str, int | None]
     samples: int
@@ -218,6 +220,7 @@ def compare_models(
             raise DataError(f"the models' outputs differ: reference {ref_names}, candidate {cand_names}")
     stats = {n: _OutputStats() for n in cand_names}
     correct = {"reference": 0, "candidate": 0}
+    flips = {"lost": 0, "gained": 0}  # samples the candidate newly gets wrong / newly gets right
     labelled = 0
     samples = 0
     first_feed = None
@@ -237,15 +240,20 @@ def compare_models(
             stats[name].add(r, c)
         if batch.labels is not None:
             labelled += len(batch.labels)
-            correct["reference"] += _correct(ref_out[0], batch.labels)
-            correct["candidate"] += _correct(cand_out[0], batch.labels)
+            ref_right = _correct(ref_out[0], batch.labels)
+            cand_right = _correct(cand_out[0], batch.labels)
+            correct["reference"] += int(ref_right.sum())
+            correct["candidate"] += int(cand_right.sum())
+            flips["lost"] += int((ref_right & ~cand_right).sum())
+            flips["gained"] += int((cand_right & ~ref_right).sum())
         samples += len(batch)
     if samples == 0:
         raise DataError("no samples to validate on")
     outputs = {n: s.result() for n, s in stats.items()}
     accuracy = None
     if labelled:
-        accuracy = {"reference": correct["reference"] / labelled, "candidate": correct["candidate"] / labelled}
+        accuracy = {"reference": correct["reference"] / labelled, "candidate": correct["candidate"] / labelled,
+                    "labelled": labelled, **flips}
     latency: dict[str, float | None] = {"reference": None, "candidate": None}
     if measure_latency and first_feed is not None:
         timed_reference = ref_proto if ref_session is not None else None
@@ -276,10 +284,11 @@ def _take(stream, count: int, where: Any) -> Batch:
     return Batch({n: np.concatenate([p.inputs[n] for p in parts]) for n in names})
 
 
-def _correct(logits: np.ndarray, labels: np.ndarray) -> int:
+def _correct(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per sample: is the top-1 prediction the label."""
     logits = np.asarray(logits)
     predictions = logits.reshape(len(labels), -1).argmax(axis=1)
-    return int((predictions == labels).sum())
+    return predictions == labels
 
 
 # Above this many bytes of weights (both models together) latency is measured one
@@ -309,6 +318,16 @@ def _latencies(ref: onnx.ModelProto | None, cand: onnx.ModelProto, feed: dict[st
             "candidate": float(np.median(rounds["candidate"]))}
 
 
+def flip_text(accuracy: dict[str, Any]) -> str:
+    """How many labelled samples changed verdict, and what one sample weighs:
+    on small eval sets a drop of a few tenths of a point is a sample or two."""
+    n = accuracy.get("labelled")
+    if not n:
+        return ""
+    return (f"{accuracy['lost']} of {n} samples newly wrong, {accuracy['gained']} newly right; "
+            f"one sample is {100.0 / n:.3g} points")
+
+
 def _check_gate(gate: Gate, outputs: dict[str, dict[str, Any]], accuracy: dict[str, float] | None) -> list[str]:
     failures = []
     if gate.min_cosine is not None:
@@ -320,5 +339,5 @@ def _check_gate(gate: Gate, outputs: dict[str, dict[str, Any]], accuracy: dict[s
             raise UsageError("--max-accuracy-drop needs labelled data: an array 'labels' in the data file")
         drop = 100.0 * (accuracy["reference"] - accuracy["candidate"])
         if drop > gate.max_accuracy_drop + 1e-9:
-            failures.append(f"accuracy drop {drop:.2f} points > {gate.max_accuracy_drop}")
+            failures.append(f"accuracy drop {drop:.2f} points > {gate.max_accuracy_drop} ({flip_text(accuracy)})")
     return failures

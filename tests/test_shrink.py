@@ -47,6 +47,11 @@ def test_shrink_is_deterministic_and_gated(tmp_path):
     assert {vi.name for vi in unpacked.graph.value_info} <= {vi.name for vi in original.graph.value_info}
     page = (tmp_path / "r0.html").read_text()
     assert page.count("<svg") >= 3 and "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
+    a = report["final"]["accuracy"]  # the net drop, and the eval samples behind it
+    assert a["labelled"] == len(np.load(EVAL)["labels"]) and a["lost"] - a["gained"] == round(
+        a["labelled"] * (a["reference"] - a["candidate"]))
+    assert f"{a['lost']} newly wrong, {a['gained']} newly right of {a['labelled']}" in page
+    assert f"{a['lost']} of {a['labelled']} eval samples newly wrong" in result.stdout.replace("\n", " ")
 
 
 def test_small_floats_go_float16_only_under_the_gate(tmp_path):

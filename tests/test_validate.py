@@ -62,6 +62,26 @@ def test_metrics_match_numpy(tmp_path, mlp_path, mlp_data):
     assert m["top1_agreement"] == pytest.approx((ya.argmax(1) == yb.argmax(1)).mean())
 
 
+def test_accuracy_counts_the_samples_that_changed_verdict(tmp_path, mlp_path, mlp_data):
+    # The drop in points is net; the report also says how many samples the
+    # candidate newly gets wrong and newly gets right (on small eval sets a
+    # few tenths of a point are one or two samples either way).
+    bad = tmp_path / "bad.onnx"
+    onnx.save(_perturbed(tiny_mlp(), 1.0), bad)
+    data = np.load(mlp_data)
+    ya = ort.InferenceSession(str(mlp_path)).run(None, {"x": data["x"]})[0].argmax(1) == data["labels"]
+    yb = ort.InferenceSession(str(bad)).run(None, {"x": data["x"]})[0].argmax(1) == data["labels"]
+    lost, gained = int((ya & ~yb).sum()), int((yb & ~ya).sum())
+    assert lost > gained  # the perturbation must cost accuracy for this test to mean anything
+    report = compare_models(mlp_path, bad, mlp_data, gate=Gate(max_accuracy_drop=0.0), batch_size=7,
+                            measure_latency=False)
+    a = report.accuracy
+    assert (a["labelled"], a["lost"], a["gained"]) == (len(data["labels"]), lost, gained)
+    assert report.accuracy_drop_points == pytest.approx(100 * (lost - gained) / len(data["labels"]))
+    assert f"{lost} of {len(data['labels'])} samples newly wrong, {gained} newly right" in report.failures[0]
+    assert f"one sample is {100 / len(data['labels']):.3g} points" in report.failures[0]
+
+
 def test_reference_outputs_from_another_framework(tmp_path, mlp_path, mlp_data):
     x = np.load(mlp_data)["x"]
     y = ort.InferenceSession(str(mlp_path)).run(None, {"x": x})[0]

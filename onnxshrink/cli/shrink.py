@@ -113,7 +113,9 @@ def shrink_command(
         final = result.validation
         line = f"{output}: {human_bytes(result.report['output_bytes'])}, {result.report['ratio']:.1f}x smaller"
         if final is not None and final.accuracy:
-            line += (f"; accuracy {100 * final.accuracy['reference']:.2f}% -> {100 * final.accuracy['candidate']:.2f}%")
+            a = final.accuracy
+            line += (f"; accuracy {100 * a['reference']:.2f}% -> {100 * a['candidate']:.2f}% "
+                     f"({a['lost']} of {a['labelled']} eval samples newly wrong, {a['gained']} newly right)")
         console.print(line, markup=False)
         if options.mixed_precision and result.packed is not None:
             # onnxruntime dequantizes weight-only codes on every run (several times fp32's latency at batch 1).

@@ -20,7 +20,7 @@ from onnxshrink.cli._common import (
     write_json,
 )
 from onnxshrink.errors import UsageError
-from onnxshrink.validation import Gate
+from onnxshrink.validation import Gate, flip_text
 
 
 @reports_errors
@@ -62,7 +62,7 @@ def validate_command(
         if report.accuracy:
             a = report.accuracy
             console.print(f"accuracy: reference {100 * a['reference']:.2f}%, candidate {100 * a['candidate']:.2f}% "
-                          f"(drop {report.accuracy_drop_points:.2f} points)")
+                          f"(drop {report.accuracy_drop_points:.2f} points: {flip_text(a)})")
         lat = report.latency_ms
         if lat["candidate"] is not None:
             ref = f"{lat['reference']:.3f} ms, " if lat["reference"] is not None else ""
