@@ -103,8 +103,9 @@ def pack(model: onnx.ModelProto | str | os.PathLike, path: str | os.PathLike | N
 
 def unpack(path: str | os.PathLike, output: str | os.PathLike | None = None, materialize: str = "qdq") -> onnx.ModelProto:
     """Restore a packed model (bit-exact); saves it to ``output`` when given.
-    ``materialize="float"`` expands quantized weights to float32 initializers
-    (see :func:`onnxshrink.packing.load_packed`)."""
+    ``materialize="float"`` expands quantized weights to float32 initializers,
+    ``"auto"`` only those of weight-only quantization (see
+    :func:`onnxshrink.packing.load_packed`)."""
     from onnxshrink.packing import load_packed
 
     model = load_packed(path, materialize=materialize)
@@ -114,7 +115,9 @@ def unpack(path: str | os.PathLike, output: str | os.PathLike | None = None, mat
 
 
 def session(path: str | os.PathLike, **options: Any):
-    """An onnxruntime InferenceSession for a packed .onnxz file (path or bytes), built in memory."""
+    """An onnxruntime InferenceSession for a packed .onnxz file (path or bytes), built in memory.
+    Weight-only quantized weights run as float32 unless ``materialize="qdq"``
+    (see :func:`onnxshrink.packing.inference_session_from_packed`)."""
     from onnxshrink.packing import inference_session_from_packed
 
     return inference_session_from_packed(path, **options)

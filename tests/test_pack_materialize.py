@@ -147,3 +147,64 @@ def test_cli_choices_are_the_api_modes():
     from onnxshrink.cli.pack import Materialize
 
     assert tuple(m.value for m in Materialize) == MATERIALIZE_MODES
+
+
+def static_conv_model() -> onnx.ModelProto:
+    """qdq_model with its Conv input quantized too (QuantizeLinear ->
+    DequantizeLinear on x): the Conv is a static QDQ pattern onnxruntime runs
+    in an integer kernel; the Gemm, MatMul and Add weights are weight-only."""
+    model = qdq_model()
+    graph = model.graph
+    graph.initializer.extend([numpy_helper.from_array(np.float32(0.05), "x_scale"),
+                              numpy_helper.from_array(np.uint8(128), "x_zp")])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"], name="q_x"),
+             helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"], name="dq_x"),
+             *graph.node]
+    for node in nodes:
+        if node.name == "conv":
+            node.input[0] = "x_dq"
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_auto_expands_weight_only_weights_and_keeps_static_qdq(tmp_path):
+    model = static_conv_model()
+    path = tmp_path / "m.onnxz"
+    path.write_bytes(pack_model(model).data)
+    auto = load_packed(path, materialize="auto")
+    dq_inputs = sorted(n.input[0] for n in auto.graph.node if n.op_type == "DequantizeLinear")
+    assert dq_inputs == ["conv_wq", "x_q"]  # the integer kernel's weight and activation stay as packed
+    assert {"gemm_w", "mm_w", "add_w"} <= {t.name for t in auto.graph.initializer}
+    flt = load_packed(path, materialize="float")  # everything expanded: the Conv's weight too
+    assert [n.input[0] for n in flt.graph.node if n.op_type == "DequantizeLinear"] == ["x_q"]
+    weights = {t.name: numpy_helper.to_array(t).tobytes() for t in flt.graph.initializer}
+    for t in auto.graph.initializer:
+        if t.name in ("gemm_w", "mm_w", "add_w"):
+            assert numpy_helper.to_array(t).tobytes() == weights[t.name], t.name
+    # The session runs the auto model by default, the packed one with materialize="qdq".
+    (y_auto,) = run(auto, X)
+    assert np.array_equal(inference_session_from_packed(path).run(None, {"x": X})[0], y_auto)
+    (y_qdq,) = run(load_packed(path), X)
+    assert np.array_equal(inference_session_from_packed(path, materialize="qdq").run(None, {"x": X})[0], y_qdq)
+
+
+def test_auto_keeps_the_model_as_packed_when_float_weights_would_be_too_large():
+    model = qdq_model()
+    int_bytes = 4 * (6 * 3 * 3 * 3 + 216 * 24 + 24 * 10 + 10)
+    assert materialize_float(onnx.ModelProto.FromString(model.SerializeToString()), weight_only=True,
+                             max_float_bytes=int_bytes - 1) == []
+    assert len(materialize_float(model, weight_only=True, max_float_bytes=int_bytes)) == 4
+
+
+def test_cli_unpack_auto(tmp_path):
+    from conftest import run_cli
+
+    path, out = tmp_path / "m.onnxz", tmp_path / "m.onnx"
+    path.write_bytes(pack_model(static_conv_model()).data)
+    result = run_cli("unpack", path, "-o", out, "--materialize", "auto")
+    assert result.returncode == 0, result.stderr
+    assert "weight-only quantized weights as float32" in result.stdout
+    assert sorted(n.input[0] for n in onnx.load(str(out)).graph.node if n.op_type == "DequantizeLinear") == \
+        ["conv_wq", "x_q"]

@@ -20,6 +20,7 @@ class Materialize(str, Enum):
 
     qdq = "qdq"
     float = "float"
+    auto = "auto"
 
 
 
@@ -51,7 +52,8 @@ def unpack_command(
     materialize: Annotated[Materialize, typer.Option(
         help="qdq: quantized weights stay integer + DequantizeLinear, as packed (bit-exact). float: expand them "
         "to float32 initializers holding exactly what DequantizeLinear computes (larger file, no run-time "
-        "dequantization).")] = Materialize.qdq,
+        "dequantization). auto: float only where the layer computes in float (weight-only quantization); "
+        "static int8 QDQ stays as packed for onnxruntime's integer kernels.")] = Materialize.qdq,
     quiet: QuietOption = False,
 ) -> None:
     """Restore a packed .onnxz into a plain .onnx, bit-exact; every tensor is CRC-checked."""
@@ -59,7 +61,8 @@ def unpack_command(
     if not quiet:
         n = sum(1 for _ in model.graph.initializer)
         console.print(f"{output}: restored {n} initializers from {packed}"
-                      + (" (quantized weights as float32)" if materialize is Materialize.float else ""),
+                      + {Materialize.float: " (quantized weights as float32)",
+                         Materialize.auto: " (weight-only quantized weights as float32)"}.get(materialize, ""),
                       markup=False)
 
 

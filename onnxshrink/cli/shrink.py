@@ -119,8 +119,8 @@ def shrink_command(
         console.print(line, markup=False)
         if options.mixed_precision and result.packed is not None:
             # onnxruntime dequantizes weight-only codes on every run (several times fp32's latency at batch 1).
-            console.print(f"weights are stored as integer codes: for fp32 speed load with "
-                          f"onnxshrink.load(path, materialize=\"float\") or run "
+            console.print(f"weights are stored as integer codes: onnxshrink.session(path) runs them as float32 "
+                          f"(fp32 speed); for a plain .onnx that does too, run "
                           f"onnxshrink unpack {output} -o MODEL.onnx --materialize float", markup=False, soft_wrap=True)
 
 

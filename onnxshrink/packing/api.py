@@ -32,7 +32,7 @@ from onnxshrink.packing import container, tensors
 from onnxshrink.packing.container import Limits
 from onnxshrink.packing.decoder import PackedSource
 from onnxshrink.packing.encoder import DEFAULT_CODECS, PackOptions, encode_tensors, quantization_parameters
-from onnxshrink.packing.materialize import check_mode, materialize_float
+from onnxshrink.packing.materialize import AUTO_MAX_FLOAT_BYTES, check_mode, materialize_float
 from onnxshrink.packing.report import PackReport
 
 __all__ = ["DEFAULT_CODECS", "PackOptions", "PackResult", "load_packed", "pack_file", "pack_model",
@@ -159,7 +159,12 @@ def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limi
     ``materialize``: ``"qdq"`` (default) gives the model as packed;
     ``"float"`` replaces each quantized weight's DequantizeLinear node by a
     float32 initializer of exactly the values the node computes (see
-    :mod:`onnxshrink.packing.materialize`): no dequantization at run time.
+    :mod:`onnxshrink.packing.materialize`): no dequantization at run time;
+    ``"auto"`` does that only for weights whose layer computes in float
+    (weight-only quantization) and keeps static QDQ weights, which
+    onnxruntime runs in integer kernels, as packed, and leaves the model as
+    packed when the float weights would exceed ``AUTO_MAX_FLOAT_BYTES``
+    (1 GiB): the fastest model to run, at the memory cost of float weights.
     """
     check_mode(materialize)
     with _open_packed(source, limits) as (packed, name):
@@ -170,6 +175,8 @@ def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limi
     model = packed.model
     if materialize == "float":
         materialize_float(model)
+    elif materialize == "auto":
+        materialize_float(model, weight_only=True, max_float_bytes=AUTO_MAX_FLOAT_BYTES)
     return model
 
 

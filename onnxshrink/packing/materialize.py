@@ -27,7 +27,10 @@ from onnx import TensorProto, numpy_helper
 
 from onnxshrink.errors import UsageError
 
-MATERIALIZE_MODES = ("qdq", "float")
+MATERIALIZE_MODES = ("qdq", "float", "auto")
+# materialize="auto" keeps a model as packed when its expanded float weights would
+# exceed this: then the integer weights' memory saving matters more than speed.
+AUTO_MAX_FLOAT_BYTES = 1 << 30
 _INTEGER_TYPES = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16, TensorProto.INT32,
                   *(getattr(TensorProto, t) for t in ("INT4", "UINT4", "INT2", "UINT2") if hasattr(TensorProto, t))}
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -39,15 +42,33 @@ def check_mode(materialize: str) -> str:
     return materialize
 
 
-def materialize_float(model: onnx.ModelProto) -> list[str]:
+def float_bytes(model: onnx.ModelProto, weight_only: bool = False) -> int:
+    """float32 bytes the quantized weights :func:`materialize_float` would expand
+    take (an upper bound: a few may turn out not expandable)."""
+    reads = _reads(model)
+    return sum(4 * int(np.prod(q.dims, dtype=np.int64)) * len(nodes)
+               for graph in _graphs(model.graph) for q, nodes in _quantized_weights(graph, reads, weight_only))
+
+
+def materialize_float(model: onnx.ModelProto, weight_only: bool = False, max_float_bytes: int | None = None
+                      ) -> list[str]:
     """Replace the DequantizeLinear nodes of quantized weights in ``model``
     (in place, every graph and subgraph) by float32 initializers; returns the
-    names of the initializers made (the nodes' output names)."""
+    names of the initializers made (the nodes' output names).
+
+    With ``weight_only`` (``materialize="auto"``) a weight is expanded only
+    where its consumers compute in float: a node that also reads a
+    dequantized *activation* is a static QDQ pattern onnxruntime runs in
+    integer kernels, so its weights stay integer + DequantizeLinear. When
+    the float weights would take more than ``max_float_bytes``, nothing is
+    expanded."""
     opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
     made: list[str] = []
     candidates: set[str] = set()
+    if max_float_bytes is not None and float_bytes(model, weight_only) > max_float_bytes:
+        return made
     for graph in _graphs(model.graph):
-        made += _expand_graph(graph, opset, _reads(model), candidates)
+        made += _expand_graph(graph, opset, _reads(model), candidates, weight_only)
     if made:
         _remove_unread(model, candidates)
     return made
@@ -75,35 +96,69 @@ def _reads(model: onnx.ModelProto) -> Counter:
     return reads
 
 
-def _expand_graph(graph: onnx.GraphProto, opset: int, reads: Counter, candidates: set[str]) -> list[str]:
+def _integer_kernel_inputs(graph: onnx.GraphProto, constant: set[str]) -> set[str]:
+    """Names read by nodes that also read a DequantizeLinear of a non-constant
+    (an activation): the weights of static QDQ patterns."""
+    activation_dq = {node.output[0] for node in graph.node
+                     if node.op_type == "DequantizeLinear" and node.domain in _DEFAULT_DOMAINS and node.input
+                     and node.output and node.input[0] not in constant}
+    return {name for node in graph.node if activation_dq.intersection(node.input) for name in node.input}
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, TensorProto]:
+    return {node.output[0]: a.t for node in graph.node
+            if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS and len(node.output) == 1
+            for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR}
+
+
+def _quantized_weights(graph: onnx.GraphProto, reads: Counter, weight_only: bool
+                       ) -> list[tuple[TensorProto, list[onnx.NodeProto]]]:
+    """The integer constants of ``graph`` read only by its DequantizeLinear
+    nodes (with ``weight_only``: none of which feeds an integer-kernel
+    pattern), each with those nodes."""
     inits = {t.name: t for t in graph.initializer}
-    constants = {node.output[0]: a.t for node in graph.node
-                 if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS and len(node.output) == 1
-                 for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR}
+    constants = _constants(graph)
     inputs = {i.name for i in graph.input}
-    outputs = {o.name for o in graph.output}
     by_source: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.domain in _DEFAULT_DOMAINS and node.input:
             by_source.setdefault(node.input[0], []).append(node)
-    expanded: dict[int, TensorProto] = {}
+    in_integer_kernels = _integer_kernel_inputs(graph, set(inits) | set(constants)) if weight_only else set()
+    found = []
     for source, nodes in by_source.items():
         q = inits.get(source, constants.get(source))
         if q is None or source in inputs or q.data_type not in _INTEGER_TYPES or reads[source] != len(nodes):
             continue
+        if not any(node.output[0] in in_integer_kernels for node in nodes):
+            found.append((q, nodes))
+    return found
+
+
+def _expand_graph(graph: onnx.GraphProto, opset: int, reads: Counter, candidates: set[str],
+                  weight_only: bool = False) -> list[str]:
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    # Keyed by output name (unique in a graph): ids of protobuf wrappers are not stable.
+    expanded: dict[str, TensorProto] = {}
+    for q, nodes in _quantized_weights(graph, reads, weight_only):
         values = {}
         for node in nodes:
             v = _dequantized(node, q, inits, opset)
             if v is None or node.output[0] in outputs:
                 break
-            values[id(node)] = numpy_helper.from_array(v, node.output[0])
+            values[node.output[0]] = numpy_helper.from_array(v, node.output[0])
         else:
             expanded.update(values)
             candidates.update(n for node in nodes for n in node.input if n)
     if not expanded:
         return []
-    kept = [node for node in graph.node if id(node) not in expanded]
-    made = [expanded[id(node)] for node in graph.node if id(node) in expanded]
+
+    def replaced(node: onnx.NodeProto) -> bool:
+        return node.op_type == "DequantizeLinear" and node.domain in _DEFAULT_DOMAINS and bool(node.output) \
+            and node.output[0] in expanded
+
+    kept = [node for node in graph.node if not replaced(node)]
+    made = [expanded[node.output[0]] for node in graph.node if replaced(node)]
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(made)
