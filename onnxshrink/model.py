@@ -289,6 +289,17 @@ def materialized(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
+def refuse_external_references(model: onnx.ModelProto) -> None:
+    """Raise UnsafeModelError if a tensor of ``model`` still refers to external
+    data: writing it back could target a path chosen by whoever made the input."""
+    for tensor, where in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise UnsafeModelError(
+                f"tensor '{tensor.name}' in {where} still refers to external data; load the model with "
+                "onnxshrink.load_model so its data is read (and checked) before saving"
+            )
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data_file: bool | None = None) -> None:
     """Write ``model`` to ``path`` atomically; ``model`` itself is left as it was.
 
@@ -300,12 +311,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data
     """
     path = Path(path)
     model = materialized(model)
-    for tensor, where in _all_tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise UnsafeModelError(
-                f"tensor '{tensor.name}' in {where} still refers to external data; load the model with "
-                "onnxshrink.load_model so its data is read (and checked) before saving"
-            )
+    refuse_external_references(model)
     total = sum(t.ByteSize() for t, _ in _all_tensors(model))
     if external_data_file is None:
         external_data_file = total > INLINE_LIMIT_BYTES

@@ -112,6 +112,64 @@ def test_unpack_streams_into_the_same_files_as_save_model(tmp_path, external_out
     assert snapshot(onnx.load(streamed)) == snapshot(model)
 
 
+@pytest.fixture
+def splice_everything(monkeypatch):
+    """Every packed tensor counts as large enough to be spliced into the output as it decodes."""
+    from onnxshrink.packing import api
+
+    monkeypatch.setattr(api, "STREAM_MIN_BYTES", 1)
+
+
+@pytest.mark.parametrize("options", [PackOptions(), EVERYTHING], ids=["default", "all packed"])
+def test_unpack_splices_tensors_into_exactly_what_serialization_writes(tmp_path, splice_everything, options):
+    # Tensors in the main graph, a sparse initializer, If/Loop bodies, Constant
+    # nodes and a model function: each lands where SerializeToString puts it.
+    model = mixed_model()
+    packed = tmp_path / "m.onnxz"
+    result = pack_model(model, options)
+    packed.write_bytes(result.data)
+    out = tmp_path / "m.onnx"
+    written = unpack_file(packed, out)
+    assert out.read_bytes() == load_packed(packed).SerializeToString()
+    assert snapshot(onnx.load(out)) == snapshot(model)
+    # The returned model is the skeleton as written: spliced tensors come back without data.
+    spliced = {t.name for t in result.report.packed}
+    original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    returned = {t.name: t for t in written.graph.initializer}
+    assert returned.keys() == original.keys() and "w_big" in spliced
+    for name, tensor in returned.items():
+        if name in spliced:
+            assert tensor.raw_data == b"" and not tensor.HasField("data_location"), name
+        else:
+            assert np.array_equal(numpy_helper.to_array(tensor), original[name]), name
+
+
+def test_unpack_falls_back_to_serializing_when_splicing_fails(tmp_path, splice_everything, monkeypatch):
+    from onnxshrink.packing import splice
+
+    def refuse(*args, **kwargs):
+        raise splice.SpliceError("placeholder 0 not found exactly once")
+
+    monkeypatch.setattr(splice, "spliced_segments", refuse)
+    packed, out = tmp_path / "m.onnxz", tmp_path / "m.onnx"
+    packed.write_bytes(pack_model(mixed_model()).data)
+    unpack_file(packed, out)
+    assert out.read_bytes() == load_packed(packed).SerializeToString()
+
+
+def test_a_corrupt_payload_mid_splice_leaves_nothing_behind(tmp_path, splice_everything):
+    rng = np.random.default_rng(1)
+    weights = [numpy_helper.from_array(rng.normal(size=(600, 500)).astype(np.float32), f"w{i}") for i in range(2)]
+    blob = bytearray(pack_model(helper.make_model(helper.make_graph([], "g", [], [], weights))).data)
+    blob[-1000] ^= 0x55  # the second tensor: the first is already in the file when it fails
+    packed = tmp_path / "bad.onnxz"
+    packed.write_bytes(bytes(blob))
+    out = tmp_path / "out" / "m.onnx"
+    with pytest.raises(PackError, match="bad.onnxz"):
+        unpack_file(packed, out)
+    assert list(out.parent.iterdir()) == []
+
+
 def test_a_corrupt_payload_mid_stream_leaves_nothing_behind(tmp_path, external_output):
     rng = np.random.default_rng(1)
     weights = [numpy_helper.from_array(rng.normal(size=(600, 500)).astype(np.float32), f"w{i}") for i in range(2)]

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import onnx
 
 from onnxshrink import external_data
@@ -28,12 +29,16 @@ from onnxshrink.errors import OnnxShrinkError, PackError, UsageError
 from onnxshrink.external_data import DeferredData, ExternalReference
 from onnxshrink.fileio import atomic_output, copy_rest, read_at
 from onnxshrink.model import data_bytes, serialized_size
-from onnxshrink.packing import container, tensors
+from onnxshrink.packing import container, splice, tensors
 from onnxshrink.packing.container import Limits
-from onnxshrink.packing.decoder import PackedSource
+from onnxshrink.packing.decoder import Job, PackedSource
 from onnxshrink.packing.encoder import DEFAULT_CODECS, PackOptions, encode_tensors, quantization_parameters
 from onnxshrink.packing.materialize import AUTO_MAX_FLOAT_BYTES, check_mode, materialize_float
 from onnxshrink.packing.report import PackReport
+
+# unpack_file writes tensors this large straight from the decoder into the output
+# file instead of into the model (whose serialization would be a second copy).
+STREAM_MIN_BYTES = 1 << 20
 
 __all__ = ["DEFAULT_CODECS", "PackOptions", "PackResult", "load_packed", "pack_file", "pack_model",
            "quantization_parameters", "unpack_file", "write_packed"]
@@ -227,11 +232,14 @@ def unpack_file(src: str | os.PathLike, dst: str | os.PathLike, limits: Limits =
     """Restore the packed model at ``src`` as a plain .onnx at ``dst``
     (atomic), bit-exact. ``materialize`` as for :func:`load_packed`.
 
-    A model too large for one protobuf is written with its main-graph
-    initializers in ``<dst name>.data``, as ``save_model`` writes it; those
-    are decoded and written one at a time, never all held in memory (with
-    ``materialize="float"`` the whole model is restored in memory first).
-    Returns the model as written: there, tensors in the data file refer to it.
+    The file is byte for byte what ``save_model`` writes for the restored
+    model, but tensors are decoded and written one at a time, never all held
+    in memory (with ``materialize="float"`` or ``"auto"`` the whole model is
+    restored in memory first). A model too large for one protobuf gets its
+    main-graph initializers in ``<dst name>.data``; in one under that limit,
+    tensors of ``STREAM_MIN_BYTES`` or more are spliced into the protobuf as
+    they decode. Returns the model as written, except for that data: tensors
+    in the data file refer to it, and spliced ones come back without data.
     """
     from onnxshrink.model import INLINE_LIMIT_BYTES, all_tensors, save_model
 
@@ -250,13 +258,12 @@ def unpack_file(src: str | os.PathLike, dst: str | os.PathLike, limits: Limits =
         main = len(model.graph.initializer) if restored > INLINE_LIMIT_BYTES else 0
         later = [j for j in jobs if j.entry.ordinal < main]
         now = [j for j in jobs if j.entry.ordinal >= main]
+        if not later:
+            return _write_inline(packed, now, model, Path(dst), name)
         with _corrupt_as_pack_error(name):
             for job, out in packed.decoded(now):
                 job.tensor.raw_data = out.tobytes()
                 del out
-        if not later:
-            save_model(model, dst)
-            return model
         decoded = packed.decoded(later)
 
         def read_next(job) -> Any:
@@ -268,6 +275,47 @@ def unpack_file(src: str | os.PathLike, dst: str | os.PathLike, limits: Limits =
 
         deferred = {j.entry.ordinal: DeferredData(j.entry.decoded_length, lambda j=j: read_next(j)) for j in later}
         return external_data.save_with_external_data(model, Path(dst), deferred)
+
+
+def _write_inline(packed: PackedSource, jobs: list[Job], model: onnx.ModelProto, dst: Path, name: str
+                  ) -> onnx.ModelProto:
+    """Write the restored model as one protobuf at ``dst``: tensors of
+    ``STREAM_MIN_BYTES`` or more are decoded one at a time straight into the
+    file (:mod:`onnxshrink.packing.splice`), the rest into ``model``. The
+    returned model has the small tensors' data; the streamed ones are only in
+    the file."""
+    from onnxshrink.model import refuse_external_references, save_model
+
+    large = [j for j in jobs if j.entry.decoded_length >= STREAM_MIN_BYTES]
+    with _corrupt_as_pack_error(name):
+        for job, out in packed.decoded([j for j in jobs if j.entry.decoded_length < STREAM_MIN_BYTES]):
+            job.tensor.raw_data = out.tobytes()
+            del out
+    refuse_external_references(model)
+    try:
+        segments = splice.spliced_segments(model, [j.tensor for j in large], [j.entry.decoded_length for j in large])
+    except splice.SpliceError:
+        segments = None
+    if segments is None or not large:
+        with _corrupt_as_pack_error(name):
+            for job, out in packed.decoded(large):
+                job.tensor.raw_data = out.tobytes()
+                del out
+        save_model(model, dst)
+        return model
+    order = splice.hole_order(segments)
+    decoded = packed.decoded([large[i] for i in order])
+
+    def data_for(index: int) -> np.ndarray:
+        with _corrupt_as_pack_error(name):
+            job, out = next(decoded)
+        if job is not large[index]:  # holes come in file order, and were asked for in that order
+            raise RuntimeError(f"tensor '{job.entry.name}' decoded out of order")
+        return out
+
+    with atomic_output(dst) as tmp, open(tmp, "wb") as f:
+        splice.write_segments(f, segments, data_for)
+    return model
 
 
 def _refuse_same_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
