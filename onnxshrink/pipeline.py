@@ -281,8 +281,9 @@ def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOpti
         if "prune_stats" not in cache and prune_options.resolved_method(True) != "magnitude":
             # Layer input statistics of the unpruned model, collected once for every trial.
             cache["prune_stats"] = collect_statistics(model, calib, prune_options, progress=progress)
+        # The sensitivity scan and measured allocations are the same for every trial: only the target differs.
         result = prune_model(model, prune_options, calib=calib, eval_data=check, progress=progress,
-                             layer_stats=cache.get("prune_stats"))
+                             layer_stats=cache.get("prune_stats"), scan_cache=cache.setdefault("prune_scans", {}))
         model = result.model
         summary = result.report.to_dict()
         stages.append(("prune", model, f"{100 * result.report.weight_sparsity:.1f}% of weights zero"))
@@ -295,10 +296,44 @@ def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOpti
         checked = result.report.validation
         used = _drop(checked if checked is not None else
                      compare_models(original, model, check, gate=Gate(), measure_latency=False), gate)
+    # What follows depends only on the pruned weights: a trial whose pruning
+    # lands where an earlier one did (a bolder budget the search could not
+    # use) gets that trial's outcome instead of quantizing the same model again.
+    seen = cache.setdefault("after_pruning", {})
+    key = _weights_digest(model)
+    if key not in seen:
+        seen[key] = _quantize_and_check(model, original, options, gate, budget - used, stages, layers, calib, check,
+                                        cache, progress)
+    return {**seen[key], "share": share}
+
+
+def _weights_digest(model: onnx.ModelProto) -> str:
+    """A digest of the main graph's nodes and every constant tensor's name and
+    values (any model size: initializers are hashed one at a time)."""
+    import hashlib
+
+    from onnxshrink.model import iter_weights
+
+    h = hashlib.sha256()
+    for node in model.graph.node:
+        h.update(node.SerializeToString())
+    for ref in iter_weights(model):
+        a = np.ascontiguousarray(ref.array())
+        h.update(f"{ref.name}\0{a.dtype}\0{a.shape}\0".encode())
+        h.update(repr(a.tolist()).encode() if a.dtype == object else a.tobytes())
+    return h.hexdigest()
+
+
+def _quantize_and_check(model: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOptions, gate: Gate,
+                        remaining: float, stages: list, layers: dict[str, Any], calib: list[Batch], check: Any,
+                        cache: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """The rest of a trial after pruning: quantize within ``remaining`` of the
+    budget, validate against the original, pack (the trial's share is added by the caller)."""
+    recipe = options.recipe
     if recipe.quantize is not None and options.mixed_precision:
         chosen = _mixed_precision(model, original, options.weight_bits, gate, calib, check, cache, progress)
         if chosen is None:
-            return {"failed": "no mix of weight widths meets the gate", "share": share}
+            return {"failed": "no mix of weight widths meets the gate"}
         model = chosen.model
         counts = {bits: sum(1 for w in chosen.report.weights if w.bits == bits) for bits in sorted(set(options.weight_bits))}
         from onnxshrink.lowbit.weight_only import KEPT_FLOAT
@@ -310,10 +345,10 @@ def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOpti
             entry = layers.setdefault(w.name, {"name": w.name, "sparsity": w.sparsity})
             entry.update({"quant_error": w.relative_error, "bits": w.bits})
     elif recipe.quantize is not None:
-        q = _static_int8(model, original, recipe.quantize, gate, budget - used, calib, check, progress)
+        q = _static_int8(model, original, recipe.quantize, gate, remaining, calib, check, progress)
         if q is None:
             # Pruning left too little of the budget: this candidate fails, a milder one follows.
-            return {"failed": "quantization within the remaining budget", "share": share}
+            return {"failed": "quantization within the remaining budget"}
         errors = quantization_errors(model, q.model)
         model = q.model
         range_bits = q.report.weight_range_bits
@@ -325,7 +360,7 @@ def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOpti
     validation = compare_models(original, model, check, gate=gate, measure_latency=True)
     size, packed = _packed_size(model) if recipe.pack else (model.ByteSize(), None)
     return {"model": model, "packed": packed, "size": size, "validation": validation, "stages": stages,
-            "layers": list(layers.values()), "share": share}
+            "layers": list(layers.values())}
 
 
 def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_data: Any = None,

@@ -188,6 +188,62 @@ def test_cosine_target_is_met_with_per_layer_sparsity():
     assert capped.report.weight_sparsity <= 0.2 + 1e-9
 
 
+def test_searches_with_another_target_reuse_the_scan_and_give_what_a_fresh_search_gives(monkeypatch):
+    """shrink's trials search the same model with different targets: the
+    sensitivity scan (every layer at every level) and the allocations already
+    measured carry over through ``scan_cache``, and the results are unchanged."""
+    from onnxshrink.pruning import allocation, obs
+
+    model, data = small_net(), calib(64)
+    targets = [PruneOptions(min_cosine=c, min_size=64) for c in (0.995, 0.99, 0.98)]
+    scans, measured, factors = [0], [0], [0]
+    real_scan, real_measure, real_factor = allocation._scan, allocation.OutputChecker.measure, obs.inverse_cholesky
+
+    def counting(counter, real):
+        def wrapped(*args, **kwargs):
+            counter[0] += 1
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(allocation, "_scan", counting(scans, real_scan))
+    monkeypatch.setattr(allocation.OutputChecker, "measure", counting(measured, real_measure))
+    monkeypatch.setattr(obs, "inverse_cholesky", counting(factors, real_factor))
+    fresh = [prune_model(model, o, calib=data, eval_data=data).model.SerializeToString() for o in targets]
+    fresh_scans, fresh_measures = scans[0], measured[0]
+    scans[0] = measured[0] = factors[0] = 0
+    cache: dict = {}
+    reused = [prune_model(model, o, calib=data, eval_data=data, scan_cache=cache).model.SerializeToString()
+              for o in targets]
+    assert reused == fresh
+    assert (fresh_scans, scans[0], len(cache)) == (3, 1, 1)
+    # One factorisation per layer (3) for the dozen levels of the scan, not one per level.
+    assert factors[0] == 3
+    # No probes again, and allocations already measured are not measured again.
+    assert measured[0] < fresh_measures / 2, (measured[0], fresh_measures)
+    # Other options (here the pruning method) get a scan of their own.
+    prune_model(model, PruneOptions(min_cosine=0.99, min_size=64, method="wanda"), calib=data, eval_data=data,
+                scan_cache=cache)
+    assert scans[0] == 2 and len(cache) == 2
+
+
+def test_the_reused_factorisation_belongs_to_the_hessian_given():
+    from onnxshrink.pruning import obs
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((1, 6, 20))
+    x1, x2 = rng.standard_normal((200, 20)), rng.standard_normal((200, 20)) * np.linspace(0.1, 3, 20)
+    h1, h2 = (x1.T @ x1)[None], (x2.T @ x2)[None]
+    a = obs_prune(w, h1, sparsity=0.5)
+    b = obs_prune(w, h2, sparsity=0.5)  # another Hessian right after: its own factors
+    obs._last_factor = None
+    assert np.array_equal(b, obs_prune(w, h2, sparsity=0.5))
+    assert np.array_equal(a, obs_prune(w, h1, sparsity=0.5)) and not np.array_equal(a, b)
+    # Same array again with another damping: factored again, as a fresh call would.
+    c = obs_prune(w, h1, sparsity=0.5, damp=0.5)
+    obs._last_factor = None
+    assert np.array_equal(c, obs_prune(w, h1, sparsity=0.5, damp=0.5)) and not np.array_equal(a, c)
+
+
 def test_accuracy_target_needs_labelled_eval_data():
     with pytest.raises(UsageError, match="--eval"):
         prune_model(small_net(), PruneOptions(max_accuracy_drop=1.0), calib=calib())

@@ -217,3 +217,37 @@ def test_bolder_candidate_must_earn_its_accuracy(monkeypatch, bolder_size, bolde
     options = pipeline.ShrinkOptions(load_recipe("cnn-default"), gate=Gate(max_accuracy_drop=1.0))
     result = pipeline.shrink(onnx.load(str(MLP)), CALIB, options, eval_data=EVAL)
     assert [t["chosen"] for t in result.report["search"]] == [expected_share == 0.75, expected_share == 1.0]
+
+
+def test_a_trial_that_prunes_like_an_earlier_one_reuses_its_outcome(monkeypatch):
+    """What a trial does after pruning depends only on the pruned model: a
+    trial whose pruning lands where an earlier one did (a bolder budget the
+    search could not use) gets that outcome instead of quantizing and
+    validating the same model again; a different pruning does not."""
+    import onnxshrink.pipeline as pipeline
+    from onnxshrink.data import model_inputs, read_samples
+    from onnxshrink.simplify import simplify
+    from onnxshrink.validation import Gate
+
+    calls = []
+    real = pipeline._quantize_and_check
+
+    def counting(model, *args, **kwargs):
+        calls.append(pipeline._weights_digest(model))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_quantize_and_check", counting)
+    options = pipeline.ShrinkOptions(load_recipe("cnn-default"), gate=Gate(min_cosine=0.98))
+    original = onnx.load(str(MLP))
+    base = simplify(original).model
+    batches = read_samples(str(CALIB), model_inputs(base), options.calib_samples)
+    cache = {"base": base}
+
+    def trial(share):
+        return pipeline._trial(base, original, options, options.gate, share, batches, str(EVAL),
+                               lambda *a: None, cache)
+
+    first, again, bolder = trial(0.75), trial(0.75), trial(1.0)
+    assert len(calls) == 2 and calls[0] != calls[1]  # the repeat was not quantized again; the bolder one was
+    assert again["model"] is first["model"] and again["size"] == first["size"] and again["share"] == 0.75
+    assert bolder["share"] == 1.0 and bolder["size"] < first["size"]

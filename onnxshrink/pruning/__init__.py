@@ -64,6 +64,7 @@ def prune_model(
     eval_data: Any = None,
     progress: Progress | None = None,
     layer_stats: dict[str, LayerInputStats] | None = None,
+    scan_cache: dict | None = None,
 ) -> PruneResult:
     """Prune a copy of ``model`` as ``options`` say; ``model`` is not changed.
 
@@ -71,11 +72,14 @@ def prune_model(
     activation-aware methods and channel reconstruction; ``eval_data``
     (labelled for ``max_accuracy_drop``) drives the search and the final
     validation. ``layer_stats`` (from :func:`collect_statistics` on the same
-    model and data) skips collecting them again, for sweeps. Raises
+    model and data) skips collecting them again, for sweeps. ``scan_cache``
+    (a dict the caller keeps) carries a searched target's sensitivity scan and
+    measured allocations to later calls on the same model and data with other
+    targets (shrink's trials), keyed by the options apart from the target. Raises
     UsageError for options the data cannot serve and GateFailed when the
     final validation fails its gate.
     """
-    from onnxshrink.pruning.allocation import search_sparsity
+    from onnxshrink.pruning.allocation import SensitivityScan, search_sparsity
     from onnxshrink.pruning.channels import prune_channels
 
     progress = progress or (lambda task, done, total: None)
@@ -122,8 +126,13 @@ def prune_model(
                                          progress=progress, total_batches=len(batches),
                                          rows_per_feature=ROWS_PER_FEATURE)
         if options.has_target:
+            scan = None
+            if scan_cache is not None:
+                key = tuple((f.name, getattr(options, f.name)) for f in dataclasses.fields(options)
+                            if f.name not in ("sparsity", "max_accuracy_drop", "min_cosine"))
+                scan = scan_cache.setdefault(key, SensitivityScan())
             work, records, _, search = search_sparsity(work, reference, options, method, batches, check_data,
-                                                       targets=(targets, stats), progress=progress)
+                                                       targets=(targets, stats), progress=progress, scan=scan)
         else:
             records = prune_unstructured(targets, stats, options, method)
     validation = None

@@ -118,30 +118,29 @@ def _assemble(model: onnx.ModelProto, targets: list[PruneTarget], choice: dict[s
         t.ref.set_array(arrays[(t.name, level)] if level else originals[t.name])
 
 
-def search_sparsity(
-    work: onnx.ModelProto,
-    reference: onnx.ModelProto,
-    options: PruneOptions,
-    method: str,
-    batches: list[Batch] | None,
-    check_data: Any,
-    *,
-    targets: tuple[list[PruneTarget], dict[str, LayerInputStats]] | None,
-    progress: Callable[[str, int, int], None],
-) -> tuple[onnx.ModelProto, list, list[dict[str, Any]], list[dict[str, Any]]]:
-    """The most-pruned model meeting the options' target, its per-tensor
-    records, channel groups and the search steps. ``targets`` are tensors of
-    ``work`` (changed in place); ``reference`` is the dense model."""
-    checker = OutputChecker(reference, check_data)
-    if options.pattern == "channel":
-        return _search_channels(reference, options, method, batches, checker, progress)
-    target_list, stats = targets
-    model = work
-    n_m = parse_n_m(options.pattern) if options.pattern != "unstructured" else None
-    originals = {t.name: t.ref.array() for t in target_list}
-    arrays: dict[tuple[str, int], np.ndarray] = {}
-    errors: dict[str, np.ndarray] = {}
-    levels = {t.name: _levels(t, options) for t in target_list}
+class SensitivityScan:
+    """What a search learns that does not depend on its target: each layer
+    pruned at every level (``arrays``), its local error curve (``errors``),
+    how that error reaches the outputs (``scale``), and the metrics of every
+    allocation measured (``measured``, keyed by the allocation). Valid only
+    for the model, calibration and check data, and options (target aside) it
+    was filled with; shrink keeps one per recipe across its trials."""
+
+    def __init__(self) -> None:
+        self.scanned = False
+        self.arrays: dict[tuple[str, int], np.ndarray] = {}
+        self.errors: dict[str, np.ndarray] = {}
+        self.scale: dict[str, float] = {}
+        self.measured: dict[tuple, dict[str, float]] = {}
+
+
+def _scan(scan: SensitivityScan, model: onnx.ModelProto, reference: onnx.ModelProto, target_list: list[PruneTarget],
+          stats: dict[str, LayerInputStats], originals: dict[str, np.ndarray], levels: dict[str, tuple[float, ...]],
+          options: PruneOptions, method: str, n_m: tuple[int, int] | None, batches: list[Batch] | None,
+          checker: OutputChecker, progress: Callable[[str, int, int], None]) -> None:
+    """Fill ``scan``: every layer pruned alone at each level, its local error,
+    and a probe of how far that error reaches the outputs."""
+    arrays, errors, scale = scan.arrays, scan.errors, scan.scale
     total_work = sum(len(v) - 1 for v in levels.values())
     done = 0
     for t in target_list:
@@ -157,7 +156,6 @@ def search_sparsity(
         errors[t.name] = np.maximum.accumulate(np.array(errs))
     # Probe: each layer alone at the probe level, measured on calibration data.
     probe_checker = OutputChecker(reference, batches, limit=PROBE_SAMPLES) if batches is not None else checker
-    scale: dict[str, float] = {}
     for k, t in enumerate(target_list):
         lv = levels[t.name]
         if len(lv) == 1:
@@ -169,6 +167,40 @@ def search_sparsity(
         scale[t.name] = effect / errors[t.name][i] if errors[t.name][i] > 0 else 0.0
         progress("probing layers", k + 1, len(target_list))
     _assemble(model, target_list, {}, arrays, originals)
+    scan.scanned = True
+
+
+def search_sparsity(
+    work: onnx.ModelProto,
+    reference: onnx.ModelProto,
+    options: PruneOptions,
+    method: str,
+    batches: list[Batch] | None,
+    check_data: Any,
+    *,
+    targets: tuple[list[PruneTarget], dict[str, LayerInputStats]] | None,
+    progress: Callable[[str, int, int], None],
+    scan: "SensitivityScan | None" = None,
+) -> tuple[onnx.ModelProto, list, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The most-pruned model meeting the options' target, its per-tensor
+    records, channel groups and the search steps. ``targets`` are tensors of
+    ``work`` (changed in place); ``reference`` is the dense model. ``scan``
+    (unstructured and N:M) holds the sensitivity scan and the measured
+    allocations, filled on first use and reused by later searches on the same
+    model, data and options with another target."""
+    checker = OutputChecker(reference, check_data)
+    if options.pattern == "channel":
+        return _search_channels(reference, options, method, batches, checker, progress)
+    target_list, stats = targets
+    model = work
+    n_m = parse_n_m(options.pattern) if options.pattern != "unstructured" else None
+    originals = {t.name: t.ref.array() for t in target_list}
+    levels = {t.name: _levels(t, options) for t in target_list}
+    scan = scan if scan is not None else SensitivityScan()
+    if not scan.scanned:
+        _scan(scan, model, reference, target_list, stats, originals, levels, options, method, n_m, batches, checker,
+              progress)
+    arrays, errors, scale = scan.arrays, scan.errors, scan.scale
     sizes = {t.name: t.size for t in target_list}
     total = max(sum(sizes.values()), 1)
 
@@ -196,8 +228,10 @@ def search_sparsity(
             sparsity = overall(choice)
             metrics = {}
             if options.sparsity is None or sparsity <= options.sparsity + 1e-9:
-                _assemble(model, target_list, choice, arrays, originals)
-                metrics = checker.measure(model)
+                if key not in scan.measured:
+                    _assemble(model, target_list, choice, arrays, originals)
+                    scan.measured[key] = checker.measure(model)
+                metrics = scan.measured[key]
             verdicts[key] = ok = bool(metrics) and checker.passes(metrics, options)
             steps.append({"step": measured, "knob": round(mid, 4), "sparsity": round(sparsity, 6), "passed": ok,
                           **{k: round(v, 6) for k, v in metrics.items()}})

@@ -11,6 +11,7 @@ the only Python loop is over the columns of a block.
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -87,6 +88,27 @@ def inverse_cholesky(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.n
     raise np.linalg.LinAlgError("the Hessian is not positive definite even with heavy damping")
 
 
+# The last factorisation, for the Hessian array it came from: the sensitivity
+# scan prunes each layer at a dozen levels in a row, all from one Hessian.
+_last_factor: tuple[weakref.ref, float, np.ndarray, np.ndarray] | None = None
+
+
+def _inverse_cholesky_of(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`inverse_cholesky`, reused while the same ``hessian`` array (not
+    a copy; arrays are not changed in place here) comes back with the same ``damp``."""
+    global _last_factor
+    if _last_factor is not None:
+        ref, last_damp, u, dead = _last_factor
+        if ref() is hessian and last_damp == damp:
+            return u, dead
+    u, dead = inverse_cholesky(hessian, damp)
+    try:
+        _last_factor = (weakref.ref(hessian), damp, u, dead)
+    except TypeError:  # not weak-referenceable (a view of something else is fine; a list is not)
+        _last_factor = None
+    return u, dead
+
+
 @single_threaded()
 def obs_prune(
     weights: np.ndarray,
@@ -109,7 +131,7 @@ def obs_prune(
     spread like a pruning error: GPTQ at ``sparsity=0``, SparseGPT's joint
     prune-and-quantize otherwise."""
     w = np.array(weights, dtype=np.float64, copy=True)
-    u, dead = inverse_cholesky(hessian, damp)
+    u, dead = _inverse_cholesky_of(hessian, damp)
     gi, fi = np.nonzero(dead)
     w[gi, :, fi] = 0.0
     groups, rows, features = w.shape
