@@ -297,14 +297,16 @@ def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOpti
         used = _drop(checked if checked is not None else
                      compare_models(original, model, check, gate=Gate(), measure_latency=False), gate)
     # What follows depends only on the pruned weights: a trial whose pruning
-    # lands where an earlier one did (a bolder budget the search could not
+    # lands where the previous one did (a bolder budget the search could not
     # use) gets that trial's outcome instead of quantizing the same model again.
-    seen = cache.setdefault("after_pruning", {})
+    # Only the last outcome is kept: models are large, and that is where repeats come.
     key = _weights_digest(model)
-    if key not in seen:
-        seen[key] = _quantize_and_check(model, original, options, gate, budget - used, stages, layers, calib, check,
-                                        cache, progress)
-    return {**seen[key], "share": share}
+    last_key, outcome = cache.get("last_trial", (None, None))
+    if key != last_key:
+        outcome = _quantize_and_check(model, original, options, gate, budget - used, stages, layers, calib, check,
+                                      cache, progress)
+        cache["last_trial"] = (key, outcome)
+    return {**outcome, "share": share}
 
 
 def _weights_digest(model: onnx.ModelProto) -> str:

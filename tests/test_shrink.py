@@ -219,9 +219,9 @@ def test_bolder_candidate_must_earn_its_accuracy(monkeypatch, bolder_size, bolde
     assert [t["chosen"] for t in result.report["search"]] == [expected_share == 0.75, expected_share == 1.0]
 
 
-def test_a_trial_that_prunes_like_an_earlier_one_reuses_its_outcome(monkeypatch):
+def test_a_trial_that_prunes_like_the_previous_one_reuses_its_outcome(monkeypatch):
     """What a trial does after pruning depends only on the pruned model: a
-    trial whose pruning lands where an earlier one did (a bolder budget the
+    trial whose pruning lands where the previous one did (a bolder budget the
     search could not use) gets that outcome instead of quantizing and
     validating the same model again; a different pruning does not."""
     import onnxshrink.pipeline as pipeline
