@@ -292,11 +292,14 @@ def _write_inline(packed: PackedSource, jobs: list[Job], model: onnx.ModelProto,
             job.tensor.raw_data = out.tobytes()
             del out
     refuse_external_references(model)
-    try:
-        segments = splice.spliced_segments(model, [j.tensor for j in large], [j.entry.decoded_length for j in large])
-    except splice.SpliceError:
-        segments = None
-    if segments is None or not large:
+    segments = None
+    if large:
+        try:
+            segments = splice.spliced_segments(model, [j.tensor for j in large],
+                                               [j.entry.decoded_length for j in large])
+        except splice.SpliceError:
+            pass  # serialize the whole model instead, as before splicing
+    if segments is None:
         with _corrupt_as_pack_error(name):
             for job, out in packed.decoded(large):
                 job.tensor.raw_data = out.tobytes()
