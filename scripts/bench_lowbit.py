@@ -263,14 +263,15 @@ def bench_model(name: str, work: Path, latency: bool, shrink_ray_python: str | N
     fp32_bytes = src.read_bytes()
     fp32_size = len(fp32_bytes)
 
-    def accuracy(m: onnx.ModelProto) -> float:
-        return 100 * checker.measure(m)["accuracy"]
+    def right(outputs: list[np.ndarray]) -> np.ndarray:
+        return outputs[0].reshape(len(checker.labels), -1).argmax(axis=1) == checker.labels
 
-    fp32_right = checker.reference[0].reshape(len(checker.labels), -1).argmax(axis=1) == checker.labels
+    fp32_right = right(checker.reference)
 
-    def flips(m: onnx.ModelProto) -> tuple[int, int]:
-        right = checker.outputs(m)[0].reshape(len(checker.labels), -1).argmax(axis=1) == checker.labels
-        return int((fp32_right & ~right).sum()), int((right & ~fp32_right).sum())
+    def scored(m: onnx.ModelProto) -> tuple[float, tuple[int, int]]:
+        """Accuracy (%) and eval samples newly wrong / newly right against fp32, from one run."""
+        ok = right(checker.outputs(m))
+        return 100 * float(ok.mean()), (int((fp32_right & ~ok).sum()), int((ok & ~fp32_right).sum()))
 
     def measure(m: onnx.ModelProto) -> tuple[float, float]:
         metrics = checker.measure(m)
@@ -307,7 +308,7 @@ def bench_model(name: str, work: Path, latency: bool, shrink_ray_python: str | N
     for row in [*rows, shrunk[0.2]]:
         if row.model is not None:
             try:
-                row.accuracy = accuracy(row.model)
+                row.accuracy, row.flips = scored(row.model)
             except Exception as e:  # a peer's broken model: say so in its row
                 row.failure, row.model = f"broken: {_last_line(str(e))}", None
     if latency:
@@ -321,8 +322,6 @@ def bench_model(name: str, work: Path, latency: bool, shrink_ray_python: str | N
     rows[0].latency = 1.0 if latency else None
 
     ours, theirs = shrunk[0.2], next(r for r in rows if r.config == "Shrink Ray integer_weights")
-    for row in (ours, theirs):
-        row.flips = flips(row.model) if row.model is not None else None
     if ours.failure or theirs.failure or not theirs.zstd:
         ratio, accs, holds = "-", "-", f"no: {ours.failure or theirs.failure}"
     else:

@@ -173,10 +173,7 @@ def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limi
     """
     check_mode(materialize)
     with _open_packed(source, limits) as (packed, name):
-        with _corrupt_as_pack_error(name):
-            for job, out in packed.decoded(packed.jobs):
-                job.tensor.raw_data = out.tobytes()
-                del out
+        _decode_into_model(packed, packed.jobs, name)
     model = packed.model
     if materialize == "float":
         materialize_float(model)
@@ -260,10 +257,7 @@ def unpack_file(src: str | os.PathLike, dst: str | os.PathLike, limits: Limits =
         now = [j for j in jobs if j.entry.ordinal >= main]
         if not later:
             return _write_inline(packed, now, model, Path(dst), name)
-        with _corrupt_as_pack_error(name):
-            for job, out in packed.decoded(now):
-                job.tensor.raw_data = out.tobytes()
-                del out
+        _decode_into_model(packed, now, name)
         decoded = packed.decoded(later)
 
         def read_next(job) -> Any:
@@ -277,6 +271,14 @@ def unpack_file(src: str | os.PathLike, dst: str | os.PathLike, limits: Limits =
         return external_data.save_with_external_data(model, Path(dst), deferred)
 
 
+def _decode_into_model(packed: PackedSource, jobs: list[Job], name: str) -> None:
+    """Decode ``jobs`` (checked) into their skeleton tensors' ``raw_data``, one at a time."""
+    with _corrupt_as_pack_error(name):
+        for job, out in packed.decoded(jobs):
+            job.tensor.raw_data = out.tobytes()
+            del out
+
+
 def _write_inline(packed: PackedSource, jobs: list[Job], model: onnx.ModelProto, dst: Path, name: str
                   ) -> onnx.ModelProto:
     """Write the restored model as one protobuf at ``dst``: tensors of
@@ -287,10 +289,7 @@ def _write_inline(packed: PackedSource, jobs: list[Job], model: onnx.ModelProto,
     from onnxshrink.model import refuse_external_references, save_model
 
     large = [j for j in jobs if j.entry.decoded_length >= STREAM_MIN_BYTES]
-    with _corrupt_as_pack_error(name):
-        for job, out in packed.decoded([j for j in jobs if j.entry.decoded_length < STREAM_MIN_BYTES]):
-            job.tensor.raw_data = out.tobytes()
-            del out
+    _decode_into_model(packed, [j for j in jobs if j.entry.decoded_length < STREAM_MIN_BYTES], name)
     refuse_external_references(model)
     segments = None
     if large:
@@ -300,10 +299,7 @@ def _write_inline(packed: PackedSource, jobs: list[Job], model: onnx.ModelProto,
         except splice.SpliceError:
             pass  # serialize the whole model instead, as before splicing
     if segments is None:
-        with _corrupt_as_pack_error(name):
-            for job, out in packed.decoded(large):
-                job.tensor.raw_data = out.tobytes()
-                del out
+        _decode_into_model(packed, large, name)
         save_model(model, dst)
         return model
     order = splice.hole_order(segments)

@@ -26,6 +26,9 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 import onnx
 
+from onnxshrink.errors import PackError
+from onnxshrink.packing.bytereader import ByteReader, varint
+
 _RAW_DATA_FIELD = 9  # TensorProto.raw_data
 _LENGTH_DELIMITED = 2
 _MARKER_BYTES = 16
@@ -33,29 +36,6 @@ _MARKER_BYTES = 16
 
 class SpliceError(Exception):
     """The serialized model could not be spliced (a placeholder not found exactly once)."""
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
 
 
 class _Hole:
@@ -72,26 +52,27 @@ Segment = bytes | _Hole
 
 def _fields(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
     """(field number, wire type, field start, content start, field end) of each field in data[start:end]."""
-    pos = start
-    while pos < end:
-        field_start = pos
-        tag, pos = _read_varint(data, pos)
+    reader = ByteReader(data, "serialized model")
+    reader.pos = start
+    while reader.pos < end:
+        field_start = reader.pos
+        tag = reader.varint()
         number, wire = tag >> 3, tag & 7
         if wire == 0:
-            _, pos = _read_varint(data, pos)
-            content = pos
-        elif wire == 1:
-            content, pos = pos, pos + 8
+            reader.varint()
+            content = reader.pos
+        elif wire in (1, 5):  # fixed64, fixed32
+            content = reader.pos
+            reader.take(8 if wire == 1 else 4)
         elif wire == _LENGTH_DELIMITED:
-            length, content = _read_varint(data, pos)
-            pos = content + length
-        elif wire == 5:
-            content, pos = pos, pos + 4
+            length = reader.varint()
+            content = reader.pos
+            reader.take(length)
         else:
             raise SpliceError(f"unexpected wire type {wire}")
-        if pos > end:
+        if reader.pos > end:
             raise SpliceError("field runs past its message")
-        yield number, wire, field_start, content, pos
+        yield number, wire, field_start, content, reader.pos
 
 
 class _Splicer:
@@ -115,14 +96,14 @@ class _Splicer:
             if run_start < field_start:
                 segments.append(self.data[run_start:field_start])
                 size += field_start - run_start
-            tag = _varint((number << 3) | _LENGTH_DELIMITED)
+            tag = varint((number << 3) | _LENGTH_DELIMITED)
             if number == _RAW_DATA_FIELD and field_end - content == _MARKER_BYTES and content in self.by_position:
                 index, length = self.by_position[content]
                 inner: list[Segment] = [_Hole(index, length)]
                 inner_size = length
             else:
                 inner, inner_size = self.message(content, field_end)
-            head = tag + _varint(inner_size)
+            head = tag + varint(inner_size)
             segments.append(head)
             segments.extend(inner)
             size += len(head) + inner_size
@@ -153,7 +134,10 @@ def spliced_segments(model: onnx.ModelProto, tensors: Sequence[onnx.TensorProto]
         if at < 0 or data.find(marker, at + 1) >= 0:
             raise SpliceError(f"placeholder {i} not found exactly once")
         markers[at] = (i, length)
-    segments, _ = _Splicer(data, markers).message(0, len(data))
+    try:
+        segments, _ = _Splicer(data, markers).message(0, len(data))
+    except PackError as e:  # our own serialization did not parse as expected: serialize the usual way
+        raise SpliceError(str(e)) from None
     if sum(isinstance(s, _Hole) for s in segments) != len(tensors):
         raise SpliceError("not every placeholder is a tensor's raw_data")
     return segments
