@@ -6,6 +6,7 @@ Each command is a function in its own module, registered here.
 from __future__ import annotations
 
 import signal
+from typing import Annotated
 
 import typer
 
@@ -24,6 +25,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from onnxshrink import __version__
+
+        typer.echo(f"onnxshrink {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Make ONNX models smaller and faster: prune, quantize, pack; every step validated in onnxruntime."""
+
 
 app.command("inspect")(inspect_command)
 app.command("validate")(validate_command)
