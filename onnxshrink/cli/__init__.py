@@ -23,6 +23,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain usage errors (usage line, hint, "Error: ..." last) and plain help: no boxes, nothing cut when piped.
+    rich_markup_mode=None,
 )
 
 app.command("inspect")(inspect_command)
