@@ -39,7 +39,7 @@ app.command("recipes")(recipes_command)
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="onnxshrink")  # also when run as python -m or -c: usage lines name the command
     except KeyboardInterrupt:  # before a command's own handler is in place (typer building the command)
         interrupted()
     except SystemExit as done:
