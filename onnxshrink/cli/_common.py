@@ -109,9 +109,9 @@ class _SummaryTable(Table):
 
 
 def summary_table(*headers: str, **options: Any) -> Table:
-    """A rich table whose cells never lose text: at any width (80 columns,
-    piped) long names and values fold onto more lines instead of ending in
-    an ellipsis. The first column is the names' (model, layer, tensor, recipe)."""
+    """A rich table whose cells never lose text (no ellipsis at any width, 80
+    columns or piped): values wrap or fold, and the first column, the names
+    (model, layer, tensor, recipe), stays whole, in a plain layout if need be."""
     table = _SummaryTable(**options)
     for header in headers:
         table.add_column(header, overflow="fold")

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-
 import onnxshrink
 from onnxshrink.cli._common import (
     JsonOption,
@@ -49,8 +48,8 @@ def inspect_command(
     for op, n in info.bytes_by_op.items():
         by_op.add_row(op, human_bytes(n))
     console.print(by_op)
-    tensors = summary_table("tensor", "dtype", "shape", "bytes", "sparsity", "used by", title=f"Largest {top} tensors",
-                    title_justify="left")
+    tensors = summary_table("tensor", "dtype", "shape", "bytes", "sparsity", "used by",
+                            title=f"Largest {top} tensors", title_justify="left")
     for t in info.tensors[:top]:
         tensors.add_row(t.name, t.dtype, "x".join(map(str, t.shape)) or "scalar", human_bytes(t.bytes),
                         f"{100 * t.sparsity:.1f}%", t.used_by)

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-
 from onnxshrink.cli._common import (
     JsonOption,
     OutputOption,
@@ -81,8 +80,8 @@ def unpack_command(
 
 def print_report(report: PackReport, output: Path) -> None:
     """The per-tensor table and the totals."""
-    table = summary_table("tensor", "dtype", "shape", "codec", "before", "after", "bits/elem", "entropy bound", "after/bound",
-                  title=f"Packed tensors ({len(report.packed)})", title_justify="left")
+    table = summary_table("tensor", "dtype", "shape", "codec", "before", "after", "bits/elem", "entropy bound",
+                          "after/bound", title=f"Packed tensors ({len(report.packed)})", title_justify="left")
     for t in report.packed:
         ratio = f"{t.bytes_after / t.entropy_bytes:.3f}" if t.entropy_bytes else "-"
         codec = f"{t.codec} ({t.stored_as})" if t.stored_as else t.codec

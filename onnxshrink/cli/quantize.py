@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-
 from onnxshrink.cli._common import (
     JsonOption,
     QuietOption,
@@ -119,7 +118,8 @@ def _scale_and_zero_point(params: dict) -> str:
 
 
 def print_report(report: QuantizeReport, output: Path) -> None:
-    table = summary_table("node", "op", "runs as", "input scale / zp", "output scale / zp", "weight", title="quantized nodes")
+    table = summary_table("node", "op", "runs as", "input scale / zp", "output scale / zp", "weight",
+                          title="quantized nodes")
     for n in report.nodes:
         inputs = ", ".join(_scale_and_zero_point(p) for p in n["inputs"].values()) or "-"
         out = _scale_and_zero_point(n["output"]) if n.get("output") else "float"

@@ -6,8 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
+import onnx
 import typer
-
 
 import onnxshrink
 from onnxshrink.cli._common import (
@@ -120,7 +120,8 @@ def shrink_command(
         if report_html:
             write_bytes_atomic(report_html, render_html(result.report).encode("utf-8"))
     if not quiet:
-        table = summary_table("stage", "onnx bytes", "packed bytes", "note", title=f"shrink ({chosen.name})", title_justify="left")
+        table = summary_table("stage", "onnx bytes", "packed bytes", "note", title=f"shrink ({chosen.name})",
+                              title_justify="left")
         for stage in result.report["stages"]:
             table.add_row(stage["name"], human_bytes(stage["bytes"]), human_bytes(stage.get("packed_bytes")), stage["note"])
         console.print(table)
@@ -138,7 +139,7 @@ def shrink_command(
                           f"onnxshrink unpack {output} -o MODEL.onnx --materialize float", markup=False, soft_wrap=True)
 
 
-def _calibration(source, recipe: Recipe, calib: Path | None, eval_data: Path | None, quiet: bool):
+def _calibration(source: onnx.ModelProto, recipe: Recipe, calib: Path | None, eval_data: Path | None, quiet: bool):
     """The data shrink calibrates on: ``--calib``, which every recipe that
     prunes or quantizes needs; a recipe that does neither (lossless) only
     checks its gate, on ``--eval`` or else on random inputs of the declared shapes."""

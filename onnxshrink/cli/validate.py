@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-
 import onnxshrink
 from onnxshrink.cli._common import (
     JsonOption,
