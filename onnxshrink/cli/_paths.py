@@ -127,19 +127,26 @@ def _input_files(inputs: Mapping[str, str | os.PathLike | None]) -> list[_File]:
 
 
 def _external_data_files(model: Path, outputs: list[_File]) -> list[_File]:
-    """The external-data files ``model`` names, if an existing output lies in
-    its folder (external data never lies outside it, so other outputs cannot
-    be one): the model's protobuf is parsed only then."""
+    """The external-data files ``model`` names, as far as they could be one of
+    ``outputs``: only outputs in the model's folder (external data never lies
+    outside it) whose file name appears in the model's bytes (a location
+    names the file) can be, and only then is the protobuf parsed."""
+    import mmap
+
     import onnx
 
     from onnxshrink.model import all_tensors
 
     folder = os.path.realpath(model.parent)
-    if not model.is_file() or not any(os.path.commonpath([out.real, folder]) == folder for out in outputs):
+    near = [out for out in outputs if os.path.commonpath([out.real, folder]) == folder]
+    if not near or not model.is_file() or model.stat().st_size == 0:
         return []
     try:
+        with open(model, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as blob:
+            if not any(blob.find(os.path.basename(out.real).encode()) >= 0 for out in near):
+                return []
         proto = onnx.load(str(model), load_external_data=False)
-    except Exception:  # not ONNX (or a packed model): the command's own load reports it
+    except Exception:  # unreadable, not ONNX, or packed: the command's own load reports it
         return []
     names = {e.value for t, _ in all_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL
              for e in t.external_data if e.key == "location"}
