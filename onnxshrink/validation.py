@@ -161,10 +161,11 @@ def accuracy_gate_basis(data: Any, *, explicit: bool, flag: str = "--max-accurac
     labelled here; the measurement refuses it later if it is not).
     Unlabelled data: an ``explicit`` gate (a flag the user gave) is refused
     with a UsageError naming the file (exit 2, before any work);
-    a gate that comes from a recipe gives ``"unlabelled"``, and is left to
-    the measurement, which today refuses it with a DataError: this is the
-    hook where a recipe's gate on unlabelled data would instead be measured
-    against the original model's own answers.
+    a gate that comes from a recipe gives ``"unlabelled"`` and is left to
+    the measurement, which today refuses it (exit 2, once the search gets
+    there): this is the hook where a recipe's gate on unlabelled data would
+    instead be measured against the original model's own answers (``shrink``
+    calls it for the recipe's gate with ``explicit=False``).
     """
     if isinstance(data, (str, os.PathLike)):
         data = NpzData(data)
