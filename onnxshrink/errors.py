@@ -54,3 +54,8 @@ class GateFailed(OnnxShrinkError):
     """A quality gate (cosine, accuracy drop, ...) did not hold."""
 
     exit_code = 1
+
+
+class OutputError(OnnxShrinkError):
+    """An output that cannot be written: its folder missing or read-only,
+    the path a folder, the disk full."""

@@ -152,6 +152,31 @@ class ValidationReport:
             raise GateFailed("quality gate failed: " + "; ".join(self.failures))
 
 
+def accuracy_gate_basis(data: Any, *, explicit: bool, flag: str = "--max-accuracy-drop") -> str:
+    """How an accuracy gate is measured on ``data``, decided before any work;
+    the one place that decides it.
+
+    ``"labels"``: top-1 accuracy against the data's ``labels`` (data whose
+    labels are seen only as it is read, readers or batches, counts as
+    labelled here; the measurement refuses it later if it is not).
+    Unlabelled data: an ``explicit`` gate (a flag the user gave) is refused
+    with a UsageError naming the file (exit 2, before any work);
+    a gate that comes from a recipe gives ``"unlabelled"`` and is left to
+    the measurement, which today refuses it (exit 2, once the search gets
+    there): this is the hook where a recipe's gate on unlabelled data would
+    instead be measured against the original model's own answers (``shrink``
+    calls it for the recipe's gate with ``explicit=False``).
+    """
+    if isinstance(data, (str, os.PathLike)):
+        data = NpzData(data)
+    if not isinstance(data, NpzData) or data.has_labels:
+        return "labels"
+    if explicit:
+        raise UsageError(f"{flag} needs labels in {data.path}: add an array 'labels' (one class per sample), "
+                         "or gate on --min-cosine instead")
+    return "unlabelled"
+
+
 def _as_model(model: Any) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
@@ -199,6 +224,8 @@ def compare_models(
         batches: Iterable[Batch] = synthetic_batches(specs, shapes, count=synthetic_samples)
     else:
         batches = iter_batches(data, specs, batch_size)
+    if ref_proto is not None and reference_outputs is None:
+        _refuse_different_inputs(model_inputs(ref_proto), specs)
     ref_session = None
     if ref_proto is not None and reference_outputs is None:
         # Reference first: when onnxruntime cannot run the original, say so, not "candidate".
@@ -266,6 +293,29 @@ def compare_models(
     }
     failures = _check_gate(gate, outputs, accuracy)
     return ValidationReport(not failures, outputs, accuracy, latency, sizes, samples, synthetic, failures)
+
+
+def _refuse_different_inputs(reference: list[InputSpec], candidate: list[InputSpec]) -> None:
+    """Both models must take the same inputs (names, element types, static
+    dims; a symbolic dim matches any): the data is fed to both. Names the
+    first input that differs."""
+
+    def shown(spec: InputSpec) -> str:
+        return f"{spec.dtype} [{', '.join('?' if d is None else str(d) for d in spec.shape)}]"
+
+    ref, cand = {s.name: s for s in reference}, {s.name: s for s in candidate}
+    for name in sorted(ref.keys() - cand.keys()):
+        raise DataError(f"the models take different inputs: '{name}' ({shown(ref[name])}) is an input of the reference "
+                        f"only; the candidate takes {', '.join(cand) or 'none'}")
+    for name in sorted(cand.keys() - ref.keys()):
+        raise DataError(f"the models take different inputs: '{name}' ({shown(cand[name])}) is an input of the candidate "
+                        f"only; the reference takes {', '.join(ref) or 'none'}")
+    for name, r in ref.items():
+        c = cand[name]
+        dims_differ = r.rank_known and c.rank_known and (
+            len(r.shape) != len(c.shape) or any(a is not None and b is not None and a != b for a, b in zip(r.shape, c.shape)))
+        if r.dtype != c.dtype or dims_differ:
+            raise DataError(f"the models' input '{name}' differs: reference {shown(r)}, candidate {shown(c)}")
 
 
 def _take(stream, count: int, where: Any) -> Batch:

@@ -80,6 +80,8 @@ def test_quantize_peak_memory_stays_near_the_weight_bytes(tmp_path):
     np.savez(calib, x=np.random.default_rng(1).standard_normal((8, 1024)).astype(np.float32))
     cli = ["from onnxshrink.cli import main; main()", "quantize", str(path)]
     idle = child_peak_rss("import onnxruntime, onnx, numpy, onnxshrink.cli, onnxshrink.quantization", tmp=tmp_path)
+    for folder in ("q", "d"):  # the command makes no missing output folder
+        (tmp_path / folder).mkdir()
     static = child_peak_rss(*cli, "-o", tmp_path / "q" / "model.onnx", "--calib", calib, "-q", tmp=tmp_path)
     dynamic = child_peak_rss(*cli, "-o", tmp_path / "d" / "model.onnx", "--dynamic", "-q", tmp=tmp_path)
     for name, peak in (("static", static), ("dynamic", dynamic)):

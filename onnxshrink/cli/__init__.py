@@ -24,6 +24,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain usage errors (usage line, hint, "Error: ..." last) and plain help: no boxes, nothing cut when piped.
+    rich_markup_mode=None,
 )
 
 
@@ -56,7 +58,7 @@ app.command("recipes")(recipes_command)
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="onnxshrink")  # also when run as python -m or -c: usage lines name the command
     except KeyboardInterrupt:  # before a command's own handler is in place (typer building the command)
         interrupted()
     except SystemExit as done:

@@ -9,11 +9,16 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional
+from typing import Annotated, Any, Callable, Iterator, Mapping, NoReturn, Optional, Sequence
 
 import typer
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
 
+from onnxshrink.cli._paths import check_files
 from onnxshrink.errors import OnnxShrinkError, UsageError
 from onnxshrink.fileio import atomic_output
 
@@ -21,7 +26,7 @@ console = Console(highlight=False, emoji=False)
 err_console = Console(stderr=True, highlight=False, emoji=False)
 
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors; no progress bars.")]
-JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write a machine-readable report to this file.")]
+JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write a machine-readable report to this file ('-': standard output; the summary then goes to stderr).")]
 OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Output file (written atomically).")]
 
 
@@ -52,8 +57,65 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 soft_wrap=True,
             )
             raise typer.Exit(3) from None
+        finally:
+            console.file = None  # type: ignore[assignment]  # back to stdout (declare_files may have moved it)
 
     return wrapper
+
+
+def declare_files(inputs: Mapping[str, Optional[Path | str]], outputs: Mapping[str, Optional[Path]], *,
+                  models: Sequence[str] = ("MODEL",), model_outputs: Sequence[str] = ("-o",)) -> None:
+    """Check the command's files before any work (see :mod:`onnxshrink.cli._paths`):
+    exit 2 for an output that would write over an input or cannot be written.
+    When a report goes to standard output, the summary goes to stderr."""
+    if check_files(inputs, outputs, models=models, model_outputs=model_outputs):
+        console.file = sys.stderr
+
+
+class _SummaryTable(Table):
+    """A table whose first column holds names (model, layer, tensor, recipe).
+
+    Names never fold or lose characters: when the table cannot fit the width
+    with every name whole (80 columns, piped output), it switches to a plain
+    layout, each row a name line and an indented ``header value`` line."""
+
+    name_width = 0
+
+    def add_row(self, *cells: Any, **options: Any) -> None:
+        if cells and isinstance(cells[0], str):
+            self.name_width = max(self.name_width, cell_len(cells[0]))
+        super().add_row(*cells, **options)
+
+    def _narrowest(self) -> int:
+        """The width the table needs with whole names and the other columns
+        wrapped at every space: each column's longest word, plus padding and borders."""
+        widths = [max((cell_len(w) for text in (c.header, *c.cells) for w in str(text).split()), default=1)
+                  for c in self.columns[1:]]
+        return sum(widths) + max(self.name_width, cell_len(str(self.columns[0].header))) + 3 * len(self.columns) + 1
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if self.columns and self._narrowest() <= options.max_width:
+            self.columns[0].no_wrap = True
+            yield from super().__rich_console__(console, options)
+            return
+        if self.title:
+            yield Text(str(self.title), style="bold")
+        headers = [str(c.header) for c in self.columns]
+        for row in zip(*(c.cells for c in self.columns)):
+            yield Text(str(row[0]), style="bold")
+            rest = "; ".join(f"{h}: {v}" for h, v in zip(headers[1:], row[1:]) if str(v).strip())
+            if rest:
+                yield Padding(Text(rest, overflow="fold"), (0, 0, 0, 2))
+
+
+def summary_table(*headers: str, **options: Any) -> Table:
+    """A rich table whose cells never lose text (no ellipsis at any width, 80
+    columns or piped): values wrap or fold, and the first column, the names
+    (model, layer, tensor, recipe), stays whole, in a plain layout if need be."""
+    table = _SummaryTable(**options)
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
 
 
 def interrupted() -> NoReturn:
@@ -75,7 +137,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
-    """Write ``report`` as JSON, atomically; non-finite floats become null."""
+    """Write ``report`` as JSON, atomically (``-``: standard output); non-finite floats become null."""
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(_jsonable(report), indent=2, sort_keys=False) + "\n")
 

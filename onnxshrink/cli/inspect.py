@@ -6,20 +6,29 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 import onnxshrink
-from onnxshrink.cli._common import JsonOption, QuietOption, console, human_bytes, reports_errors, write_json
+from onnxshrink.cli._common import (
+    JsonOption,
+    QuietOption,
+    console,
+    declare_files,
+    human_bytes,
+    reports_errors,
+    summary_table,
+    write_json,
+)
 
 
 @reports_errors
 def inspect_command(
-    model: Annotated[Path, typer.Argument(help="An .onnx model (or a packed .onnxz).")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="An .onnx model (or a packed .onnxz).")],
     json_path: JsonOption = None,
     top: Annotated[int, typer.Option("--top", min=1, help="How many of the largest tensors to list.")] = 10,
     quiet: QuietOption = False,
 ) -> None:
     """Show opsets, inputs/outputs, parameters, bytes by op type and by tensor, dtypes and sparsity."""
+    declare_files({"MODEL": model}, {"--json": json_path})
     info = onnxshrink.inspect(model)
     if json_path:
         write_json(json_path, info.to_dict())
@@ -35,12 +44,12 @@ def inspect_command(
         f"{human_bytes(info.weight_bytes)} of weights; dtypes "
         + ", ".join(f"{k} {v:,}" for k, v in info.dtype_mix.items())
     )
-    by_op = Table("op type", "weight bytes", title="Bytes by op type", title_justify="left")
+    by_op = summary_table("op type", "weight bytes", title="Bytes by op type", title_justify="left")
     for op, n in info.bytes_by_op.items():
         by_op.add_row(op, human_bytes(n))
     console.print(by_op)
-    tensors = Table("tensor", "dtype", "shape", "bytes", "sparsity", "used by", title=f"Largest {top} tensors",
-                    title_justify="left")
+    tensors = summary_table("tensor", "dtype", "shape", "bytes", "sparsity", "used by",
+                            title=f"Largest {top} tensors", title_justify="left")
     for t in info.tensors[:top]:
         tensors.add_row(t.name, t.dtype, "x".join(map(str, t.shape)) or "scalar", human_bytes(t.bytes),
                         f"{100 * t.sparsity:.1f}%", t.used_by)

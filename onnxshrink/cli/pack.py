@@ -7,9 +7,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from onnxshrink.cli._common import JsonOption, OutputOption, QuietOption, console, human_bytes, reports_errors, write_json
+from onnxshrink.cli._common import (
+    JsonOption,
+    OutputOption,
+    QuietOption,
+    console,
+    declare_files,
+    human_bytes,
+    reports_errors,
+    summary_table,
+    write_json,
+)
+from onnxshrink.fileio import outputs_together
 from onnxshrink.packing import PackOptions, PackReport, pack_file, unpack_file
 
 _DEFAULTS = PackOptions()
@@ -23,10 +33,9 @@ class Materialize(str, Enum):
     auto = "auto"
 
 
-
 @reports_errors
 def pack_command(
-    model: Annotated[Path, typer.Argument(help="The .onnx model to pack (only read).")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="The .onnx model to pack (only read).")],
     output: OutputOption,
     json_path: JsonOption = None,
     float16_small: Annotated[bool, typer.Option(
@@ -37,17 +46,19 @@ def pack_command(
     quiet: QuietOption = False,
 ) -> None:
     """Pack a model losslessly into a verified .onnxz container (Huffman / zero-run coded tensors)."""
+    declare_files({"MODEL": model}, {"-o": output, "--json": json_path}, model_outputs=())
     options = PackOptions(float16_small=float16_small, float16_small_below=float16_small_below)
-    report = pack_file(model, output, options)
-    if json_path:
-        write_json(json_path, report.to_dict())
+    with outputs_together():
+        report = pack_file(model, output, options)
+        if json_path:
+            write_json(json_path, report.to_dict())
     if not quiet:
         print_report(report, output)
 
 
 @reports_errors
 def unpack_command(
-    packed: Annotated[Path, typer.Argument(help="The .onnxz container to restore.")],
+    packed: Annotated[Path, typer.Argument(metavar="PACKED", help="The .onnxz container to restore.")],
     output: OutputOption,
     materialize: Annotated[Materialize, typer.Option(
         help="qdq: quantized weights stay integer + DequantizeLinear, as packed (bit-exact). float: expand them "
@@ -57,6 +68,7 @@ def unpack_command(
     quiet: QuietOption = False,
 ) -> None:
     """Restore a packed .onnxz into a plain .onnx, bit-exact; every tensor is CRC-checked."""
+    declare_files({"PACKED": packed}, {"-o": output}, models=())
     model = unpack_file(packed, output, materialize=materialize.value)
     if not quiet:
         n = sum(1 for _ in model.graph.initializer)
@@ -68,8 +80,8 @@ def unpack_command(
 
 def print_report(report: PackReport, output: Path) -> None:
     """The per-tensor table and the totals."""
-    table = Table("tensor", "dtype", "shape", "codec", "before", "after", "bits/elem", "entropy bound", "after/bound",
-                  title=f"Packed tensors ({len(report.packed)})", title_justify="left")
+    table = summary_table("tensor", "dtype", "shape", "codec", "before", "after", "bits/elem", "entropy bound",
+                          "after/bound", title=f"Packed tensors ({len(report.packed)})", title_justify="left")
     for t in report.packed:
         ratio = f"{t.bytes_after / t.entropy_bytes:.3f}" if t.entropy_bytes else "-"
         codec = f"{t.codec} ({t.stored_as})" if t.stored_as else t.codec

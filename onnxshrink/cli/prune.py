@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 import onnxshrink
 from onnxshrink.cli._common import (
@@ -14,19 +13,23 @@ from onnxshrink.cli._common import (
     OutputOption,
     QuietOption,
     console,
+    declare_files,
     progress_bar,
     reports_errors,
+    summary_table,
     write_json,
 )
 from onnxshrink.data import NpzData
+from onnxshrink.fileio import outputs_together
 from onnxshrink.pruning import PruneOptions, PruneReport, prune_model
+from onnxshrink.validation import accuracy_gate_basis
 
 _D = PruneOptions.__dataclass_fields__  # defaults live in PruneOptions only
 
 
 @reports_errors
 def prune_command(
-    model: Annotated[Path, typer.Argument(help="The .onnx model to prune.")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="The .onnx model to prune.")],
     output: OutputOption,
     sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction of weights (or of prunable channels) to remove; with a target, the most the search may reach.")] = None,
     pattern: Annotated[str, typer.Option("--pattern", help="unstructured, 2:4 (N:M along input channels) or channel (remove channels from the graph).")] = _D["pattern"].default,
@@ -56,25 +59,29 @@ def prune_command(
         include_recurrent=include_recurrent, simplify=simplify, damp=damp, block_size=block_size,
         reconstruct=reconstruct, channel_multiple=channel_multiple, calib_samples=calib_samples, batch_size=batch_size,
     )
+    declare_files({"MODEL": model, "--calib": calib, "--eval": eval_data}, {"-o": output, "--json": json_path})
+    if max_accuracy_drop is not None and eval_data is not None:
+        accuracy_gate_basis(eval_data, explicit=True)
     source = onnxshrink.load(model)
     with progress_bar(quiet) as progress:
         result = prune_model(source, options, calib=NpzData(calib) if calib else None,
                              eval_data=NpzData(eval_data) if eval_data else None, progress=progress)
-    onnxshrink.save(result.model, output)
-    if json_path:
-        write_json(json_path, result.report.to_dict())
+    with outputs_together():
+        onnxshrink.save(result.model, output)
+        if json_path:
+            write_json(json_path, result.report.to_dict())
     if not quiet:
         print_report(result.report, output)
 
 
 def print_report(report: PruneReport, output: Path) -> None:
     if report.pattern == "channel":
-        table = Table("tensor", "op", "shape before", "shape after", "removed")
+        table = summary_table("tensor", "op", "shape before", "shape after", "removed")
         for t in report.tensors:
             table.add_row(t.name, t.op_type, "x".join(map(str, t.shape_before)), "x".join(map(str, t.shape_after)),
                           f"{100 * t.zeros_after / max(t.params, 1):.1f}%")
     else:
-        table = Table("tensor", "op", "shape", "params", "sparsity", "method", "output err")
+        table = summary_table("tensor", "op", "shape", "params", "sparsity", "method", "output err")
         for t in report.tensors:
             table.add_row(t.name, t.op_type, "x".join(map(str, t.shape)), str(t.params), f"{100 * t.sparsity:.1f}%",
                           t.method, "-" if t.output_error is None else f"{t.output_error:.2e}")

@@ -6,23 +6,26 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from onnxshrink.cli._common import (
     JsonOption,
     QuietOption,
     console,
+    declare_files,
     err_console,
     human_bytes,
     parse_shapes,
     progress_bar,
     reports_errors,
+    summary_table,
     write_json,
 )
 from onnxshrink.errors import UsageError
+from onnxshrink.fileio import outputs_together
 from onnxshrink.model import load_model, save_model
 from onnxshrink.lowbit import WeightOnlyOptions, quantize_weights
 from onnxshrink.quantization import METHODS, QuantizeOptions, QuantizeReport, quantize_model
+from onnxshrink.validation import accuracy_gate_basis
 
 
 def _names(values: Optional[list[str]]) -> tuple[str, ...]:
@@ -32,7 +35,7 @@ def _names(values: Optional[list[str]]) -> tuple[str, ...]:
 
 @reports_errors
 def quantize_command(
-    model: Annotated[Path, typer.Argument(help="The fp32 ONNX model.")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="The fp32 ONNX model.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the int8 model (atomically).")],
     calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration .npz (or folder): one array per model input.")] = None,
     method: Annotated[str, typer.Option("--method", help=f"Activation range from the statistics: {', '.join(METHODS)}.")] = QuantizeOptions.method,
@@ -60,6 +63,9 @@ def quantize_command(
     quiet: QuietOption = False,
 ) -> None:
     """Quantize MODEL to int8 (QDQ): int8 per-channel weights, calibrated activations, integer kernels in onnxruntime."""
+    declare_files({"MODEL": model, "--calib": calib, "--eval": eval_data}, {"-o": output, "--json": json_path})
+    if max_accuracy_drop is not None and eval_data is not None:
+        accuracy_gate_basis(eval_data, explicit=True)
     if weights_only:
         if dynamic:
             raise UsageError("--weights-only and --dynamic are two different modes; give one")
@@ -71,9 +77,10 @@ def quantize_command(
         with progress_bar(quiet) as progress:
             result = quantize_weights(source, wo, calib=str(calib) if calib else None,
                                       eval_data=str(eval_data) if eval_data else None, progress=progress, name=str(model))
-        save_model(result.model, output)
-        if json_path:
-            write_json(json_path, result.report.to_dict())
+        with outputs_together():
+            save_model(result.model, output)
+            if json_path:
+                write_json(json_path, result.report.to_dict())
         if not quiet:
             print_weight_only_report(result.report.to_dict(), output)
         return
@@ -94,18 +101,28 @@ def quantize_command(
     with progress_bar(quiet) as progress:
         result = quantize_model(source, str(calib) if calib else None, options,
                                 eval_data=str(eval_data) if eval_data else None, progress=progress, name=str(model))
-    save_model(result.model, output)
-    if json_path:
-        write_json(json_path, result.report.to_dict())
+    with outputs_together():
+        save_model(result.model, output)
+        if json_path:
+            write_json(json_path, result.report.to_dict())
     if not quiet:
         print_report(result.report, output)
 
 
+def _scale_and_zero_point(params: dict) -> str:
+    """``0.0123/128``; dynamic quantization computes both at run time: ``dynamic``."""
+    scale, zero_point = params.get("scale"), params.get("zero_point")
+    if isinstance(scale, (int, float)):
+        return f"{scale:.3g}/{zero_point}"
+    return str(scale if scale == zero_point else f"{scale}/{zero_point}")
+
+
 def print_report(report: QuantizeReport, output: Path) -> None:
-    table = Table("node", "op", "runs as", "input scale / zp", "output scale / zp", "weight", title="quantized nodes")
+    table = summary_table("node", "op", "runs as", "input scale / zp", "output scale / zp", "weight",
+                          title="quantized nodes")
     for n in report.nodes:
-        inputs = ", ".join(f"{p['scale']:.3g}/{p['zero_point']}" for p in n["inputs"].values()) or "-"
-        out = f"{n['output']['scale']:.3g}/{n['output']['zero_point']}" if n.get("output") else "float"
+        inputs = ", ".join(_scale_and_zero_point(p) for p in n["inputs"].values()) or "-"
+        out = _scale_and_zero_point(n["output"]) if n.get("output") else "float"
         w = n.get("weight")
         weight = "-" if not w else (f"int8 per-channel ({w['channels']})" if w["axis"] is not None else "int8 per-tensor")
         if w and w.get("bias"):
@@ -117,7 +134,7 @@ def print_report(report: QuantizeReport, output: Path) -> None:
         by_reason: dict[str, list[str]] = {}
         for name, why in report.left_float.items():
             by_reason.setdefault(why, []).append(name)
-        left = Table("why it stays in float", "nodes", title="left in float (every node is in --json)")
+        left = summary_table("why it stays in float", "nodes", title="left in float (every node is in --json)")
         for why, names in by_reason.items():
             shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
             left.add_row(why, shown)
@@ -146,7 +163,7 @@ def print_report(report: QuantizeReport, output: Path) -> None:
 
 def print_weight_only_report(report: dict, output: Path) -> None:
     """Per weight: bits, granularity, rounding and relative error; sizes and metrics."""
-    table = Table("weight", "bits", "granularity", "rounding", "rel. error", title="weight-only quantization")
+    table = summary_table("weight", "bits", "granularity", "rounding", "rel. error", title="weight-only quantization")
     for w in report.get("weights", []):
         err = w.get("relative_error")
         table.add_row(str(w.get("name")), str(w.get("bits") or "float"), str(w.get("granularity", "-")),

@@ -6,8 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
+import onnx
 import typer
-from rich.table import Table
 
 import onnxshrink
 from onnxshrink.cli._common import (
@@ -15,18 +15,22 @@ from onnxshrink.cli._common import (
     OutputOption,
     QuietOption,
     console,
+    declare_files,
+    err_console,
     human_bytes,
     progress_bar,
     reports_errors,
+    summary_table,
     write_json,
 )
+from onnxshrink.data import model_inputs, synthetic_batches
 from onnxshrink.errors import UsageError
-from onnxshrink.fileio import write_bytes_atomic
+from onnxshrink.fileio import outputs_together, write_bytes_atomic
 from onnxshrink.model import save_model
 from onnxshrink.pipeline import ShrinkOptions, shrink
 from onnxshrink.recipes import Recipe, builtin_recipes, load_recipe, recipe_for
 from onnxshrink.report import render_html
-from onnxshrink.validation import Gate
+from onnxshrink.validation import Gate, accuracy_gate_basis
 
 
 def with_overrides(recipe: Recipe, *, sparsity: float | None, pattern: str | None, prune_method: str | None,
@@ -63,10 +67,10 @@ def _widths(text: str) -> tuple[int, ...]:
 
 @reports_errors
 def shrink_command(
-    model: Annotated[Path, typer.Argument(help="The .onnx model to shrink (only read).")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="The .onnx model to shrink (only read).")],
     output: OutputOption,
-    calib: Annotated[Path, typer.Option("--calib", help="Calibration data: .npz (or folder) of model inputs.")],
-    eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Labelled eval data the gate is measured on.")] = None,
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration data: .npz (or folder) of model inputs; needed by every recipe that prunes or quantizes.")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Eval data the gate is measured on (with 'labels' for an accuracy gate).")] = None,
     recipe: Annotated[str, typer.Option("--recipe", help="A built-in recipe name (see `onnxshrink recipes`), a .toml file, or 'auto'.")] = "auto",
     target_ratio: Annotated[Optional[float], typer.Option("--target-ratio", help="Require at least this size reduction (x).")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: at most this many accuracy points lost (needs --eval).")] = None,
@@ -84,29 +88,40 @@ def shrink_command(
     quiet: QuietOption = False,
 ) -> None:
     """Simplify, prune, quantize, validate against a gate and pack, in one step; nothing is written if the gate fails."""
+    recipe_file = None if recipe == "auto" or recipe in builtin_recipes() else Path(recipe)
+    declare_files({"MODEL": model, "--calib": calib, "--eval": eval_data, "--recipe": recipe_file},
+                  {"-o": output, "--json": json_path, "--report": report_html})
     if max_accuracy_drop is not None and min_cosine is not None:
         raise UsageError("give one gate: --max-accuracy-drop or --min-cosine, not both")
+    if max_accuracy_drop is not None and eval_data is not None:
+        accuracy_gate_basis(eval_data, explicit=True)
     source = onnxshrink.load(model)
     chosen = load_recipe(recipe_for(source) if recipe == "auto" else recipe)
     chosen = with_overrides(chosen, sparsity=sparsity, pattern=pattern, prune_method=prune_method,
                             quant_method=quant_method, prune=prune, quantize=quantize, simplify=simplify)
     options = ShrinkOptions(recipe=chosen, gate=Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop),
                             target_ratio=target_ratio, weight_bits=_widths(weight_bits))
+    if max_accuracy_drop is None and eval_data is not None and options.effective_gate.max_accuracy_drop is not None:
+        # The recipe's own accuracy gate: how it is measured on this data is decided in one place.
+        accuracy_gate_basis(eval_data, explicit=False)
+    calib_data = _calibration(source, chosen, calib, eval_data, quiet)
     with progress_bar(quiet) as progress:
-        result = shrink(source, calib, options, eval_data=eval_data, model_name=str(model), progress=progress)
+        result = shrink(source, calib_data, options, eval_data=eval_data, model_name=str(model), progress=progress)
     result.report["original_bytes"] = model.stat().st_size
     result.report["ratio"] = round(model.stat().st_size / max(result.report["output_bytes"], 1), 4)
     result.report["output"] = str(output)
-    if result.packed is not None:
-        write_bytes_atomic(output, result.packed)
-    else:
-        save_model(result.model, output)
-    if json_path:
-        write_json(json_path, result.report)
-    if report_html:
-        write_bytes_atomic(report_html, render_html(result.report).encode("utf-8"))
+    with outputs_together():
+        if result.packed is not None:
+            write_bytes_atomic(output, result.packed)
+        else:
+            save_model(result.model, output)
+        if json_path:
+            write_json(json_path, result.report)
+        if report_html:
+            write_bytes_atomic(report_html, render_html(result.report).encode("utf-8"))
     if not quiet:
-        table = Table("stage", "onnx bytes", "packed bytes", "note", title=f"shrink ({chosen.name})", title_justify="left")
+        table = summary_table("stage", "onnx bytes", "packed bytes", "note", title=f"shrink ({chosen.name})",
+                              title_justify="left")
         for stage in result.report["stages"]:
             table.add_row(stage["name"], human_bytes(stage["bytes"]), human_bytes(stage.get("packed_bytes")), stage["note"])
         console.print(table)
@@ -124,13 +139,33 @@ def shrink_command(
                           f"onnxshrink unpack {output} -o MODEL.onnx --materialize float", markup=False, soft_wrap=True)
 
 
+def _calibration(source: onnx.ModelProto, recipe: Recipe, calib: Path | None, eval_data: Path | None, quiet: bool):
+    """The data shrink calibrates on: ``--calib``, which every recipe that
+    prunes or quantizes needs; a recipe that does neither (lossless) only
+    checks its gate, on ``--eval`` or else on random inputs of the declared shapes."""
+    if calib is not None:
+        return calib
+    stages = [s for s, on in (("prunes", recipe.prune is not None and recipe.prune.get("method") != "magnitude"),
+                              ("quantizes", recipe.quantize is not None)) if on]
+    if stages:
+        raise UsageError(f"recipe '{recipe.name}' {' and '.join(stages)}: give --calib DATA (an .npz of model inputs)")
+    if eval_data is not None:
+        return eval_data
+    if not quiet:
+        err_console.print("onnxshrink: warning: no --calib or --eval: the gate is checked on random inputs "
+                          "of the declared shapes", markup=False)
+    return list(synthetic_batches(model_inputs(source)))
+
+
 @reports_errors
-def recipes_command() -> None:
+def recipes_command(quiet: QuietOption = False) -> None:
     """List the recipes that ship with onnxshrink."""
-    table = Table("recipe", "stages", "gate", "description")
+    if quiet:
+        return
+    table = summary_table("recipe", "stages", "gate", "description")
     for name, path in sorted(builtin_recipes().items()):
         r = load_recipe(name)
         stages = [s for s, on in (("simplify", r.simplify), ("prune", r.prune is not None),
                                   ("quantize", r.quantize is not None), ("pack", r.pack)) if on]
-        table.add_row(name, " > ".join(stages), ", ".join(f"{k}={v}" for k, v in r.gate.items()), r.description)
+        table.add_row(name, " > ".join(stages), ", ".join(f"{k} = {v}" for k, v in r.gate.items()), r.description)
     console.print(table)

@@ -6,27 +6,28 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 import onnxshrink
 from onnxshrink.cli._common import (
     JsonOption,
     QuietOption,
     console,
+    declare_files,
     err_console,
     human_bytes,
     parse_shapes,
     reports_errors,
+    summary_table,
     write_json,
 )
 from onnxshrink.errors import UsageError
-from onnxshrink.validation import Gate, flip_text
+from onnxshrink.validation import Gate, accuracy_gate_basis, flip_text
 
 
 @reports_errors
 def validate_command(
-    reference: Annotated[Path, typer.Argument(help="The reference model (the original).")],
-    candidate: Annotated[Optional[Path], typer.Argument(help="The model to check (omit with --reference-outputs to check REFERENCE itself).")] = None,
+    reference: Annotated[Path, typer.Argument(metavar="REFERENCE", help="The reference model (the original).")],
+    candidate: Annotated[Optional[Path], typer.Argument(metavar="CANDIDATE", help="The model to check (omit with --reference-outputs to check REFERENCE itself).")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help=".npz (or folder of them) with one array per input, optional 'labels'.")] = None,
     reference_outputs: Annotated[Optional[Path], typer.Option("--reference-outputs", help=".npz of outputs saved from the source framework, keyed by output name.")] = None,
     min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Fail (exit 1) if any output's cosine similarity is below this.")] = None,
@@ -37,12 +38,17 @@ def validate_command(
     quiet: QuietOption = False,
 ) -> None:
     """Run both models with onnxruntime (CPU) on the same inputs and compare their outputs."""
+    declare_files({"REFERENCE": reference, "CANDIDATE": candidate, "--data": data,
+                   "--reference-outputs": reference_outputs}, {"--json": json_path},
+                  models=("REFERENCE", "CANDIDATE"), model_outputs=())
     if candidate is None:
         if reference_outputs is None:
             raise UsageError("give a CANDIDATE model, or --reference-outputs to compare REFERENCE against saved outputs")
         reference, candidate = None, reference
     elif reference_outputs is not None:
         raise UsageError("with --reference-outputs give one model: the ONNX model to check against the saved outputs")
+    if max_accuracy_drop is not None and data is not None:
+        accuracy_gate_basis(data, explicit=True)
     gate = Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop)
     report = onnxshrink.validate(reference, candidate, data, reference_outputs=reference_outputs, gate=gate,
                                  shapes=parse_shapes(shape), measure_latency=latency)
@@ -52,7 +58,7 @@ def validate_command(
     if json_path:
         write_json(json_path, report.to_dict())
     if not quiet:
-        table = Table("output", "cosine", "max abs err", "mean abs err", "SQNR dB", "top-1 agree")
+        table = summary_table("output", "cosine", "max abs err", "mean abs err", "SQNR dB", "top-1 agree")
         for name, m in report.outputs.items():
             table.add_row(name, f"{m['cosine']:.6f}", f"{m['max_abs_error']:.3g}", f"{m['mean_abs_error']:.3g}",
                           "inf" if m["sqnr_db"] is None else f"{m['sqnr_db']:.1f}",

@@ -108,6 +108,9 @@ def pack_file(src: str | os.PathLike, dst: str | os.PathLike, options: PackOptio
     from onnxshrink.model import load_model
 
     _refuse_same_file(src, dst)
+    if _starts_with_magic(src):
+        raise UsageError(f"{src}: already packed (an .onnxz container); unpack it first: "
+                         f"onnxshrink unpack {src} -o MODEL.onnx")
     model = load_model(src, load_external_data=False)
     external = _external_slots(model, Path(src))
     model_bytes = _loaded_size(model, {k: ref.length for k, ref in external.items()})
@@ -315,6 +318,14 @@ def _write_inline(packed: PackedSource, jobs: list[Job], model: onnx.ModelProto,
     with atomic_output(dst) as tmp, open(tmp, "wb") as f:
         splice.write_segments(f, segments, data_for)
     return model
+
+
+def _starts_with_magic(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(container.MAGIC)) == container.MAGIC
+    except OSError:
+        return False
 
 
 def _refuse_same_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:

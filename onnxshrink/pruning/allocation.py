@@ -27,6 +27,7 @@ import onnx
 from onnxshrink import runtime
 from onnxshrink.activations import LayerInputStats, weight_matrices
 from onnxshrink.data import Batch, iter_batches, model_inputs
+from onnxshrink.errors import DataError
 from onnxshrink.pruning.masks import parse_n_m
 from onnxshrink.pruning.obs import reconstruction_error
 from onnxshrink.pruning.options import PruneOptions
@@ -83,7 +84,14 @@ class OutputChecker:
             result["accuracy_drop"] = 100.0 * (self.reference_accuracy - result["accuracy"])
         return result
 
+    def require_labels(self, options: PruneOptions) -> None:
+        """An accuracy target needs labels in the data (refused before any search work)."""
+        if options.max_accuracy_drop is not None and self.labels is None:
+            raise DataError("--max-accuracy-drop needs labelled evaluation data: an array 'labels' in the data file "
+                            "(or gate on --min-cosine instead)")
+
     def passes(self, metrics: dict[str, float], options: PruneOptions) -> bool:
+        self.require_labels(options)
         if options.max_accuracy_drop is not None and metrics["accuracy_drop"] > options.max_accuracy_drop + 1e-9:
             return False
         if options.min_cosine is not None and round(metrics["cosine"], 9) < options.min_cosine:
@@ -189,6 +197,7 @@ def search_sparsity(
     allocations, filled on first use and reused by later searches on the same
     model, data and options with another target."""
     checker = OutputChecker(reference, check_data)
+    checker.require_labels(options)
     if options.pattern == "channel":
         return _search_channels(reference, options, method, batches, checker, progress)
     target_list, stats = targets

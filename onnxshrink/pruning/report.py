@@ -36,7 +36,7 @@ def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
         if vi.name in inits:
             continue
         for d in vi.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value"):
+            if not d.HasField("dim_value") or d.dim_value < 0:  # symbolic (or -1, as some exporters write)
                 d.dim_value = 1
     try:
         inferred = onnx.shape_inference.infer_shapes(copy, data_prop=True)
@@ -45,7 +45,8 @@ def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     shapes: dict[str, list[int | None]] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+                               for d in vi.type.tensor_type.shape.dim]
     for t in model.graph.initializer:
         shapes[t.name] = list(t.dims)
     return shapes
