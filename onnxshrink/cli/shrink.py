@@ -118,10 +118,11 @@ def shrink_command(
                      f"({a['lost']} of {a['labelled']} eval samples newly wrong, {a['gained']} newly right)")
         console.print(line, markup=False)
         if options.mixed_precision and result.packed is not None:
-            # onnxruntime dequantizes weight-only codes on every run (several times fp32's latency at batch 1).
-            console.print(f"weights are stored as integer codes: onnxshrink.session(path) runs them as float32 "
-                          f"(fp32 speed); for a plain .onnx that does too, run "
-                          f"onnxshrink unpack {output} -o MODEL.onnx --materialize float", markup=False, soft_wrap=True)
+            # As packed, onnxruntime would dequantize weight-only codes on every run (several times fp32's latency).
+            console.print(f"weights are stored as integer codes: onnxshrink.session(path) and onnxshrink unpack "
+                          f"{output} -o MODEL.onnx run 4/8-bit MatMul/Gemm layers on onnxruntime's low-bit kernels "
+                          f"(weights stay low-bit) and the rest as float32; --materialize float gives all float32, "
+                          f"--materialize qdq the model exactly as packed", markup=False, soft_wrap=True)
 
 
 @reports_errors
