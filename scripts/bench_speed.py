@@ -208,7 +208,7 @@ def bench_model(name: str, src: Path, calib: Path, evals: Path, work: Path, gate
     base_rss = rss_after_load(src)
     for key in notes:
         path = paths.get(key)
-        rss = rss_after_load(path) if path else None
+        rss = base_rss if key == "fp32" else rss_after_load(path) if path else None
         rows.append({"model": name, "config": key, "latency": ratios.get(key), "rss": rss,
                      "added": (rss - empty) / max(base_rss - empty, 1) if rss else None,
                      "bytes": path.stat().st_size if path else None, "forms": forms.get(key, ""), "note": notes[key]})
@@ -250,6 +250,20 @@ def render(rows: list[dict], form_rows: list[str], command: str, seconds: float)
         size = "-" if r["bytes"] is None else f"{r['bytes']:,}"
         lines.append(f"| {r['model']} | {r['config']} | {_x(r['latency'])} | {rss} | {_x(r['added'])} | {size} "
                      f"| {r['forms']} | {r['note']} |")
+    lines += ["", "Issue 17's bars, from the table above:", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        got = {r["config"]: r for r in rows if r["model"] == model}
+        w48 = got.get("ours shrink --weight-bits 4,8, default form", {})
+        ours, theirs = got.get("ours static int8", {}).get("latency"), got.get("onnxruntime int8", {}).get("latency")
+        parts = []
+        if w48.get("latency") is not None:
+            parts.append(f"shrink 4,8 default form {w48['latency']:.2f}x fp32 latency (bar 1.0: "
+                         f"{'holds' if w48['latency'] <= 1.0 else 'short'}), RSS added {_x(w48['added'])} of fp32's "
+                         f"(bar 0.35: {'holds' if w48['added'] is not None and w48['added'] <= 0.35 else 'short'})")
+        if ours and theirs:
+            parts.append(f"our static int8 / onnxruntime's int8 latency {ours / theirs:.2f} (bar 1.05: "
+                         f"{'holds' if ours / theirs <= 1.05 else 'short'})")
+        lines.append(f"- {model}: " + ("; ".join(parts) or "not measured"))
     lines += ["", "The shrink output in each `--materialize` form: latency / fp32 and .onnx size / fp32's.", "",
               "| model | qdq (as packed) | native | float | auto (default) |", "|---|---:|---:|---:|---:|", *form_rows]
     return "\n".join(lines) + "\n"
