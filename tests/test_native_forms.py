@@ -385,3 +385,21 @@ def test_native_weights_stay_low_bit_in_memory(tmp_path):
     session = added(tmp_path / "empty.onnx")
     base, native = added(tmp_path / "fp32.onnx") - session, added(tmp_path / "native.onnx") - session
     assert base > 16e6 and native <= 0.35 * base, (session, base, native)
+
+
+def test_gemm_bias_shapes():
+    """A [1, N] bias is reshaped (the original dropped once unread), an [N] one reused,
+    a broadcast [1] one refused."""
+    for shape, native in (((1, 48), True), ((48,), True), ((1,), False)):
+        model = matmul_model(op="Gemm", bias=True)
+        b = next(t for t in model.graph.initializer if t.name == "b")
+        b.CopyFrom(numpy_helper.from_array(RNG.normal(0, 1, shape).astype(np.float32), "b"))
+        if native:
+            check_matmul(model, bias=numpy_helper.to_array(b).reshape(-1))
+            m = onnx.ModelProto()
+            m.CopyFrom(model)
+            to_native(m)
+            names = [t.name for t in m.graph.initializer]
+            assert ("b" in names) == (len(shape) == 1) and len(names) == 3
+        else:
+            assert "bias" in to_native(model)[1]["w"]

@@ -82,6 +82,7 @@ class _Weight:
     dq: onnx.NodeProto
     codes: TensorProto
     consumers: list[onnx.NodeProto]
+    replaced: set[str] = dataclasses.field(default_factory=set)  # names the rewrite stopped reading
 
 
 def to_native(model: onnx.ModelProto, *, min_elements: int = 0, accuracy_level: int = ACCURACY_LEVEL,
@@ -109,6 +110,7 @@ def to_native(model: onnx.ModelProto, *, min_elements: int = 0, accuracy_level: 
             try:
                 done.append(_rewrite(w, accuracy_level, per_channel_block, names))
                 drop.update(n for n in w.dq.input if n)
+                drop.update(w.replaced)
             except _NotNative as e:
                 skipped[out] = str(e)
     if done:
@@ -250,7 +252,7 @@ def _to_matmul(w: _Weight, ops: tuple[str, ...], level: int, per_channel_block: 
                names: _Names) -> LayerForm:
     out = w.dq.output[0]
     k_axes = set()
-    biases: list[np.ndarray | None] = []
+    biases: list = []  # per consumer: None (MatMul) or the Gemm, then its bias
     for node in w.consumers:
         if len(node.input) < 2 or node.input[1] != out or node.input[0] == out:
             raise _NotNative(f"{node.op_type} reads the weight as its first input")
@@ -261,13 +263,14 @@ def _to_matmul(w: _Weight, ops: tuple[str, ...], level: int, per_channel_block: 
         if _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "transA", 0):
             raise _NotNative("Gemm with alpha != 1 or transA")
         k_axes.add(1 if _attr(node, "transB", 0) else 0)
-        biases.append(_gemm_bias(w.graph, node, out))
+        biases.append(node)
     if len(k_axes) != 1:
         raise _NotNative("read with both layouts (transB 0 and 1)")
     k_axis = k_axes.pop()
     bits, signed = _BITS[w.codes.data_type]
     q, scale, zp, axis, dq_block = _params(w)
     k, n = q.shape[k_axis], q.shape[1 - k_axis]
+    biases = [None if node is None else _gemm_bias(w.graph, node, out, n) for node in biases]
     scales, block = _per_block(scale, q.shape, k_axis, axis, dq_block, per_channel_block)
     zps, _ = _per_block(zp, q.shape, k_axis, axis, dq_block, per_channel_block)
     offset = (1 << (bits - 1)) if signed else 0
@@ -289,8 +292,10 @@ def _to_matmul(w: _Weight, ops: tuple[str, ...], level: int, per_channel_block: 
     for node, bias in zip(w.consumers, biases):
         node_inputs = [node.input[0], *inputs]
         if bias is not None:
-            bias_name = names.fresh(f"{node.output[0]}_bias")
-            inits.append(numpy_helper.from_array(bias, bias_name))
+            bias_name = bias if isinstance(bias, str) else names.fresh(f"{node.output[0]}_bias")
+            if not isinstance(bias, str):  # a [1, N] C, reshaped; the original goes if nothing else reads it
+                inits.append(numpy_helper.from_array(bias, bias_name))
+                w.replaced.add(node.input[2])
             node_inputs += [""] * (5 - len(node_inputs)) + [bias_name]
         new = helper.make_node("MatMulNBits", node_inputs, list(node.output), name=node.name, domain=MS_DOMAIN, **attrs)
         node.CopyFrom(new)
@@ -301,8 +306,9 @@ def _to_matmul(w: _Weight, ops: tuple[str, ...], level: int, per_channel_block: 
                      f"{'per-channel' if dq_block == 0 else f'block {dq_block}'} scales{padded}")
 
 
-def _gemm_bias(graph: onnx.GraphProto, node: onnx.NodeProto, weight: str) -> np.ndarray | None:
-    """Gemm's C as the kernel's [N] bias (float32), None without one."""
+def _gemm_bias(graph: onnx.GraphProto, node: onnx.NodeProto, weight: str, n: int) -> str | np.ndarray | None:
+    """Gemm's C as the kernel's [N] bias: its name when it is one already, else
+    the values reshaped to [N]; None without one."""
     if len(node.input) < 3 or not node.input[2]:
         return None
     if node.input[2] == weight or _attr(node, "beta", 1.0) != 1.0:
@@ -310,10 +316,9 @@ def _gemm_bias(graph: onnx.GraphProto, node: onnx.NodeProto, weight: str) -> np.
     from onnxshrink.packing.materialize import _constants
 
     t = {t.name: t for t in graph.initializer}.get(node.input[2]) or _constants(graph).get(node.input[2])
-    if t is None or t.data_type != TensorProto.FLOAT or len(t.dims) not in (1, 2) or (len(t.dims) == 2 and t.dims[0] != 1):
+    if t is None or t.data_type != TensorProto.FLOAT or list(t.dims) not in ([n], [1, n]):
         raise _NotNative("Gemm bias is not a constant float32 [N] vector")
-    bias = numpy_helper.to_array(t).reshape(-1)
-    return bias
+    return node.input[2] if len(t.dims) == 1 else numpy_helper.to_array(t).reshape(-1)
 
 
 def _to_gather(w: _Weight, names: _Names) -> LayerForm:
