@@ -113,6 +113,8 @@ def to_native(model: onnx.ModelProto, *, min_elements: int = 0, accuracy_level: 
                 drop.update(w.replaced)
             except _NotNative as e:
                 skipped[out] = str(e)
+            except (ValueError, TypeError, IndexError) as e:  # a malformed weight stays as it was packed
+                skipped[out] = f"not rewritten ({type(e).__name__}: {' '.join(str(e).split())[:80]})"
     if done:
         _remove_dropped(model, drop)
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):
@@ -196,8 +198,8 @@ def _params(w: _Weight) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
         raise _NotNative(f"{q.ndim}-D weight")
     scale = numpy_helper.to_array(scale_t)
     zp = numpy_helper.to_array(zp_t).astype(np.int32) if zp_t is not None else np.zeros(scale.shape, np.int32)
-    if zp.shape != scale.shape:
-        raise _NotNative("zero point and scale shapes differ")
+    if zp.shape != scale.shape or (zp_t is not None and zp_t.data_type != w.codes.data_type):
+        raise _NotNative("zero point and scale shapes or types differ")
     axis = _attr(w.dq, "axis", 1)
     if not -2 <= axis < 2:
         raise _NotNative(f"axis {axis}")
