@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -119,10 +120,17 @@ def shrink_command(
         console.print(line, markup=False)
         if options.mixed_precision and result.packed is not None:
             # As packed, onnxruntime would dequantize weight-only codes on every run (several times fp32's latency).
-            console.print(f"weights are stored as integer codes: onnxshrink.session(path) and onnxshrink unpack "
-                          f"{output} -o MODEL.onnx run 4/8-bit MatMul/Gemm layers on onnxruntime's low-bit kernels "
-                          f"(weights stay low-bit) and the rest as float32; --materialize float gives all float32, "
-                          f"--materialize qdq the model exactly as packed", markup=False, soft_wrap=True)
+            from onnxshrink.packing import deployed_model
+
+            forms = Counter(f.form for f in deployed_model(result.model)[1])
+            how = ", ".join(f"{n} {label}" for form, label in (("matmulnbits", "on MatMulNBits"),
+                                                                ("gather_block_quantized", "on GatherBlockQuantized"),
+                                                                ("float", "as float32"), ("qdq", "as packed"))
+                            if (n := forms[form]))
+            console.print(f"weights are stored as integer codes; onnxshrink.session(path) and onnxshrink unpack "
+                          f"{output} -o MODEL.onnx run them {how} (onnxruntime's low-bit kernels keep them "
+                          f"low-bit in memory); --materialize float gives all float32, --materialize qdq the model exactly as "
+                          f"packed", markup=False, soft_wrap=True)
 
 
 @reports_errors
