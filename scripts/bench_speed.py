@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from onnxshrink import runtime  # noqa: E402
-from onnxshrink.packing import deployed_model, load_packed, materialize, pack_model, write_packed  # noqa: E402
+from onnxshrink.packing import load_packed, materialize, pack_model, write_packed  # noqa: E402
 
 BUNDLED = ["digits_cnn", "digits_mlp", "digits_transformer", "digits_tf", "digits_resnet"]
 CORPUS_MODEL = "minilm_l6_v2"

@@ -3,7 +3,7 @@
 ``pack_model(model) -> PackResult`` (container bytes and a report),
 ``write_packed(result, path)``, ``load_packed(path_or_bytes, materialize="qdq"|"native"|"float"|"auto")
 -> ModelProto`` and ``inference_session_from_packed(path_or_bytes)`` (``materialize="auto"``: weight-only
-layers on onnxruntime's low-bit kernels or float32, see :mod:`onnxshrink.packing.materialize`). Codecs live in
+layers on onnxruntime's low-bit kernels or float32, see :mod:`onnxshrink.packing.forms`). Codecs live in
 :mod:`onnxshrink.packing.codecs`; the format is docs/FORMAT.md.
 """
 
@@ -11,7 +11,8 @@ from onnxshrink.packing.api import (
     PackOptions, PackResult, load_packed, pack_file, pack_model, unpack_file, write_packed,
 )
 from onnxshrink.packing.container import MAGIC, Limits
-from onnxshrink.packing.materialize import MATERIALIZE_MODES, deployed_model, materialize, materialize_float
+from onnxshrink.packing.forms import MATERIALIZE_MODES, deployed_model, materialize
+from onnxshrink.packing.materialize import materialize_float
 from onnxshrink.packing.native import LayerForm
 from onnxshrink.packing.report import PackReport, TensorReport
 from onnxshrink.packing.session import inference_session_from_packed

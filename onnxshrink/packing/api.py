@@ -33,7 +33,7 @@ from onnxshrink.packing import container, splice, tensors
 from onnxshrink.packing.container import Limits
 from onnxshrink.packing.decoder import Job, PackedSource
 from onnxshrink.packing.encoder import DEFAULT_CODECS, PackOptions, encode_tensors, quantization_parameters
-from onnxshrink.packing.materialize import check_mode, has_quantized_weights, materialize
+from onnxshrink.packing.forms import check_mode, has_quantized_weights, materialize
 from onnxshrink.packing.native import LayerForm
 from onnxshrink.packing.report import PackReport
 
@@ -162,7 +162,7 @@ def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limi
     allocated, and every tensor against its CRC32. Anything wrong raises
     PackError, never another exception. A file is read one payload at a time.
 
-    ``materialize`` (:mod:`onnxshrink.packing.materialize`): ``"qdq"``
+    ``materialize`` (:mod:`onnxshrink.packing.forms`): ``"qdq"``
     (default) gives the model as packed, bit for bit; ``"native"`` runs
     weight-only quantized MatMul/Gemm/Gather layers on onnxruntime's low-bit
     kernels (``com.microsoft.MatMulNBits``, ``GatherBlockQuantized``; the

@@ -1,14 +1,7 @@
-"""The form quantized weights run in once loaded: ``materialize="auto"``,
-``"native"``, ``"float"`` or ``"qdq"`` (:func:`materialize`), and the float
-expansion itself (``materialize="float"``).
-
-``"qdq"`` is the model as packed. ``"native"`` rewrites weight-only quantized
-MatMul/Gemm/Gather layers onto onnxruntime's low-bit kernels
-(:mod:`onnxshrink.packing.native`) and leaves the rest as packed: the least
-memory. ``"auto"`` does that for layers of at least ``NATIVE_MIN_ELEMENTS``
-weights, expands the remaining weight-only weights (Conv, smaller layers,
-shapes the kernels refuse) to float32, and keeps static int8 QDQ as packed for
-onnxruntime's integer kernels: the fastest form measured (docs/speed.md).
+"""Quantized weights expanded to float at load time (``materialize="float"``,
+and the float part of ``"auto"``: :mod:`onnxshrink.packing.forms`), and the
+graph queries the load forms share (which constants are quantized weights,
+who reads what).
 
 A *quantized weight* is an integer tensor (an initializer, or the value of a
 Constant node) read only by DequantizeLinear nodes of the same graph whose
@@ -35,14 +28,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from onnxshrink.errors import UsageError
-from onnxshrink.packing.native import LayerForm, to_native
-
-MATERIALIZE_MODES = ("auto", "native", "float", "qdq")
-# materialize="auto" runs layers with fewer weights than this as float32: at
-# batch 1 MatMulNBits' fixed cost per call (about 1 us on the bench machine) is
-# more than a 64x64 layer's whole fp32 product, and its float weights take <= 16 KB.
-NATIVE_MIN_ELEMENTS = 4096
 # materialize="auto" keeps a model as packed when its expanded float weights would
 # exceed this: then the integer weights' memory saving matters more than speed.
 AUTO_MAX_FLOAT_BYTES = 1 << 30
@@ -51,77 +36,12 @@ _INTEGER_TYPES = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, Tensor
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def check_mode(materialize: str) -> str:
-    if materialize not in MATERIALIZE_MODES:
-        raise UsageError(f"materialize={materialize!r}: choose one of {', '.join(MATERIALIZE_MODES)}")
-    return materialize
-
-
-def materialize(model: onnx.ModelProto, mode: str) -> list[LayerForm]:
-    """Put ``model``'s quantized weights (in place) in the form ``mode`` says;
-    returns the form each quantized weight (by its DequantizeLinear output
-    name) got, in graph order, with the reason where it is not native."""
-    check_mode(mode)
-    census = _census(model)
-    forms: dict[str, LayerForm] = {}
-    why: dict[str, str] = {}
-    if mode in ("native", "auto"):
-        done, why = to_native(model, min_elements=NATIVE_MIN_ELEMENTS if mode == "auto" else 0)
-        forms.update((f.weight, f) for f in done)
-    made: list[str] = []
-    if mode == "float":
-        made = materialize_float(model)
-    elif mode == "auto":
-        made = materialize_float(model, weight_only=True, max_float_bytes=AUTO_MAX_FLOAT_BYTES)
-        if not made and float_bytes(model, weight_only=True) > AUTO_MAX_FLOAT_BYTES:
-            why = {k: f"{v}; float32 weights would exceed {AUTO_MAX_FLOAT_BYTES >> 20} MiB" for k, v in why.items()}
-    for name in made:
-        forms[name] = LayerForm(name, census[name][0], "float", note=why.get(name, ""))
-    for name, (ops, static) in census.items():
-        if name not in forms:
-            note = "static QDQ: onnxruntime's integer kernels" if static else why.get(name, "as packed")
-            forms[name] = LayerForm(name, ops, "qdq", note=note)
-    return [forms[name] for name in census]
-
-
-def has_quantized_weights(model: onnx.ModelProto) -> bool:
-    """Whether any DequantizeLinear reads an integer constant (tensor data not needed)."""
-    return bool(_census(model))
-
-
-def deployed_model(model: onnx.ModelProto, mode: str = "auto") -> tuple[onnx.ModelProto, list[LayerForm]]:
-    """A copy of ``model`` in the form a packed copy of it loads in with
-    ``materialize=mode`` (the default of ``onnxshrink.session`` and ``unpack``),
-    and each quantized weight's form: what a quality gate should run, since
-    at ``accuracy_level`` 4 the low-bit kernels quantize activations too.
-    ``model`` is not changed."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy, materialize(copy, mode)
-
-
-def _census(model: onnx.ModelProto) -> dict[str, tuple[tuple[str, ...], bool]]:
-    """Every DequantizeLinear of a quantized weight, by output name: the op
-    types reading it and whether it is a static QDQ pattern."""
-    reads = _reads(model)
-    found = {}
-    for graph in _graphs(model.graph):
-        consts = {t.name for t in graph.initializer} | set(_constants(graph))
-        static = _integer_kernel_inputs(graph, consts)
-        for _, nodes in _quantized_weights(graph, reads, weight_only=False):
-            for dq in nodes:
-                out = dq.output[0]
-                ops = tuple(sorted({n.op_type for n in graph.node if out in n.input}))
-                found[out] = (ops, out in static)
-    return found
-
-
 def float_bytes(model: onnx.ModelProto, weight_only: bool = False) -> int:
     """float32 bytes the quantized weights :func:`materialize_float` would expand
     take (an upper bound: a few may turn out not expandable)."""
-    reads = _reads(model)
+    reads = name_reads(model)
     return sum(4 * int(np.prod(q.dims, dtype=np.int64)) * len(nodes)
-               for graph in _graphs(model.graph) for q, nodes in _quantized_weights(graph, reads, weight_only))
+               for graph in graphs(model.graph) for q, nodes in quantized_weights(graph, reads, weight_only))
 
 
 def materialize_float(model: onnx.ModelProto, weight_only: bool = False, max_float_bytes: int | None = None
@@ -141,28 +61,28 @@ def materialize_float(model: onnx.ModelProto, weight_only: bool = False, max_flo
     candidates: set[str] = set()
     if max_float_bytes is not None and float_bytes(model, weight_only) > max_float_bytes:
         return made
-    for graph in _graphs(model.graph):
-        made += _expand_graph(graph, opset, _reads(model), candidates, weight_only)
+    for graph in graphs(model.graph):
+        made += _expand_graph(graph, opset, name_reads(model), candidates, weight_only)
     if made:
-        _remove_unread(model, candidates)
+        remove_unread(model, candidates)
     return made
 
 
-def _graphs(graph: onnx.GraphProto):
+def graphs(graph: onnx.GraphProto):
     yield graph
     for node in graph.node:
         for a in node.attribute:
             if a.HasField("g"):
-                yield from _graphs(a.g)
+                yield from graphs(a.g)
             for g in a.graphs:
-                yield from _graphs(g)
+                yield from graphs(g)
 
 
-def _reads(model: onnx.ModelProto) -> Counter:
+def name_reads(model: onnx.ModelProto) -> Counter:
     """How often each name is read anywhere in the model: node inputs (all
     graphs and functions) and graph outputs."""
     reads: Counter = Counter()
-    for g in _graphs(model.graph):
+    for g in graphs(model.graph):
         reads.update(n for node in g.node for n in node.input if n)
         reads.update(o.name for o in g.output)
     for f in model.functions:
@@ -170,7 +90,7 @@ def _reads(model: onnx.ModelProto) -> Counter:
     return reads
 
 
-def _integer_kernel_inputs(graph: onnx.GraphProto, constant: set[str]) -> set[str]:
+def integer_kernel_inputs(graph: onnx.GraphProto, constant: set[str]) -> set[str]:
     """Names read by nodes that also read a DequantizeLinear of a non-constant
     (an activation): the weights of static QDQ patterns."""
     activation_dq = {node.output[0] for node in graph.node
@@ -179,28 +99,28 @@ def _integer_kernel_inputs(graph: onnx.GraphProto, constant: set[str]) -> set[st
     return {name for node in graph.node if activation_dq.intersection(node.input) for name in node.input}
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, TensorProto]:
+def constant_values(graph: onnx.GraphProto) -> dict[str, TensorProto]:
     return {node.output[0]: a.t for node in graph.node
             if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS and len(node.output) == 1
             for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR}
 
 
-def _quantized_weights(graph: onnx.GraphProto, reads: Counter, weight_only: bool
+def quantized_weights(graph: onnx.GraphProto, reads: Counter, weight_only: bool
                        ) -> list[tuple[TensorProto, list[onnx.NodeProto]]]:
     """The integer constants of ``graph`` read only by its DequantizeLinear
     nodes (with ``weight_only``: none of which feeds an integer-kernel
     pattern), each with those nodes."""
     inits = {t.name: t for t in graph.initializer}
-    constants = _constants(graph)
+    consts = constant_values(graph)
     inputs = {i.name for i in graph.input}
     by_source: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.domain in _DEFAULT_DOMAINS and node.input:
             by_source.setdefault(node.input[0], []).append(node)
-    in_integer_kernels = _integer_kernel_inputs(graph, set(inits) | set(constants)) if weight_only else set()
+    in_integer_kernels = integer_kernel_inputs(graph, set(inits) | set(consts)) if weight_only else set()
     found = []
     for source, nodes in by_source.items():
-        q = inits.get(source, constants.get(source))
+        q = inits.get(source, consts.get(source))
         if q is None or source in inputs or q.data_type not in _INTEGER_TYPES or reads[source] != len(nodes):
             continue
         if not any(node.output[0] in in_integer_kernels for node in nodes):
@@ -214,7 +134,7 @@ def _expand_graph(graph: onnx.GraphProto, opset: int, reads: Counter, candidates
     outputs = {o.name for o in graph.output}
     # Keyed by output name (unique in a graph): ids of protobuf wrappers are not stable.
     expanded: dict[str, TensorProto] = {}
-    for q, nodes in _quantized_weights(graph, reads, weight_only):
+    for q, nodes in quantized_weights(graph, reads, weight_only):
         values = {}
         for node in nodes:
             v = _dequantized(node, q, inits, opset)
@@ -290,11 +210,11 @@ def _dequantized(node: onnx.NodeProto, q_tensor: TensorProto, inits: dict[str, T
     return np.multiply(diff.astype(np.float32), scale.astype(np.float32), dtype=np.float32)
 
 
-def _remove_unread(model: onnx.ModelProto, candidates: set[str]) -> None:
+def remove_unread(model: onnx.ModelProto, candidates: set[str]) -> None:
     """Drop initializers and Constant nodes among ``candidates`` that nothing reads now."""
-    reads = _reads(model)
+    reads = name_reads(model)
     unread = {n for n in candidates if not reads[n]}
-    for g in _graphs(model.graph):
+    for g in graphs(model.graph):
         keep = [t for t in g.initializer if t.name not in unread]
         if len(keep) != len(g.initializer):
             del g.initializer[:]

@@ -37,6 +37,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxshrink.packing.materialize import constant_values, graphs, name_reads, quantized_weights, remove_unread
+
 MS_DOMAIN = "com.microsoft"
 # MatMulNBits' accuracy_level. 4: A is quantized to int8 per block of K (scale
 # max|a|/127, round to nearest) and multiplied in integers; onnxruntime's fast
@@ -93,14 +95,12 @@ def to_native(model: onnx.ModelProto, *, min_elements: int = 0, accuracy_level: 
     left as they were, the reason by weight name. Weights of static QDQ
     patterns (a consumer also reads a dequantized activation) are not touched
     and not listed."""
-    from onnxshrink.packing.materialize import _graphs, _reads
-
-    reads = _reads(model)
+    reads = name_reads(model)
     names = _Names(model)
     done: list[LayerForm] = []
     skipped: dict[str, str] = {}
     drop: set[str] = set()
-    for graph in list(_graphs(model.graph)):
+    for graph in list(graphs(model.graph)):
         for w in _weights(graph, reads):
             out = w.dq.output[0]
             size = int(np.prod(w.codes.dims, dtype=np.int64))
@@ -116,7 +116,7 @@ def to_native(model: onnx.ModelProto, *, min_elements: int = 0, accuracy_level: 
             except (ValueError, TypeError, IndexError) as e:  # a malformed weight stays as it was packed
                 skipped[out] = f"not rewritten ({type(e).__name__}: {' '.join(str(e).split())[:80]})"
     if done:
-        _remove_dropped(model, drop)
+        remove_unread(model, drop)
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return done, skipped
@@ -130,10 +130,8 @@ class _Names:
     """Fresh value names, unique across the model."""
 
     def __init__(self, model: onnx.ModelProto):
-        from onnxshrink.packing.materialize import _graphs
-
         self.taken: set[str] = set()
-        for g in _graphs(model.graph):
+        for g in graphs(model.graph):
             self.taken.update(t.name for t in g.initializer)
             self.taken.update(v.name for v in (*g.input, *g.output, *g.value_info))
             for node in g.node:
@@ -151,11 +149,9 @@ class _Names:
 def _weights(graph: onnx.GraphProto, reads: Counter) -> list[_Weight]:
     """Weight-only quantized weights of ``graph`` read by one DequantizeLinear
     whose output only nodes of this graph read."""
-    from onnxshrink.packing.materialize import _quantized_weights
-
     found = []
     outputs = {o.name for o in graph.output}
-    for q, nodes in _quantized_weights(graph, reads, weight_only=True):
+    for q, nodes in quantized_weights(graph, reads, weight_only=True):
         if len(nodes) != 1 or q.data_type not in _BITS:
             continue
         dq = nodes[0]
@@ -315,9 +311,7 @@ def _gemm_bias(graph: onnx.GraphProto, node: onnx.NodeProto, weight: str, n: int
         return None
     if node.input[2] == weight or _attr(node, "beta", 1.0) != 1.0:
         raise _NotNative("Gemm with beta != 1")
-    from onnxshrink.packing.materialize import _constants
-
-    t = {t.name: t for t in graph.initializer}.get(node.input[2]) or _constants(graph).get(node.input[2])
+    t = {t.name: t for t in graph.initializer}.get(node.input[2]) or constant_values(graph).get(node.input[2])
     if t is None or t.data_type != TensorProto.FLOAT or list(t.dims) not in ([n], [1, n]):
         raise _NotNative("Gemm bias is not a constant float32 [N] vector")
     return node.input[2] if len(t.dims) == 1 else numpy_helper.to_array(t).reshape(-1)
@@ -369,9 +363,3 @@ def _remove_node(graph: onnx.GraphProto, dq: onnx.NodeProto) -> None:
     out = dq.output[0]
     at = next(i for i, n in enumerate(graph.node) if n.op_type == "DequantizeLinear" and n.output and n.output[0] == out)
     del graph.node[at]
-
-
-def _remove_dropped(model: onnx.ModelProto, candidates: set[str]) -> None:
-    from onnxshrink.packing.materialize import _remove_unread
-
-    _remove_unread(model, candidates)
