@@ -33,7 +33,8 @@ from onnxshrink.packing import container, splice, tensors
 from onnxshrink.packing.container import Limits
 from onnxshrink.packing.decoder import Job, PackedSource
 from onnxshrink.packing.encoder import DEFAULT_CODECS, PackOptions, encode_tensors, quantization_parameters
-from onnxshrink.packing.forms import check_mode, has_quantized_weights, materialize
+from onnxshrink.packing.forms import check_mode, has_quantized_weights
+from onnxshrink.packing.forms import materialize as put_in_form  # the parameter is named materialize
 from onnxshrink.packing.native import LayerForm
 from onnxshrink.packing.report import PackReport
 
@@ -177,15 +178,10 @@ def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limi
     with _open_packed(source, limits) as (packed, name):
         _decode_into_model(packed, packed.jobs, name)
     model = packed.model
-    chosen = materialize_model(model, materialize)
+    chosen = put_in_form(model, materialize)
     if forms is not None:
         forms.extend(chosen)
     return model
-
-
-def materialize_model(model: onnx.ModelProto, mode: str) -> list[LayerForm]:
-    """Put ``model`` (in place) in the load form ``mode``; returns each quantized weight's form."""
-    return materialize(model, mode)
 
 
 @contextlib.contextmanager
@@ -239,10 +235,11 @@ def unpack_file(src: str | os.PathLike, dst: str | os.PathLike, limits: Limits =
     The file is byte for byte what ``save_model`` writes for the restored
     model, but tensors are decoded and written one at a time, never all held
     in memory (when another ``materialize`` changes a model that has
-    quantized weights, the whole model is restored in memory first). A model too large for one protobuf gets its
-    main-graph initializers in ``<dst name>.data``; in one under that limit,
-    tensors of ``STREAM_MIN_BYTES`` or more are spliced into the protobuf as
-    they decode. Returns the model as written, except for that data: tensors
+    quantized weights, the whole model is restored in memory first). A
+    model too large for one protobuf gets its main-graph initializers in
+    ``<dst name>.data``; in one under that limit, tensors of
+    ``STREAM_MIN_BYTES`` or more are spliced into the protobuf as they
+    decode. Returns the model as written, except for that data: tensors
     in the data file refer to it, and spliced ones come back without data.
     """
     from onnxshrink.model import INLINE_LIMIT_BYTES, all_tensors, save_model
@@ -253,13 +250,13 @@ def unpack_file(src: str | os.PathLike, dst: str | os.PathLike, limits: Limits =
         model, jobs = packed.model, packed.jobs
         if materialize != "qdq" and has_quantized_weights(model):  # the skeleton's dtypes and nodes say so
             _decode_into_model(packed, jobs, name)
-            chosen = materialize_model(model, materialize)
+            chosen = put_in_form(model, materialize)
             if forms is not None:
                 forms.extend(chosen)
             save_model(model, dst)
             return model
         if forms is not None:
-            forms.extend(materialize_model(model, "qdq"))  # names the quantized weights; changes nothing
+            forms.extend(put_in_form(model, "qdq"))  # names the quantized weights; changes nothing
         restored = sum(t.ByteSize() for t, _ in all_tensors(model)) + sum(
             external_data.raw_data_size(j.entry.decoded_length) for j in jobs)
         # Too large for one protobuf: main-graph initializers (slots 0 .. n-1, so
