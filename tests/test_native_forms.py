@@ -403,3 +403,41 @@ def test_gemm_bias_shapes():
             assert ("b" in names) == (len(shape) == 1) and len(names) == 3
         else:
             assert "bias" in to_native(model)[1]["w"]
+
+
+def test_unpack_streams_a_static_int8_model_in_auto_mode(tmp_path):
+    """auto changes nothing in a static QDQ model, so unpack keeps streaming it
+    (never the whole model in memory) and writes the same bytes as qdq."""
+    import onnxshrink.packing.api as api
+    from onnxshrink.packing.forms import changes
+
+    model = conv_and_static_model()
+    for node in model.graph.node:  # make every weight static: drop the weight-only pair
+        if node.name == "mm1":
+            node.input[1] = "mm_w"
+    model.graph.node.remove(next(n for n in model.graph.node if n.name == "dq_wo"))
+    model.graph.node.remove(next(n for n in model.graph.node if n.name == "mm2"))
+    model.graph.node.remove(next(n for n in model.graph.node if n.name == "dq_conv"))
+    model.graph.node.remove(next(n for n in model.graph.node if n.name == "conv"))
+    model.graph.node.insert(0, helper.make_node("Identity", ["x"], ["c"], name="conv"))
+    for name in ("wo_q", "wo_s", "conv_q", "conv_s"):
+        model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == name))
+    model.graph.input[0].CopyFrom(_f("x", [1, 64]))
+    model.graph.output[0].CopyFrom(_f("h", [1, 64]))
+    onnx.checker.check_model(model)
+    path = tmp_path / "m.onnxz"
+    path.write_bytes(pack_model(model).data)
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for t in skeleton.graph.initializer:  # what unpack decides on: nodes and dtypes, no data
+        t.ClearField("raw_data")
+    assert not changes(skeleton, "auto") and not changes(skeleton, "native") and changes(skeleton, "float")
+    assert changes(conv_and_static_model(), "auto") and not changes(conv_and_static_model(), "qdq")
+    forms: list = []
+    api.unpack_file(path, tmp_path / "auto.onnx", materialize="auto", forms=forms)
+    api.unpack_file(path, tmp_path / "qdq.onnx", materialize="qdq")
+    assert (tmp_path / "auto.onnx").read_bytes() == (tmp_path / "qdq.onnx").read_bytes()
+    assert [f.form for f in forms] == ["qdq"] and "static" in forms[0].note
+    assert api.unpack_file(path, tmp_path / "f.onnx", materialize="float") is not None
+    assert [n.op_type for n in onnx.load(str(tmp_path / "f.onnx")).graph.node if n.op_type == "DequantizeLinear"] \
+        == ["DequantizeLinear"]  # only the activation's

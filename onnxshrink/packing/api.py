@@ -33,7 +33,7 @@ from onnxshrink.packing import container, splice, tensors
 from onnxshrink.packing.container import Limits
 from onnxshrink.packing.decoder import Job, PackedSource
 from onnxshrink.packing.encoder import DEFAULT_CODECS, PackOptions, encode_tensors, quantization_parameters
-from onnxshrink.packing.forms import check_mode, has_quantized_weights
+from onnxshrink.packing.forms import changes, check_mode
 from onnxshrink.packing.forms import materialize as put_in_form  # the parameter is named materialize
 from onnxshrink.packing.native import LayerForm
 from onnxshrink.packing.report import PackReport
@@ -234,8 +234,8 @@ def unpack_file(src: str | os.PathLike, dst: str | os.PathLike, limits: Limits =
 
     The file is byte for byte what ``save_model`` writes for the restored
     model, but tensors are decoded and written one at a time, never all held
-    in memory (when another ``materialize`` changes a model that has
-    quantized weights, the whole model is restored in memory first). A
+    in memory (unless another ``materialize`` changes the model: then the
+    whole model is restored in memory first). A
     model too large for one protobuf gets its main-graph initializers in
     ``<dst name>.data``; in one under that limit, tensors of
     ``STREAM_MIN_BYTES`` or more are spliced into the protobuf as they
@@ -248,7 +248,7 @@ def unpack_file(src: str | os.PathLike, dst: str | os.PathLike, limits: Limits =
     check_mode(materialize)
     with _open_packed(src, limits) as (packed, name):
         model, jobs = packed.model, packed.jobs
-        if materialize != "qdq" and has_quantized_weights(model):  # the skeleton's dtypes and nodes say so
+        if changes(model, materialize):  # the skeleton's nodes and dtypes say so
             _decode_into_model(packed, jobs, name)
             chosen = put_in_form(model, materialize)
             if forms is not None:

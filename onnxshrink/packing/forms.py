@@ -62,9 +62,11 @@ def materialize(model: onnx.ModelProto, mode: str) -> list[LayerForm]:
     return [forms[name] for name in census]
 
 
-def has_quantized_weights(model: onnx.ModelProto) -> bool:
-    """Whether any DequantizeLinear reads an integer constant (tensor data not needed)."""
-    return bool(_census(model))
+def changes(model: onnx.ModelProto, mode: str) -> bool:
+    """Whether ``mode`` can change ``model``: it has quantized weights, weight-only
+    ones unless ``mode`` is "float" (node types and dtypes decide: tensor data not needed)."""
+    census = _census(model)
+    return mode != "qdq" and any(mode == "float" or not static for _, static in census.values())
 
 
 def deployed_model(model: onnx.ModelProto, mode: str = "auto") -> tuple[onnx.ModelProto, list[LayerForm]]:
