@@ -441,3 +441,31 @@ def test_unpack_streams_a_static_int8_model_in_auto_mode(tmp_path):
     assert api.unpack_file(path, tmp_path / "f.onnx", materialize="float") is not None
     assert [n.op_type for n in onnx.load(str(tmp_path / "f.onnx")).graph.node if n.op_type == "DequantizeLinear"] \
         == ["DequantizeLinear"]  # only the activation's
+
+
+def test_layers_inside_an_if_branch_are_rewritten_there():
+    """A weight-only MatMul in a subgraph (its weight and DequantizeLinear in the
+    branch) runs on MatMulNBits inside the branch; the other branch is untouched."""
+    inner = matmul_model(k=128, n=64, m=2)
+    then_graph = helper.make_graph(list(inner.graph.node), "then", [], [_f("y", [2, 64])], list(inner.graph.initializer))
+    else_graph = helper.make_graph([helper.make_node("Slice", ["x", "zero", "n64", "one"], ["y2"])], "else", [],
+                                   [_f("y2", [2, 64])])
+    inits = [numpy_helper.from_array(np.array([0]), "zero"), numpy_helper.from_array(np.array([64]), "n64"),
+             numpy_helper.from_array(np.array([1]), "one")]
+    node = helper.make_node("If", ["c"], ["out"], then_branch=then_graph, else_branch=else_graph)
+    cond = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    model = _model([node], inits, [_f("x", [2, 128]), cond], [_f("out", [2, 64])])
+    x = RNG.normal(0, 1, (2, 128)).astype(np.float32)
+    feeds = {"x": x, "c": np.array(True)}
+    (ref,) = run(model, feeds, optimize=False)
+    forms = materialize(model, "auto")
+    assert [f.form for f in forms] == ["matmulnbits"]
+    branch = model.graph.node[0].attribute[0].g if model.graph.node[0].attribute[0].name == "then_branch" \
+        else model.graph.node[0].attribute[1].g
+    assert [n.op_type for n in branch.node] == ["MatMulNBits"]
+    (y,) = run(model, feeds)
+    w = numpy_helper.to_array(next(t for t in inner.graph.initializer if t.name == "w_q")).astype(np.float64)
+    scale = numpy_helper.to_array(next(t for t in inner.graph.initializer if t.name == "w_scale"))
+    bound = int8_activation_bound(x, w * scale, forms[0].block_size)
+    assert (np.abs(y - ref) <= bound + np.abs(ref) * 4 * EPS32).all()
+    assert np.array_equal(run(model, {"x": x, "c": np.array(False)})[0], x[:, :64])
