@@ -14,9 +14,9 @@ as scripts/real_corpus.py leaves them; default $ONNXSHRINK_CORPUS/models or
 
 each as latency / fp32 (1 thread, batch 1: the median over interleaved rounds of
 median-of-runs ratios, fp32 timed right before each candidate), process RSS
-after load (VmRSS of a fresh process that only imports onnxruntime and builds
-the session; also less that of a session of a one-node model: what the model
-adds), the .onnx file size, and the forms its quantized weights run in. A
+after load (VmRSS of a fresh process that only imports onnxruntime, builds
+the session and hands freed heap back with malloc_trim; also less that of a
+session of a one-node model: what the model adds), the weights' bytes as loaded, the .onnx file size, and the forms its quantized weights run in. A
 second table times the shrink output in each ``--materialize`` form (qdq,
 native, float, auto): the measurement ``auto``'s rule comes from.
 
@@ -51,14 +51,20 @@ BUNDLED = ["digits_cnn", "digits_mlp", "digits_transformer", "digits_tf", "digit
 CORPUS_MODEL = "minilm_l6_v2"
 FORM_ABBREV = {"matmulnbits": "MatMulNBits", "gather_block_quantized": "GatherBlockQuantized", "float": "float32",
                "qdq": "int+DQ"}
+# malloc_trim: without it, whether glibc had handed the parsed file's buffers back decided
+# fp32 MiniLM's figure (100 or 127 MB added, run to run); with it the figure is what stays in use.
 _RSS = """
-import gc, sys
+import ctypes, gc, sys
 import onnxruntime as ort
 def rss():
     return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')) * 1024
 so = ort.SessionOptions(); so.intra_op_num_threads = 1
 s = ort.InferenceSession(sys.argv[1], so, providers=['CPUExecutionProvider'])
 gc.collect()
+try:
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
+except OSError:
+    pass
 print(rss())
 """
 
