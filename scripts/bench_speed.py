@@ -16,7 +16,8 @@ each as latency / fp32 (1 thread, batch 1: the median over interleaved rounds of
 median-of-runs ratios, fp32 timed right before each candidate), process RSS
 after load (VmRSS of a fresh process that only imports onnxruntime, builds
 the session and hands freed heap back with malloc_trim; also less that of a
-session of a one-node model: what the model adds), the weights' bytes as loaded, the .onnx file size, and the forms its quantized weights run in. A
+session of a one-node model: what the model adds), the weights' bytes as
+loaded, the .onnx file size, and the forms its quantized weights run in. A
 second table times the shrink output in each ``--materialize`` form (qdq,
 native, float, auto): the measurement ``auto``'s rule comes from.
 
