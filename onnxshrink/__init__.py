@@ -101,10 +101,14 @@ def pack(model: onnx.ModelProto | str | os.PathLike, path: str | os.PathLike | N
     return result
 
 
-def unpack(path: str | os.PathLike, output: str | os.PathLike | None = None, materialize: str = "qdq") -> onnx.ModelProto:
-    """Restore a packed model (bit-exact); saves it to ``output`` when given.
-    ``materialize="float"`` expands quantized weights to float32 initializers,
-    ``"auto"`` only those of weight-only quantization (see
+def unpack(path: str | os.PathLike, output: str | os.PathLike | None = None,
+           materialize: str = "auto") -> onnx.ModelProto:
+    """Restore a packed model in the form it runs fastest in; saves it to
+    ``output`` when given. ``materialize="auto"`` (default) puts weight-only
+    4/8-bit MatMul/Gemm/Gather layers on onnxruntime's low-bit kernels
+    (MatMulNBits, GatherBlockQuantized), other weight-only weights in float32
+    and keeps static int8 QDQ; ``"native"``, ``"float"``, and ``"qdq"`` (the
+    model exactly as packed, bit-exact) choose one form (see
     :func:`onnxshrink.packing.load_packed`)."""
     from onnxshrink.packing import load_packed
 
@@ -116,8 +120,9 @@ def unpack(path: str | os.PathLike, output: str | os.PathLike | None = None, mat
 
 def session(path: str | os.PathLike, **options: Any):
     """An onnxruntime InferenceSession for a packed .onnxz file (path or bytes), built in memory.
-    Weight-only quantized weights run as float32 unless ``materialize="qdq"``
-    (see :func:`onnxshrink.packing.inference_session_from_packed`)."""
+    Weight-only quantized layers run on onnxruntime's low-bit kernels or as
+    float32, whichever ``materialize="auto"`` picks, unless another
+    ``materialize`` is given (see :func:`onnxshrink.packing.inference_session_from_packed`)."""
     from onnxshrink.packing import inference_session_from_packed
 
     return inference_session_from_packed(path, **options)

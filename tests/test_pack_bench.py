@@ -17,7 +17,7 @@ def test_bench_quick_writes_a_markdown_table(tmp_path):
     text = out.read_text()
     assert text in run.stdout
     head, rows = text.splitlines()[0], [line for line in text.splitlines()[2:] if line.startswith("| ")]
-    assert "packed / zstd" in head and "decode MB/s" in head and len(rows) == 7
+    assert "packed / zstd" in head and "decode MB/s" in head and "zstd -d MB/s" in head and len(rows) == 7
     columns = [c.strip() for c in head.strip("|").split("|")]
     for row in rows:
         cells = dict(zip(columns, (c.strip() for c in row.strip("|").split("|"))))

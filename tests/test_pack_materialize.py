@@ -176,12 +176,14 @@ def test_auto_expands_weight_only_weights_and_keeps_static_qdq(tmp_path):
     auto = load_packed(path, materialize="auto")
     dq_inputs = sorted(n.input[0] for n in auto.graph.node if n.op_type == "DequantizeLinear")
     assert dq_inputs == ["conv_wq", "x_q"]  # the integer kernel's weight and activation stay as packed
-    assert {"gemm_w", "mm_w", "add_w"} <= {t.name for t in auto.graph.initializer}
+    # The 216x24 Gemm runs on the 4-bit kernel; the 24x10 MatMul (under 4096 weights) and the Add as float32.
+    assert [n.name for n in auto.graph.node if n.op_type == "MatMulNBits"] == ["gemm"]
+    assert {"mm_w", "add_w"} <= {t.name for t in auto.graph.initializer}
     flt = load_packed(path, materialize="float")  # everything expanded: the Conv's weight too
     assert [n.input[0] for n in flt.graph.node if n.op_type == "DequantizeLinear"] == ["x_q"]
     weights = {t.name: numpy_helper.to_array(t).tobytes() for t in flt.graph.initializer}
     for t in auto.graph.initializer:
-        if t.name in ("gemm_w", "mm_w", "add_w"):
+        if t.name in ("mm_w", "add_w"):
             assert numpy_helper.to_array(t).tobytes() == weights[t.name], t.name
     # The session runs the auto model by default, the packed one with materialize="qdq".
     (y_auto,) = run(auto, X)
@@ -205,6 +207,7 @@ def test_cli_unpack_auto(tmp_path):
     path.write_bytes(pack_model(static_conv_model()).data)
     result = run_cli("unpack", path, "-o", out, "--materialize", "auto")
     assert result.returncode == 0, result.stderr
-    assert "weight-only quantized weights as float32" in result.stdout
+    assert "quantized weights: 1 on MatMulNBits, 2 as float32, 1 integer + DequantizeLinear" in \
+        " ".join(result.stdout.split())
     assert sorted(n.input[0] for n in onnx.load(str(out)).graph.node if n.op_type == "DequantizeLinear") == \
         ["conv_wq", "x_q"]

@@ -61,7 +61,7 @@ def test_small_floats_go_float16_only_under_the_gate(tmp_path):
     result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--eval", EVAL, "--sparsity", "0.5",
                      "--weight-bits", "4,8", "--max-accuracy-drop", "1.0", "--json", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
-    assert "--materialize float" in result.stdout  # how to get fp32 speed from integer-code weights
+    assert "--materialize float" in result.stdout  # the forms a packed low-bit model can be unpacked in
     report = json.loads((tmp_path / "r.json").read_text())
     halves = report["float16_tensors"]
     assert halves and "float16" in report["stages"][-1]["note"]

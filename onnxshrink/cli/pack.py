@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -23,14 +24,18 @@ from onnxshrink.fileio import outputs_together
 from onnxshrink.packing import PackOptions, PackReport, pack_file, unpack_file
 
 _DEFAULTS = PackOptions()
+# How the unpack summary names each form (onnxshrink.packing.native.LayerForm.form).
+_FORM_NAMES = {"matmulnbits": "on MatMulNBits", "gather_block_quantized": "on GatherBlockQuantized",
+               "float": "as float32", "qdq": "integer + DequantizeLinear"}
 
 
 class Materialize(str, Enum):
     """Choices of ``unpack --materialize`` (the API's MATERIALIZE_MODES; a test keeps them equal)."""
 
-    qdq = "qdq"
-    float = "float"
     auto = "auto"
+    native = "native"
+    float = "float"
+    qdq = "qdq"
 
 
 @reports_errors
@@ -61,20 +66,24 @@ def unpack_command(
     packed: Annotated[Path, typer.Argument(metavar="PACKED", help="The .onnxz container to restore.")],
     output: OutputOption,
     materialize: Annotated[Materialize, typer.Option(
-        help="qdq: quantized weights stay integer + DequantizeLinear, as packed (bit-exact). float: expand them "
-        "to float32 initializers holding exactly what DequantizeLinear computes (larger file, no run-time "
-        "dequantization). auto: float only where the layer computes in float (weight-only quantization); "
-        "static int8 QDQ stays as packed for onnxruntime's integer kernels.")] = Materialize.qdq,
+        help="The form quantized weights are written in. auto (default, the fastest measured): weight-only "
+        "4/8-bit MatMul/Gemm/Gather layers on onnxruntime's low-bit kernels (com.microsoft.MatMulNBits, "
+        "GatherBlockQuantized; weights stay low-bit), other weight-only weights (Conv, layers under 4096 "
+        "weights) as float32, static int8 QDQ as packed for the integer kernels. native: every layer those "
+        "kernels can run, the rest as packed (least memory). float: every quantized weight as float32, "
+        "exactly what DequantizeLinear computes (fp32 memory). qdq: integer + DequantizeLinear exactly as "
+        "packed (bit-exact; onnxruntime dequantizes on every run).")] = Materialize.auto,
     quiet: QuietOption = False,
 ) -> None:
-    """Restore a packed .onnxz into a plain .onnx, bit-exact; every tensor is CRC-checked."""
+    """Restore a packed .onnxz into a plain .onnx; every tensor is CRC-checked (bit-exact with --materialize qdq)."""
     declare_files({"PACKED": packed}, {"-o": output}, models=())
-    model = unpack_file(packed, output, materialize=materialize.value)
+    forms: list = []
+    model = unpack_file(packed, output, materialize=materialize.value, forms=forms)
     if not quiet:
         n = sum(1 for _ in model.graph.initializer)
-        console.print(f"{output}: restored {n} initializers from {packed}"
-                      + {Materialize.float: " (quantized weights as float32)",
-                         Materialize.auto: " (weight-only quantized weights as float32)"}.get(materialize, ""),
+        counts = Counter(f.form for f in forms)
+        how = ", ".join(f"{counts[k]} {label}" for k, label in _FORM_NAMES.items() if counts[k])
+        console.print(f"{output}: restored {n} initializers from {packed}" + (f"; quantized weights: {how}" if how else ""),
                       markup=False)
 
 

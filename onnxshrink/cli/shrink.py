@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -133,10 +134,18 @@ def shrink_command(
                      f"({a['lost']} of {a['labelled']} eval samples newly wrong, {a['gained']} newly right)")
         console.print(line, markup=False)
         if options.mixed_precision and result.packed is not None:
-            # onnxruntime dequantizes weight-only codes on every run (several times fp32's latency at batch 1).
-            console.print(f"weights are stored as integer codes: onnxshrink.session(path) runs them as float32 "
-                          f"(fp32 speed); for a plain .onnx that does too, run "
-                          f"onnxshrink unpack {output} -o MODEL.onnx --materialize float", markup=False, soft_wrap=True)
+            # As packed, onnxruntime would dequantize weight-only codes on every run (several times fp32's latency).
+            from onnxshrink.packing import deployed_model
+
+            forms = Counter(f.form for f in deployed_model(result.model)[1])
+            how = ", ".join(f"{n} {label}" for form, label in (("matmulnbits", "on MatMulNBits"),
+                                                                ("gather_block_quantized", "on GatherBlockQuantized"),
+                                                                ("float", "as float32"), ("qdq", "as packed"))
+                            if (n := forms[form]))
+            console.print(f"weights are stored as integer codes; onnxshrink.session(path) and onnxshrink unpack "
+                          f"{output} -o MODEL.onnx run them {how} (onnxruntime's low-bit kernels keep them "
+                          f"low-bit in memory); --materialize float gives all float32, --materialize qdq the model exactly as "
+                          f"packed", markup=False, soft_wrap=True)
 
 
 def _calibration(source: onnx.ModelProto, recipe: Recipe, calib: Path | None, eval_data: Path | None, quiet: bool):

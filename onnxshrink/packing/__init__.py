@@ -1,8 +1,9 @@
 """Lossless packing of ONNX models into verified .onnxz containers.
 
 ``pack_model(model) -> PackResult`` (container bytes and a report),
-``write_packed(result, path)``, ``load_packed(path_or_bytes, materialize="qdq"|"float") -> ModelProto``
-and ``inference_session_from_packed(path_or_bytes)``. Codecs live in
+``write_packed(result, path)``, ``load_packed(path_or_bytes, materialize="qdq"|"native"|"float"|"auto")
+-> ModelProto`` and ``inference_session_from_packed(path_or_bytes)`` (``materialize="auto"``: weight-only
+layers on onnxruntime's low-bit kernels or float32, see :mod:`onnxshrink.packing.forms`). Codecs live in
 :mod:`onnxshrink.packing.codecs`; the format is docs/FORMAT.md.
 """
 
@@ -10,7 +11,9 @@ from onnxshrink.packing.api import (
     PackOptions, PackResult, load_packed, pack_file, pack_model, unpack_file, write_packed,
 )
 from onnxshrink.packing.container import MAGIC, Limits
-from onnxshrink.packing.materialize import MATERIALIZE_MODES, materialize_float
+from onnxshrink.packing.forms import MATERIALIZE_MODES, deployed_model, materialize
+from onnxshrink.packing.materialize import materialize_float
+from onnxshrink.packing.native import LayerForm
 from onnxshrink.packing.report import PackReport, TensorReport
 from onnxshrink.packing.session import inference_session_from_packed
 
@@ -25,7 +28,7 @@ def is_packed_file(path) -> bool:
 
 
 __all__ = [
-    "Limits", "MATERIALIZE_MODES", "PackOptions", "PackReport", "PackResult", "TensorReport",
+    "LayerForm", "Limits", "MATERIALIZE_MODES", "deployed_model", "materialize", "PackOptions", "PackReport", "PackResult", "TensorReport",
     "inference_session_from_packed", "is_packed_file", "load_packed", "materialize_float", "pack_file", "pack_model",
     "unpack_file", "write_packed",
 ]

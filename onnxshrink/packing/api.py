@@ -33,7 +33,9 @@ from onnxshrink.packing import container, splice, tensors
 from onnxshrink.packing.container import Limits
 from onnxshrink.packing.decoder import Job, PackedSource
 from onnxshrink.packing.encoder import DEFAULT_CODECS, PackOptions, encode_tensors, quantization_parameters
-from onnxshrink.packing.materialize import AUTO_MAX_FLOAT_BYTES, check_mode, materialize_float
+from onnxshrink.packing.forms import changes, check_mode
+from onnxshrink.packing.forms import materialize as put_in_form  # the parameter is named materialize
+from onnxshrink.packing.native import LayerForm
 from onnxshrink.packing.report import PackReport
 
 # unpack_file writes tensors this large straight from the decoder into the output
@@ -156,7 +158,7 @@ def _loaded_size(model: onnx.ModelProto, lengths: dict[int, int]) -> int:
 
 
 def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limits: Limits = Limits(),
-                materialize: str = "qdq") -> onnx.ModelProto:
+                materialize: str = "qdq", forms: list[LayerForm] | None = None) -> onnx.ModelProto:
     """Read a packed model (a path or the container bytes) into a ModelProto
     whose tensors are bit-identical to those packed.
 
@@ -164,24 +166,24 @@ def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limi
     allocated, and every tensor against its CRC32. Anything wrong raises
     PackError, never another exception. A file is read one payload at a time.
 
-    ``materialize``: ``"qdq"`` (default) gives the model as packed;
-    ``"float"`` replaces each quantized weight's DequantizeLinear node by a
-    float32 initializer of exactly the values the node computes (see
-    :mod:`onnxshrink.packing.materialize`): no dequantization at run time;
-    ``"auto"`` does that only for weights whose layer computes in float
-    (weight-only quantization) and keeps static QDQ weights, which
-    onnxruntime runs in integer kernels, as packed, and leaves the model as
-    packed when the float weights would exceed ``AUTO_MAX_FLOAT_BYTES``
-    (1 GiB): the fastest model to run, at the memory cost of float weights.
+    ``materialize`` (:mod:`onnxshrink.packing.forms`): ``"qdq"``
+    (default) gives the model as packed, bit for bit; ``"native"`` runs
+    weight-only quantized MatMul/Gemm/Gather layers on onnxruntime's low-bit
+    kernels (``com.microsoft.MatMulNBits``, ``GatherBlockQuantized``; the
+    weights stay 4/8-bit in memory); ``"float"`` replaces each quantized
+    weight's DequantizeLinear node by a float32 initializer of exactly the
+    values the node computes; ``"auto"`` is native for layers large enough to
+    gain, float for the other weight-only weights (Conv, small layers), and
+    keeps static QDQ, which onnxruntime runs in integer kernels, as packed.
+    ``forms``, when given, gets the form each quantized weight got.
     """
     check_mode(materialize)
     with _open_packed(source, limits) as (packed, name):
         _decode_into_model(packed, packed.jobs, name)
     model = packed.model
-    if materialize == "float":
-        materialize_float(model)
-    elif materialize == "auto":
-        materialize_float(model, weight_only=True, max_float_bytes=AUTO_MAX_FLOAT_BYTES)
+    chosen = put_in_form(model, materialize)
+    if forms is not None:
+        forms.extend(chosen)
     return model
 
 
@@ -228,29 +230,36 @@ def _corrupt_as_pack_error(name: str) -> Iterator[None]:
 
 
 def unpack_file(src: str | os.PathLike, dst: str | os.PathLike, limits: Limits = Limits(),
-                materialize: str = "qdq") -> onnx.ModelProto:
+                materialize: str = "qdq", forms: list[LayerForm] | None = None) -> onnx.ModelProto:
     """Restore the packed model at ``src`` as a plain .onnx at ``dst``
-    (atomic), bit-exact. ``materialize`` as for :func:`load_packed`.
+    (atomic), bit-exact with ``materialize="qdq"``; ``materialize`` and
+    ``forms`` as for :func:`load_packed`.
 
     The file is byte for byte what ``save_model`` writes for the restored
     model, but tensors are decoded and written one at a time, never all held
-    in memory (with ``materialize="float"`` or ``"auto"`` the whole model is
-    restored in memory first). A model too large for one protobuf gets its
-    main-graph initializers in ``<dst name>.data``; in one under that limit,
-    tensors of ``STREAM_MIN_BYTES`` or more are spliced into the protobuf as
-    they decode. Returns the model as written, except for that data: tensors
+    in memory (unless another ``materialize`` changes the model: then the
+    whole model is restored in memory first). A
+    model too large for one protobuf gets its main-graph initializers in
+    ``<dst name>.data``; in one under that limit, tensors of
+    ``STREAM_MIN_BYTES`` or more are spliced into the protobuf as they
+    decode. Returns the model as written, except for that data: tensors
     in the data file refer to it, and spliced ones come back without data.
     """
     from onnxshrink.model import INLINE_LIMIT_BYTES, all_tensors, save_model
 
     _refuse_same_file(src, dst)
     check_mode(materialize)
-    if materialize != "qdq":
-        model = load_packed(src, limits, materialize)
-        save_model(model, dst)
-        return model
     with _open_packed(src, limits) as (packed, name):
         model, jobs = packed.model, packed.jobs
+        if changes(model, materialize):  # the skeleton's nodes and dtypes say so
+            _decode_into_model(packed, jobs, name)
+            chosen = put_in_form(model, materialize)
+            if forms is not None:
+                forms.extend(chosen)
+            save_model(model, dst)
+            return model
+        if forms is not None:
+            forms.extend(put_in_form(model, "qdq"))  # names the quantized weights; changes nothing
         restored = sum(t.ByteSize() for t, _ in all_tensors(model)) + sum(
             external_data.raw_data_size(j.entry.decoded_length) for j in jobs)
         # Too large for one protobuf: main-graph initializers (slots 0 .. n-1, so

@@ -1,4 +1,7 @@
-"""Quantized weights expanded to float at load time (``materialize="float"``).
+"""Quantized weights expanded to float at load time (``materialize="float"``,
+and the float part of ``"auto"``: :mod:`onnxshrink.packing.forms`), and the
+graph queries the load forms share (which constants are quantized weights,
+who reads what).
 
 A *quantized weight* is an integer tensor (an initializer, or the value of a
 Constant node) read only by DequantizeLinear nodes of the same graph whose
@@ -25,9 +28,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from onnxshrink.errors import UsageError
-
-MATERIALIZE_MODES = ("qdq", "float", "auto")
 # materialize="auto" keeps a model as packed when its expanded float weights would
 # exceed this: then the integer weights' memory saving matters more than speed.
 AUTO_MAX_FLOAT_BYTES = 1 << 30
@@ -36,18 +36,12 @@ _INTEGER_TYPES = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, Tensor
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def check_mode(materialize: str) -> str:
-    if materialize not in MATERIALIZE_MODES:
-        raise UsageError(f"materialize={materialize!r}: choose one of {', '.join(MATERIALIZE_MODES)}")
-    return materialize
-
-
 def float_bytes(model: onnx.ModelProto, weight_only: bool = False) -> int:
     """float32 bytes the quantized weights :func:`materialize_float` would expand
     take (an upper bound: a few may turn out not expandable)."""
-    reads = _reads(model)
+    reads = name_reads(model)
     return sum(4 * int(np.prod(q.dims, dtype=np.int64)) * len(nodes)
-               for graph in _graphs(model.graph) for q, nodes in _quantized_weights(graph, reads, weight_only))
+               for graph in graphs(model.graph) for q, nodes in quantized_weights(graph, reads, weight_only))
 
 
 def materialize_float(model: onnx.ModelProto, weight_only: bool = False, max_float_bytes: int | None = None
@@ -67,28 +61,28 @@ def materialize_float(model: onnx.ModelProto, weight_only: bool = False, max_flo
     candidates: set[str] = set()
     if max_float_bytes is not None and float_bytes(model, weight_only) > max_float_bytes:
         return made
-    for graph in _graphs(model.graph):
-        made += _expand_graph(graph, opset, _reads(model), candidates, weight_only)
+    for graph in graphs(model.graph):
+        made += _expand_graph(graph, opset, name_reads(model), candidates, weight_only)
     if made:
-        _remove_unread(model, candidates)
+        remove_unread(model, candidates)
     return made
 
 
-def _graphs(graph: onnx.GraphProto):
+def graphs(graph: onnx.GraphProto):
     yield graph
     for node in graph.node:
         for a in node.attribute:
             if a.HasField("g"):
-                yield from _graphs(a.g)
+                yield from graphs(a.g)
             for g in a.graphs:
-                yield from _graphs(g)
+                yield from graphs(g)
 
 
-def _reads(model: onnx.ModelProto) -> Counter:
+def name_reads(model: onnx.ModelProto) -> Counter:
     """How often each name is read anywhere in the model: node inputs (all
     graphs and functions) and graph outputs."""
     reads: Counter = Counter()
-    for g in _graphs(model.graph):
+    for g in graphs(model.graph):
         reads.update(n for node in g.node for n in node.input if n)
         reads.update(o.name for o in g.output)
     for f in model.functions:
@@ -96,7 +90,7 @@ def _reads(model: onnx.ModelProto) -> Counter:
     return reads
 
 
-def _integer_kernel_inputs(graph: onnx.GraphProto, constant: set[str]) -> set[str]:
+def integer_kernel_inputs(graph: onnx.GraphProto, constant: set[str]) -> set[str]:
     """Names read by nodes that also read a DequantizeLinear of a non-constant
     (an activation): the weights of static QDQ patterns."""
     activation_dq = {node.output[0] for node in graph.node
@@ -105,28 +99,28 @@ def _integer_kernel_inputs(graph: onnx.GraphProto, constant: set[str]) -> set[st
     return {name for node in graph.node if activation_dq.intersection(node.input) for name in node.input}
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, TensorProto]:
+def constant_values(graph: onnx.GraphProto) -> dict[str, TensorProto]:
     return {node.output[0]: a.t for node in graph.node
             if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS and len(node.output) == 1
             for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR}
 
 
-def _quantized_weights(graph: onnx.GraphProto, reads: Counter, weight_only: bool
+def quantized_weights(graph: onnx.GraphProto, reads: Counter, weight_only: bool
                        ) -> list[tuple[TensorProto, list[onnx.NodeProto]]]:
     """The integer constants of ``graph`` read only by its DequantizeLinear
     nodes (with ``weight_only``: none of which feeds an integer-kernel
     pattern), each with those nodes."""
     inits = {t.name: t for t in graph.initializer}
-    constants = _constants(graph)
+    consts = constant_values(graph)
     inputs = {i.name for i in graph.input}
     by_source: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.domain in _DEFAULT_DOMAINS and node.input:
             by_source.setdefault(node.input[0], []).append(node)
-    in_integer_kernels = _integer_kernel_inputs(graph, set(inits) | set(constants)) if weight_only else set()
+    in_integer_kernels = integer_kernel_inputs(graph, set(inits) | set(consts)) if weight_only else set()
     found = []
     for source, nodes in by_source.items():
-        q = inits.get(source, constants.get(source))
+        q = inits.get(source, consts.get(source))
         if q is None or source in inputs or q.data_type not in _INTEGER_TYPES or reads[source] != len(nodes):
             continue
         if not any(node.output[0] in in_integer_kernels for node in nodes):
@@ -140,7 +134,7 @@ def _expand_graph(graph: onnx.GraphProto, opset: int, reads: Counter, candidates
     outputs = {o.name for o in graph.output}
     # Keyed by output name (unique in a graph): ids of protobuf wrappers are not stable.
     expanded: dict[str, TensorProto] = {}
-    for q, nodes in _quantized_weights(graph, reads, weight_only):
+    for q, nodes in quantized_weights(graph, reads, weight_only):
         values = {}
         for node in nodes:
             v = _dequantized(node, q, inits, opset)
@@ -216,11 +210,11 @@ def _dequantized(node: onnx.NodeProto, q_tensor: TensorProto, inits: dict[str, T
     return np.multiply(diff.astype(np.float32), scale.astype(np.float32), dtype=np.float32)
 
 
-def _remove_unread(model: onnx.ModelProto, candidates: set[str]) -> None:
+def remove_unread(model: onnx.ModelProto, candidates: set[str]) -> None:
     """Drop initializers and Constant nodes among ``candidates`` that nothing reads now."""
-    reads = _reads(model)
+    reads = name_reads(model)
     unread = {n for n in candidates if not reads[n]}
-    for g in _graphs(model.graph):
+    for g in graphs(model.graph):
         keep = [t for t in g.initializer if t.name not in unread]
         if len(keep) != len(g.initializer):
             del g.initializer[:]

@@ -36,10 +36,12 @@ def inference_session_from_packed(
     ``providers`` defaults to the CPU provider. ``sess_options`` is used as
     given (and, for large models, gains the external initializers).
     ``materialize`` is as for :func:`load_packed`; the default ``"auto"``
-    runs weight-only quantized weights as float32 initializers (onnxruntime
-    would dequantize them on every run: 1.5-11x fp32's latency on the
-    bundled models at batch 1) and keeps static int8 QDQ as packed, for its integer
-    kernels. ``"qdq"`` runs the model exactly as packed.
+    runs weight-only quantized MatMul/Gemm/Gather layers on onnxruntime's
+    low-bit kernels (MatMulNBits, GatherBlockQuantized: weights stay 4/8-bit
+    in memory), other weight-only weights (Conv, layers under 4096 weights)
+    as float32, and keeps static int8 QDQ as packed for its integer kernels;
+    as packed (``"qdq"``) onnxruntime dequantizes weight-only weights on every
+    run (1.3-13x fp32's latency at batch 1, docs/speed.md).
     """
     import onnxruntime as ort
 
