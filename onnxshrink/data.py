@@ -56,7 +56,8 @@ class InputSpec:
     def from_value_info(cls, vi: onnx.ValueInfoProto) -> "InputSpec":
         tt = vi.type.tensor_type
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else np.dtype(np.float32)
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        # Exporters (paddle2onnx) write -1 for a free dim: only a positive dim_value fixes a size.
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
         return cls(vi.name, np.dtype(dtype), shape, tt.HasField("shape"))
 
     def per_run(self, array_shape: Sequence[int]) -> bool:
