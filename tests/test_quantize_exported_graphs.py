@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import MODELS
+from onnxshrink.census import Census
 from onnxshrink.lowbit import WeightOnlyOptions, quantize_weights
 from onnxshrink.model import iter_graphs
 from onnxshrink.quantization import QuantizeOptions, quantize_model
@@ -200,3 +201,40 @@ def test_weight_only_reaches_subgraph_weights():
         codes = [a.t for n in branch.node if n.op_type == "Constant" for a in n.attribute]
         assert [c.data_type for c in codes] == [TensorProto.INT8]
     assert _dead_constants(result.model) == []
+
+
+def test_weight_only_quantizes_recurrent_weights():
+    """silero-vad's decoder is an LSTM: its W and R are most of its weights."""
+    rng = np.random.default_rng(6)
+    hidden, feat = 16, 8
+    w = numpy_helper.from_array(rng.normal(size=(1, 4 * hidden, feat)).astype(np.float32) * 0.3, "W")
+    r = numpy_helper.from_array(rng.normal(size=(1, 4 * hidden, hidden)).astype(np.float32) * 0.3, "R")
+    graph = helper.make_graph([helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=hidden, name="lstm")],
+                              "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, feat])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, r])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = quantize_weights(model, WeightOnlyOptions(bits=8))
+    assert {rec.name: rec.granularity for rec in result.report.weights} == {"W": "channel", "R": "channel"}
+    lstm = next(n for n in result.model.graph.node if n.op_type == "LSTM")
+    dqs = {n.output[0]: n for n in result.model.graph.node if n.op_type == "DequantizeLinear"}
+    codes = {t.name: t.data_type for t in result.model.graph.initializer}
+    assert [codes[dqs[name].input[0]] for name in lstm.input[1:3]] == [TensorProto.INT8, TensorProto.INT8]
+    feed = {"x": rng.normal(size=(5, 1, feat)).astype(np.float32)}
+    assert _cosine(_run(model, feed), _run(result.model, feed)) > 0.9999
+
+
+def test_layer_counts_come_from_the_written_model(tmp_path, ids):
+    from onnxshrink.census import count_layers
+
+    source = _if_model()
+    assert count_layers(source) == Census(0, 2, 0, 2)
+    data = tmp_path / "d.npz"
+    rng = np.random.default_rng(4)
+    np.savez(data, x=rng.normal(size=(8, 1, 32)).astype(np.float32), x_sum=rng.normal(size=8).astype(np.float32))
+    static = quantize_model(source, str(data), FAST).model
+    assert count_layers(static).text() == "0 layers quantized, 2 left float (2 of them inside If/Loop/Scan bodies)"
+    assert count_layers(quantize_weights(source, WeightOnlyOptions(bits=8)).model) == Census(2, 0, 2, 0)
+    embedded = quantize_model(_embedding_model(), str(ids), FAST).model  # two Gathers on int8, one MatMul via DQ
+    assert count_layers(embedded) == Census(3, 0, 0, 0)
+    dynamic = quantize_model(_embedding_model(), None, QuantizeOptions(dynamic=True, latency_guard=False)).model
+    assert count_layers(dynamic) == Census(3, 0, 0, 0)  # MatMulInteger and the two Gathers

@@ -15,11 +15,13 @@ from onnxshrink.cli._common import (
     OutputOption,
     QuietOption,
     console,
+    err_console,
     human_bytes,
     progress_bar,
     reports_errors,
     write_json,
 )
+from onnxshrink.cleanup import growth_warning
 from onnxshrink.errors import UsageError
 from onnxshrink.fileio import write_bytes_atomic
 from onnxshrink.model import save_model
@@ -97,6 +99,8 @@ def shrink_command(
     result.report["original_bytes"] = model.stat().st_size
     result.report["ratio"] = round(model.stat().st_size / max(result.report["output_bytes"], 1), 4)
     result.report["output"] = str(output)
+    grew = growth_warning(result.report["original_bytes"], result.report["output_bytes"], "the output")
+    result.report["warnings"] = [grew] if grew else []
     if result.packed is not None:
         write_bytes_atomic(output, result.packed)
     else:
@@ -117,6 +121,8 @@ def shrink_command(
             line += (f"; accuracy {100 * a['reference']:.2f}% -> {100 * a['candidate']:.2f}% "
                      f"({a['lost']} of {a['labelled']} eval samples newly wrong, {a['gained']} newly right)")
         console.print(line, markup=False)
+        for warning in result.report["warnings"]:
+            err_console.print(f"onnxshrink: warning: {warning}", markup=False)
         if options.mixed_precision and result.packed is not None:
             # onnxruntime dequantizes weight-only codes on every run (several times fp32's latency at batch 1).
             console.print(f"weights are stored as integer codes: onnxshrink.session(path) runs them as float32 "

@@ -1,7 +1,8 @@
 """Weight-only quantization: int8/int4 weights behind DequantizeLinear, float activations.
 
 Which tensors are weights comes from their graph role: the weight input of
-Conv, ConvTranspose, Gemm and MatMul (:mod:`onnxshrink.roles`) and the data
+Conv, ConvTranspose, Gemm and MatMul, the W and R inputs of LSTM, GRU and RNN
+(:mod:`onnxshrink.roles`) and the data
 input of Gather (embedding tables), in the main graph and in If/Loop/Scan
 bodies, as initializers or Constant nodes. Biases, norms and shape tensors
 stay float.
@@ -28,7 +29,7 @@ from onnxshrink.lowbit.report import WeightOnlyReport, WeightRecord
 from onnxshrink.model import WeightRef, iter_weights, opset_version, serialized_size
 from onnxshrink.pruning import load_calibration
 from onnxshrink.pruning.options import ROWS_PER_FEATURE
-from onnxshrink.roles import WeightUse, embedding_uses, weight_uses
+from onnxshrink.roles import RECURRENT_OPS, WeightUse, embedding_uses, weight_uses
 
 Progress = Callable[[str, int, int], None]
 KEPT_FLOAT = "kept float by layer_bits"  # the skipped-reason of weights layer_bits maps to None
@@ -71,7 +72,8 @@ class WeightTarget:
 def weight_targets(model: onnx.ModelProto, options: WeightOnlyOptions) -> tuple[list[WeightTarget], dict[str, str]]:
     """The weights ``options`` quantize, in graph order, and those left float with the reason."""
     grouped: dict[int, list[WeightUse]] = {}
-    for use in [*weight_uses(model), *embedding_uses(model)]:
+    # LSTM/GRU/RNN weights too: the op reads the dequantized float tensor like any other
+    for use in [*weight_uses(model, include_recurrent=True), *embedding_uses(model)]:
         grouped.setdefault(id(use.weight.tensor), []).append(use)
     main_inputs = {vi.name for vi in model.graph.input}
     targets, skipped = [], {}
@@ -176,7 +178,7 @@ def _statistics(model: onnx.ModelProto, targets: list[WeightTarget], calib: Any,
                 progress: Progress | None) -> tuple[dict[str, LayerInputStats], int]:
     # The shared collector (the one Hessian pruning uses); Gather tables have no layer input.
     batches = load_calibration(calib, model, options)
-    uses = [u for t in targets for u in t.uses if u.op_type != "Gather"]
+    uses = [u for t in targets for u in t.uses if u.op_type not in ("Gather", *RECURRENT_OPS)]
     stats = collect_layer_inputs(model, uses, batches, ("hessian",), progress=progress, total_batches=len(batches),
                                  rows_per_feature=ROWS_PER_FEATURE)
     return stats, sum(len(b) for b in batches)
@@ -219,7 +221,7 @@ def _why_no_hessian(target: WeightTarget, stats: LayerInputStats | None) -> str:
     ops = {u.op_type for u in target.uses}
     if stats is not None:
         return "too many input features for a Hessian"
-    if ops & {"Gather", "ConvTranspose"}:
+    if ops & {"Gather", "ConvTranspose", *RECURRENT_OPS}:
         return f"{'/'.join(sorted(ops))} weights get no input statistics"
     if target.ref.depth > 0:
         return "inside a subgraph (no input statistics)"
