@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxshrink.cleanup import growth_warning, remove_unused
+from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
 
 
 def _run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
@@ -115,3 +115,16 @@ def test_nodes_of_unknown_domains_are_kept():
 def test_growth_warning_only_when_larger():
     assert growth_warning(100, 100) is None and growth_warning(100, 60) is None
     assert "1.27x" in growth_warning(100, 127, "the int8 model")
+
+
+def test_value_info_the_original_lacked_is_dropped():
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Neg", ["h"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    original = helper.make_model(graph)
+    inferred = onnx.shape_inference.infer_shapes(original)
+    assert [vi.name for vi in inferred.graph.value_info] == ["h"]
+    original.graph.value_info.append(helper.make_tensor_value_info("kept", TensorProto.FLOAT, [1]))
+    inferred.graph.value_info.append(helper.make_tensor_value_info("kept", TensorProto.FLOAT, [1]))
+    assert drop_inferred_value_info(inferred, original) == 1
+    assert [vi.name for vi in inferred.graph.value_info] == ["kept"]

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from onnxshrink.activations import LayerInputStats, collect_layer_inputs
-from onnxshrink.cleanup import growth_warning, remove_unused
+from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
 from onnxshrink.errors import UsageError
 from onnxshrink.lowbit.dequantize import (UniqueNames, dequantize_in_graph, ensure_opset, required_opset,
                                           set_ir_version_for)
@@ -153,6 +153,7 @@ def quantize_weights(
         dequantize_in_graph(target.ref, codes, scales, target.grid(_block(target, options)), names)
     set_ir_version_for(work)
     remove_unused(work)
+    drop_inferred_value_info(work, model)  # the opset converter's
     sizes = {"original": serialized_size(model), "quantized": serialized_size(work)}
     grew = growth_warning(sizes["original"], sizes["quantized"], "the weight-only model")
     report = WeightOnlyReport(

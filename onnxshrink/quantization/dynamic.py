@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxshrink.cleanup import growth_warning, remove_unused
+from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
 from onnxshrink.model import serialized_size
 from onnxshrink.quantization.options import QuantizeOptions
 from onnxshrink.quantization.params import quantize_weight, weight_scales
@@ -107,6 +107,7 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
     records.extend(tables)
     left_float.update(tables_left)
     remove_unused(out)
+    drop_inferred_value_info(out, model)
     release_memory()  # the per-weight temporaries of a large model
     validation = compare_models(model, out, eval_data, measure_latency=options.latency_guard,
                                 shapes=dict(options.shapes) or None)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from onnxshrink.cleanup import growth_warning, remove_unused
+from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
 from onnxshrink.model import serialized_size
 from onnxshrink.runtime import release_memory
 from onnxshrink.data import NpzData
@@ -240,6 +240,7 @@ def quantize_model(
         qmodel, plan, records, keep, search_log, target = accuracy_aware(
             prepared, source, options, data, keep, build, progress)
 
+    drop_inferred_value_info(qmodel, model)  # shape inference's and the opset converter's
     left_float = dict(plan.left_float)
     left_float.update(keep)
     data = eval_data if eval_data is not None else _as_data_for_validation(calib)
