@@ -53,12 +53,15 @@ def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return readers
 
 
-def table_problem(readers: list[onnx.NodeProto], tensor: onnx.TensorProto, graph_outputs: set[str], name: str) -> str | None:
+def table_problem(readers: list[onnx.NodeProto], tensor: onnx.TensorProto, graph_outputs: set[str],
+                  graph_inputs: set[str], name: str) -> str | None:
     """Why a Gather's table cannot take the int8 gather-then-dequantize form, or None."""
     if tensor.data_type != onnx.TensorProto.FLOAT:
         return f"table '{name}' is not float32"
     if name in graph_outputs:
         return f"table '{name}' is also a graph output"
+    if name in graph_inputs:
+        return f"table '{name}' is also a graph input (a caller may override it)"
     for node in readers:
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or node.input[0] != name:
             return f"table '{name}' is also read by {node.op_type} '{node.name}'"
@@ -77,6 +80,7 @@ def quantize_embeddings(model: onnx.ModelProto, *, exclude_nodes: frozenset[str]
         return [], {}
     readers = _readers(model)
     graph_outputs = {o.name for g, _ in iter_graphs(model.graph) for o in g.output}
+    graph_inputs = {i.name for i in model.graph.input}
     names = UniqueNames(model)
     owner = {n.output[0]: g for g, _ in iter_graphs(model.graph) for n in g.node if n.output}
     by_table: dict[int, list] = {}
@@ -91,7 +95,7 @@ def quantize_embeddings(model: onnx.ModelProto, *, exclude_nodes: frozenset[str]
         if "Gather" in exclude_ops or any(u.node.name in exclude_nodes for u in group):
             left.update({label(u): "excluded by the options" for u in group})
             continue
-        why = table_problem(readers.get(ref.name, []), ref.tensor, graph_outputs, ref.name)
+        why = table_problem(readers.get(ref.name, []), ref.tensor, graph_outputs, graph_inputs, ref.name)
         if why:
             left.update({label(u): why for u in group})
             continue
