@@ -65,31 +65,35 @@ def kernel_kind(op_name: str) -> str:
     return "float"
 
 
-def profile_ms(model: onnx.ModelProto, feed: dict[str, np.ndarray], runs: int = RUNS) -> dict[str, float] | None:
-    """Mean milliseconds per run spent in each op type (one thread), or None when
-    the model is too large to profile or onnxruntime cannot run it."""
-    try:
-        blob = model.SerializeToString()
-    except Exception:  # over protobuf's limit
-        return None
-    if len(blob) > PROFILE_MAX_BYTES:
-        return None
+def profile_ms(models: list[onnx.ModelProto], feed: dict[str, np.ndarray], runs: int = RUNS) -> list[dict[str, float]] | None:
+    """Mean milliseconds per run spent in each op type (one thread) of each model,
+    their runs interleaved so that a change in the machine's load hits both alike;
+    None when a model is too large to profile or onnxruntime cannot run it."""
     with tempfile.TemporaryDirectory(prefix="onnxshrink-profile-") as folder:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 4
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(folder) / "run")
+        sessions = []
         try:
-            session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
-            session.run(None, feed)
-            for _ in range(runs):
-                session.run(None, feed)
-            trace = session.end_profiling()
-            events = json.loads(Path(trace).read_text())
-        except Exception:  # the profile is advice; without it the warning says less
+            for k, model in enumerate(models):
+                blob = model.SerializeToString()
+                if len(blob) > PROFILE_MAX_BYTES:
+                    return None
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = 1
+                options.inter_op_num_threads = 1
+                options.log_severity_level = 4
+                options.enable_profiling = True
+                options.profile_file_prefix = str(Path(folder) / f"model{k}")
+                sessions.append(ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"]))
+                del blob
+            for _ in range(runs + 1):
+                for session in sessions:
+                    session.run(None, feed)
+            traces = [json.loads(Path(session.end_profiling()).read_text()) for session in sessions]
+        except Exception:  # the profile is advice (over protobuf's limit, a run that fails): without it, say less
             return None
+    return [_per_op(events, runs) for events in traces]
+
+
+def _per_op(events: list[dict], runs: int) -> dict[str, float]:
     # The first run (allocations, kernel set-up) is left out.
     starts = sorted(float(e.get("ts", 0)) for e in events if e.get("name") == "model_run")
     after = starts[1] if len(starts) > 1 else 0.0
@@ -119,8 +123,8 @@ def slowdown_warning(reference: onnx.ModelProto, candidate: onnx.ModelProto, fee
     if lacks_vnni(flags):
         causes.append("this CPU has no VNNI (neither avx512_vnni nor avx_vnni in /proc/cpuinfo), where onnxruntime's "
                       "int8 kernels are slow; on a VNNI or ARM CPU the same model is expected to be faster")
-    cand = profile_ms(candidate, feed) if feed is not None else None
-    ref = profile_ms(reference, feed) if cand is not None else None
+    profiles = profile_ms([reference, candidate], feed) if feed is not None else None
+    ref, cand = profiles if profiles else (None, None)
     if cand and ref:
         parts = []
         for kind, label in (("conversion", "float<->int8 conversions"), ("integer", "integer kernels"),
