@@ -316,3 +316,18 @@ def test_a_model_without_prunable_weights_is_said_at_once(monkeypatch):
     result = prune_model(model, PruneOptions(min_cosine=0.99, min_size=10**6), calib=calib(64), eval_data=calib(64))
     assert not result.modified
     assert result.report.notes == ["no prunable weight: all 3 layer weights were skipped (see 'skipped')"]
+
+
+def test_a_single_layer_that_meets_the_target_is_kept_when_the_search_finds_nothing(monkeypatch):
+    """The check before the scan finds a layer that can be pruned alone at its lowest
+    level; when the bisection over the knob measures nothing that passes (here it is
+    given no steps), that layer's pruning is the result, not 0 %."""
+    from onnxshrink.pruning import allocation
+
+    monkeypatch.setattr(allocation, "SEARCH_STEPS", 0)
+    result = prune_model(small_net(), PruneOptions(min_cosine=0.9999, min_size=64), calib=calib(64),
+                         eval_data=calib(64))
+    assert result.modified
+    assert [(s["single_layer"], s["sparsity"] > 0) for s in result.report.search] == [(True, True)]
+    assert sorted(t.target_sparsity for t in result.report.tensors).count(0.25) == 1
+    assert result.report.validation.passed

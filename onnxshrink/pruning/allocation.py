@@ -166,8 +166,8 @@ def _scan(scan: SensitivityScan, model: onnx.ModelProto, reference: onnx.ModelPr
         if len(levels[t.name]) > 1 and t.name not in scan.lowest_errors:
             scan.lowest_errors[t.name] = prune_at(t, 1)
     done = len(scan.lowest_errors)
-    why = _nothing_prunable(scan, model, target_list, levels, arrays, originals, checker, options)
-    if why:
+    single, why = _first_single(scan, model, target_list, levels, arrays, originals, checker, options)
+    if single is None:
         return why
     for t in target_list:
         errs = [0.0] + ([scan.lowest_errors[t.name]] if len(levels[t.name]) > 1 else [])
@@ -190,15 +190,19 @@ def _scan(scan: SensitivityScan, model: onnx.ModelProto, reference: onnx.ModelPr
     return None
 
 
-def _nothing_prunable(scan: SensitivityScan, model: onnx.ModelProto, target_list: list[PruneTarget],
-                      levels: dict[str, tuple[float, ...]], arrays: dict[tuple[str, int], np.ndarray],
-                      originals: dict[str, np.ndarray], checker: OutputChecker, options: PruneOptions) -> str | None:
-    """Why nothing can be pruned under the target, or None: each layer alone at
-    its lowest level is measured, the least disturbed first, until one passes
-    (usually the first: then this costs one run)."""
-    candidates = sorted((t for t in target_list if len(levels[t.name]) > 1), key=lambda t: scan.lowest_errors[t.name])
+def _first_single(scan: SensitivityScan, model: onnx.ModelProto, target_list: list[PruneTarget],
+                  levels: dict[str, tuple[float, ...]], arrays: dict[tuple[str, int], np.ndarray],
+                  originals: dict[str, np.ndarray], checker: OutputChecker,
+                  options: PruneOptions) -> tuple[dict[str, int] | None, str | None]:
+    """The first allocation pruning one layer alone at its lowest level that meets
+    the target, the least disturbed layer first (usually the first: one run, and
+    none when measured before), or None and why nothing is prunable under it.
+    Deterministic whatever ``scan`` already measured."""
+    candidates = sorted((t for t in target_list if len(levels[t.name]) > 1),
+                        key=lambda t: (scan.lowest_errors[t.name], t.name))
     if not candidates:
-        return "no layer weight can be pruned in this pattern"
+        return None, "no layer weight can be pruned in this pattern"
+    found = None
     for t in candidates:
         choice = {u.name: (1 if u.name == t.name else 0) for u in target_list}
         key = tuple(sorted(choice.items()))
@@ -206,12 +210,14 @@ def _nothing_prunable(scan: SensitivityScan, model: onnx.ModelProto, target_list
             _assemble(model, target_list, choice, arrays, originals)
             scan.measured[key] = checker.measure(model)
         if checker.passes(scan.measured[key], options):
-            _assemble(model, target_list, {}, arrays, originals)
-            return None
+            found = choice
+            break
     _assemble(model, target_list, {}, arrays, originals)
+    if found is not None:
+        return found, None
     lowest = min(levels[t.name][1] for t in candidates)
-    return (f"nothing prunable under the target: each of the {len(candidates)} layers pruned alone at its lowest "
-            f"level ({100 * lowest:.0f}%) misses it, so the search was skipped")
+    return None, (f"nothing prunable under the target: each of the {len(candidates)} layers pruned alone at its "
+                  f"lowest level ({100 * lowest:.0f}%) misses it, so the search was skipped")
 
 
 def search_sparsity(
@@ -245,6 +251,10 @@ def search_sparsity(
     if not scan.scanned:
         nothing_prunable = _scan(scan, model, reference, target_list, stats, originals, levels, options, method, n_m,
                                  batches, checker, progress)
+    single = None
+    if not nothing_prunable:  # this target's own check (the scan may have been made under another)
+        single, nothing_prunable = _first_single(scan, model, target_list, levels, scan.arrays, originals, checker,
+                                                 options)
     if nothing_prunable:
         records = [TensorPruning(t.name, t.op_type, list(originals[t.name].shape), int(originals[t.name].size),
                                  int(np.count_nonzero(originals[t.name] == 0)),
@@ -290,6 +300,14 @@ def search_sparsity(
             measured += 1
             progress("searching per-layer sparsity", measured, SEARCH_STEPS)
         lo, hi = (mid, hi) if verdicts[key] else (lo, mid)
+    # The bisection can jump from nothing to too much: the single layer that met the target
+    # in the check above is a candidate too.
+    single_sparsity = overall(single)
+    if single_sparsity > best[1] and (options.sparsity is None or single_sparsity <= options.sparsity + 1e-9):
+        metrics = scan.measured[tuple(sorted(single.items()))]
+        best = (single, single_sparsity, metrics)
+        steps.append({"step": len(steps), "single_layer": True, "sparsity": round(single_sparsity, 6), "passed": True,
+                      **{k: round(v, 6) for k, v in metrics.items()}})
     choice = best[0]
     _assemble(model, target_list, choice, arrays, originals)
     records = []
