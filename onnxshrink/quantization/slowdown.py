@@ -65,7 +65,8 @@ def kernel_kind(op_name: str) -> str:
     return "float"
 
 
-def profile_ms(models: list[onnx.ModelProto], feed: dict[str, np.ndarray], runs: int = RUNS) -> list[dict[str, float]] | None:
+def profile_ms(models: list[onnx.ModelProto], feed: dict[str, np.ndarray],
+               runs: int = RUNS) -> list[dict[str, float]] | None:
     """Mean milliseconds per run spent in each op type (one thread) of each model,
     their runs interleaved so that a change in the machine's load hits both alike;
     None when a model is too large to profile or onnxruntime cannot run it."""
