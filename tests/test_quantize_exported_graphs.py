@@ -186,7 +186,8 @@ def test_static_int8_says_plainly_it_left_subgraph_weights(tmp_path):
     data = tmp_path / "d.npz"
     rng = np.random.default_rng(4)
     np.savez(data, x=rng.normal(size=(8, 1, 32)).astype(np.float32), x_sum=rng.normal(size=8).astype(np.float32))
-    result = quantize_model(_if_model(), str(data), FAST)
+    result = quantize_model(_if_model(), str(data), QuantizeOptions())  # latency measured: no slowdown claimed
+    assert not [w for w in result.report.warnings if "slower" in w]
     assert result.report.left_float["then_matmul"] == IN_SUBGRAPH
     assert result.report.left_float["else_matmul"] == IN_SUBGRAPH
     assert not result.modified and not result.report.nodes

@@ -121,7 +121,7 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
     sizes = {"original": serialized_size(model), "quantized": serialized_size(out)}
     for warning in (growth_warning(sizes["original"], sizes["quantized"], "the int8 model"),
                     slowdown_warning(model, out, one_input(model, eval_data, dict(options.shapes) or None),
-                                     validation.latency_ms)):
+                                     validation.latency_ms) if records else None):
         if warning:
             warnings.append(warning)
     report = QuantizeReport(

@@ -249,7 +249,7 @@ def quantize_model(
     validation = compare_models(model, qmodel, data, measure_latency=options.latency_guard,
                                 shapes=dict(options.shapes) or None)
     lat = validation.latency_ms
-    if lat.get("reference") and lat.get("candidate") and lat["candidate"] > lat["reference"]:
+    if records and lat.get("reference") and lat.get("candidate") and lat["candidate"] > lat["reference"]:
         warnings.append(slowdown_warning(model, qmodel, one_input(model, data, dict(options.shapes) or None), lat))
     if source.bias_correction_skipped:
         warnings.append(source.bias_correction_skipped)
