@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxshrink.census import count_layers
 from onnxshrink.data import Batch, model_inputs, read_samples
 from onnxshrink.errors import GateFailed, UsageError
 from onnxshrink.recipes import Recipe
@@ -286,7 +287,8 @@ def _trial(base: onnx.ModelProto, original: onnx.ModelProto, options: ShrinkOpti
                              layer_stats=cache.get("prune_stats"), scan_cache=cache.setdefault("prune_scans", {}))
         model = result.model
         summary = result.report.to_dict()
-        stages.append(("prune", model, f"{100 * result.report.weight_sparsity:.1f}% of weights zero"))
+        stages.append(("prune", model, f"{100 * result.report.weight_sparsity:.1f}% of weights zero"
+                                       + "".join(f"; {n}" for n in result.report.notes)))
         for t in summary["tensors"]:
             layers[t["name"]] = {"name": t["name"], "op": t["op_type"], "sparsity": t["sparsity"]}
     used = 0.0
@@ -354,8 +356,8 @@ def _quantize_and_check(model: onnx.ModelProto, original: onnx.ModelProto, optio
         errors = quantization_errors(model, q.model)
         model = q.model
         range_bits = q.report.weight_range_bits
-        stages.append(("quantize", model, f"int8, weight codes in {range_bits}-bit range; "
-                                          f"{len(q.report.left_float)} nodes left in float"))
+        stages.append(("quantize", model,
+                       f"int8, weight codes in {range_bits}-bit range; {count_layers(model).text()}"))
         for name, err in errors.items():
             layers.setdefault(name, {"name": name, "sparsity": 0.0})["quant_error"] = err
     model = _without_inferred_info(model, original)

@@ -1,7 +1,8 @@
 """Which constant tensors are layer weights, found by graph role, not by name.
 
 A weight is a constant tensor read as the weight input of Conv,
-ConvTranspose, Gemm or MatMul (and, when asked, LSTM/GRU/RNN). For each use
+ConvTranspose, Gemm or MatMul (and, when asked, LSTM/GRU/RNN); an embedding
+table is a 2-D constant read as Gather's data (:func:`embedding_uses`). For each use
 we record which axis holds the layer's output channels and which its input
 (reduction) channels, which is what pruning and per-channel quantization
 need. Biases, normalisation parameters, shape tensors and anything else are
@@ -79,6 +80,30 @@ def weight_uses(model: onnx.ModelProto, *, include_recurrent: bool = False) -> l
                 axes = _axes(node, index, len(ref.tensor.dims))
                 if axes is not None:
                     uses.append(WeightUse(ref, node, index, *axes))
+    return uses
+
+
+def embedding_uses(model: onnx.ModelProto) -> list[WeightUse]:
+    """Gather nodes reading a 2-D constant table as their data (embeddings), main
+    graph and subgraphs, in graph order. ``out_axis`` is 0 (a row per token) and
+    ``in_axis`` 1 (the embedding dimension, along which weight-only blocks run)."""
+    by_graph: dict[int, list[WeightRef]] = {}
+    for ref in iter_weights(model):
+        by_graph.setdefault(id(ref.graph), []).append(ref)
+    uses: list[WeightUse] = []
+
+    def walk(graph: onnx.GraphProto, outer: dict[str, WeightRef]) -> None:
+        visible = {**outer, **{r.name: r for r in by_graph.get(id(graph), [])}}
+        for node in graph.node:
+            if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.input:
+                ref = visible.get(node.input[0])
+                if ref is not None and len(ref.tensor.dims) == 2:
+                    uses.append(WeightUse(ref, node, 0, 0, 1))
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                    walk(sub, visible)
+
+    walk(model.graph, {})
     return uses
 
 

@@ -216,8 +216,9 @@ def test_searches_with_another_target_reuse_the_scan_and_give_what_a_fresh_searc
               for o in targets]
     assert reused == fresh
     assert (fresh_scans, scans[0], len(cache)) == (3, 1, 1)
-    # One factorisation per layer (3) for the dozen levels of the scan, not one per level.
-    assert factors[0] == 3
+    # Two factorisations per layer (3 layers) for the dozen levels of the scan, not one per level:
+    # one when every layer is first pruned at its lowest level (is anything prunable?), one for the rest.
+    assert factors[0] == 6
     # No probes again, and allocations already measured are not measured again.
     assert measured[0] < fresh_measures / 2, (measured[0], fresh_measures)
     # Other options (here the pruning method) get a scan of their own.
@@ -275,3 +276,58 @@ def test_light_squeezenet_after_simplify_prunes_and_runs():
 def test_cosine_target_needs_some_data():
     with pytest.raises(UsageError, match="--min-cosine"):
         prune_model(small_net(), PruneOptions(min_cosine=0.99))
+
+
+def test_nothing_prunable_under_the_target_is_found_before_the_scan(monkeypatch):
+    """A target no layer meets even pruned alone at the lowest level: the scan
+    stops after that level (one OBS sweep per layer, not a dozen), the search is
+    skipped, and the report says so."""
+    from onnxshrink.pruning import allocation
+
+    model, data = small_net(), calib(64)
+    sweeps = [0]
+    real = allocation.pruned_array
+
+    def counting(*args, **kwargs):
+        sweeps[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(allocation, "pruned_array", counting)
+    result = prune_model(model, PruneOptions(min_cosine=0.99999999, min_size=64), calib=data, eval_data=data)
+    assert sweeps[0] == 3  # the three layers, at 25 % each
+    assert not result.modified
+    assert {t.name: t.raw_data for t in result.model.graph.initializer} == \
+        {t.name: t.raw_data for t in model.graph.initializer}
+    assert any(n.startswith("nothing prunable under the target") for n in result.report.notes)
+    assert result.report.search == [{"step": 0, "skipped": result.report.notes[0]}]
+    # A looser target on the same scan cache takes the scan up again and prunes.
+    cache: dict = {}
+    prune_model(model, PruneOptions(min_cosine=0.99999999, min_size=64), calib=data, eval_data=data, scan_cache=cache)
+    looser = prune_model(model, PruneOptions(min_cosine=0.99, min_size=64), calib=data, eval_data=data,
+                         scan_cache=cache)
+    assert looser.modified and not looser.report.notes
+
+
+def test_a_model_without_prunable_weights_is_said_at_once(monkeypatch):
+    from onnxshrink import pruning
+
+    monkeypatch.setattr(pruning, "collect_layer_inputs", lambda *a, **k: pytest.fail("statistics collected"))
+    model = small_net()
+    result = prune_model(model, PruneOptions(min_cosine=0.99, min_size=10**6), calib=calib(64), eval_data=calib(64))
+    assert not result.modified
+    assert result.report.notes == ["no prunable weight: all 3 layer weights were skipped (see 'skipped')"]
+
+
+def test_a_single_layer_that_meets_the_target_is_kept_when_the_search_finds_nothing(monkeypatch):
+    """The check before the scan finds a layer that can be pruned alone at its lowest
+    level; when the bisection over the knob measures nothing that passes (here it is
+    given no steps), that layer's pruning is the result, not 0 %."""
+    from onnxshrink.pruning import allocation
+
+    monkeypatch.setattr(allocation, "SEARCH_STEPS", 0)
+    result = prune_model(small_net(), PruneOptions(min_cosine=0.9999, min_size=64), calib=calib(64),
+                         eval_data=calib(64))
+    assert result.modified
+    assert [(s["single_layer"], s["sparsity"] > 0) for s in result.report.search] == [(True, True)]
+    assert sorted(t.target_sparsity for t in result.report.tensors).count(0.25) == 1
+    assert result.report.validation.passed

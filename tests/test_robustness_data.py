@@ -76,3 +76,16 @@ def test_mixed_axes_without_the_extra_axis_are_refused_with_the_fix_named(tmp_pa
 def test_quantize_calibrates_on_per_run_samples(per_run_data):
     result = quantize_model(stateful_model(), str(per_run_data), QuantizeOptions(latency_guard=False))
     assert result.model.graph.node
+
+
+def test_a_dim_of_minus_one_is_free(tmp_path: Path):
+    """paddle2onnx writes dim_value -1 for the batch axis (the PaddleOCR classifier): it fixes
+    no size, so the data is read in batches of the asked size, not of -1 samples."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3])
+    x.type.tensor_type.shape.dim[0].dim_value = -1
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.ones((10, 3), np.float32))
+    assert [len(b) for b in NpzData(path).batches(model_inputs(model), 4)] == [4, 4, 2]

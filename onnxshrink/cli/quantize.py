@@ -56,7 +56,7 @@ def quantize_command(
     shapes: Annotated[Optional[list[str]], typer.Option("--shape", help="Symbolic dims of the random check inputs (--dynamic without --eval): NAME=1x3x224x224.")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Quantize only the weights (int8/int4 behind DequantizeLinear); activations stay float; --calib optional.")] = False,
     bits: Annotated[int, typer.Option("--bits", help="With --weights-only: 8 or 4 bits per weight (3 or 2: fewer levels in int4 storage, smaller once packed).")] = WeightOnlyOptions.bits,
-    granularity: Annotated[str, typer.Option("--granularity", help="With --weights-only: 'channel' or 'block:N' scales.")] = WeightOnlyOptions.granularity,
+    granularity: Annotated[str, typer.Option("--granularity", help="With --weights-only: 'auto' (blocks of 32 for MatMul/Gemm/Gather below 8 bits, else per channel), 'channel' or 'block:N' scales.")] = WeightOnlyOptions.granularity,
     rounding: Annotated[str, typer.Option("--rounding", help="With --weights-only: 'nearest', or 'gptq' (error-compensated; needs --calib).")] = WeightOnlyOptions.rounding,
     min_size: Annotated[int, typer.Option("--min-size", help="With --weights-only: weights with fewer elements stay float.")] = WeightOnlyOptions.min_size,
     json_path: JsonOption = None,
@@ -177,4 +177,6 @@ def print_weight_only_report(report: dict, output: Path) -> None:
         a = v["accuracy"]
         console.print(f"accuracy: fp32 {100 * a['reference']:.2f}%, quantized {100 * a['candidate']:.2f}% "
                       f"(drop {100 * (a['reference'] - a['candidate']):.2f} points)")
+    for w in report.get("warnings", []):
+        err_console.print(f"onnxshrink: warning: {w}", markup=False)
     console.print(f"wrote {output}")

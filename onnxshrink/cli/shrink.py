@@ -24,6 +24,7 @@ from onnxshrink.cli._common import (
     summary_table,
     write_json,
 )
+from onnxshrink.cleanup import growth_warning
 from onnxshrink.data import model_inputs, synthetic_batches
 from onnxshrink.errors import UsageError
 from onnxshrink.fileio import outputs_together, write_bytes_atomic
@@ -111,6 +112,8 @@ def shrink_command(
     result.report["original_bytes"] = model.stat().st_size
     result.report["ratio"] = round(model.stat().st_size / max(result.report["output_bytes"], 1), 4)
     result.report["output"] = str(output)
+    grew = growth_warning(result.report["original_bytes"], result.report["output_bytes"], "the output")
+    result.report["warnings"] = [grew] if grew else []
     with outputs_together():
         if result.packed is not None:
             write_bytes_atomic(output, result.packed)
@@ -133,6 +136,8 @@ def shrink_command(
             line += (f"; accuracy {100 * a['reference']:.2f}% -> {100 * a['candidate']:.2f}% "
                      f"({a['lost']} of {a['labelled']} eval samples newly wrong, {a['gained']} newly right)")
         console.print(line, markup=False)
+        for warning in result.report["warnings"]:
+            err_console.print(f"onnxshrink: warning: {warning}", markup=False)
         if options.mixed_precision and result.packed is not None:
             # As packed, onnxruntime would dequantize weight-only codes on every run (several times fp32's latency).
             from onnxshrink.packing import deployed_model

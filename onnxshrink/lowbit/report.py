@@ -41,6 +41,7 @@ class WeightOnlyReport:
     calibration_samples: int = 0
     validation: dict[str, Any] | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def size_ratio(self) -> float:

@@ -1,7 +1,8 @@
 """Weight-only quantization: int8/int4 weights behind DequantizeLinear, float activations.
 
 Which tensors are weights comes from their graph role: the weight input of
-Conv, ConvTranspose, Gemm and MatMul (:mod:`onnxshrink.roles`) and the data
+Conv, ConvTranspose, Gemm and MatMul, the W and R inputs of LSTM, GRU and RNN
+(:mod:`onnxshrink.roles`) and the data
 input of Gather (embedding tables), in the main graph and in If/Loop/Scan
 bodies, as initializers or Constant nodes. Biases, norms and shape tensors
 stay float.
@@ -17,6 +18,7 @@ import numpy as np
 import onnx
 
 from onnxshrink.activations import LayerInputStats, collect_layer_inputs
+from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
 from onnxshrink.errors import UsageError
 from onnxshrink.lowbit.dequantize import (UniqueNames, dequantize_in_graph, ensure_opset, required_opset,
                                           set_ir_version_for)
@@ -24,10 +26,10 @@ from onnxshrink.lowbit.gptq import gptq_codes, output_error
 from onnxshrink.lowbit.grid import Grid, quantize_nearest, storage_bits
 from onnxshrink.lowbit.options import WeightOnlyOptions
 from onnxshrink.lowbit.report import WeightOnlyReport, WeightRecord
-from onnxshrink.model import WeightRef, iter_weights, opset_version
+from onnxshrink.model import WeightRef, iter_weights, opset_version, serialized_size
 from onnxshrink.pruning import load_calibration
 from onnxshrink.pruning.options import ROWS_PER_FEATURE
-from onnxshrink.roles import WeightUse, weight_uses
+from onnxshrink.roles import RECURRENT_OPS, WeightUse, embedding_uses, weight_uses
 
 Progress = Callable[[str, int, int], None]
 KEPT_FLOAT = "kept float by layer_bits"  # the skipped-reason of weights layer_bits maps to None
@@ -67,33 +69,11 @@ class WeightTarget:
         return Grid(self.bits, self.out_axis) if block is None else Grid(self.bits, self.in_axis, block)
 
 
-def _gather_uses(model: onnx.ModelProto) -> list[WeightUse]:
-    """Gather nodes reading a 2-D constant table as their data (embeddings):
-    one scale per row (token), blocks along the row."""
-    by_graph: dict[int, list[WeightRef]] = {}
-    for ref in iter_weights(model):
-        by_graph.setdefault(id(ref.graph), []).append(ref)
-    uses: list[WeightUse] = []
-
-    def walk(graph: onnx.GraphProto, outer: dict[str, WeightRef]) -> None:
-        visible = {**outer, **{r.name: r for r in by_graph.get(id(graph), [])}}
-        for node in graph.node:
-            if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.input:
-                ref = visible.get(node.input[0])
-                if ref is not None and len(ref.tensor.dims) == 2:
-                    uses.append(WeightUse(ref, node, 0, 0, 1))
-            for attr in node.attribute:
-                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
-                    walk(sub, visible)
-
-    walk(model.graph, {})
-    return uses
-
-
 def weight_targets(model: onnx.ModelProto, options: WeightOnlyOptions) -> tuple[list[WeightTarget], dict[str, str]]:
     """The weights ``options`` quantize, in graph order, and those left float with the reason."""
     grouped: dict[int, list[WeightUse]] = {}
-    for use in [*weight_uses(model), *_gather_uses(model)]:
+    # LSTM/GRU/RNN weights too: the op reads the dequantized float tensor like any other
+    for use in [*weight_uses(model, include_recurrent=True), *embedding_uses(model)]:
         grouped.setdefault(id(use.weight.tensor), []).append(use)
     main_inputs = {vi.name for vi in model.graph.input}
     targets, skipped = [], {}
@@ -118,8 +98,12 @@ def weight_targets(model: onnx.ModelProto, options: WeightOnlyOptions) -> tuple[
     return targets, skipped
 
 
-def _model_opset_need(targets: list[WeightTarget], block: int | None) -> int:
-    return max((required_opset(t.bits, block) for t in targets), default=0)
+def _block(target: WeightTarget, options: WeightOnlyOptions) -> int | None:
+    return options.block_for(target.bits, (u.op_type for u in target.uses))
+
+
+def _model_opset_need(targets: list[WeightTarget], options: WeightOnlyOptions) -> int:
+    return max((required_opset(t.bits, _block(t, options)) for t in targets), default=0)
 
 
 def quantize_weights(
@@ -148,12 +132,11 @@ def quantize_weights(
     progress = progress or (lambda task, done, total: None)
     if options.rounding == "gptq" and calib is None and layer_stats is None:
         raise UsageError("--rounding gptq needs calibration data: give --calib DATA (an .npz of model inputs)")
-    block = options.block
     work = onnx.ModelProto()
     work.CopyFrom(model)
     opset_before = opset_version(work)
     targets, skipped = weight_targets(work, options)
-    need = _model_opset_need(targets, block)
+    need = _model_opset_need(targets, options)
     if need > opset_before:
         work = ensure_opset(work, need, name)
         targets, skipped = weight_targets(work, options)
@@ -163,16 +146,20 @@ def quantize_weights(
         stats, samples = _statistics(work, targets, calib, options, progress)
     planned = []
     for done, target in enumerate(targets, 1):
-        planned.append((target, *_quantize_one(target, block, options, stats.get(target.name))))
+        planned.append((target, *_quantize_one(target, _block(target, options), options, stats.get(target.name))))
         progress("quantizing weights", done, len(targets))
     names = UniqueNames(work)
     for target, codes, scales, _ in planned:
-        dequantize_in_graph(target.ref, codes, scales, target.grid(block), names)
+        dequantize_in_graph(target.ref, codes, scales, target.grid(_block(target, options)), names)
     set_ir_version_for(work)
+    remove_unused(work)
+    drop_inferred_value_info(work, model)  # the opset converter's
+    sizes = {"original": serialized_size(model), "quantized": serialized_size(work)}
+    grew = growth_warning(sizes["original"], sizes["quantized"], "the weight-only model")
     report = WeightOnlyReport(
         options=options.to_dict(), weights=[record for *_, record in planned], skipped=skipped,
         opset_before=opset_before, opset_after=opset_version(work),
-        size_bytes={"original": model.ByteSize(), "quantized": work.ByteSize()}, calibration_samples=samples,
+        size_bytes=sizes, calibration_samples=samples, warnings=[grew] if grew else [],
     )
     if eval_data is not None:
         from onnxshrink.validation import compare_models
@@ -192,7 +179,7 @@ def _statistics(model: onnx.ModelProto, targets: list[WeightTarget], calib: Any,
                 progress: Progress | None) -> tuple[dict[str, LayerInputStats], int]:
     # The shared collector (the one Hessian pruning uses); Gather tables have no layer input.
     batches = load_calibration(calib, model, options)
-    uses = [u for t in targets for u in t.uses if u.op_type != "Gather"]
+    uses = [u for t in targets for u in t.uses if u.op_type not in ("Gather", *RECURRENT_OPS)]
     stats = collect_layer_inputs(model, uses, batches, ("hessian",), progress=progress, total_batches=len(batches),
                                  rows_per_feature=ROWS_PER_FEATURE)
     return stats, sum(len(b) for b in batches)
@@ -217,7 +204,7 @@ def _quantize_one(target: WeightTarget, block: int | None, options: WeightOnlyOp
     norm = float(np.linalg.norm(w))
     record = WeightRecord(
         name=target.name, op_types=sorted({u.op_type for u in target.uses}), shape=list(w.shape), bits=grid.bits,
-        granularity=options.granularity, rounding=rounding,
+        granularity="channel" if block is None else f"block:{block}", rounding=rounding,
         relative_error=float(np.linalg.norm(w_hat - w)) / norm if norm > 0 else 0.0,
         output_error=output_error(w, w_hat, _use_of(target, stats), stats) if has_hessian else None,
         bytes_before=w.nbytes, bytes_after=(w.size * storage_bits(grid.bits) + 7) // 8 + scales.nbytes,
@@ -235,7 +222,7 @@ def _why_no_hessian(target: WeightTarget, stats: LayerInputStats | None) -> str:
     ops = {u.op_type for u in target.uses}
     if stats is not None:
         return "too many input features for a Hessian"
-    if ops & {"Gather", "ConvTranspose"}:
+    if ops & {"Gather", "ConvTranspose", *RECURRENT_OPS}:
         return f"{'/'.join(sorted(ops))} weights get no input statistics"
     if target.ref.depth > 0:
         return "inside a subgraph (no input statistics)"

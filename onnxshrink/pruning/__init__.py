@@ -23,8 +23,10 @@ from typing import Any, Callable
 import onnx
 
 from onnxshrink.activations import LayerInputStats, collect_layer_inputs
+from onnxshrink.cleanup import growth_warning, remove_unused
 from onnxshrink.data import Batch, model_inputs, read_samples
 from onnxshrink.errors import UsageError
+from onnxshrink.model import serialized_size
 from onnxshrink.pruning.masks import n_m_holds, parse_n_m
 from onnxshrink.pruning.options import METHODS, PATTERNS, ROWS_PER_FEATURE, SCOPES, PruneOptions
 from onnxshrink.pruning.report import PruneReport, count_flops, parameter_counts
@@ -110,7 +112,12 @@ def prune_model(
     groups: list[dict[str, Any]] = []
     targets, skipped = prunable_weights(work, min_size=options.min_size, exclude=options.exclude,
                                         include_recurrent=options.include_recurrent)
-    if options.pattern == "channel":
+    if options.pattern != "channel" and not targets:
+        # Nothing to collect statistics for, scan or search: said at once.
+        records = []
+        notes.append("no prunable weight: " + (f"all {len(skipped)} layer weights were skipped (see 'skipped')"
+                                               if skipped else "the model has no Conv/Gemm/MatMul weight"))
+    elif options.pattern == "channel":
         skipped = {name: why for name, why in skipped.items() if why == "excluded"}
         if options.has_target:
             work, records, groups, search = search_sparsity(work, reference, options, method, batches, check_data,
@@ -133,8 +140,10 @@ def prune_model(
                 scan = scan_cache.setdefault(key, SensitivityScan())
             work, records, _, search = search_sparsity(work, reference, options, method, batches, check_data,
                                                        targets=(targets, stats), progress=progress, scan=scan)
+            notes.extend(step["skipped"] for step in search if step.get("skipped"))
         else:
             records = prune_unstructured(targets, stats, options, method)
+    remove_unused(work)  # what channel removal or folding left unread
     validation = None
     if check_data is not None or options.has_target:
         validation = compare_models(reference, work, check_data, gate=_gate(options),
@@ -148,6 +157,9 @@ def prune_model(
         params_after=params_after, nonzero_before=nonzero_before, nonzero_after=nonzero_after,
         flops_before=flops_before, flops_after=count_flops(work), search=search, validation=validation, notes=notes,
     )
+    grew = growth_warning(serialized_size(model), serialized_size(work), "the pruned model")
+    if grew:
+        notes.append(grew)
     modified = nonzero_after != nonzero_before or params_after != params_before
     return PruneResult(work, modified, report)
 

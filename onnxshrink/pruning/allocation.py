@@ -6,6 +6,9 @@
 2. One onnxruntime run per layer, pruned alone at a probe level, turns local
    error into its effect on the model's outputs (layers differ in how much
    their errors propagate).
+   Before the full scan, each layer alone at its lowest level is measured
+   against the target (least disturbed first, usually one run): when none
+   passes, nothing is prunable and the scan and search are skipped.
 3. For a knob ``λ`` every layer takes the level maximising
    ``λ · weights removed - predicted output error``; ``λ`` is bisected
    (on a log scale) for the highest overall sparsity whose measured metric
@@ -140,27 +143,43 @@ class SensitivityScan:
         self.errors: dict[str, np.ndarray] = {}
         self.scale: dict[str, float] = {}
         self.measured: dict[tuple, dict[str, float]] = {}
+        self.lowest_errors: dict[str, float] = {}  # local error of each layer at its lowest level
 
 
 def _scan(scan: SensitivityScan, model: onnx.ModelProto, reference: onnx.ModelProto, target_list: list[PruneTarget],
           stats: dict[str, LayerInputStats], originals: dict[str, np.ndarray], levels: dict[str, tuple[float, ...]],
           options: PruneOptions, method: str, n_m: tuple[int, int] | None, batches: list[Batch] | None,
-          checker: OutputChecker, progress: Callable[[str, int, int], None]) -> None:
+          checker: OutputChecker, progress: Callable[[str, int, int], None]) -> str | None:
     """Fill ``scan``: every layer pruned alone at each level, its local error,
-    and a probe of how far that error reaches the outputs."""
+    and a probe of how far that error reaches the outputs. Returns why nothing
+    is prunable under the options' target (the scan then stops early), or None."""
     arrays, errors, scale = scan.arrays, scan.errors, scan.scale
     total_work = sum(len(v) - 1 for v in levels.values())
     done = 0
-    for t in target_list:
+
+    def prune_at(t: PruneTarget, i: int) -> float:
+        nonlocal done
         s = stats.get(t.name)
-        used = usable_method(method, t, s)
-        errs = [0.0]
-        for i, level in enumerate(levels[t.name][1:], start=1):
-            arrays[(t.name, i)] = pruned_array(t, originals[t.name], used, s, sparsity=level, n_m=n_m,
-                                               block_size=options.block_size, damp=options.damp)
-            errs.append(_local_error(originals[t.name], arrays[(t.name, i)], t, s))
-            done += 1
-            progress("scanning layer sensitivity", done, total_work)
+        arrays[(t.name, i)] = pruned_array(t, originals[t.name], usable_method(method, t, s), s,
+                                           sparsity=levels[t.name][i], n_m=n_m, block_size=options.block_size,
+                                           damp=options.damp)
+        done += 1
+        progress("scanning layer sensitivity", done, total_work)
+        return _local_error(originals[t.name], arrays[(t.name, i)], t, s)
+
+    # Every layer at its lowest level first (kept for later calls with other targets): when
+    # none of them alone meets the target, no allocation can (each prunes at least one layer
+    # that far), and the scan stops here; a later, looser target takes it up again.
+    for t in target_list:
+        if len(levels[t.name]) > 1 and t.name not in scan.lowest_errors:
+            scan.lowest_errors[t.name] = prune_at(t, 1)
+    done = len(scan.lowest_errors)
+    single, why = _first_single(scan, model, target_list, levels, arrays, originals, checker, options)
+    if single is None:
+        return why
+    for t in target_list:
+        errs = [0.0] + ([scan.lowest_errors[t.name]] if len(levels[t.name]) > 1 else [])
+        errs += [prune_at(t, i) for i in range(2, len(levels[t.name]))]
         errors[t.name] = np.maximum.accumulate(np.array(errs))
     # Probe: each layer alone at the probe level, measured on calibration data.
     probe_checker = OutputChecker(reference, batches, limit=PROBE_SAMPLES) if batches is not None else checker
@@ -176,6 +195,37 @@ def _scan(scan: SensitivityScan, model: onnx.ModelProto, reference: onnx.ModelPr
         progress("probing layers", k + 1, len(target_list))
     _assemble(model, target_list, {}, arrays, originals)
     scan.scanned = True
+    return None
+
+
+def _first_single(scan: SensitivityScan, model: onnx.ModelProto, target_list: list[PruneTarget],
+                  levels: dict[str, tuple[float, ...]], arrays: dict[tuple[str, int], np.ndarray],
+                  originals: dict[str, np.ndarray], checker: OutputChecker,
+                  options: PruneOptions) -> tuple[dict[str, int] | None, str | None]:
+    """The first allocation pruning one layer alone at its lowest level that meets
+    the target, the least disturbed layer first (usually the first: one run, and
+    none when measured before), or None and why nothing is prunable under it.
+    Deterministic whatever ``scan`` already measured."""
+    candidates = sorted((t for t in target_list if len(levels[t.name]) > 1),
+                        key=lambda t: (scan.lowest_errors[t.name], t.name))
+    if not candidates:
+        return None, "no layer weight can be pruned in this pattern"
+    found = None
+    for t in candidates:
+        choice = {u.name: (1 if u.name == t.name else 0) for u in target_list}
+        key = tuple(sorted(choice.items()))
+        if key not in scan.measured:
+            _assemble(model, target_list, choice, arrays, originals)
+            scan.measured[key] = checker.measure(model)
+        if checker.passes(scan.measured[key], options):
+            found = choice
+            break
+    _assemble(model, target_list, {}, arrays, originals)
+    if found is not None:
+        return found, None
+    lowest = min(levels[t.name][1] for t in candidates)
+    return None, (f"nothing prunable under the target: each of the {len(candidates)} layers pruned alone at its "
+                  f"lowest level ({100 * lowest:.0f}%) misses it, so the search was skipped")
 
 
 def search_sparsity(
@@ -206,9 +256,19 @@ def search_sparsity(
     originals = {t.name: t.ref.array() for t in target_list}
     levels = {t.name: _levels(t, options) for t in target_list}
     scan = scan if scan is not None else SensitivityScan()
+    nothing_prunable = None
     if not scan.scanned:
-        _scan(scan, model, reference, target_list, stats, originals, levels, options, method, n_m, batches, checker,
-              progress)
+        nothing_prunable = _scan(scan, model, reference, target_list, stats, originals, levels, options, method, n_m,
+                                 batches, checker, progress)
+    single = None
+    if not nothing_prunable:  # this target's own check (the scan may have been made under another)
+        single, nothing_prunable = _first_single(scan, model, target_list, levels, scan.arrays, originals, checker,
+                                                 options)
+    if nothing_prunable:
+        records = [TensorPruning(t.name, t.op_type, list(originals[t.name].shape), int(originals[t.name].size),
+                                 int(np.count_nonzero(originals[t.name] == 0)),
+                                 int(np.count_nonzero(originals[t.name] == 0)), "none", 0.0, None) for t in target_list]
+        return model, records, [], [{"step": 0, "skipped": nothing_prunable}]
     arrays, errors, scale = scan.arrays, scan.errors, scan.scale
     sizes = {t.name: t.size for t in target_list}
     total = max(sum(sizes.values()), 1)
@@ -249,6 +309,14 @@ def search_sparsity(
             measured += 1
             progress("searching per-layer sparsity", measured, SEARCH_STEPS)
         lo, hi = (mid, hi) if verdicts[key] else (lo, mid)
+    # The bisection can jump from nothing to too much: the single layer that met the target
+    # in the check above is a candidate too.
+    single_sparsity = overall(single)
+    if single_sparsity > best[1] and (options.sparsity is None or single_sparsity <= options.sparsity + 1e-9):
+        metrics = scan.measured[tuple(sorted(single.items()))]
+        best = (single, single_sparsity, metrics)
+        steps.append({"step": len(steps), "single_layer": True, "sparsity": round(single_sparsity, 6), "passed": True,
+                      **{k: round(v, 6) for k, v in metrics.items()}})
     choice = best[0]
     _assemble(model, target_list, choice, arrays, originals)
     records = []

@@ -1,4 +1,4 @@
-"""Weight-only dynamic quantization: int8 MatMul/Gemm weights, activations quantized at run time.
+"""Dynamic quantization: int8 MatMul/Gemm weights, activations quantized at run time.
 
 Each MatMul (or Gemm) with a constant 2-D weight becomes::
 
@@ -7,6 +7,7 @@ Each MatMul (or Gemm) with a constant 2-D weight becomes::
 with W int8, symmetric per output column (zero point 0). onnxruntime fuses the
 chain into DynamicQuantizeMatMul / MatMulIntegerToFloat. No calibration
 data: transformer-like models whose activation ranges vary per input.
+Embedding tables become int8 too (:mod:`onnxshrink.quantization.embeddings`).
 """
 
 from __future__ import annotations
@@ -17,16 +18,22 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
 from onnxshrink.model import serialized_size
 from onnxshrink.quantization.options import QuantizeOptions
 from onnxshrink.quantization.params import quantize_weight, weight_scales
-from onnxshrink.quantization.prepare import node_attribute, constant_value, remove_unused_initializers
+from onnxshrink.quantization.embeddings import quantize_embeddings
+from onnxshrink.quantization.plan import subgraph_layers
+from onnxshrink.quantization.prepare import node_attribute, constant_value
 from onnxshrink.quantization.report import QuantizeReport
+from onnxshrink.quantization.slowdown import one_input, slowdown_warning
 from onnxshrink.quantization.rewrite import _Names
 from onnxshrink.roles import weight_uses
 from onnxshrink.runtime import release_memory
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
+IN_SUBGRAPH_DYNAMIC = ("inside an If/Loop/Scan body: dynamic quantization rewrites the main graph's MatMul/Gemm; "
+                       "quantize --weights-only reaches these weights")
 
 
 def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_data: Any = None, name: str = "model"):
@@ -94,16 +101,35 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
         nodes.extend(replaced.get(node.name, [node]))
     del graph.node[:]
     graph.node.extend(nodes)
-    remove_unused_initializers(out)
+    left_float.update(subgraph_layers(out, IN_SUBGRAPH_DYNAMIC))
+    tables, tables_left = quantize_embeddings(out, exclude_nodes=frozenset(options.exclude_nodes),
+                                              exclude_ops=frozenset(options.exclude_ops))
+    records.extend(tables)
+    left_float.update(tables_left)
+    remove_unused(out)
+    drop_inferred_value_info(out, model)
     release_memory()  # the per-weight temporaries of a large model
     validation = compare_models(model, out, eval_data, measure_latency=options.latency_guard,
                                 shapes=dict(options.shapes) or None)
+    warnings = [] if eval_data is not None else ["no --eval data: the final metrics use random inputs"]
+    in_subgraphs = sum(1 for why in left_float.values() if why == IN_SUBGRAPH_DYNAMIC)
+    if in_subgraphs:
+        warnings.append(f"{in_subgraphs} layers inside If/Loop/Scan bodies stay float; quantize --weights-only "
+                        "reaches their weights")
+    if not records:
+        warnings.append("no MatMul, Gemm or embedding Gather could be quantized")
+    sizes = {"original": serialized_size(model), "quantized": serialized_size(out)}
+    for warning in (growth_warning(sizes["original"], sizes["quantized"], "the int8 model"),
+                    slowdown_warning(model, out, one_input(model, eval_data, dict(options.shapes) or None),
+                                     validation.latency_ms) if records else None):
+        if warning:
+            warnings.append(warning)
     report = QuantizeReport(
         mode="dynamic", method=None, activations="uint8 (dynamic)", per_channel=options.per_channel, nodes=records,
-        left_float=left_float, size_bytes={"original": serialized_size(model), "quantized": serialized_size(out)},
+        left_float=left_float, size_bytes=sizes,
         calibration={}, validation=validation.to_dict(), latency_ms=dict(validation.latency_ms),
         prepared=prepared.notes,
-        warnings=[] if eval_data is not None else ["no --eval data: the final metrics use random inputs"],
+        warnings=warnings,
     )
     return QuantizeResult(out, bool(records), report, None)
 

@@ -14,7 +14,9 @@ calibrate are known before calibration runs. Decisions, in graph order:
    is wanted, and then shares its input's scale (a float input gets its Q
    before the op).
 
-The main graph only: nodes inside subgraphs stay as they are.
+The main graph only: nodes inside subgraphs stay as they are (their
+activation ranges would be needed, and onnxruntime outputs no subgraph
+tensor), and the plan lists each one with a weight under ``left_float``.
 """
 
 from __future__ import annotations
@@ -24,12 +26,22 @@ import dataclasses
 import numpy as np
 import onnx
 
-from onnxshrink.model import consumers
+from onnxshrink.model import consumers, iter_graphs
 from onnxshrink.quantization.prepare import node_attribute, constant_value, subgraph_reads
 from onnxshrink.quantization.rules import ALL_INPUTS, OpRule, rule_for
 from onnxshrink.roles import WeightUse, weight_uses
 
 FLOAT = onnx.TensorProto.FLOAT
+IN_SUBGRAPH = ("inside an If/Loop/Scan body: static int8 needs activation ranges there, which onnxruntime does "
+               "not output; quantize --weights-only reaches these weights")
+
+
+def subgraph_layers(model: onnx.ModelProto, why: str = IN_SUBGRAPH) -> dict[str, str]:
+    """Nodes inside If/Loop/Scan bodies that read a layer weight (recurrent ones
+    included), by name (or op and output, for nameless ones), each with ``why``."""
+    inside = {n.output[0] for sub, depth in iter_graphs(model.graph) if depth for n in sub.node if n.output}
+    return {(u.node.name or f"{u.node.op_type} writing '{u.node.output[0]}'"): why
+            for u in weight_uses(model, include_recurrent=True) if u.node.output and u.node.output[0] in inside}
 
 
 @dataclasses.dataclass
@@ -199,6 +211,9 @@ def make_plan(
             continue
         if node.name in fusible:
             left_float[node.name] = "not right after a quantized op: runs in float"
+
+    for label, why in subgraph_layers(model).items():
+        left_float.setdefault(label, why)
 
     # 4. activation inputs not yet int8: Q/DQ on them (graph inputs, float producers, constants)
     constant_activations: set[str] = set()

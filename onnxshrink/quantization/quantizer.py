@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
+from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
 from onnxshrink.model import serialized_size
 from onnxshrink.runtime import release_memory
 from onnxshrink.data import NpzData
@@ -17,9 +18,11 @@ from onnxshrink.errors import UsageError
 from onnxshrink.quantization import bias_correction, prepare
 from onnxshrink.quantization.calibrate import calibrate
 from onnxshrink.quantization.options import QuantizeOptions
-from onnxshrink.quantization.plan import Plan, make_plan
+from onnxshrink.quantization.plan import IN_SUBGRAPH, Plan, make_plan
+from onnxshrink.quantization.slowdown import one_input, slowdown_warning
 from onnxshrink.quantization.report import QuantizeReport
-from onnxshrink.quantization.rewrite import apply_plan, compute_params
+from onnxshrink.quantization.embeddings import quantize_embeddings
+from onnxshrink.quantization.rewrite import NodeRecord, apply_plan, compute_params
 from onnxshrink.quantization.rules import RULES
 from onnxshrink.quantization.stats import CalibrationStats
 
@@ -71,7 +74,7 @@ def prepare_model(model: onnx.ModelProto, name: str = "model", *, fold_constants
     ranks = prepare.value_ranks(work)
     notes["matmul_add_to_gemm"] = prepare.matmul_add_to_gemm(work.graph, ranks)
     notes["spatial_means_to_global_pool"] = prepare.spatial_means_to_global_pool(work.graph, ranks)
-    prepare.remove_unused_initializers(work)
+    notes["unused_removed"] = remove_unused(work).nodes_removed  # e.g. the Constants a folded BatchNorm read
     return Prepared(work, prepare.value_types(work), notes)
 
 
@@ -160,6 +163,11 @@ def build(prepared: Prepared, source: StatisticsSource, options: QuantizeOptions
     model, records = apply_plan(prepared.model, plan, params, per_channel=options.per_channel,
                                  weight_range_bits=options.weight_range_bits,
                                  bias_input_means=source.bias_input_means(plan) if options.bias_correction else None)
+    tables, tables_left = quantize_embeddings(model, exclude_nodes=frozenset(options.exclude_nodes),
+                                              exclude_ops=frozenset(options.exclude_ops))
+    records.extend(NodeRecord(**r) for r in tables)
+    plan.left_float.update(tables_left)
+    remove_unused(model)  # the float weights (Constant nodes among them) the Q/DQ rewrite replaced
     release_memory()  # the per-weight temporaries of a large model
     return model, plan, records
 
@@ -232,6 +240,7 @@ def quantize_model(
         qmodel, plan, records, keep, search_log, target = accuracy_aware(
             prepared, source, options, data, keep, build, progress)
 
+    drop_inferred_value_info(qmodel, model)  # shape inference's and the opset converter's
     left_float = dict(plan.left_float)
     left_float.update(keep)
     data = eval_data if eval_data is not None else _as_data_for_validation(calib)
@@ -240,13 +249,19 @@ def quantize_model(
     validation = compare_models(model, qmodel, data, measure_latency=options.latency_guard,
                                 shapes=dict(options.shapes) or None)
     lat = validation.latency_ms
-    if lat.get("reference") and lat.get("candidate") and lat["candidate"] > lat["reference"]:
-        warnings.append(f"the int8 model is slower than fp32 on this CPU ({lat['candidate']:.3f} ms vs "
-                        f"{lat['reference']:.3f} ms, 1 thread): the model is too small for integer kernels to pay off")
+    if records and lat.get("reference") and lat.get("candidate") and lat["candidate"] > lat["reference"]:
+        warnings.append(slowdown_warning(model, qmodel, one_input(model, data, dict(options.shapes) or None), lat))
     if source.bias_correction_skipped:
         warnings.append(source.bias_correction_skipped)
-    if not plan.nodes:
+    in_subgraphs = sum(1 for why in left_float.values() if why == IN_SUBGRAPH)
+    if in_subgraphs:
+        warnings.append(f"{in_subgraphs} layers inside If/Loop/Scan bodies stay float (static int8 needs activation "
+                        "ranges there); quantize --weights-only reaches their weights")
+    if not records:
         warnings.append("no node could be quantized; the model is unchanged apart from the preparation passes")
+    grew = growth_warning(serialized_size(model), serialized_size(qmodel), "the int8 model")
+    if grew:
+        warnings.append(grew)
     stats = source.stats
     calibration = {"samples": stats.samples, "tensors": len(stats.tensors), "seconds": round(source.seconds, 3),
                    "method": options.method, "histograms": options.method != "minmax"}
@@ -257,4 +272,4 @@ def quantize_model(
         calibration=calibration, validation=validation.to_dict(), latency_ms=dict(lat), target=target,
         search=search_log, prepared=prepared.notes, warnings=warnings,
     )
-    return QuantizeResult(qmodel, bool(plan.nodes), report, stats)
+    return QuantizeResult(qmodel, bool(records), report, stats)
