@@ -214,27 +214,44 @@ def model_name(eval_data) -> str:
 
 
 def task_results(model, eval_data, reference_path=None):
-    """What the model's real program outputs on every eval sample (detections, strings, labels, segments)."""
+    """What the model's real program outputs on every eval sample (detections, strings, labels, segments),
+    the metadata its post-processing read, and each sample's raw first output (for a cosine)."""
     name = model_name(eval_data)
     p = Path(eval_data)
     meta = models.prepare_meta(name, Path(reference_path or p.with_name(f"{name}.onnx")),
                                load_npz(p.with_name(f"{name}.meta.npz")))
-    return models.handler(name).run(open_session(model), load_npz(p), meta), meta
+    h = models.handler(name)
+    return h.run(open_session(model), load_npz(p), meta), meta, h.raw
+
+
+def output_cosine(ref_raw: list, cand_raw: list) -> float:
+    """Mean over samples of the cosine between the reference's and the candidate's first output
+    (NaN when a shape differs)."""
+    values = []
+    for a, b in zip(ref_raw, cand_raw):
+        a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+        if a.shape != b.shape:
+            return float("nan")
+        denom = np.linalg.norm(a) * np.linalg.norm(b)
+        values.append(1.0 if denom == 0 and not a.any() and not b.any() else float(a @ b / max(denom, 1e-30)))
+    return float(np.mean(values)) if values else float("nan")
 
 
 def task_agreement(candidate, reference, eval_data) -> tuple[float, dict]:
-    """Task agreement of ``candidate`` with ``reference`` on ``eval_data`` (NAME.eval.npz, with
+    """Task agreement of ``candidate`` (a path, .onnx or .onnxz, or an onnxruntime session) with the
+    fp32 ``reference`` (a path) on ``eval_data`` (NAME.eval.npz, with
     NAME.meta.npz beside it): both run through the real program's pre/post-processing, then compared
     as the program's users would (see real_corpus_tasks.py). Returns (agreement in [0, 1], details).
     Labels and dictionaries come from the reference model, so a candidate that lost its metadata is
     still compared on its outputs; ``details['metadata_kept']`` says whether it kept it."""
     name = model_name(eval_data)
     key = (str(reference), str(eval_data))
-    if key not in _REFERENCE_RESULTS or not isinstance(reference, (str, os.PathLike)):
+    if key not in _REFERENCE_RESULTS:
         _REFERENCE_RESULTS[key] = task_results(reference, eval_data, reference)
-    ref, meta = _REFERENCE_RESULTS[key]
-    cand, _ = task_results(candidate, eval_data, reference)
+    ref, meta, ref_raw = _REFERENCE_RESULTS[key]
+    cand, _, cand_raw = task_results(candidate, eval_data, reference)
     agreement, details = models.handler(name).compare(ref, cand, meta)
+    details["output_cosine"] = output_cosine(ref_raw, cand_raw)
     details["metadata_kept"] = _metadata_kept(candidate, reference)
     return float(agreement), details
 

@@ -22,13 +22,20 @@ import real_corpus_tasks as tasks
 
 
 class Stateless:
-    """A model run once per eval sample (batch 1), its outputs post-processed per sample."""
+    """A model run once per eval sample (batch 1), its outputs post-processed per sample.
+    ``run`` leaves each sample's first output in ``self.raw`` (for an output cosine beside the task check)."""
     calib_n, eval_n = 16, 32
+    raw: list
 
     def run(self, session, data: dict, meta: dict) -> list:
         names = [i.name for i in session.get_inputs()]
         n = len(data[names[0]])
-        return [self.decode(session.run(None, {k: data[k][i:i + 1] for k in names}), meta, i) for i in range(n)]
+        results, self.raw = [], []
+        for i in range(n):
+            outputs = session.run(None, {k: data[k][i:i + 1] for k in names})
+            self.raw.append(outputs[0])
+            results.append(self.decode(outputs, meta, i))
+        return results
 
     def compare(self, ref, cand, meta):
         return self.agree(ref, cand)
@@ -323,11 +330,12 @@ class SileroVad:
 
     def run(self, session, data, meta):
         from silero_vad import get_speech_timestamps_from_probs
-        results, start = [], 0
+        results, start, self.raw = [], 0, []
         for n in meta["lengths"]:
             audio = meta["audio"][start:start + n]
             start += n
             probs = [p for _, _, p in self.closed_loop(session, audio)]
+            self.raw.append(np.array(probs))
             segs = get_speech_timestamps_from_probs(probs, sampling_rate=16000, audio_length_samples=int(n))
             results.append([(s["start"], s["end"]) for s in segs])
         return results
@@ -394,9 +402,10 @@ class MiniLM:
 
     def run(self, session, data, meta):
         feeds = {k: data[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-        embs = []
+        embs, self.raw = [], []
         for i in range(len(feeds["input_ids"])):
             hidden = session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0][0]
+            self.raw.append(hidden)
             mask = feeds["attention_mask"][i][:, None].astype(np.float32)
             pooled = (hidden * mask).sum(0) / max(mask.sum(), 1e-9)
             embs.append(pooled / max(np.linalg.norm(pooled), 1e-12))

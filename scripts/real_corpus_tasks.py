@@ -120,7 +120,7 @@ def segment_iou(ref: Sequence[tuple[int, int]], cand: Sequence[tuple[int, int]],
     """Temporal IoU of the union of the reference's segments and the candidate's (1.0 when neither has any)."""
     a, b = segments_mask(ref, length), segments_mask(cand, length)
     union = np.count_nonzero(a | b)
-    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+    return 1.0 if union == 0 else float(np.count_nonzero(a & b) / union)
 
 
 def vad_agreement(ref: Sequence[Sequence[tuple[int, int]]], cand: Sequence[Sequence[tuple[int, int]]],
@@ -133,7 +133,7 @@ def vad_agreement(ref: Sequence[Sequence[tuple[int, int]]], cand: Sequence[Seque
     f1, det = detection_agreement(as_boxes, cand_boxes)
     return float(np.mean(ious)) if ious else 1.0, {
         "recordings": len(ref), "reference_segments": det["reference_detections"],
-        "candidate_segments": det["candidate_detections"], "segment_f1": f1, "min_iou": min(ious, default=1.0)}
+        "candidate_segments": det["candidate_detections"], "segment_f1": f1, "min_iou": float(min(ious, default=1.0))}
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
