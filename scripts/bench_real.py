@@ -45,6 +45,8 @@ import real_corpus as rc  # noqa: E402
 from real_corpus_tasks import markdown_table  # noqa: E402
 
 CONFIGS = ["shrink", "quantize", "w8", "w4", "ort static", "ort dynamic"]
+# Not in the default run: shrink with an explicit output-cosine gate instead of the recipe's accuracy gate.
+EXTRA_CONFIGS = ["shrink cos0.99"]
 BEGIN, END = "<!-- bench_real:begin -->", "<!-- bench_real:end -->"
 HEADER = ["model", "configuration", "size bytes", "x smaller", "task agreement", "task details", "output cosine",
           "latency / fp32", "status"]
@@ -78,6 +80,9 @@ def command(config: str, model: Path, calib: Path, evaluation: Path, out: Path) 
     osh = [str(Path(sys.executable).with_name("onnxshrink"))]
     if config == "shrink":
         return osh + ["shrink", str(model), "-o", str(out), "--calib", str(calib), "--eval", str(evaluation), "-q"]
+    if config.startswith("shrink cos"):
+        return osh + ["shrink", str(model), "-o", str(out), "--calib", str(calib), "--eval", str(evaluation),
+                      "--min-cosine", config[len("shrink cos"):], "-q"]
     if config == "quantize":
         return osh + ["quantize", str(model), "-o", str(out), "--calib", str(calib), "-q"]
     if config in ("w8", "w4"):
@@ -87,7 +92,7 @@ def command(config: str, model: Path, calib: Path, evaluation: Path, out: Path) 
 
 
 def output_path(work: Path, name: str, config: str) -> Path:
-    suffix = ".onnxz" if config == "shrink" else ".onnx"
+    suffix = ".onnxz" if config.startswith("shrink") else ".onnx"
     return work / f"{name}.{config.replace(' ', '_')}{suffix}"
 
 
@@ -221,30 +226,38 @@ def machine() -> dict:
             "flags": {f: f in flags for f in ("avx512_vnni", "avx_vnni", "avx2", "avx512f")}}
 
 
-def write(doc: Path, rows: list[dict], info: dict, done: list[str]) -> None:
+def markers(section: str) -> tuple[str, str]:
+    return (BEGIN, END) if not section else (f"<!-- bench_real:{section}:begin -->", f"<!-- bench_real:{section}:end -->")
+
+
+def write(doc: Path, rows: list[dict], info: dict, done: list[str], section: str = "") -> None:
+    """Replace the block between the section's markers in ``doc`` (append it if absent); JSON beside."""
+    begin, end = markers(section)
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["flags"].items())
-    text = (f"{BEGIN}\nMeasured {info['date']} by `python scripts/bench_real.py` on {info['cpu']} "
+    text = (f"{begin}\nMeasured {info['date']} by `python scripts/bench_real.py` on {info['cpu']} "
             f"({info['cores']} cores shared; {flags}), onnxruntime {info['onnxruntime']}, Python {info['python']}; "
             f"models: {', '.join(done)}. Latency is 1 thread, batch 1, interleaved with fp32: indicative only on "
-            f"a shared machine.\n\n{table(rows)}{END}")
+            f"a shared machine.\n\n{table(rows)}{end}")
     old = doc.read_text() if doc.exists() else "# Real models (issue 16)\n\n"
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + text + old[old.index(end) + len(end):]
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     tmp = doc.with_suffix(".tmp")
     tmp.write_text(new)
     os.replace(tmp, doc)
-    jtmp = doc.with_suffix(".json.tmp")
+    json_path = doc.with_name(doc.stem + (f".{section}" if section else "") + ".json")
+    jtmp = json_path.with_suffix(".json.tmp")
     jtmp.write_text(json.dumps({"machine": info, "rows": rows}, indent=1, default=str))
-    os.replace(jtmp, doc.with_suffix(".json"))
+    os.replace(jtmp, json_path)
 
 
 def main() -> None:
     names = [e.name for e in rc.MODELS]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="*", default=names, choices=names)
-    ap.add_argument("--configs", nargs="*", default=CONFIGS, choices=CONFIGS)
+    ap.add_argument("--configs", nargs="*", default=CONFIGS, choices=CONFIGS + EXTRA_CONFIGS)
+    ap.add_argument("--section", default="", help="write between <!-- bench_real:SECTION:begin/end --> markers")
     ap.add_argument("--cache", type=Path, default=rc.default_cache())
     ap.add_argument("--work", type=Path, default=None, help="where outputs go (default CACHE/bench)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per command and per evaluation")
@@ -265,7 +278,7 @@ def main() -> None:
         rc.prepare(rc.BY_NAME[name], args.cache)
         rows += bench_model(name, args.cache, work, args.timeout, args.configs)
         done.append(name)
-        write(args.doc, rows, info, done)
+        write(args.doc, rows, info, done, args.section)
 
 
 if __name__ == "__main__":
