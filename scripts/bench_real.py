@@ -203,6 +203,28 @@ def fmt(v, spec: str = ".3f", none: str = "-") -> str:
     return format(v, spec)
 
 
+def cell(row: dict | None) -> str:
+    """x smaller / task agreement / latency ratio, or what went wrong."""
+    if row is None:
+        return "-"
+    if row["agreement"] is None:
+        exit_code = row.get("exit")
+        if exit_code == 0:
+            return "eval failed"
+        return "timeout" if exit_code == "timeout" else f"exit {exit_code}"
+    return f"{fmt(row['ratio'], '.1f')}x / {fmt(row['agreement'])} / {fmt(row['latency_ratio'], '.2f')}"
+
+
+def matrix(rows: list[dict]) -> str:
+    """One row per model, one column per configuration: x smaller / task agreement / latency vs fp32."""
+    configs = list(dict.fromkeys(r["configuration"] for r in rows if r["configuration"] != "fp32"))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    by = {(r["model"], r["configuration"]): r for r in rows}
+    return markdown_table(["model", "fp32 bytes"] + configs,
+                          [[m, fmt(by[(m, "fp32")]["size"], ",")] + [cell(by.get((m, c))) for c in configs]
+                           for m in models])
+
+
 def table(rows: list[dict]) -> str:
     return markdown_table(HEADER, [[r["model"], r["configuration"], fmt(r["size"], ","), fmt(r["ratio"], ".2f"),
                                     fmt(r["agreement"]), summary(r["details"]), fmt(r["cosine"], ".4f"),
@@ -237,7 +259,8 @@ def write(doc: Path, rows: list[dict], info: dict, done: list[str], section: str
     text = (f"{begin}\nMeasured {info['date']} by `python scripts/bench_real.py` on {info['cpu']} "
             f"({info['cores']} cores shared; {flags}), onnxruntime {info['onnxruntime']}, Python {info['python']}; "
             f"models: {', '.join(done)}. Latency is 1 thread, batch 1, interleaved with fp32: indicative only on "
-            f"a shared machine.\n\n{table(rows)}{end}")
+            f"a shared machine.\n\nEach cell: x smaller than the fp32 file / task agreement with fp32 / latency of the deployed "
+            f"form vs fp32.\n\n{matrix(rows)}\nEvery run:\n\n{table(rows)}{end}")
     old = doc.read_text() if doc.exists() else "# Real models (issue 16)\n\n"
     if begin in old and end in old:
         new = old[:old.index(begin)] + text + old[old.index(end) + len(end):]

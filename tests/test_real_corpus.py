@@ -113,13 +113,16 @@ def test_bench_writer_keeps_the_prose_around_its_markers(tmp_path):
     rows = [{"model": "m1", "configuration": "fp32", "size": 1000, "ratio": 1.0, "agreement": 1.0, "details": {},
              "cosine": 1.0, "latency_ratio": 1.0, "status": "reference"},
             {"model": "m1", "configuration": "w8", "size": None, "ratio": None, "agreement": None,
-             "details": {}, "cosine": None, "latency_ratio": None, "status": "exit 3 in 2 s: boom | bad"}]
+             "details": {}, "cosine": None, "latency_ratio": None, "exit": 3, "status": "exit 3 in 2 s: boom | bad"},
+            {"model": "m1", "configuration": "w4", "size": 250, "ratio": 4.0, "agreement": 0.5, "details": {},
+             "cosine": 0.9, "latency_ratio": 1.5, "exit": 0, "status": "exit 0 in 1 s"}]
     bench.write(doc, rows, info, ["m1"])
     text = doc.read_text()
     assert text.startswith("# Title\n\nbefore\n\n") and text.endswith("\n\nafter\n")
     assert "old table" not in text and "avx2 yes" in text and "avx512_vnni no" in text
-    table = [l for l in text.splitlines() if l.startswith("| m1")]
-    assert len(table) == 2 and "boom \\| bad" in table[1]
+    lines = [l for l in text.splitlines() if l.startswith("| m1")]
+    assert lines[0] == "| m1 | 1,000 | exit 3 | 4.0x / 0.500 / 1.50 |"  # the matrix: one row per model
+    assert len(lines) == 4 and "boom \\| bad" in lines[2]  # then one row per run
     assert (tmp_path / "real.json").exists()
 
 
