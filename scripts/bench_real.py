@@ -117,7 +117,7 @@ def latency_ratio(model: Path, candidate: Path, evaluation: Path, budget_s: floa
     ref, cand = rc.open_session(model), rc.open_session(candidate)
     data = rc.load_npz(evaluation)
     ranks = {i.name: len(i.shape) for i in ref.get_inputs()}
-    feed = {k: (data[k][0] if data[k].ndim == ranks[k] + 1 else data[k][:1]) for k in ranks}
+    feed = {k: (np.asarray(data[k][0]) if data[k].ndim == ranks[k] + 1 else data[k][:1]) for k in ranks}
     for _ in range(2):
         ref.run(None, feed)
         cand.run(None, feed)
@@ -252,6 +252,25 @@ def markers(section: str) -> tuple[str, str]:
     return (BEGIN, END) if not section else (f"<!-- bench_real:{section}:begin -->", f"<!-- bench_real:{section}:end -->")
 
 
+def json_file(doc: Path, section: str) -> Path:
+    return doc.with_name(doc.stem + (f".{section}" if section else "") + ".json")
+
+
+def merged(doc: Path, section: str, rows: list[dict], info: dict) -> list[dict]:
+    """``rows`` with the rows of the models they lack taken from the JSON of an earlier run (each keeps
+    the date it was measured), in the corpus's order."""
+    path = json_file(doc, section)
+    if not path.exists():
+        return rows
+    old = json.loads(path.read_text())
+    fresh = {r["model"] for r in rows}
+    for r in rows:
+        r.setdefault("date", info["date"])
+    kept = [dict(r, date=r.get("date", old["machine"]["date"])) for r in old["rows"] if r["model"] not in fresh]
+    order = {e.name: i for i, e in enumerate(rc.MODELS)}
+    return sorted(kept + rows, key=lambda r: order.get(r["model"], len(order)))
+
+
 def write(doc: Path, rows: list[dict], info: dict, done: list[str], section: str = "") -> None:
     """Replace the block between the section's markers in ``doc`` (append it if absent); JSON beside."""
     begin, end = markers(section)
@@ -269,7 +288,7 @@ def write(doc: Path, rows: list[dict], info: dict, done: list[str], section: str
     tmp = doc.with_suffix(".tmp")
     tmp.write_text(new)
     os.replace(tmp, doc)
-    json_path = doc.with_name(doc.stem + (f".{section}" if section else "") + ".json")
+    json_path = json_file(doc, section)
     jtmp = json_path.with_suffix(".json.tmp")
     jtmp.write_text(json.dumps({"machine": info, "rows": rows}, indent=1, default=str))
     os.replace(jtmp, json_path)
@@ -280,6 +299,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="*", default=names, choices=names)
     ap.add_argument("--configs", nargs="*", default=CONFIGS, choices=CONFIGS + EXTRA_CONFIGS)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of models not run now from the JSON of an earlier run")
     ap.add_argument("--section", default="", help="write between <!-- bench_real:SECTION:begin/end --> markers")
     ap.add_argument("--cache", type=Path, default=rc.default_cache())
     ap.add_argument("--work", type=Path, default=None, help="where outputs go (default CACHE/bench)")
@@ -301,7 +322,8 @@ def main() -> None:
         rc.prepare(rc.BY_NAME[name], args.cache)
         rows += bench_model(name, args.cache, work, args.timeout, args.configs)
         done.append(name)
-        write(args.doc, rows, info, done, args.section)
+        everything = merged(args.doc, args.section, rows, info) if args.merge else rows
+        write(args.doc, everything, info, list(dict.fromkeys(r["model"] for r in everything)), args.section)
 
 
 if __name__ == "__main__":
