@@ -65,7 +65,7 @@ class Reader(CalibrationDataReader):
         if self.i >= n:
             return None
         i, self.i = self.i, self.i + 1
-        return {k: (v[i] if v.ndim == ranks[k] + 1 else v[i:i + 1]) for k, v in data.items() if k in ranks}
+        return {k: (np.asarray(v[i]) if v.ndim == ranks[k] + 1 else v[i:i + 1]) for k, v in data.items() if k in ranks}
 quantize_static(src, out, Reader())
 """
 ORT_DYNAMIC = """
@@ -306,6 +306,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="where outputs go (default CACHE/bench)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per command and per evaluation")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "real_models.md")
+    ap.add_argument("--render", action="store_true", help="rewrite the doc's table from its JSON, measuring nothing")
     ap.add_argument("--evaluate", nargs=2, metavar=("NAME", "CANDIDATE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = args.work or args.cache / "bench"
@@ -314,6 +315,11 @@ def main() -> None:
         name, candidate = args.evaluate
         result = evaluate(name, Path(candidate), args.cache, work)
         Path(candidate + ".eval.json").write_text(json.dumps(result, default=str))
+        return
+    if args.render:
+        saved = json.loads(json_file(args.doc, args.section).read_text())
+        rows = saved["rows"]
+        write(args.doc, rows, saved["machine"], list(dict.fromkeys(r["model"] for r in rows)), args.section)
         return
     info = machine()
     rows, done = [], []
