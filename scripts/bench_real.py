@@ -103,7 +103,7 @@ def run(cmd: list[str], timeout: float) -> tuple[int | str, str, float]:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "timeout", f"no result after {timeout:.0f} s", time.perf_counter() - start
-    lines = [l for l in r.stderr.splitlines() if l.strip() and "WARNING" not in l and "Warning" not in l]
+    lines = [x for x in r.stderr.splitlines() if x.strip() and "WARNING" not in x and "Warning" not in x]
     return r.returncode, (lines[-1].strip() if lines else ""), time.perf_counter() - start
 
 
@@ -241,15 +241,17 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
+                if x.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return {"date": datetime.date.today().isoformat(), "cpu": cpu, "onnxruntime": onnxruntime.__version__,
             "python": platform.python_version(), "cores": os.cpu_count(),
             "flags": {f: f in flags for f in ("avx512_vnni", "avx_vnni", "avx2", "avx512f")}}
 
 
 def markers(section: str) -> tuple[str, str]:
-    return (BEGIN, END) if not section else (f"<!-- bench_real:{section}:begin -->", f"<!-- bench_real:{section}:end -->")
+    if not section:
+        return BEGIN, END
+    return f"<!-- bench_real:{section}:begin -->", f"<!-- bench_real:{section}:end -->"
 
 
 def json_file(doc: Path, section: str) -> Path:
@@ -278,8 +280,8 @@ def write(doc: Path, rows: list[dict], info: dict, done: list[str], section: str
     text = (f"{begin}\nMeasured {info['date']} by `python scripts/bench_real.py` on {info['cpu']} "
             f"({info['cores']} cores shared; {flags}), onnxruntime {info['onnxruntime']}, Python {info['python']}; "
             f"models: {', '.join(done)}. Latency is 1 thread, batch 1, interleaved with fp32: indicative only on "
-            f"a shared machine.\n\nEach cell: x smaller than the fp32 file / task agreement with fp32 / latency of the deployed "
-            f"form vs fp32.\n\n{matrix(rows)}\nEvery run:\n\n{table(rows)}{end}")
+            f"a shared machine.\n\nEach cell: x smaller than the fp32 file / task agreement with fp32 / "
+            f"latency of the deployed form vs fp32.\n\n{matrix(rows)}\nEvery run:\n\n{table(rows)}{end}")
     old = doc.read_text() if doc.exists() else "# Real models (issue 16)\n\n"
     if begin in old and end in old:
         new = old[:old.index(begin)] + text + old[old.index(end) + len(end):]

@@ -54,6 +54,41 @@ SENTENCES = [
 ]
 
 
+# Retrieval for the text encoder: each query has one answer among the documents; distractors answer none.
+QUERIES = [("When is the invoice due?", "Invoice No. 2024-0173 is due on 15 March."),
+           ("Which gate does the Munich flight leave from?", "Flight LH 2043 to Munich departs from gate B12."),
+           ("How do I restart the device?", "Press the reset button for five seconds."),
+           ("What is for dinner tonight?", "Baked salmon with lemon, dill and new potatoes."),
+           ("How much did sales increase?", "The quarterly report shows revenue grew by 12 percent."),
+           ("Where should I dispose of old batteries?", "Batteries must be recycled separately."),
+           ("Is the library open in May?", "The library will be closed for renovation until June."),
+           ("How much is a child's ticket?", "Ticket price: adults 14.00, children 7.50"),
+           ("When was the bridge constructed?", "The bridge was built in 1889 and restored in 1998."),
+           ("Where can I get help by email?", "Contact support@example.com for further help."),
+           ("Which train goes to Cambridge?", "Platform 7 for trains to Cambridge and Ely"),
+           ("How should the medicine be stored?", "Store below 25 C away from direct sunlight."),
+           ("Can I park here at noon?", "No parking between 8 am and 6 pm."),
+           ("What time does the museum open?", "The museum opens at 9:30 on weekdays."),
+           ("Where is my parcel?", "Order ID 88213-XQ shipped via express courier."),
+           ("What were the training settings?", "Table 1 lists the hyperparameters used in training."),
+           ("Who decided on the spending plan?", "The committee approved the new budget on Tuesday."),
+           ("How many seeds were the results averaged over?", "Results are averaged over five random seeds."),
+           ("Is it safe to open the electrical cabinet?", "Warning: high voltage inside, authorised staff only."),
+           ("How do I make the dough?", "Add two cups of flour and stir gently.")]
+DISTRACTORS = ["The cat slept on the warm windowsill all afternoon.",
+               "Quantum computers use qubits instead of classical bits.",
+               "The river flooded the lower town after a week of rain.",
+               "She practised the violin every morning before school.",
+               "Our team won the regional chess tournament.",
+               "A new species of frog was discovered in the rainforest.",
+               "The stock market closed slightly lower on Friday.",
+               "He repaired the old bicycle with parts from a scrapyard.",
+               "The novel is set in a small fishing village in Norway.",
+               "Solar panels were installed on the school roof.",
+               "The recipe calls for fresh basil and ripe tomatoes.",
+               "The match was postponed because of heavy snow."]
+
+
 def fonts() -> list[str]:
     """TrueType fonts found on this system (may be empty)."""
     found = sorted({p for g in FONT_GLOBS for p in glob.glob(g)})
@@ -81,7 +116,7 @@ def photos() -> list[tuple[str, np.ndarray]]:
             continue
         try:
             img = np.asarray(fn())
-        except Exception:  # a data file scikit-image would have to download
+        except (OSError, ValueError, ImportError):  # a data file scikit-image would have to download
             continue
         if img.ndim == 2:
             img = np.repeat(img[:, :, None], 3, axis=2)
@@ -109,12 +144,12 @@ def render_line(text: str, rng: np.random.Generator, height: int = 48, index: in
     """One text line as an RGB uint8 image about ``height`` pixels tall, varied font, colours, margins."""
     from PIL import Image, ImageDraw
     f = font(int(height * rng.uniform(0.55, 0.75)), index)
-    l, t, r, b = f.getbbox(text)
+    left, top, right, bottom = f.getbbox(text)
     pad_x, pad_y = int(rng.integers(2, 12)), int(rng.integers(2, 8))
     bg = tuple(int(v) for v in rng.integers(170, 256, 3))
     fg = tuple(int(v) for v in rng.integers(0, 90, 3))
-    img = Image.new("RGB", (r - l + 2 * pad_x, b - t + 2 * pad_y), bg)
-    ImageDraw.Draw(img).text((pad_x - l, pad_y - t), text, font=f, fill=fg)
+    img = Image.new("RGB", (right - left + 2 * pad_x, bottom - top + 2 * pad_y), bg)
+    ImageDraw.Draw(img).text((pad_x - left, pad_y - top), text, font=f, fill=fg)
     arr = np.asarray(img).astype(np.float32) + rng.normal(0, 4, (img.size[1], img.size[0], 1))
     return np.clip(arr, 0, 255).astype(np.uint8)
 

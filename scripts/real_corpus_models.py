@@ -115,7 +115,7 @@ class OcrDet(Stateless):
 
 def _text_lines(rng, count, max_ratio):
     """Rendered text lines no wider than ``max_ratio`` x their height."""
-    lines, texts = [], []
+    lines = []
     while len(lines) < count:
         text = raw.SENTENCES[int(rng.integers(len(raw.SENTENCES)))]
         words = text.split()
@@ -124,8 +124,7 @@ def _text_lines(rng, count, max_ratio):
         img = raw.render_line(text, rng, 48, int(rng.integers(0, 8)))
         if img.shape[1] / img.shape[0] <= max_ratio:
             lines.append(img)
-            texts.append(text)
-    return lines, texts
+    return lines
 
 
 class OcrCls(Stateless):
@@ -137,9 +136,9 @@ class OcrCls(Stateless):
         cls = TextClassifier.__new__(TextClassifier)
         cls.cls_image_shape = [3, 48, 192]
         rng = np.random.default_rng(18)
-        lines, _ = _text_lines(rng, self.calib_n + self.eval_n, 12)
-        xs = np.stack([cls.resize_norm_img(np.ascontiguousarray((l if k % 2 else l[::-1, ::-1])[:, :, ::-1]))
-                       for k, l in enumerate(lines)]).astype(np.float32)
+        lines = _text_lines(rng, self.calib_n + self.eval_n, 12)
+        xs = np.stack([cls.resize_norm_img(np.ascontiguousarray((line if k % 2 else line[::-1, ::-1])[:, :, ::-1]))
+                       for k, line in enumerate(lines)]).astype(np.float32)
         return {"x": xs[:self.calib_n]}, {"x": xs[self.calib_n:]}, {}
 
     def decode(self, outputs, meta, i):
@@ -159,8 +158,8 @@ class OcrRec(Stateless):
         rec = TextRecognizer.__new__(TextRecognizer)
         rec.rec_image_shape = [3, 48, 320]
         rng = np.random.default_rng(19)
-        lines, texts = _text_lines(rng, self.calib_n + self.eval_n, 320 / 48)
-        xs = np.stack([rec.resize_norm_img(np.ascontiguousarray(l[:, :, ::-1]), 320 / 48) for l in lines])
+        lines = _text_lines(rng, self.calib_n + self.eval_n, 320 / 48)
+        xs = np.stack([rec.resize_norm_img(np.ascontiguousarray(line[:, :, ::-1]), 320 / 48) for line in lines])
         return {"x": xs[:self.calib_n].astype(np.float32)}, {"x": xs[self.calib_n:].astype(np.float32)}, {}
 
     def decode(self, outputs, meta, i):
@@ -216,7 +215,7 @@ class Layout(Stateless):
     def decode(self, outputs, meta, i):
         from rapid_layout.model_handler.pp.post_process import PPPostProcess
         post = PPPostProcess(meta["character"], 0.5, 0.5)
-        boxes, scores, names = post(tuple(int(v) for v in meta["shapes"][i]), np.zeros((1, 3, 800, 608)), outputs)
+        boxes, _, names = post(tuple(int(v) for v in meta["shapes"][i]), np.zeros((1, 3, 800, 608)), outputs)
         return [(n, *b) for b, n in zip(boxes, names)]
 
     agree = staticmethod(tasks.detection_agreement)
@@ -301,7 +300,8 @@ class SileroVad:
         rng = np.random.default_rng(24)
         recs = [raw.recording(rng)[0] for _ in range(self.calib_recordings + self.eval_recordings)]
         sess = ort.InferenceSession(str(ctx.model), providers=["CPUExecutionProvider"])
-        calib, evals = self._steps(sess, recs[:self.calib_recordings], 3), self._steps(sess, recs[self.calib_recordings:], 2)
+        calib = self._steps(sess, recs[:self.calib_recordings], 3)
+        evals = self._steps(sess, recs[self.calib_recordings:], 2)
         audio = recs[self.calib_recordings:]
         return calib, evals, {"audio": np.concatenate(audio), "lengths": np.array([len(a) for a in audio])}
 
@@ -349,39 +349,6 @@ class MiniLM:
     sentence-transformers does: retrieval of documents by queries."""
     seq_len = 48
 
-    QUERIES = [("When is the invoice due?", "Invoice No. 2024-0173 is due on 15 March."),
-               ("Which gate does the Munich flight leave from?", "Flight LH 2043 to Munich departs from gate B12."),
-               ("How do I restart the device?", "Press the reset button for five seconds."),
-               ("What is for dinner tonight?", "Baked salmon with lemon, dill and new potatoes."),
-               ("How much did sales increase?", "The quarterly report shows revenue grew by 12 percent."),
-               ("Where should I dispose of old batteries?", "Batteries must be recycled separately."),
-               ("Is the library open in May?", "The library will be closed for renovation until June."),
-               ("How much is a child's ticket?", "Ticket price: adults 14.00, children 7.50"),
-               ("When was the bridge constructed?", "The bridge was built in 1889 and restored in 1998."),
-               ("Where can I get help by email?", "Contact support@example.com for further help."),
-               ("Which train goes to Cambridge?", "Platform 7 for trains to Cambridge and Ely"),
-               ("How should the medicine be stored?", "Store below 25 C away from direct sunlight."),
-               ("Can I park here at noon?", "No parking between 8 am and 6 pm."),
-               ("What time does the museum open?", "The museum opens at 9:30 on weekdays."),
-               ("Where is my parcel?", "Order ID 88213-XQ shipped via express courier."),
-               ("What were the training settings?", "Table 1 lists the hyperparameters used in training."),
-               ("Who decided on the spending plan?", "The committee approved the new budget on Tuesday."),
-               ("How many seeds were the results averaged over?", "Results are averaged over five random seeds."),
-               ("Is it safe to open the electrical cabinet?", "Warning: high voltage inside, authorised staff only."),
-               ("How do I make the dough?", "Add two cups of flour and stir gently.")]
-    DISTRACTORS = ["The cat slept on the warm windowsill all afternoon.",
-                   "Quantum computers use qubits instead of classical bits.",
-                   "The river flooded the lower town after a week of rain.",
-                   "She practised the violin every morning before school.",
-                   "Our team won the regional chess tournament.",
-                   "A new species of frog was discovered in the rainforest.",
-                   "The stock market closed slightly lower on Friday.",
-                   "He repaired the old bicycle with parts from a scrapyard.",
-                   "The novel is set in a small fishing village in Norway.",
-                   "Solar panels were installed on the school roof.",
-                   "The recipe calls for fresh basil and ripe tomatoes.",
-                   "The match was postponed because of heavy snow."]
-
     def _tokenize(self, ctx, texts):
         from tokenizers import Tokenizer
         tok = Tokenizer.from_file(str(ctx.extra / "tokenizer.json"))
@@ -393,12 +360,13 @@ class MiniLM:
                 "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
 
     def build(self, ctx):
-        queries = [q for q, _ in self.QUERIES]
-        docs = [d for _, d in self.QUERIES] + self.DISTRACTORS
-        calib_texts = [s for s in raw.SENTENCES if s not in docs] + self.DISTRACTORS[:4] + [
+        queries = [q for q, _ in raw.QUERIES]
+        docs = [d for _, d in raw.QUERIES] + raw.DISTRACTORS
+        calib_texts = [s for s in raw.SENTENCES if s not in docs] + raw.DISTRACTORS[:4] + [
             "What is the weather like tomorrow?", "Where can I find the nearest pharmacy?",
             "Explain how photosynthesis works.", "Who wrote the first computer program?"]
-        return self._tokenize(ctx, calib_texts), self._tokenize(ctx, queries + docs), {"queries": np.array(len(queries))}
+        meta = {"queries": np.array(len(queries))}
+        return self._tokenize(ctx, calib_texts), self._tokenize(ctx, queries + docs), meta
 
     def run(self, session, data, meta):
         feeds = {k: data[k] for k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -10,7 +10,7 @@ pre/post-processing that needs them is in real_corpus_models.py.
 """
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -100,7 +100,7 @@ def test_markdown_table_escapes_pipes_and_newlines():
     text = tasks.markdown_table(["model", "note"], [["a|b", "line1\nline2"], ["c", ""]])
     lines = text.splitlines()
     assert len(lines) == 4
-    assert all(l.count("|") - l.count("\\|") == 3 for l in lines)
+    assert all(line.count("|") - line.count("\\|") == 3 for line in lines)
     assert "a\\|b" in lines[2] and "line1 line2" in lines[2]
 
 
@@ -120,7 +120,7 @@ def test_bench_writer_keeps_the_prose_around_its_markers(tmp_path):
     text = doc.read_text()
     assert text.startswith("# Title\n\nbefore\n\n") and text.endswith("\n\nafter\n")
     assert "old table" not in text and "avx2 yes" in text and "avx512_vnni no" in text
-    lines = [l for l in text.splitlines() if l.startswith("| m1")]
+    lines = [line for line in text.splitlines() if line.startswith("| m1")]
     assert lines[0] == "| m1 | 1,000 | exit 3 | 4.0x / 0.500 / 1.50 |"  # the matrix: one row per model
     assert len(lines) == 4 and "boom \\| bad" in lines[2]  # then one row per run
     assert (tmp_path / "real.json").exists()
