@@ -8,16 +8,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxshrink.activations import (
+from onnxshrink.data import Batch
+from onnxshrink.roles import weight_uses
+from onnxshrink.runtime import create_session
+from onnxshrink.stats.layer_inputs import (
     collect_layer_inputs,
     from_matrices,
     layer_layout,
     layer_rows,
     weight_matrices,
 )
-from onnxshrink.data import Batch
-from onnxshrink.roles import weight_uses
-from onnxshrink.runtime import create_session
 
 
 def conv_model(cin=4, cout=6, group=1, kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),

@@ -14,7 +14,7 @@ from onnxshrink.data import Batch
 from onnxshrink.errors import UsageError
 from onnxshrink.model import iter_weights
 from onnxshrink.pruning import PruneOptions, n_m_holds, prune_model
-from onnxshrink.pruning.obs import obs_prune, reconstruction_error
+from onnxshrink.stats.obs import obs_prune, reconstruction_error
 from onnxshrink.runtime import create_session
 
 WEIGHTS = {"conv_w", "gemm_w", "mm_w"}

@@ -13,7 +13,7 @@ is kernel position major, input channel minor (``k * C_group + c``), so
 consecutive features are consecutive input channels at one kernel position
 (what N:M patterns group). :func:`weight_matrices` and :func:`from_matrices`
 convert between the tensor and that view; ``H`` is in the same feature order.
-Pruning uses these statistics now; GPTQ-style quantization can reuse them.
+Hessian pruning, Wanda, channel pruning and GPTQ rounding all read these.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from onnxshrink.runtime import capture
 STATISTICS = ("hessian", "norms", "means")
 # Beyond this many features per group a layer's Hessian (F x F float64) is not formed.
 HESSIAN_MAX_FEATURES = 4096
+# Layer statistics use at most max(4096, this x features) rows per calibration
+# batch: plenty for XᵀX, and Conv layers otherwise read every spatial position.
+ROWS_PER_FEATURE = 16
 # Unfolded activations of one chunk stay under this many bytes.
 _CHUNK_BYTES = 64 << 20
 
