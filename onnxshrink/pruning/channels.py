@@ -24,7 +24,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnxshrink.data import Batch
-from onnxshrink.pruning.channel_groups import ChannelAnalysis, Track, analyze_channels, expand
+from onnxshrink.pruning.channel_groups import ChannelAnalysis, Track, expand
+from onnxshrink.pruning.channel_rules import analyze_channels
 from onnxshrink.pruning.options import PruneOptions
 from onnxshrink.pruning.report import inferred_shapes
 from onnxshrink.roles import WeightUse, weight_uses
