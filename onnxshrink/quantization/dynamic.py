@@ -21,7 +21,8 @@ from onnxshrink.model import serialized_size
 from onnxshrink.quantization.options import QuantizeOptions
 from onnxshrink.quantization.params import quantize_weight, weight_scales
 from onnxshrink.quantization.prepare import node_attribute, constant_value, remove_unused_initializers
-from onnxshrink.quantization.report import QuantizeReport
+from onnxshrink.quantization.prepared import prepare_model
+from onnxshrink.quantization.report import QuantizeReport, QuantizeResult
 from onnxshrink.quantization.rewrite import _Names
 from onnxshrink.roles import weight_uses
 from onnxshrink.runtime import release_memory
@@ -31,7 +32,6 @@ DYNAMIC_OPS = ("MatMul", "Gemm")
 
 def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_data: Any = None, name: str = "model"):
     """Dynamic int8 MatMul/Gemm; see the module docstring. ``model`` is not changed."""
-    from onnxshrink.quantization.quantizer import QuantizeResult, prepare_model
     from onnxshrink.validation import compare_models
 
     prepared = prepare_model(model, name, fold_constants=options.fold_constants)
