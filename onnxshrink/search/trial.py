@@ -121,8 +121,9 @@ class Trial:
 
 @dataclasses.dataclass(frozen=True)
 class SearchInputs:
-    """What every trial reads: the original model, the base (simplified) one
-    trials start from, the options and gate, the data, progress."""
+    """What every trial reads: the original model and its size in bytes (what
+    ratios are of), the base (simplified) model trials start from, the options
+    and gate, the data, progress."""
 
     original: onnx.ModelProto
     original_bytes: int
