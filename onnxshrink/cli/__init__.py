@@ -16,6 +16,7 @@ from onnxshrink.cli.prune import prune_command
 from onnxshrink.cli.quantize import quantize_command
 from onnxshrink.cli.shrink import recipes_command, shrink_command
 from onnxshrink.cli.validate import validate_command
+from onnxshrink.runtime import fix_mmap_threshold
 
 app = typer.Typer(
     name="onnxshrink",
@@ -36,6 +37,7 @@ app.command("recipes")(recipes_command)
 
 
 def main() -> None:
+    fix_mmap_threshold()  # peak RSS that does not depend on the order of earlier allocations
     try:
         app()
     except KeyboardInterrupt:  # before a command's own handler is in place (typer building the command)
