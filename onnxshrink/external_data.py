@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 from onnxshrink.errors import ModelLoadError, UnsafeModelError
 from onnxshrink.fileio import atomic_output
+from onnxshrink.graphs import all_tensors
 
 ALLOWED_KEYS = frozenset({"location", "offset", "length", "checksum"})
 # Tensors smaller than this stay inside the .onnx file when we write external data.
@@ -99,8 +100,6 @@ def resolve_references(model: onnx.ModelProto, folder: Path, *, model_name: str)
     UnsafeModelError for any reference that breaks the rules above and
     ModelLoadError for a missing data file.
     """
-    from onnxshrink.model import all_tensors  # late: model imports this module
-
     refs: list[ExternalReference] = []
     sizes: dict[Path, int] = {}
     for tensor, _where in all_tensors(model):
@@ -157,8 +156,6 @@ def resolve_references(model: onnx.ModelProto, folder: Path, *, model_name: str)
 def refuse_references(model: onnx.ModelProto) -> None:
     """Raise UnsafeModelError if a tensor of ``model`` still refers to external
     data: writing it back could target a path chosen by whoever made the input."""
-    from onnxshrink.model import all_tensors  # late: model imports this module
-
     for tensor, where in [*all_tensors(model), *_function_tensors(model)]:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             raise UnsafeModelError(

@@ -22,6 +22,7 @@ from onnx import numpy_helper
 from onnxshrink import external_data
 from onnxshrink.errors import ModelLoadError, UnsafeModelError
 from onnxshrink.fileio import atomic_output
+from onnxshrink.graphs import all_tensors, iter_graphs  # iter_graphs also for the modules that import it from here
 
 # Protobuf cannot serialise a message of 2 GiB or more; beyond this many bytes of
 # tensor data a model is saved with its tensors in an external file.
@@ -147,7 +148,7 @@ def check_tensors(model: onnx.ModelProto, name: str = "model") -> None:
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type not in known:
                 raise ModelLoadError(f"{name}: graph '{graph.name}' value '{vi.name[:80]}' has unknown element type "
                                      f"{vi.type.tensor_type.elem_type}; the file is corrupt")
-    for tensor, where in _all_tensors(model):
+    for tensor, where in all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             continue
         problem = _tensor_size_problem(tensor)
@@ -195,7 +196,7 @@ def data_bytes(model: onnx.ModelProto) -> int:
     and defined above 2 GB, where protobuf's ``ByteSize()`` raises)."""
     from onnxshrink.external_data import _bytes_needed
 
-    return sum(max(_bytes_needed(t) or 0, 0) for t, _ in _all_tensors(model))
+    return sum(max(_bytes_needed(t) or 0, 0) for t, _ in all_tensors(model))
 
 
 def serialized_size(model: onnx.ModelProto) -> int:
@@ -206,7 +207,7 @@ def serialized_size(model: onnx.ModelProto) -> int:
         size = model.ByteSize()
     except Exception:
         return data_bytes(model)
-    return size + sum(int(_mapped_info(t)["length"]) for t, _ in _all_tensors(model) if is_mapped(t))
+    return size + sum(int(_mapped_info(t)["length"]) for t, _ in all_tensors(model) if is_mapped(t))
 
 
 # Mapped tensors (see load_model): large numeric external tensors left in their
@@ -244,7 +245,7 @@ def is_mapped(tensor: onnx.TensorProto) -> bool:
 
 
 def has_mapped(model: onnx.ModelProto) -> bool:
-    return any(is_mapped(t) for t, _ in _all_tensors(model))
+    return any(is_mapped(t) for t, _ in all_tensors(model))
 
 
 def _mapped_info(tensor: onnx.TensorProto) -> dict[str, str]:
@@ -279,7 +280,7 @@ def materialized(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    for tensor, _ in _all_tensors(copy):
+    for tensor, _ in all_tensors(copy):
         if is_mapped(tensor):
             data = tensor_array(tensor).tobytes()
             tensor.ClearField("external_data")
@@ -292,7 +293,7 @@ def materialized(model: onnx.ModelProto) -> onnx.ModelProto:
 def refuse_external_references(model: onnx.ModelProto) -> None:
     """Raise UnsafeModelError if a tensor of ``model`` still refers to external
     data: writing it back could target a path chosen by whoever made the input."""
-    for tensor, where in _all_tensors(model):
+    for tensor, where in all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             raise UnsafeModelError(
                 f"tensor '{tensor.name}' in {where} still refers to external data; load the model with "
@@ -312,7 +313,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data
     path = Path(path)
     model = materialized(model)
     refuse_external_references(model)
-    total = sum(t.ByteSize() for t, _ in _all_tensors(model))
+    total = sum(t.ByteSize() for t, _ in all_tensors(model))
     if external_data_file is None:
         external_data_file = total > INLINE_LIMIT_BYTES
     if not external_data_file:
@@ -350,18 +351,6 @@ class WeightRef:
         return int(np.prod(self.tensor.dims, dtype=np.int64)) if self.tensor.dims else 1
 
 
-def iter_graphs(graph: onnx.GraphProto, depth: int = 0) -> Iterator[tuple[onnx.GraphProto, int]]:
-    """The graph and every subgraph below it (If branches, Loop/Scan bodies), depth-first."""
-    yield graph, depth
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_graphs(attr.g, depth + 1)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from iter_graphs(sub, depth + 1)
-
-
 def iter_weights(model: onnx.ModelProto) -> Iterator[WeightRef]:
     """Every constant tensor: initializers and Constant ``value`` tensors, in the
     main graph and in subgraphs, in a stable order. Each tensor appears once,
@@ -374,29 +363,6 @@ def iter_weights(model: onnx.ModelProto) -> Iterator[WeightRef]:
                 for attr in node.attribute:
                     if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                         yield WeightRef(node.output[0], attr.t, "constant", graph, node, depth)
-
-
-def _all_tensors(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]]:
-    """Every TensorProto that can hold data, with a short description of where."""
-    for graph, _ in iter_graphs(model.graph):
-        for tensor in graph.initializer:
-            yield tensor, f"graph '{graph.name}'"
-        for sparse in graph.sparse_initializer:
-            yield sparse.values, f"graph '{graph.name}'"
-            yield sparse.indices, f"graph '{graph.name}'"
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield attr.t, f"node '{node.name or node.op_type}'"
-                elif attr.type == onnx.AttributeProto.TENSORS:
-                    for t in attr.tensors:
-                        yield t, f"node '{node.name or node.op_type}'"
-
-
-def all_tensors(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]]:
-    """Every data-holding TensorProto of the model (public for passes that
-    must visit attribute tensors too)."""
-    return _all_tensors(model)
 
 
 def consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:

@@ -8,16 +8,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxshrink.activations import (
+from onnxshrink.data import Batch
+from onnxshrink.roles import weight_uses
+from onnxshrink.runtime import create_session
+from onnxshrink.stats.layer_inputs import (
     collect_layer_inputs,
     from_matrices,
     layer_layout,
     layer_rows,
     weight_matrices,
 )
-from onnxshrink.data import Batch
-from onnxshrink.roles import weight_uses
-from onnxshrink.runtime import create_session
 
 
 def conv_model(cin=4, cout=6, group=1, kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
@@ -99,6 +99,31 @@ def test_hessian_is_xtx_and_independent_of_batching():
     for name in one:
         np.testing.assert_allclose(one[name].hessian, split[name].hessian, rtol=1e-5, atol=1e-7)
         assert one[name].samples == split[name].samples == 20
+
+
+def test_statistics_of_parts_merge_into_those_of_the_whole():
+    """Calibration split across workers: each collects running sums on its batches;
+    merged, they finish into the statistics of one pass over all batches."""
+    model = conv_model(cin=3, cout=4, size=(5, 5))
+    rng = np.random.default_rng(3)
+    batches = [Batch({"x": rng.standard_normal((n, 3, 5, 5)).astype(np.float32)}) for n in (4, 3, 5, 2)]
+    uses = weight_uses(model)
+    want = ("hessian", "norms", "means")
+    whole = collect_layer_inputs(model, uses, batches, want)
+    first = collect_layer_inputs(model, uses, batches[:1], want, finish=False)
+    second = collect_layer_inputs(model, uses, batches[1:], want, finish=False)
+    merged = first["w"].merge(second["w"]).finish()
+    assert merged.samples == whole["w"].samples == 14 * 25
+    for field in ("hessian", "feature_sq", "feature_mean", "channel_sq", "channel_mean"):
+        np.testing.assert_allclose(getattr(merged, field), getattr(whole["w"], field), rtol=1e-12, atol=1e-12)
+    empty = collect_layer_inputs(model, uses, [], want, finish=False)["w"]
+    np.testing.assert_array_equal(empty.merge(second["w"]).finish().hessian,
+                                  collect_layer_inputs(model, uses, batches[1:], want)["w"].hessian)
+    with pytest.raises(ValueError, match="before finish"):
+        whole["w"].merge(second["w"])
+    hessian_only = collect_layer_inputs(model, uses, batches[:1], ("hessian",), finish=False)
+    with pytest.raises(ValueError, match="different `want`"):
+        hessian_only["w"].merge(collect_layer_inputs(model, uses, batches[1:], ("norms",), finish=False)["w"])
 
 
 def test_conv_hessian_matches_unfold_and_model_is_unchanged():

@@ -14,7 +14,7 @@ from onnxshrink.data import Batch
 from onnxshrink.errors import UsageError
 from onnxshrink.model import iter_weights
 from onnxshrink.pruning import PruneOptions, n_m_holds, prune_model
-from onnxshrink.pruning.obs import obs_prune, reconstruction_error
+from onnxshrink.stats.obs import obs_prune, reconstruction_error
 from onnxshrink.runtime import create_session
 
 WEIGHTS = {"conv_w", "gemm_w", "mm_w"}
@@ -192,7 +192,8 @@ def test_searches_with_another_target_reuse_the_scan_and_give_what_a_fresh_searc
     """shrink's trials search the same model with different targets: the
     sensitivity scan (every layer at every level) and the allocations already
     measured carry over through ``scan_cache``, and the results are unchanged."""
-    from onnxshrink.pruning import allocation, obs
+    from onnxshrink.pruning import allocation
+    from onnxshrink.stats import obs
 
     model, data = small_net(), calib(64)
     targets = [PruneOptions(min_cosine=c, min_size=64) for c in (0.995, 0.99, 0.98)]
@@ -228,7 +229,7 @@ def test_searches_with_another_target_reuse_the_scan_and_give_what_a_fresh_searc
 
 
 def test_the_reused_factorisation_belongs_to_the_hessian_given():
-    from onnxshrink.pruning import obs
+    from onnxshrink.stats import obs
 
     rng = np.random.default_rng(3)
     w = rng.standard_normal((1, 6, 20))

@@ -199,6 +199,8 @@ def test_bolder_candidate_must_earn_its_accuracy(monkeypatch, bolder_size, bolde
     """The extra all-budget pruning trial replaces the first passing candidate
     only when it is clearly smaller, or no less accurate."""
     import onnxshrink.pipeline as pipeline
+    from onnxshrink.search import loop
+    from onnxshrink.search.trial import Outcome, Trial
     from onnxshrink.validation import Gate
 
     class Checked:
@@ -208,15 +210,29 @@ def test_bolder_candidate_must_earn_its_accuracy(monkeypatch, bolder_size, bolde
         def to_dict(self):
             return {"passed": True}
 
-    def fake_trial(base, original, options, gate, share, *rest):
-        size, drop = (100_000, 0.1) if share == 0.75 else (bolder_size, bolder_drop)
-        return {"model": base, "packed": b"x" * size, "size": size, "validation": Checked(drop), "stages": [],
-                "layers": [], "share": share}
+    def fake_trial(inputs, state, candidate, index):
+        size, drop = (100_000, 0.1) if candidate.prune_budget_share == 0.75 else (bolder_size, bolder_drop)
+        outcome = Outcome(model=inputs.base, packed=b"x" * size, size=size, validation=Checked(drop))
+        return Trial(index, candidate, outcome, "digest", ratio=inputs.original_bytes / size, accuracy_drop=drop,
+                     passed=True)
 
-    monkeypatch.setattr(pipeline, "_trial", fake_trial)
+    monkeypatch.setattr(loop, "run_trial", fake_trial)
     options = pipeline.ShrinkOptions(load_recipe("cnn-default"), gate=Gate(max_accuracy_drop=1.0))
     result = pipeline.shrink(onnx.load(str(MLP)), CALIB, options, eval_data=EVAL)
     assert [t["chosen"] for t in result.report["search"]] == [expected_share == 0.75, expected_share == 1.0]
+
+
+def _search_inputs(gate):
+    from onnxshrink.data import model_inputs, read_samples
+    from onnxshrink.pipeline import ShrinkOptions
+    from onnxshrink.search import SearchInputs
+    from onnxshrink.simplify import simplify
+
+    options = ShrinkOptions(load_recipe("cnn-default"), gate=gate)
+    original = onnx.load(str(MLP))
+    base = simplify(original).model
+    batches = read_samples(str(CALIB), model_inputs(base), options.calib_samples)
+    return SearchInputs(original, original.ByteSize(), base, options, gate, batches, str(EVAL), lambda *a: None)
 
 
 def test_a_trial_that_prunes_like_the_previous_one_reuses_its_outcome(monkeypatch):
@@ -224,30 +240,53 @@ def test_a_trial_that_prunes_like_the_previous_one_reuses_its_outcome(monkeypatc
     trial whose pruning lands where the previous one did (a bolder budget the
     search could not use) gets that outcome instead of quantizing and
     validating the same model again; a different pruning does not."""
-    import onnxshrink.pipeline as pipeline
-    from onnxshrink.data import model_inputs, read_samples
-    from onnxshrink.simplify import simplify
+    from onnxshrink.search import Candidate, SearchState, loop, stages
     from onnxshrink.validation import Gate
 
     calls = []
-    real = pipeline._quantize_and_check
+    real = loop.quantize_and_check
 
-    def counting(model, *args, **kwargs):
-        calls.append(pipeline._weights_digest(model))
-        return real(model, *args, **kwargs)
+    def counting(inputs, state, pruned, remaining):
+        calls.append(stages.weights_digest(pruned.model))
+        return real(inputs, state, pruned, remaining)
 
-    monkeypatch.setattr(pipeline, "_quantize_and_check", counting)
-    options = pipeline.ShrinkOptions(load_recipe("cnn-default"), gate=Gate(min_cosine=0.98))
-    original = onnx.load(str(MLP))
-    base = simplify(original).model
-    batches = read_samples(str(CALIB), model_inputs(base), options.calib_samples)
-    cache = {"base": base}
-
-    def trial(share):
-        return pipeline._trial(base, original, options, options.gate, share, batches, str(EVAL),
-                               lambda *a: None, cache)
-
-    first, again, bolder = trial(0.75), trial(0.75), trial(1.0)
+    monkeypatch.setattr(loop, "quantize_and_check", counting)
+    inputs, state = _search_inputs(Gate(min_cosine=0.98)), SearchState()
+    first, again, bolder = [loop.run_trial(inputs, state, Candidate(share), i) for i, share in enumerate((0.75, 0.75, 1.0))]
     assert len(calls) == 2 and calls[0] != calls[1]  # the repeat was not quantized again; the bolder one was
-    assert again["model"] is first["model"] and again["size"] == first["size"] and again["share"] == 0.75
-    assert bolder["share"] == 1.0 and bolder["size"] < first["size"]
+    assert again.reused and again.outcome is first.outcome and again.pruned_digest == first.pruned_digest
+    assert set(again.seconds) == {"prune"} and set(first.seconds) == {"prune", "quantize", "validate", "pack"}
+    assert not bolder.reused and bolder.candidate.prune_budget_share == 1.0
+    assert bolder.outcome.size < first.outcome.size
+    assert state.prune_stats and state.last == (bolder.pruned_digest, bolder.outcome)
+
+
+def test_search_trials_are_typed_and_report_the_same_json_shape():
+    """Each trial records what was tried (share, pattern, weight code range), the
+    digest of what it would write, its gate result and stage timings; the
+    report's search list keeps its keys (the HTML report and JSON read them)."""
+    import hashlib
+
+    from onnxshrink.pipeline import shrink
+    from onnxshrink.search import search
+    from onnxshrink.validation import Gate
+
+    gate = Gate(min_cosine=0.995)
+    inputs = _search_inputs(gate)
+    found = search(inputs)
+    chosen = found.chosen
+    assert found.searching and chosen.passed and chosen in found.trials
+    assert chosen.candidate.prune_budget_share in (0.75, 0.5, 0.25, 1.0) and chosen.pattern == "unstructured"
+    assert chosen.outcome.weight_range_bits in (4, 6, 8) and chosen.outcome.validation.passed
+    assert chosen.outcome.digest == hashlib.sha256(chosen.outcome.packed).hexdigest()
+    assert all(seconds >= 0 for seconds in chosen.seconds.values()) and "pack" in chosen.seconds
+    result = shrink(inputs.original, str(CALIB), inputs.options, eval_data=str(EVAL))
+    # The same winner; the pipeline then stores small float tensors as float16 if the gate still holds.
+    if result.report["float16_tensors"]:
+        assert len(result.packed) == result.report["output_bytes"] < chosen.outcome.size
+    else:
+        assert result.packed == chosen.outcome.packed
+    rows = result.report["search"]
+    assert rows and all(list(row) == ["trial", "prune_budget_share", "size_bytes", "ratio", "accuracy_drop", "passed",
+                                      "chosen"] for row in rows)
+    assert [row["chosen"] for row in rows].count(True) == 1 and rows[0]["prune_budget_share"] == 0.75

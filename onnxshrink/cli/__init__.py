@@ -17,6 +17,7 @@ from onnxshrink.cli.prune import prune_command
 from onnxshrink.cli.quantize import quantize_command
 from onnxshrink.cli.shrink import recipes_command, shrink_command
 from onnxshrink.cli.validate import validate_command
+from onnxshrink.runtime import fix_mmap_threshold
 
 app = typer.Typer(
     name="onnxshrink",
@@ -57,6 +58,7 @@ app.command("recipes")(recipes_command)
 
 
 def main() -> None:
+    fix_mmap_threshold()  # peak RSS that does not depend on the order of earlier allocations
     try:
         app(prog_name="onnxshrink")  # also when run as python -m or -c: usage lines name the command
     except KeyboardInterrupt:  # before a command's own handler is in place (typer building the command)

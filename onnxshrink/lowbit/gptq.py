@@ -3,9 +3,9 @@
 GPTQ is SparseGPT's column sweep with rounding instead of masking: columns
 (input features) are rounded in order and each rounding error is spread over
 the columns not yet rounded through the inverse Hessian of the layer's input.
-The sweep itself is :func:`onnxshrink.pruning.obs.obs_prune` with a
+The sweep itself is :func:`onnxshrink.stats.obs.obs_prune` with a
 ``quantize`` callback; the Hessian ``H = XᵀX`` comes from
-:func:`onnxshrink.activations.collect_layer_inputs`, in its matrix view
+:func:`onnxshrink.stats.layer_inputs.collect_layer_inputs`, in its matrix view
 (Conv weights as ``[out, kh*kw*in]``, kernel position major). Scales are
 fixed before the sweep (from the original weights), so the codes land on
 the same grid a nearest rounding would use. Weights that are exactly zero
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxshrink.activations import LayerInputStats, from_matrices, weight_matrices
 from onnxshrink.lowbit.grid import Grid, code_range
-from onnxshrink.pruning.obs import obs_prune, reconstruction_error
 from onnxshrink.roles import WeightUse
+from onnxshrink.stats.layer_inputs import LayerInputStats, from_matrices, weight_matrices
+from onnxshrink.stats.obs import obs_prune, reconstruction_error
 
 
 def _live_hessian(hessian: np.ndarray) -> np.ndarray:

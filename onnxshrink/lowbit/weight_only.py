@@ -17,7 +17,6 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from onnxshrink.activations import LayerInputStats, collect_layer_inputs
 from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
 from onnxshrink.errors import UsageError
 from onnxshrink.lowbit.dequantize import (UniqueNames, dequantize_in_graph, ensure_opset, required_opset,
@@ -27,9 +26,9 @@ from onnxshrink.lowbit.grid import Grid, quantize_nearest, storage_bits
 from onnxshrink.lowbit.options import WeightOnlyOptions
 from onnxshrink.lowbit.report import WeightOnlyReport, WeightRecord
 from onnxshrink.model import WeightRef, iter_weights, opset_version, serialized_size
-from onnxshrink.pruning import load_calibration
-from onnxshrink.pruning.options import ROWS_PER_FEATURE
 from onnxshrink.roles import RECURRENT_OPS, WeightUse, embedding_uses, weight_uses
+from onnxshrink.stats.calibration import load_calibration
+from onnxshrink.stats.layer_inputs import ROWS_PER_FEATURE, LayerInputStats, collect_layer_inputs
 
 Progress = Callable[[str, int, int], None]
 KEPT_FLOAT = "kept float by layer_bits"  # the skipped-reason of weights layer_bits maps to None

@@ -22,16 +22,16 @@ from typing import Any, Callable
 
 import onnx
 
-from onnxshrink.activations import LayerInputStats, collect_layer_inputs
 from onnxshrink.cleanup import growth_warning, remove_unused
-from onnxshrink.data import Batch, model_inputs, read_samples
 from onnxshrink.errors import UsageError
 from onnxshrink.model import serialized_size
-from onnxshrink.pruning.masks import n_m_holds, parse_n_m
-from onnxshrink.pruning.options import METHODS, PATTERNS, ROWS_PER_FEATURE, SCOPES, PruneOptions
+from onnxshrink.pruning.options import METHODS, PATTERNS, SCOPES, PruneOptions
 from onnxshrink.pruning.report import PruneReport, count_flops, parameter_counts
 from onnxshrink.pruning.targets import PruneTarget, prunable_weights
 from onnxshrink.pruning.unstructured import TensorPruning, global_sparsities, prune_tensors
+from onnxshrink.stats.calibration import load_calibration
+from onnxshrink.stats.layer_inputs import ROWS_PER_FEATURE, LayerInputStats, collect_layer_inputs
+from onnxshrink.stats.masks import n_m_holds, parse_n_m
 from onnxshrink.validation import Gate, compare_models
 
 Progress = Callable[[str, int, int], None]
@@ -44,14 +44,6 @@ class PruneResult:
     model: onnx.ModelProto
     modified: bool
     report: PruneReport
-
-
-def load_calibration(calib: Any, model: onnx.ModelProto, options: PruneOptions) -> list[Batch] | None:
-    """Up to ``options.calib_samples`` samples of ``calib`` as a list of batches
-    (passes read them more than once)."""
-    if calib is None:
-        return None
-    return read_samples(calib, model_inputs(model), options.calib_samples, options.batch_size)
 
 
 def _gate(options: PruneOptions) -> Gate:

@@ -28,14 +28,14 @@ import numpy as np
 import onnx
 
 from onnxshrink import runtime
-from onnxshrink.activations import LayerInputStats, weight_matrices
 from onnxshrink.data import Batch, iter_batches, model_inputs
 from onnxshrink.errors import DataError
-from onnxshrink.pruning.masks import parse_n_m
-from onnxshrink.pruning.obs import reconstruction_error
 from onnxshrink.pruning.options import PruneOptions
 from onnxshrink.pruning.targets import PruneTarget
 from onnxshrink.pruning.unstructured import TensorPruning, n_m_fits, pruned_array, usable_method
+from onnxshrink.stats.layer_inputs import LayerInputStats, weight_matrices
+from onnxshrink.stats.masks import parse_n_m
+from onnxshrink.stats.obs import reconstruction_error
 
 LEVELS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95)
 PROBE = 0.7

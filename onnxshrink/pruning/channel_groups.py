@@ -13,11 +13,14 @@ channels stay.
 
 The result lists, per group, the producers to cut along their output axis
 and every constant to slice with them; :mod:`channels` does the surgery.
+The walk is here; what each op does to channels is a table of rules in
+:mod:`channel_rules`, which also holds the entry point ``analyze_channels``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -98,9 +101,12 @@ def attr(node: onnx.NodeProto, name: str, default=None):
 
 
 class Analyzer:
-    """The forward walk; per-op rules live in :mod:`channel_rules`."""
+    """The forward walk; ``rules`` (op type -> rule, :mod:`channel_rules`) say
+    what each op does to the channels that reach it."""
 
-    def __init__(self, model: onnx.ModelProto, shapes: dict[str, list[int | None]], frozen: set[str]):
+    def __init__(self, model: onnx.ModelProto, shapes: dict[str, list[int | None]], frozen: set[str],
+                 rules: dict[str, Callable]):
+        self.rules = rules
         self.graph = model.graph
         self.shapes = shapes
         self.frozen = frozen  # weights whose output channels must stay (excluded)
@@ -224,9 +230,7 @@ class Analyzer:
 
     def consume(self, node: onnx.NodeProto, tracked: list[tuple[int, Track]]) -> None:
         """Apply ``node``'s rule to its tracked inputs; ops without a rule block them."""
-        from onnxshrink.pruning.channel_rules import RULES
-
-        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        rule = self.rules.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:
             return self.block_all(tracked, f"reaches {node.op_type} node '{node.name}'")
         rule(self, node, tracked)
@@ -245,11 +249,6 @@ def _names_read_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
                     for n in g.node:
                         names.update(i for i in n.input if i)
     return names
-
-
-def analyze_channels(model: onnx.ModelProto, shapes: dict[str, list[int | None]], frozen: set[str] = frozenset()) -> ChannelAnalysis:
-    """Find the coupled channel groups of ``model``'s main graph (not modified)."""
-    return Analyzer(model, shapes, set(frozen)).run()
 
 
 def expand(track: Track, keep: dict[int, np.ndarray]) -> np.ndarray:

@@ -3,6 +3,7 @@
 A rule gets the analyzer, the node and its tracked inputs ``[(input index,
 Track)]``. It either records what to cut and tracks the node's output, or
 blocks the channels (they stay). Ops without a rule block what reaches them.
+:func:`analyze_channels` runs the walk of :mod:`channel_groups` with these rules.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from onnxshrink.pruning.channel_groups import Analyzer, Slice, Track, attr
+from onnxshrink.pruning.channel_groups import Analyzer, ChannelAnalysis, Slice, Track, attr
 
 Tracked = list[tuple[int, Track]]
 Rule = Callable[[Analyzer, onnx.NodeProto, Tracked], None]
@@ -284,3 +285,8 @@ def resize(an: Analyzer, node: onnx.NodeProto, tracked: Tracked) -> None:
     if sizes or scales is None or scales.size != t.rank or scales.reshape(-1)[t.axis] != 1:
         return an.block(t, f"{node.op_type} with sizes, or scaling the channel axis")
     an.tracks[node.output[0]] = t
+
+
+def analyze_channels(model: onnx.ModelProto, shapes: dict[str, list[int | None]], frozen: set[str] = frozenset()) -> ChannelAnalysis:
+    """Find the coupled channel groups of ``model``'s main graph (not modified)."""
+    return Analyzer(model, shapes, set(frozen), RULES).run()

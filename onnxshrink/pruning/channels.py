@@ -23,7 +23,15 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxshrink.activations import (
+from onnxshrink.data import Batch
+from onnxshrink.pruning.channel_groups import ChannelAnalysis, Track, expand
+from onnxshrink.pruning.channel_rules import analyze_channels
+from onnxshrink.pruning.options import PruneOptions
+from onnxshrink.pruning.report import inferred_shapes
+from onnxshrink.roles import WeightUse, weight_uses
+from onnxshrink.stats.blas import single_threaded
+from onnxshrink.stats.layer_inputs import (
+    ROWS_PER_FEATURE,
     LayerInputStats,
     collect_layer_inputs,
     feature_channels,
@@ -31,13 +39,7 @@ from onnxshrink.activations import (
     weight_matrices,
     from_matrices,
 )
-from onnxshrink.data import Batch
-from onnxshrink.pruning.blas import single_threaded
-from onnxshrink.pruning.channel_groups import ChannelAnalysis, Track, analyze_channels, expand
-from onnxshrink.pruning.obs import cholesky_lower, lower_inverse
-from onnxshrink.pruning.options import ROWS_PER_FEATURE, PruneOptions
-from onnxshrink.pruning.report import inferred_shapes
-from onnxshrink.roles import WeightUse, weight_uses
+from onnxshrink.stats.obs import cholesky_lower, lower_inverse
 
 
 @dataclasses.dataclass

@@ -9,9 +9,6 @@ from onnxshrink.errors import UsageError
 PATTERNS = ("unstructured", "2:4", "channel")
 METHODS = ("magnitude", "wanda", "hessian")
 SCOPES = ("global", "layer")
-# Layer statistics use at most max(4096, this x features) rows per calibration
-# batch: plenty for XᵀX, and Conv layers otherwise read every spatial position.
-ROWS_PER_FEATURE = 16
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,9 +8,9 @@ import fnmatch
 import numpy as np
 import onnx
 
-from onnxshrink.activations import LayerLayout, layer_layout
 from onnxshrink.model import WeightRef
 from onnxshrink.roles import WeightUse, weight_uses, weights_by_name
+from onnxshrink.stats.layer_inputs import LayerLayout, layer_layout
 
 
 @dataclasses.dataclass

@@ -7,10 +7,10 @@ import dataclasses
 
 import numpy as np
 
-from onnxshrink.activations import LayerInputStats, from_matrices, weight_matrices
-from onnxshrink.pruning.masks import along_input_axis, lowest, lowest_per_row, n_m_mask
-from onnxshrink.pruning.obs import MAX_FEATURES, obs_prune, reconstruction_error
 from onnxshrink.pruning.targets import PruneTarget
+from onnxshrink.stats.layer_inputs import LayerInputStats, from_matrices, weight_matrices
+from onnxshrink.stats.masks import along_input_axis, lowest, lowest_per_row, n_m_mask
+from onnxshrink.stats.obs import MAX_FEATURES, obs_prune, reconstruction_error
 
 
 @dataclasses.dataclass

@@ -11,8 +11,9 @@ across runs (:class:`CalibrationStats`). See docs/quantize.md.
 
 from onnxshrink.quantization.calibrate import calibrate
 from onnxshrink.quantization.options import ACTIVATION_TYPES, METHODS, QuantizeOptions
-from onnxshrink.quantization.quantizer import QuantizeResult, prepare_model, quantize_model
-from onnxshrink.quantization.report import QuantizeReport
+from onnxshrink.quantization.prepared import prepare_model
+from onnxshrink.quantization.quantizer import quantize_model
+from onnxshrink.quantization.report import QuantizeReport, QuantizeResult
 from onnxshrink.quantization.rules import RULES, OpRule
 from onnxshrink.quantization.stats import CalibrationStats, TensorStats
 

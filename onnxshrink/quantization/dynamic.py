@@ -25,7 +25,8 @@ from onnxshrink.quantization.params import quantize_weight, weight_scales
 from onnxshrink.quantization.embeddings import quantize_embeddings
 from onnxshrink.quantization.plan import subgraph_layers
 from onnxshrink.quantization.prepare import node_attribute, constant_value
-from onnxshrink.quantization.report import QuantizeReport
+from onnxshrink.quantization.prepared import prepare_model
+from onnxshrink.quantization.report import QuantizeReport, QuantizeResult
 from onnxshrink.quantization.slowdown import one_input, slowdown_warning
 from onnxshrink.quantization.rewrite import _Names
 from onnxshrink.roles import weight_uses
@@ -38,7 +39,6 @@ IN_SUBGRAPH_DYNAMIC = ("inside an If/Loop/Scan body: dynamic quantization rewrit
 
 def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_data: Any = None, name: str = "model"):
     """Dynamic int8 MatMul/Gemm; see the module docstring. ``model`` is not changed."""
-    from onnxshrink.quantization.quantizer import QuantizeResult, prepare_model
     from onnxshrink.validation import compare_models
 
     prepared = prepare_model(model, name, fold_constants=options.fold_constants)

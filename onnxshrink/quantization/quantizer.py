@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Any, Callable
@@ -15,67 +14,19 @@ from onnxshrink.model import serialized_size
 from onnxshrink.runtime import release_memory
 from onnxshrink.data import NpzData
 from onnxshrink.errors import UsageError
-from onnxshrink.quantization import bias_correction, prepare
+from onnxshrink.quantization import bias_correction
 from onnxshrink.quantization.calibrate import calibrate
 from onnxshrink.quantization.options import QuantizeOptions
 from onnxshrink.quantization.plan import IN_SUBGRAPH, Plan, make_plan
+from onnxshrink.quantization.prepared import Prepared, prepare_model
 from onnxshrink.quantization.slowdown import one_input, slowdown_warning
-from onnxshrink.quantization.report import QuantizeReport
+from onnxshrink.quantization.report import QuantizeReport, QuantizeResult
 from onnxshrink.quantization.embeddings import quantize_embeddings
 from onnxshrink.quantization.rewrite import NodeRecord, apply_plan, compute_params
 from onnxshrink.quantization.rules import RULES
 from onnxshrink.quantization.stats import CalibrationStats
 
 Progress = Callable[[str, int, int], None]
-
-
-@dataclasses.dataclass
-class QuantizeResult:
-    """The quantized model and its report; ``modified`` is False when nothing could be quantized."""
-
-    model: onnx.ModelProto
-    modified: bool
-    report: QuantizeReport
-    stats: CalibrationStats | None = None
-
-
-@dataclasses.dataclass
-class Prepared:
-    """A float model ready for planning, with what preparing it did."""
-
-    model: onnx.ModelProto
-    types: dict[str, int]
-    notes: dict[str, Any]
-
-
-def prepare_model(model: onnx.ModelProto, name: str = "model", *, fold_constants: bool = True) -> Prepared:
-    """A prepared copy of ``model``: fp32 checked, opset >= 13, constants folded
-    where weights are computed, Identity nodes dropped, BatchNormalization and
-    bias Adds folded into Conv, MatMul+Add into Gemm, nodes named. ``model`` is
-    not changed."""
-    prepare.check_float32(model, name)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    notes: dict[str, Any] = {}
-    work, upgraded_from = prepare.upgrade_opset(work, name)
-    if upgraded_from is not None:
-        notes["opset_upgraded_from"] = upgraded_from
-    if fold_constants:
-        before = len(work.graph.node)
-        work, failure = prepare.fold_constants_if_needed(work)
-        if failure:
-            notes["constant_folding_failed"] = failure
-        elif len(work.graph.node) != before:
-            notes["constants_folded"] = True
-    prepare.name_nodes(work.graph)
-    notes["identities_removed"] = prepare.remove_identities(work)
-    notes["batchnorms_folded"] = prepare.fold_batch_norms(work.graph)
-    notes["conv_bias_adds_folded"] = prepare.fold_conv_bias_adds(work.graph)
-    ranks = prepare.value_ranks(work)
-    notes["matmul_add_to_gemm"] = prepare.matmul_add_to_gemm(work.graph, ranks)
-    notes["spatial_means_to_global_pool"] = prepare.spatial_means_to_global_pool(work.graph, ranks)
-    notes["unused_removed"] = remove_unused(work).nodes_removed  # e.g. the Constants a folded BatchNorm read
-    return Prepared(work, prepare.value_types(work), notes)
 
 
 def calibration_values(model: onnx.ModelProto, types: dict[str, int]) -> list[str]:

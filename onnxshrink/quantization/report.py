@@ -1,9 +1,14 @@
-"""The quantization report: what was done to each node, what stayed float and why, the final metrics."""
+"""The quantization report: what was done to each node, what stayed float and why, the final metrics;
+and the result a quantize pass returns (model, report, statistics)."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+import onnx
+
+from onnxshrink.quantization.stats import CalibrationStats
 
 
 @dataclasses.dataclass
@@ -34,3 +39,13 @@ class QuantizeReport:
         d = dataclasses.asdict(self)
         d["size_ratio"] = round(self.size_ratio, 4)
         return d
+
+
+@dataclasses.dataclass
+class QuantizeResult:
+    """The quantized model and its report; ``modified`` is False when nothing could be quantized."""
+
+    model: onnx.ModelProto
+    modified: bool
+    report: QuantizeReport
+    stats: CalibrationStats | None = None

@@ -13,7 +13,7 @@ is kernel position major, input channel minor (``k * C_group + c``), so
 consecutive features are consecutive input channels at one kernel position
 (what N:M patterns group). :func:`weight_matrices` and :func:`from_matrices`
 convert between the tensor and that view; ``H`` is in the same feature order.
-Pruning uses these statistics now; GPTQ-style quantization can reuse them.
+Hessian pruning, Wanda, channel pruning and GPTQ rounding all read these.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from onnxshrink.runtime import capture
 STATISTICS = ("hessian", "norms", "means")
 # Beyond this many features per group a layer's Hessian (F x F float64) is not formed.
 HESSIAN_MAX_FEATURES = 4096
+# Layer statistics use at most max(4096, this x features) rows per calibration
+# batch: plenty for XᵀX, and Conv layers otherwise read every spatial position.
+ROWS_PER_FEATURE = 16
 # Unfolded activations of one chunk stay under this many bytes.
 _CHUNK_BYTES = 64 << 20
 
@@ -110,6 +113,33 @@ class LayerInputStats:
             self.channel_sq += np.square(c).sum(axis=0)
             self._csum += c.sum(axis=0)
             self._ccount += c.shape[0]
+
+    def merge(self, other: "LayerInputStats") -> "LayerInputStats":
+        """Add the running sums of ``other`` (the same weight's input, seen on
+        other batches) to these, before :meth:`finish`: statistics collected on
+        parts of the calibration data, by separate workers, merge into those of
+        the whole. Returns ``self``."""
+        if self.feature_mean is not None or other.feature_mean is not None:
+            raise ValueError(f"'{self.weight}': merge running sums before finish()")
+        if other.feature_sq is None:  # saw no rows
+            return self
+        if self.feature_sq is None:
+            self.feature_sq, self._fsum = np.zeros_like(other.feature_sq), np.zeros_like(other._fsum)
+            self._hsum = None if other._hsum is None else np.zeros_like(other._hsum)
+            if other.channel_sq is not None:
+                self.channel_sq, self._csum = np.zeros_like(other.channel_sq), np.zeros_like(other._csum)
+        if (self._hsum is None) != (other._hsum is None) or (self.channel_sq is None) != (other.channel_sq is None):
+            raise ValueError(f"'{self.weight}': cannot merge statistics collected with different `want`")
+        self.samples += other.samples
+        self.feature_sq += other.feature_sq
+        self._fsum += other._fsum
+        if self._hsum is not None:
+            self._hsum += other._hsum
+        if self.channel_sq is not None:
+            self.channel_sq += other.channel_sq
+            self._csum += other._csum
+            self._ccount += other._ccount
+        return self
 
     def finish(self) -> "LayerInputStats":
         n = max(self.samples, 1)
@@ -244,9 +274,12 @@ def collect_layer_inputs(
     progress: Callable[[str, int, int], None] | None = None,
     total_batches: int = 0,
     rows_per_feature: int | None = None,
+    finish: bool = True,
 ) -> dict[str, LayerInputStats]:
     """Run ``model`` over ``batches`` once and return, per weight name, the
     statistics of that weight's input (uses of a shared weight are summed).
+    With ``finish=False`` they are left as running sums, to
+    :meth:`~LayerInputStats.merge` with those of other batches first.
 
     Only main-graph Conv/Gemm/MatMul uses with a float input get statistics;
     others are left out of the result (callers fall back to magnitude).
@@ -295,7 +328,7 @@ def collect_layer_inputs(
         done += 1
         if progress is not None:
             progress("collecting layer inputs", done, total_batches)
-    return {k: s.finish() for k, s in stats.items()}
+    return {k: s.finish() if finish else s for k, s in stats.items()}
 
 
 def _accumulate(stats: LayerInputStats, x: np.ndarray, use: WeightUse, layout: LayerLayout, want: Sequence[str],

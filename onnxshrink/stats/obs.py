@@ -16,10 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from onnxshrink.pruning.blas import single_threaded
-from onnxshrink.pruning.masks import lowest_per_row, n_m_mask
-
-from onnxshrink.activations import HESSIAN_MAX_FEATURES as MAX_FEATURES  # noqa: F401  (re-exported)
+from onnxshrink.stats.blas import single_threaded
+from onnxshrink.stats.layer_inputs import HESSIAN_MAX_FEATURES as MAX_FEATURES  # noqa: F401  (re-exported)
+from onnxshrink.stats.masks import lowest_per_row, n_m_mask
 
 
 # LAPACK factorisations run on blocks of at most this size, the rest is

@@ -1,0 +1,47 @@
+"""What a shrink run is asked to do: a recipe plus the command line's overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from onnxshrink.errors import UsageError
+from onnxshrink.recipes import Recipe
+from onnxshrink.validation import Gate
+
+# Widths --weight-bits allows: below 8, weight-only quantization with a width per layer.
+WEIGHT_WIDTHS = (2, 3, 4, 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShrinkOptions:
+    """What a shrink run does: a recipe plus the command line's overrides.
+
+    ``gate`` overrides the recipe's gate when it has a threshold set.
+    ``target_ratio`` asks for at least that size reduction (original .onnx
+    bytes over output bytes); the search then prefers the most accurate
+    candidate that reaches it.
+    """
+
+    recipe: Recipe
+    gate: Gate = Gate()
+    target_ratio: float | None = None
+    calib_samples: int = 256
+    weight_bits: tuple[int, ...] = (8,)
+
+    def __post_init__(self) -> None:
+        if self.target_ratio is not None and self.target_ratio <= 1.0:
+            raise UsageError(f"--target-ratio must be above 1, got {self.target_ratio}")
+        if not self.weight_bits or any(b not in WEIGHT_WIDTHS for b in self.weight_bits):
+            raise UsageError(f"--weight-bits takes widths among {', '.join(map(str, WEIGHT_WIDTHS))} (e.g. 4,8), "
+                             f"got {','.join(map(str, self.weight_bits))}")
+
+    @property
+    def mixed_precision(self) -> bool:
+        """Weight-only quantization with per-layer widths, instead of static int8 QDQ."""
+        return min(self.weight_bits) < 8
+
+    @property
+    def effective_gate(self) -> Gate:
+        if self.gate.active:
+            return self.gate
+        return Gate(**self.recipe.gate)

@@ -1,0 +1,276 @@
+"""One trial's stages after simplify: prune, quantize, validate, pack.
+
+Each function takes the search's :class:`~onnxshrink.search.trial.SearchInputs`
+(what every trial reads) and, where it reuses work across trials, its
+:class:`~onnxshrink.search.trial.SearchState`. Nothing here decides which
+candidate wins; :mod:`onnxshrink.search.loop` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxshrink.census import count_layers
+from onnxshrink.errors import GateFailed
+from onnxshrink.search.budget import budget, sub_gate, used
+from onnxshrink.search.trial import Candidate, Outcome, SearchInputs, SearchState, Stage
+from onnxshrink.validation import Gate, compare_models
+
+# Ranges tried for static int8 weight codes, narrowest first (4: codes in [-7, 7]).
+WEIGHT_RANGE_BITS = (4, 6, 8)
+
+
+@dataclasses.dataclass
+class Pruned:
+    """The prune stage's model (the base model when nothing was pruned), its
+    stage and per-layer records, and how much of the budget it used."""
+
+    model: onnx.ModelProto
+    stages: list[Stage]
+    layers: dict[str, dict[str, Any]]
+    used: float = 0.0
+    pattern: str | None = None
+
+
+def packed_size(model: onnx.ModelProto) -> tuple[int, bytes]:
+    from onnxshrink.packing import pack_model
+
+    result = pack_model(model)
+    return len(result.data), result.data
+
+
+def without_inferred_info(model: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without the value_info entries the original did not have.
+
+    Shape inference (onnxsim's, the passes') annotates every intermediate
+    tensor; onnxruntime infers them again at load, so in the output they are
+    only bytes (~500 of a 36 KB packed transformer). The original's own stay.
+    """
+    theirs = {vi.name for vi in original.graph.value_info}
+    kept = [vi for vi in model.graph.value_info if vi.name in theirs]
+    if len(kept) == len(model.graph.value_info):
+        return model
+    slim = onnx.ModelProto()
+    slim.CopyFrom(model)
+    del slim.graph.value_info[:]
+    slim.graph.value_info.extend(kept)
+    return slim
+
+
+def quantization_errors(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, float]:
+    """Relative error ||W - dequant(q(W))|| / ||W|| of each weight the quantizer turned
+    into integers, matched through the node (by name) and input that reads it."""
+    from onnxshrink.roles import weight_uses
+
+    originals = {(u.node.name, u.input_index): u.weight for u in weight_uses(before) if u.node.name}
+    inits = {t.name: t for t in after.graph.initializer}
+    dq_by_output = {n.output[0]: n for n in after.graph.node if n.op_type == "DequantizeLinear"}
+    errors: dict[str, float] = {}
+    for node in after.graph.node:
+        for index, name in enumerate(node.input):
+            weight = originals.get((node.name, index))
+            dq = dq_by_output.get(name)
+            if weight is None or dq is None or dq.input[0] not in inits or weight.name in errors:
+                continue
+            q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
+            scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64) if dq.input[1] in inits else None
+            if scale is None:
+                continue
+            zero = (numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64)
+                    if len(dq.input) > 2 and dq.input[2] in inits else np.zeros_like(scale))
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            if scale.ndim == 1 and q.ndim > 1:
+                shape = [1] * q.ndim
+                shape[axis] = -1
+                scale, zero = scale.reshape(shape), zero.reshape(shape)
+            w = weight.array().astype(np.float64)
+            if w.shape != q.shape:
+                continue
+            norm = np.linalg.norm(w)
+            errors[weight.name] = float(np.linalg.norm(w - (q - zero) * scale) / norm) if norm else 0.0
+    return errors
+
+
+def weights_digest(model: onnx.ModelProto) -> str:
+    """A digest of the main graph's nodes and every constant tensor's name and
+    values (any model size: initializers are hashed one at a time)."""
+    import hashlib
+
+    from onnxshrink.model import iter_weights
+
+    h = hashlib.sha256()
+    for node in model.graph.node:
+        h.update(node.SerializeToString())
+    for ref in iter_weights(model):
+        a = np.ascontiguousarray(ref.array())
+        h.update(f"{ref.name}\0{a.dtype}\0{a.shape}\0".encode())
+        h.update(repr(a.tolist()).encode() if a.dtype == object else a.tobytes())
+    return h.hexdigest()
+
+
+def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) -> Pruned:
+    """Prune the base model with the candidate's share of the budget (None: as
+    the recipe says) and measure how much of the budget that used."""
+    from onnxshrink.pruning import PruneOptions, collect_statistics, prune_model
+
+    gate, share = inputs.gate, candidate.prune_budget_share
+    model, stages, layers = inputs.base, [], {}
+    prune_cfg = inputs.options.recipe.prune
+    if prune_cfg is None or not (share is None or share > 0):
+        return Pruned(model, stages, layers)
+    if candidate.pattern is not None:
+        prune_cfg = {**prune_cfg, "pattern": candidate.pattern}
+    targets = {} if (share is None and prune_cfg.get("sparsity") is not None) else sub_gate(gate, budget(gate) * (share or 0))
+    prune_options = PruneOptions(**prune_cfg, **targets)
+    if state.prune_stats is None and prune_options.resolved_method(True) != "magnitude":
+        # Layer input statistics of the unpruned model, collected once for every trial.
+        state.prune_stats = collect_statistics(model, inputs.calib, prune_options, progress=inputs.progress)
+    # The sensitivity scan and measured allocations are the same for every trial: only the target differs.
+    result = prune_model(model, prune_options, calib=inputs.calib, eval_data=inputs.check, progress=inputs.progress,
+                         layer_stats=state.prune_stats, scan_cache=state.prune_scans)
+    model = result.model
+    summary = result.report.to_dict()
+    stages.append(Stage("prune", model, f"{100 * result.report.weight_sparsity:.1f}% of weights zero"
+                                        + "".join(f"; {n}" for n in result.report.notes)))
+    for t in summary["tensors"]:
+        layers[t["name"]] = {"name": t["name"], "op": t["op_type"], "sparsity": t["sparsity"]}
+    # prune_model already compared the pruned model with its input (the
+    # constant-folded original) on the same data; no second run is needed.
+    checked = result.report.validation
+    spent = used(checked if checked is not None else
+                 compare_models(inputs.original, model, inputs.check, gate=Gate(), measure_latency=False), gate)
+    return Pruned(model, stages, layers, spent, prune_options.pattern)
+
+
+def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto):
+    """Weight-only quantization with GPTQ rounding: every weight at the narrowest
+    width; while that fails the gate, the most sensitive (largest estimated
+    output error) are promoted to the next width, as few as the gate allows
+    (bisection on their number), the rest stay a width below. When even all at
+    the widest fail, the most sensitive stay float instead, again as few as
+    the gate allows. The layer Hessians come from the unpruned model
+    and are reused by every trial. Returns the WeightOnlyResult, or None when
+    no mix passes the gate."""
+    from onnxshrink.lowbit import WeightOnlyOptions, collect_weight_statistics, quantize_weights
+
+    original, gate, calib, check = inputs.original, inputs.gate, inputs.calib, inputs.check
+    widths = tuple(sorted(set(inputs.options.weight_bits)))
+    base_options = WeightOnlyOptions(bits=widths[0], rounding="gptq")
+    if state.weight_stats is None:
+        state.weight_stats = collect_weight_statistics(inputs.base, calib, base_options, progress=inputs.progress)
+    stats = state.weight_stats
+
+    def quantized(promoted: list[str], to: int, rest: int, kept_float: tuple[str, ...] = ()):
+        layer_bits: dict[str, int | None] = {name: to for name in promoted}
+        layer_bits.update({name: None for name in kept_float})
+        opts = dataclasses.replace(base_options, bits=rest, layer_bits=layer_bits)
+        return quantize_weights(model, opts, calib=calib, layer_stats=stats)
+
+    def fewest(count: int, make, best):
+        """Bisection on how many of the ranked names get the better treatment:
+        the smallest count whose model passes; ``best`` is ``make(count)``, which passes."""
+        lo, hi = 0, count  # lo fails, hi passes
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            candidate = make(mid)
+            if passes(candidate):
+                hi, best = mid, candidate
+            else:
+                lo = mid
+        return best
+
+    def passes(result) -> bool:
+        return compare_models(original, result.model, check, gate=gate, measure_latency=False).passed
+
+    first = quantized([], widths[0], widths[0])
+    if passes(first):
+        return first
+    ranked = sorted((w for w in first.report.weights if w.bits),
+                    key=lambda w: -(w.output_error if w.output_error is not None else w.relative_error))
+    names = [w.name for w in ranked]
+    for lower, upper in zip(widths, widths[1:]):
+        every = quantized(names, upper, upper)
+        if passes(every):
+            return fewest(len(names), lambda k: quantized(names[:k], upper, lower), every)
+    if not names:
+        return None
+    wide = widths[-1]
+    all_float = quantized([], wide, wide, tuple(names))
+    if not passes(all_float):
+        return None
+    return fewest(len(names), lambda k: quantized(names, wide, wide, tuple(names[:k])), all_float)
+
+
+def static_int8(inputs: SearchInputs, model: onnx.ModelProto, remaining: float):
+    """Static int8 QDQ within what is left of the budget. Unless the recipe fixes
+    it, weight codes are first tried in a narrow range (fewer distinct levels
+    pack smaller and still run in int8 kernels), widening until the final model
+    passes the gate against the original. None when not even full int8 does."""
+    from onnxshrink.quantization import QuantizeOptions, quantize_model
+
+    settings, gate = inputs.options.recipe.quantize, inputs.gate
+    ranges = (settings["weight_range_bits"],) if "weight_range_bits" in settings else WEIGHT_RANGE_BITS
+    targets = sub_gate(gate, remaining) if gate.active else {}
+    for bits in ranges:
+        options = QuantizeOptions(**{**settings, "weight_range_bits": bits}, **targets)
+        try:
+            q = quantize_model(model, inputs.calib, options, eval_data=inputs.check, progress=inputs.progress)
+        except GateFailed:
+            continue
+        if not gate.active or len(ranges) == 1 or \
+                compare_models(inputs.original, q.model, inputs.check, gate=gate, measure_latency=False).passed:
+            return q
+    return None
+
+
+def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned, remaining: float) -> Outcome:
+    """The rest of a trial after pruning: quantize within ``remaining`` of the
+    budget, validate against the original, pack."""
+    options = inputs.options
+    recipe = options.recipe
+    model, stages, layers = pruned.model, pruned.stages, pruned.layers
+    widths: dict[int, int] = {}
+    range_bits = None
+    start = time.perf_counter()
+    if recipe.quantize is not None and options.mixed_precision:
+        chosen = mixed_precision(inputs, state, model)
+        if chosen is None:
+            return Outcome(failed="no mix of weight widths meets the gate")
+        model = chosen.model
+        widths = {bits: sum(1 for w in chosen.report.weights if w.bits == bits) for bits in sorted(set(options.weight_bits))}
+        from onnxshrink.lowbit.weight_only import KEPT_FLOAT
+
+        left_float = sum(1 for why in chosen.report.skipped.values() if why == KEPT_FLOAT)
+        stages.append(Stage("quantize", model, "weights: " + ", ".join(f"{n} at {b} bits" for b, n in widths.items())
+                            + (f", {left_float} left float" if left_float else "")))
+        for w in chosen.report.weights:
+            entry = layers.setdefault(w.name, {"name": w.name, "sparsity": w.sparsity})
+            entry.update({"quant_error": w.relative_error, "bits": w.bits})
+    elif recipe.quantize is not None:
+        q = static_int8(inputs, model, remaining)
+        if q is None:
+            # Pruning left too little of the budget: this candidate fails, a milder one follows.
+            return Outcome(failed="quantization within the remaining budget")
+        errors = quantization_errors(model, q.model)
+        model = q.model
+        range_bits = q.report.weight_range_bits
+        stages.append(Stage("quantize", model,
+                            f"int8, weight codes in {range_bits}-bit range; {count_layers(model).text()}"))
+        for name, err in errors.items():
+            layers.setdefault(name, {"name": name, "sparsity": 0.0})["quant_error"] = err
+    seconds = {"quantize": time.perf_counter() - start}
+    model = without_inferred_info(model, inputs.original)
+    start = time.perf_counter()
+    validation = compare_models(inputs.original, model, inputs.check, gate=inputs.gate, measure_latency=True)
+    seconds["validate"] = time.perf_counter() - start
+    start = time.perf_counter()
+    size, packed = packed_size(model) if recipe.pack else (model.ByteSize(), None)
+    seconds["pack"] = time.perf_counter() - start
+    return Outcome(model=model, packed=packed, size=size, validation=validation, stages=stages,
+                   layers=list(layers.values()), weight_widths=widths, weight_range_bits=range_bits, seconds=seconds)

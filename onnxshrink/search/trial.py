@@ -1,0 +1,154 @@
+"""The search's typed records: what a trial tries, what came of it, and what
+one trial hands the next.
+
+A :class:`Candidate` is what is tried; a :class:`Trial` is one run of it,
+holding an :class:`Outcome` (the quantized, validated, packed model, or why
+there is none). :class:`SearchInputs` is what every trial reads and
+:class:`SearchState` what the trials share: statistics of the unpruned model
+and the last outcome, reused when a trial prunes exactly as the one before.
+A new objective is a field here (measured into :class:`Outcome`) and one
+check in :func:`onnxshrink.search.loop.accepted`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from typing import Any, Callable
+
+import onnx
+
+from onnxshrink.data import Batch
+from onnxshrink.search.options import ShrinkOptions
+from onnxshrink.stats.layer_inputs import LayerInputStats
+from onnxshrink.validation import Gate, ValidationReport
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """What one trial tries.
+
+    ``prune_budget_share`` is the fraction of the gate's budget pruning may
+    use (None: prune as the recipe says, no search; 0: no pruning);
+    ``pattern`` overrides the recipe's pruning pattern (None: the recipe's).
+    """
+
+    prune_budget_share: float | None
+    pattern: str | None = None
+
+
+@dataclasses.dataclass
+class Stage:
+    """One stage's model as the trial left it, for the report's stage table."""
+
+    name: str
+    model: onnx.ModelProto
+    note: str
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of a pruned model: quantized, validated against the
+    original, packed; or ``failed`` saying why no model came out.
+
+    ``weight_widths`` counts the weights at each width (weight-only
+    quantization), ``weight_range_bits`` is the range static int8 codes use;
+    ``float16`` names the tensors stored as float16 (set on the chosen one).
+    ``seconds`` is the wall time of quantize, validate and pack.
+    """
+
+    failed: str | None = None
+    model: onnx.ModelProto | None = None
+    packed: bytes | None = None
+    size: int = 0
+    validation: ValidationReport | None = None
+    stages: list[Stage] = dataclasses.field(default_factory=list)
+    layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    weight_widths: dict[int, int] = dataclasses.field(default_factory=dict)
+    weight_range_bits: int | None = None
+    float16: list[str] = dataclasses.field(default_factory=list)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def output_bytes(self) -> bytes:
+        """What would be written: the container, or the model's protobuf when not packed."""
+        if self.model is None:
+            raise ValueError(f"a failed outcome has no output ({self.failed})")
+        return self.packed if self.packed is not None else self.model.SerializeToString()
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of :attr:`output_bytes` (computed when first asked for)."""
+        return hashlib.sha256(self.output_bytes).hexdigest()
+
+
+@dataclasses.dataclass
+class Trial:
+    """One candidate tried: its outcome and how it measured against the search's objectives.
+
+    ``pruned_digest`` identifies the pruned weights (trials with the same
+    share one outcome: ``reused``); ``pattern`` is the pruning pattern applied
+    (None when nothing was pruned); ``seconds`` the wall time of what this
+    trial itself ran (prune, and quantize/validate/pack unless reused).
+    ``passed`` is the gate and every other objective (size ratio) together.
+    """
+
+    index: int
+    candidate: Candidate
+    outcome: Outcome
+    pruned_digest: str
+    pattern: str | None = None
+    reused: bool = False
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    ratio: float = 0.0
+    accuracy_drop: float = 0.0
+    passed: bool = False
+
+    @property
+    def failed(self) -> str | None:
+        return self.outcome.failed
+
+    def search_entry(self, chosen: "Trial | None") -> dict[str, Any]:
+        """This trial as a row of the report's ``search`` list."""
+        return {"trial": self.index, "prune_budget_share": self.candidate.prune_budget_share,
+                "size_bytes": self.outcome.size, "ratio": round(self.ratio, 3),
+                "accuracy_drop": round(self.accuracy_drop, 4), "passed": self.passed,
+                "chosen": chosen is not None and self.candidate == chosen.candidate}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchInputs:
+    """What every trial reads: the original model and its size in bytes (what
+    ratios are of), the base (simplified) model trials start from, the options
+    and gate, the data, progress."""
+
+    original: onnx.ModelProto
+    original_bytes: int
+    base: onnx.ModelProto
+    options: ShrinkOptions
+    gate: Gate
+    calib: list[Batch]
+    check: Any  # what the gate is measured on: the eval data, else the calibration batches
+    progress: Progress
+
+
+@dataclasses.dataclass
+class SearchState:
+    """What one trial hands the next; all of it depends on the base model and
+    the data, none of it on the budget.
+
+    ``prune_stats`` are the layer input statistics of the base model for
+    pruning, ``weight_stats`` its layer Hessians for weight-only (GPTQ)
+    quantization; ``prune_scans`` carries pruning's sensitivity scans and
+    measured allocations (``prune_model(scan_cache=...)``); ``last`` is the
+    last trial's pruned-weights digest and outcome (only the last: models are
+    large, and repeats come right after each other).
+    """
+
+    prune_stats: dict[str, LayerInputStats] | None = None
+    weight_stats: dict[str, LayerInputStats] | None = None
+    prune_scans: dict = dataclasses.field(default_factory=dict)
+    last: tuple[str, Outcome] | None = None
