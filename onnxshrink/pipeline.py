@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxshrink.cpu_targets import DEFAULT_TARGET
 from onnxshrink.data import Batch, model_inputs, read_samples
 from onnxshrink.errors import GateFailed, UsageError
 from onnxshrink.recipes import Recipe
@@ -32,7 +33,9 @@ SLACK_FRACTION = 0.6
 BOLDER_MIN_GAIN = 0.95
 # Widths --weight-bits allows: below 8, weight-only quantization with a width per layer.
 WEIGHT_WIDTHS = (2, 3, 4, 8)
-# Ranges tried for static int8 weight codes, narrowest first (4: codes in [-7, 7]).
+# Ranges tried for static int8 weight codes, narrowest first (4: codes in [-7, 7]); each
+# also within the CPU target's bound, so the "8" step is [-64, 64] unless the recipe's
+# quantize target is x86-vnni or arm (onnxshrink.cpu_targets).
 WEIGHT_RANGE_BITS = (4, 6, 8)
 
 
@@ -184,7 +187,8 @@ def quantization_errors(before: onnx.ModelProto, after: onnx.ModelProto) -> dict
 
 
 def _mixed_precision(model: onnx.ModelProto, original: onnx.ModelProto, widths: tuple[int, ...], gate: Gate,
-                     calib: list[Batch], check: Any, cache: dict[str, Any], progress: Progress):
+                     calib: list[Batch], check: Any, cache: dict[str, Any], progress: Progress,
+                     target: str = DEFAULT_TARGET):
     """Weight-only quantization with GPTQ rounding: every weight at the narrowest
     width; while that fails the gate, the most sensitive (largest estimated
     output error) are promoted to the next width, as few as the gate allows
@@ -196,7 +200,7 @@ def _mixed_precision(model: onnx.ModelProto, original: onnx.ModelProto, widths: 
     from onnxshrink.lowbit import WeightOnlyOptions, collect_weight_statistics, quantize_weights
 
     widths = tuple(sorted(set(widths)))
-    base_options = WeightOnlyOptions(bits=widths[0], rounding="gptq")
+    base_options = WeightOnlyOptions(bits=widths[0], rounding="gptq", target=target)
     if "layer_stats" not in cache:
         cache["layer_stats"] = collect_weight_statistics(cache["base"], calib, base_options, progress=progress)
     stats = cache["layer_stats"]
@@ -333,7 +337,8 @@ def _quantize_and_check(model: onnx.ModelProto, original: onnx.ModelProto, optio
     budget, validate against the original, pack (the trial's share is added by the caller)."""
     recipe = options.recipe
     if recipe.quantize is not None and options.mixed_precision:
-        chosen = _mixed_precision(model, original, options.weight_bits, gate, calib, check, cache, progress)
+        chosen = _mixed_precision(model, original, options.weight_bits, gate, calib, check, cache, progress,
+                                  recipe.quantize.get("target", DEFAULT_TARGET))
         if chosen is None:
             return {"failed": "no mix of weight widths meets the gate"}
         model = chosen.model
@@ -353,8 +358,8 @@ def _quantize_and_check(model: onnx.ModelProto, original: onnx.ModelProto, optio
             return {"failed": "quantization within the remaining budget"}
         errors = quantization_errors(model, q.model)
         model = q.model
-        range_bits = q.report.weight_range_bits
-        stages.append(("quantize", model, f"int8, weight codes in {range_bits}-bit range; "
+        bound = q.report.weight_code_max
+        stages.append(("quantize", model, f"int8, weight codes in [-{bound}, {bound}]; "
                                           f"{len(q.report.left_float)} nodes left in float"))
         for name, err in errors.items():
             layers.setdefault(name, {"name": name, "sparsity": 0.0})["quant_error"] = err

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from onnxshrink.cpu_targets import DEFAULT_TARGET, INT8_WEIGHT_LIMITS
+
 
 @dataclasses.dataclass
 class QuantizeReport:
@@ -25,6 +27,8 @@ class QuantizeReport:
     prepared: dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
     weight_range_bits: int = 8
+    cpu_target: str = DEFAULT_TARGET  # QuantizeOptions.target: the CPU the model is written for
+    weight_code_max: int = INT8_WEIGHT_LIMITS[DEFAULT_TARGET]  # int8 weight codes lie in [-this, this]
 
     @property
     def size_ratio(self) -> float:
