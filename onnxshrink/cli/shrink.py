@@ -21,6 +21,7 @@ from onnxshrink.cli._common import (
     reports_errors,
     write_json,
 )
+from onnxshrink.cpu_targets import check_target
 from onnxshrink.errors import UsageError
 from onnxshrink.fileio import write_bytes_atomic
 from onnxshrink.model import save_model
@@ -47,6 +48,7 @@ def with_overrides(recipe: Recipe, *, sparsity: float | None, pattern: str | Non
     if quant_method is not None:
         quant_cfg["method"] = quant_method
     if target is not None:
+        check_target(target)  # refused before any work, not when the search first quantizes
         quant_cfg["target"] = target
     if quantize is False:
         changes["quantize"] = None
