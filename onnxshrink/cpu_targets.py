@@ -10,10 +10,17 @@ escape it: onnxruntime shifts them to uint8 before the same kernels. VNNI
 before they are added) accumulate in int32, where the symmetric int8 range
 [-127, 127] is exact.
 
-So by default (``x86-avx2``, which runs everywhere) int8 weight codes stay
-within [-64, 64]; ``x86-vnni`` and ``arm`` allow the full [-127, 127] for
-models that will only run there. onnxruntime's own tools call the bounded
-range ``reduce_range`` (7-bit weights) and leave it off by default.
+So by default (``x86-avx2``, which runs everywhere) the int8 weight codes of
+static and dynamic quantization stay within [-64, 64]; ``x86-vnni`` and
+``arm`` allow the full [-127, 127] for models that will only run there.
+onnxruntime's own tools call the bounded range ``reduce_range`` (7-bit
+weights) and leave it off by default.
+
+Weight-only int8 (:mod:`onnxshrink.lowbit`) keeps the full range on every
+target: its activations stay float, and the one integer kernel onnxruntime
+(1.32) turns it into, MatMulNBits with int8 compute, multiplies int8 by
+int8 and is exact on AVX2 even for codes 127 and -128 (measured under
+scripts/avx2_emulation.sh; docs/quantize.md).
 """
 
 from __future__ import annotations

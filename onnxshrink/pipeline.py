@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxshrink.cpu_targets import DEFAULT_TARGET
 from onnxshrink.data import Batch, model_inputs, read_samples
 from onnxshrink.errors import GateFailed, UsageError
 from onnxshrink.recipes import Recipe
@@ -187,8 +186,7 @@ def quantization_errors(before: onnx.ModelProto, after: onnx.ModelProto) -> dict
 
 
 def _mixed_precision(model: onnx.ModelProto, original: onnx.ModelProto, widths: tuple[int, ...], gate: Gate,
-                     calib: list[Batch], check: Any, cache: dict[str, Any], progress: Progress,
-                     target: str = DEFAULT_TARGET):
+                     calib: list[Batch], check: Any, cache: dict[str, Any], progress: Progress):
     """Weight-only quantization with GPTQ rounding: every weight at the narrowest
     width; while that fails the gate, the most sensitive (largest estimated
     output error) are promoted to the next width, as few as the gate allows
@@ -200,7 +198,7 @@ def _mixed_precision(model: onnx.ModelProto, original: onnx.ModelProto, widths: 
     from onnxshrink.lowbit import WeightOnlyOptions, collect_weight_statistics, quantize_weights
 
     widths = tuple(sorted(set(widths)))
-    base_options = WeightOnlyOptions(bits=widths[0], rounding="gptq", target=target)
+    base_options = WeightOnlyOptions(bits=widths[0], rounding="gptq")
     if "layer_stats" not in cache:
         cache["layer_stats"] = collect_weight_statistics(cache["base"], calib, base_options, progress=progress)
     stats = cache["layer_stats"]
@@ -337,8 +335,7 @@ def _quantize_and_check(model: onnx.ModelProto, original: onnx.ModelProto, optio
     budget, validate against the original, pack (the trial's share is added by the caller)."""
     recipe = options.recipe
     if recipe.quantize is not None and options.mixed_precision:
-        chosen = _mixed_precision(model, original, options.weight_bits, gate, calib, check, cache, progress,
-                                  recipe.quantize.get("target", DEFAULT_TARGET))
+        chosen = _mixed_precision(model, original, options.weight_bits, gate, calib, check, cache, progress)
         if chosen is None:
             return {"failed": "no mix of weight widths meets the gate"}
         model = chosen.model

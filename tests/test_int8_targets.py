@@ -19,7 +19,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import MODELS, ROOT, run_cli
 from onnxshrink.errors import UsageError
-from onnxshrink.lowbit import Grid, WeightOnlyOptions, quantize_weights
 from onnxshrink.pipeline import WEIGHT_RANGE_BITS, ShrinkOptions, shrink
 from onnxshrink.quantization import QuantizeOptions, quantize_model
 from onnxshrink.recipes import load_recipe
@@ -150,18 +149,6 @@ def test_dynamic_int8_codes_stay_within_64_unless_the_target_allows_more():
     assert max_code(full.model) == 127
 
 
-@pytest.mark.parametrize("rounding", ["nearest", "gptq"])
-def test_weight_only_int8_codes_stay_within_64_unless_the_target_allows_more(rounding):
-    """onnxruntime runs weight-only int8 MatMuls as MatMulNBits integer kernels: the
-    same bound holds there (GPTQ's error feedback included). 4 bits are not affected."""
-    model, calib = conv_gemm_model(), conv_batches()
-    options = WeightOnlyOptions(bits=8, rounding=rounding, min_size=0)
-    assert max_code(quantize_weights(model, options, calib=calib).model) == 64
-    full = quantize_weights(model, dataclasses.replace(options, target="arm"), calib=calib).model
-    assert max_code(full) >= 127
-    assert Grid(4, 0, limit=64).code_range == (-8, 7)  # int4 codes are far inside the bound
-
-
 @pytest.mark.parametrize("name, dynamic", [("digits_cnn", False), ("digits_transformer", False), ("digits_mlp", True)])
 def test_bundled_models_keep_the_bound_and_their_accuracy(name, dynamic):
     """What the README's first command and `quantize` write for the bundled models."""
@@ -219,6 +206,5 @@ def test_target_flag_on_the_cli(tmp_path):
 
 
 def test_bad_target_in_the_api_is_a_usage_error():
-    for make in (lambda: QuantizeOptions(target="avx512"), lambda: WeightOnlyOptions(target="avx512")):
-        with pytest.raises(UsageError, match="x86-avx2, x86-vnni, arm"):
-            make()
+    with pytest.raises(UsageError, match="x86-avx2, x86-vnni, arm"):
+        QuantizeOptions(target="avx512")

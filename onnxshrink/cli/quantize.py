@@ -27,8 +27,9 @@ from onnxshrink.quantization import METHODS, QuantizeOptions, QuantizeReport, qu
 
 # Shared with `shrink --target`.
 TARGET_HELP = (f"CPU the int8 model will run on: {', '.join(TARGETS)}. The default x86-avx2 runs exactly on every CPU "
-               "(int8 weight codes within [-64, 64]: x86 without VNNI adds u8 x s8 products in saturating int16); "
-               "x86-vnni (AVX512-VNNI/AVX-VNNI) or arm allow full-range [-127, 127] weights, wrong on AVX2-only CPUs.")
+               "(static and dynamic int8 weight codes within [-64, 64]: x86 without VNNI adds u8 x s8 products in "
+               "saturating int16); x86-vnni (AVX512-VNNI/AVX-VNNI) or arm allow full-range [-127, 127] weights, "
+               "which can lose accuracy on x86 CPUs without VNNI. Weight-only int8 is exact everywhere at full range.")
 
 
 def _names(values: Optional[list[str]]) -> tuple[str, ...]:
@@ -71,7 +72,7 @@ def quantize_command(
         if dynamic:
             raise UsageError("--weights-only and --dynamic are two different modes; give one")
         wo = WeightOnlyOptions(bits=bits, granularity=granularity, rounding=rounding, min_size=min_size,
-                               exclude=_names(exclude_nodes), batch_size=batch_size, target=target)
+                               exclude=_names(exclude_nodes), batch_size=batch_size)
         if rounding == "gptq" and calib is None:
             raise UsageError("--rounding gptq needs calibration data: give --calib DATA")
         source = load_model(model)

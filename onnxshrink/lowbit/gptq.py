@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxshrink.activations import LayerInputStats, from_matrices, weight_matrices
-from onnxshrink.lowbit.grid import Grid
+from onnxshrink.lowbit.grid import Grid, code_range
 from onnxshrink.pruning.obs import obs_prune, reconstruction_error
 from onnxshrink.roles import WeightUse
 
@@ -48,7 +48,7 @@ def gptq_codes(w: np.ndarray, scales: np.ndarray, grid: Grid, use: WeightUse, st
     wm = weight_matrices(w.astype(np.float64), layout, use)
     sm = weight_matrices(element, layout, use)
     zm = weight_matrices(w == 0, layout, use)
-    lo, hi = grid.code_range
+    lo, hi = code_range(grid.bits)
 
     def on_grid(column: np.ndarray, index: int) -> np.ndarray:
         s = sm[:, :, index]

@@ -37,11 +37,9 @@ def float16_exact_up(s: np.ndarray) -> np.ndarray:
     return np.where(inside & np.isfinite(up), up, s).astype(np.float32)
 
 
-def code_range(bits: int, limit: int | None = None) -> tuple[int, int]:
-    """Codes a ``bits``-wide signed integer can hold, (-2^(b-1), 2^(b-1) - 1),
-    and within [-limit, limit] when ``limit`` is given."""
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return (lo, hi) if limit is None else (max(lo, -limit), min(hi, limit))
+def code_range(bits: int) -> tuple[int, int]:
+    """Codes a ``bits``-wide signed integer can hold: (-2^(b-1), 2^(b-1) - 1)."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
 def code_dtype(bits: int) -> np.dtype:
@@ -58,18 +56,11 @@ class Grid:
     """Where a weight's scales lie: ``axis`` holds one scale per index
     (per channel: the output axis), or with ``block`` one scale per ``block``
     consecutive entries along ``axis`` (the input axis) for each position of
-    the other axes. ``limit`` caps |code| (the CPU target's int8 bound,
-    :mod:`onnxshrink.cpu_targets`; it binds only at 8 bits)."""
+    the other axes."""
 
     bits: int
     axis: int
     block: int | None = None
-    limit: int | None = None
-
-    @property
-    def code_range(self) -> tuple[int, int]:
-        """The smallest and largest code this grid uses."""
-        return code_range(self.bits, self.limit)
 
     def scale_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         if self.block is None:
@@ -88,7 +79,7 @@ class Grid:
             a = np.pad(a, pad)
             split = a.shape[:self.axis] + (a.shape[self.axis] // self.block, self.block) + a.shape[self.axis + 1:]
             amax = a.reshape(split).max(axis=self.axis + 1)
-        s = (amax / self.code_range[1]).astype(np.float32)
+        s = (amax / code_range(self.bits)[1]).astype(np.float32)
         s = np.where(amax > 0, np.maximum(s, np.float32(_TINY)), np.float32(1.0))
         s = np.where(np.isfinite(s), s, np.float32(1.0)).astype(np.float32)
         return float16_exact_up(s) if self.bits < 8 else s
@@ -104,7 +95,7 @@ class Grid:
 
     def codes(self, values: np.ndarray, element_scales: np.ndarray) -> np.ndarray:
         """Nearest codes of ``values`` (float) for per-element scales, clipped to the code range."""
-        lo, hi = self.code_range
+        lo, hi = code_range(self.bits)
         return np.clip(np.rint(values / element_scales), lo, hi)
 
 

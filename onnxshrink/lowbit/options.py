@@ -6,7 +6,6 @@ import dataclasses
 import re
 from typing import Mapping
 
-from onnxshrink.cpu_targets import DEFAULT_TARGET, check_target
 from onnxshrink.errors import UsageError
 
 BITS = (8, 4, 3, 2)  # 3 and 2: fewer levels, stored as int4 codes (entropy coding packs them smaller)
@@ -40,12 +39,7 @@ class WeightOnlyOptions:
     mode). ``exclude`` holds weight or node names (shell patterns allowed);
     weights with fewer than ``min_size`` elements stay float. ``damp``,
     ``block_size`` and ``calib_samples``/``batch_size`` tune the GPTQ sweep
-    and its Hessian statistics. ``target`` is the CPU the model is written for
-    (:mod:`onnxshrink.cpu_targets`): on ``x86-avx2``, the default, 8-bit codes
-    stay within [-64, 64] like static int8 ones (onnxruntime runs some int8
-    weight-only MatMuls as integer MatMulNBits kernels, and the file may meet
-    other int8 kernels); ``x86-vnni`` and ``arm`` use the full int8 range.
-    Narrower widths are not affected.
+    and its Hessian statistics.
     """
 
     bits: int = 8
@@ -59,13 +53,11 @@ class WeightOnlyOptions:
     block_size: int = 128
     calib_samples: int = 256
     batch_size: int = 32
-    target: str = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
             raise UsageError(f"--bits must be 8, 4, 3 or 2, got {self.bits}")
         parse_granularity(self.granularity)
-        check_target(self.target)
         if self.rounding not in ROUNDINGS:
             raise UsageError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got '{self.rounding}'")
         for name, bits in dict(self.layer_bits).items():

@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 
 from onnxshrink.activations import LayerInputStats, collect_layer_inputs
-from onnxshrink.cpu_targets import int8_weight_limit
 from onnxshrink.errors import UsageError
 from onnxshrink.lowbit.dequantize import (UniqueNames, dequantize_in_graph, ensure_opset, required_opset,
                                           set_ir_version_for)
@@ -51,7 +50,6 @@ class WeightTarget:
     ref: WeightRef
     uses: list[WeightUse]
     bits: int
-    limit: int | None = None  # largest |code| (the CPU target's int8 bound)
 
     @property
     def name(self) -> str:
@@ -66,9 +64,7 @@ class WeightTarget:
         return self.uses[0].in_axis
 
     def grid(self, block: int | None) -> Grid:
-        if block is None:
-            return Grid(self.bits, self.out_axis, limit=self.limit)
-        return Grid(self.bits, self.in_axis, block, self.limit)
+        return Grid(self.bits, self.out_axis) if block is None else Grid(self.bits, self.in_axis, block)
 
 
 def _gather_uses(model: onnx.ModelProto) -> list[WeightUse]:
@@ -100,7 +96,6 @@ def weight_targets(model: onnx.ModelProto, options: WeightOnlyOptions) -> tuple[
     for use in [*weight_uses(model), *_gather_uses(model)]:
         grouped.setdefault(id(use.weight.tensor), []).append(use)
     main_inputs = {vi.name for vi in model.graph.input}
-    limit = int8_weight_limit(options.target)
     targets, skipped = [], {}
     for uses in grouped.values():
         ref = uses[0].weight
@@ -119,7 +114,7 @@ def weight_targets(model: onnx.ModelProto, options: WeightOnlyOptions) -> tuple[
         elif not np.isfinite(ref.array()).all():
             skipped[ref.name] = "holds NaN or Inf"
         else:
-            targets.append(WeightTarget(ref, uses, bits, limit))
+            targets.append(WeightTarget(ref, uses, bits))
     return targets, skipped
 
 
