@@ -55,7 +55,7 @@ def quantize_command(
     latency_guard: Annotated[bool, typer.Option("--latency-guard/--no-latency-guard", help="Keep in float nodes onnxruntime cannot run as integer kernels; measure latency.")] = QuantizeOptions.latency_guard,
     fold_constants: Annotated[bool, typer.Option("--fold-constants/--no-fold-constants", help="Run onnxsim first when a layer weight is computed at run time.")] = QuantizeOptions.fold_constants,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")] = QuantizeOptions.batch_size,
-    weight_range_bits: Annotated[int, typer.Option("--weight-range-bits", help="Static int8: weight codes use this many bits of range (8 = full; 6 packs smaller, same int8 kernels).")] = QuantizeOptions.weight_range_bits,
+    weight_range_bits: Annotated[int, typer.Option("--weight-range-bits", help="Static int8: weight codes use this many bits of range (8 = all that --target allows; 6 packs smaller, same int8 kernels).")] = QuantizeOptions.weight_range_bits,
     bias_correction: Annotated[bool, typer.Option("--bias-correction/--no-bias-correction", help="Static int8: lower each Conv/Gemm bias by the mean output shift its weight rounding causes on the calibration data.")] = QuantizeOptions.bias_correction,
     target: Annotated[str, typer.Option("--target", help=TARGET_HELP)] = QuantizeOptions.target,
     shapes: Annotated[Optional[list[str]], typer.Option("--shape", help="Symbolic dims of the random check inputs (--dynamic without --eval): NAME=1x3x224x224.")] = None,
