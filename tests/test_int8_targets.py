@@ -10,6 +10,10 @@ the AVX2 arithmetic in numpy to show what a full-range code does there.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -208,3 +212,15 @@ def test_target_flag_on_the_cli(tmp_path):
 def test_bad_target_in_the_api_is_a_usage_error():
     with pytest.raises(UsageError, match="x86-avx2, x86-vnni, arm"):
         QuantizeOptions(target="avx512")
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-user (apt-get install qemu-user)")
+def test_avx2_emulation_script_runs_a_command_on_the_saturating_kernel():
+    """scripts/avx2_emulation.sh: the emulated CPU has AVX2 and no VNNI, onnxruntime there
+    saturates u8 x s8 pairs, and the command runs under it (its own Python sees no AVX-512)."""
+    probe = "from numpy._core._multiarray_umath import __cpu_features__ as f; print('child AVX512F', f['AVX512F'])"
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "avx2_emulation.sh"), "python", "-c", probe],
+                            capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "AVX2=yes" in result.stdout and "AVX512VNNI=no" in result.stdout
+    assert "saturated pairs" in result.stdout and "child AVX512F False" in result.stdout
