@@ -6,9 +6,9 @@ On CPUs without VNNI (AVX2, and AVX-512 before VNNI) MLAS does it with
 with activations up to 255 a pair stays exact only while
 ``2 * 255 * |w| <= 32767``, that is ``|w| <= 64``. int8 activations do not
 escape it: onnxruntime shifts them to uint8 before the same kernels. VNNI
-(``vpdpbusd``) and ARM (``sdot``/``udot``/``smmla``, or NEON products widened
-before they are added) accumulate in int32, where the symmetric int8 range
-[-127, 127] is exact.
+(``vpdpbusd``) and ARM's ``sdot``/``udot``/``smmla`` accumulate in int32,
+and ARM's baseline NEON kernel multiplies int8 by int8 (a pair at most
+2 * 128 * 127 = 32,512): the symmetric int8 range [-127, 127] is exact there.
 
 So by default (``x86-avx2``, which runs everywhere) the int8 weight codes of
 static and dynamic quantization stay within [-64, 64]; ``x86-vnni`` and
