@@ -20,12 +20,19 @@ from onnxshrink.cli._common import (
     summary_table,
     write_json,
 )
+from onnxshrink.cpu_targets import TARGETS
 from onnxshrink.errors import UsageError
 from onnxshrink.fileio import outputs_together
 from onnxshrink.model import load_model, save_model
 from onnxshrink.lowbit import WeightOnlyOptions, quantize_weights
 from onnxshrink.quantization import METHODS, QuantizeOptions, QuantizeReport, quantize_model
 from onnxshrink.validation import accuracy_gate_basis
+
+# Shared with `shrink --target`.
+TARGET_HELP = (f"CPU the int8 model will run on: {', '.join(TARGETS)}. The default x86-avx2 runs exactly on every CPU "
+               "(static and dynamic int8 weight codes within [-64, 64]: x86 without VNNI adds u8 x s8 products in "
+               "saturating int16); x86-vnni (AVX512-VNNI/AVX-VNNI) or arm allow full-range [-127, 127] weights, "
+               "which can lose accuracy on x86 CPUs without VNNI. Weight-only int8 is exact everywhere at full range.")
 
 
 def _names(values: Optional[list[str]]) -> tuple[str, ...]:
@@ -51,8 +58,9 @@ def quantize_command(
     latency_guard: Annotated[bool, typer.Option("--latency-guard/--no-latency-guard", help="Keep in float nodes onnxruntime cannot run as integer kernels; measure latency.")] = QuantizeOptions.latency_guard,
     fold_constants: Annotated[bool, typer.Option("--fold-constants/--no-fold-constants", help="Run onnxsim first when a layer weight is computed at run time.")] = QuantizeOptions.fold_constants,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")] = QuantizeOptions.batch_size,
-    weight_range_bits: Annotated[int, typer.Option("--weight-range-bits", help="Static int8: weight codes use this many bits of range (8 = full; 6 packs smaller, same int8 kernels).")] = QuantizeOptions.weight_range_bits,
+    weight_range_bits: Annotated[int, typer.Option("--weight-range-bits", help="Static int8: weight codes use this many bits of range (8 = all that --target allows; 6 packs smaller, same int8 kernels).")] = QuantizeOptions.weight_range_bits,
     bias_correction: Annotated[bool, typer.Option("--bias-correction/--no-bias-correction", help="Static int8: lower each Conv/Gemm bias by the mean output shift its weight rounding causes on the calibration data.")] = QuantizeOptions.bias_correction,
+    target: Annotated[str, typer.Option("--target", help=TARGET_HELP)] = QuantizeOptions.target,
     shapes: Annotated[Optional[list[str]], typer.Option("--shape", help="Symbolic dims of the random check inputs (--dynamic without --eval): NAME=1x3x224x224.")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Quantize only the weights (int8/int4 behind DequantizeLinear); activations stay float; --calib optional.")] = False,
     bits: Annotated[int, typer.Option("--bits", help="With --weights-only: 8 or 4 bits per weight (3 or 2: fewer levels in int4 storage, smaller once packed).")] = WeightOnlyOptions.bits,
@@ -89,7 +97,7 @@ def quantize_command(
         exclude_nodes=_names(exclude_nodes), exclude_ops=_names(exclude_ops), min_cosine=min_cosine,
         max_accuracy_drop=max_accuracy_drop, dynamic=dynamic, latency_guard=latency_guard,
         fold_constants=fold_constants, batch_size=batch_size, weight_range_bits=weight_range_bits,
-        bias_correction=bias_correction,
+        bias_correction=bias_correction, target=target,
         shapes=tuple((name, tuple(dims)) for name, dims in parse_shapes(shapes).items()),
     )
     if dynamic and calib is not None:

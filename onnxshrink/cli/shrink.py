@@ -11,6 +11,7 @@ import onnx
 import typer
 
 import onnxshrink
+from onnxshrink.cli.quantize import TARGET_HELP
 from onnxshrink.cli._common import (
     JsonOption,
     OutputOption,
@@ -25,6 +26,7 @@ from onnxshrink.cli._common import (
     write_json,
 )
 from onnxshrink.cleanup import growth_warning
+from onnxshrink.cpu_targets import check_target
 from onnxshrink.data import model_inputs, synthetic_batches
 from onnxshrink.errors import UsageError
 from onnxshrink.fileio import outputs_together, write_bytes_atomic
@@ -37,7 +39,7 @@ from onnxshrink.validation import Gate, accuracy_gate_basis
 
 def with_overrides(recipe: Recipe, *, sparsity: float | None, pattern: str | None, prune_method: str | None,
                    quant_method: str | None, prune: bool | None, quantize: bool | None,
-                   simplify: bool | None) -> Recipe:
+                   simplify: bool | None, target: str | None = None) -> Recipe:
     """The recipe with the command line's flags laid over it."""
     changes: dict = {}
     prune_cfg = dict(recipe.prune or {})
@@ -51,6 +53,9 @@ def with_overrides(recipe: Recipe, *, sparsity: float | None, pattern: str | Non
     quant_cfg = dict(recipe.quantize or {})
     if quant_method is not None:
         quant_cfg["method"] = quant_method
+    if target is not None:
+        check_target(target)  # refused before any work, not when the search first quantizes
+        quant_cfg["target"] = target
     if quantize is False:
         changes["quantize"] = None
     elif quantize or recipe.quantize is not None or quant_cfg:
@@ -84,6 +89,7 @@ def shrink_command(
     prune: Annotated[Optional[bool], typer.Option("--prune/--no-prune", help="Run or skip the prune stage.")] = None,
     quantize: Annotated[Optional[bool], typer.Option("--quantize/--no-quantize", help="Run or skip the quantize stage.")] = None,
     simplify: Annotated[Optional[bool], typer.Option("--simplify/--no-simplify", help="Run or skip onnxsim constant folding.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help=TARGET_HELP + " Default: the recipe's, else x86-avx2.")] = None,
     weight_bits: Annotated[str, typer.Option("--weight-bits", help="Allowed weight widths among 2,3,4,8, e.g. 4,8 or 3,4,8: weight-only quantization with a per-layer width chosen under the gate, the most sensitive layers wider or float (default 8: static int8).")] = "8",
     report_html: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here.")] = None,
     json_path: JsonOption = None,
@@ -100,7 +106,8 @@ def shrink_command(
     source = onnxshrink.load(model)
     chosen = load_recipe(recipe_for(source) if recipe == "auto" else recipe)
     chosen = with_overrides(chosen, sparsity=sparsity, pattern=pattern, prune_method=prune_method,
-                            quant_method=quant_method, prune=prune, quantize=quantize, simplify=simplify)
+                            quant_method=quant_method, prune=prune, quantize=quantize, simplify=simplify,
+                            target=target)
     options = ShrinkOptions(recipe=chosen, gate=Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop),
                             target_ratio=target_ratio, weight_bits=_widths(weight_bits))
     if max_accuracy_drop is None and eval_data is not None and options.effective_gate.max_accuracy_drop is not None:

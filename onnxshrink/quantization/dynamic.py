@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
 from onnxshrink.model import serialized_size
 from onnxshrink.quantization.options import QuantizeOptions
-from onnxshrink.quantization.params import quantize_weight, weight_scales
+from onnxshrink.quantization.params import quantize_weight, weight_levels, weight_scales
 from onnxshrink.quantization.embeddings import quantize_embeddings
 from onnxshrink.quantization.plan import subgraph_layers
 from onnxshrink.quantization.prepare import node_attribute, constant_value
@@ -50,6 +50,7 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
     dynamic_inputs: dict[str, tuple[str, str, str]] = {}
     replaced: dict[str, list[onnx.NodeProto]] = {}
     records, left_float = [], {}
+    levels = weight_levels(8, options.target)  # MatMulInteger is a u8 x s8 kernel like the static ones
     for node in graph.node:
         if node.op_type not in DYNAMIC_OPS:
             continue
@@ -62,8 +63,8 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
         if use.out_axis == 0:  # Gemm transB=1: store [K, N]
             weight = weight.T
         alpha = float(node_attribute(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
-        scale = weight_scales(weight, 1 if options.per_channel else None)
-        q = quantize_weight(weight, scale, 1 if options.per_channel else None)
+        scale = weight_scales(weight, 1 if options.per_channel else None, levels)
+        q = quantize_weight(weight, scale, 1 if options.per_channel else None, levels)
         x = node.input[0]
         new: list[onnx.NodeProto] = []
         if x not in dynamic_inputs:
@@ -126,6 +127,7 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
             warnings.append(warning)
     report = QuantizeReport(
         mode="dynamic", method=None, activations="uint8 (dynamic)", per_channel=options.per_channel, nodes=records,
+        cpu_target=options.target, weight_code_max=levels,
         left_float=left_float, size_bytes=sizes,
         calibration={}, validation=validation.to_dict(), latency_ms=dict(validation.latency_ms),
         prepared=prepared.notes,

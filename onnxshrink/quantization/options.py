@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from onnxshrink.cpu_targets import DEFAULT_TARGET, check_target
 from onnxshrink.errors import UsageError
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -27,9 +28,15 @@ class QuantizeOptions:
     fp32 latency and puts back in float the nodes onnxruntime cannot run in
     integer kernels. ``fold_constants`` runs onnxsim first when a layer weight
     is computed at run time. ``batch_size`` is the calibration batch size.
-    ``weight_range_bits`` below 8 keeps int8 weights but uses only the codes of a
-    narrower symmetric range (6: [-31, 31]): the model still runs in int8
-    kernels, and its weights pack smaller. ``shapes`` fills symbolic input dims
+    ``target`` is the CPU the model is written for
+    (:mod:`onnxshrink.cpu_targets`): ``x86-avx2``, the default, runs exactly on
+    every CPU, so int8 weight codes stay within [-64, 64] (x86 without VNNI adds
+    two u8 x s8 products in a saturating int16); ``x86-vnni`` and ``arm`` allow
+    the full [-127, 127], for models that will run only there (static and
+    dynamic weights alike). ``weight_range_bits`` below 8 keeps int8 weights
+    (static) but uses only the codes of a narrower symmetric range (6:
+    [-31, 31]): the model still runs in int8 kernels, and its weights pack
+    smaller. ``shapes`` fills symbolic input dims
     of the random inputs the final check uses when there is no data to run
     (``--dynamic`` without ``--eval``), as ``((name, (dim, ...)), ...)``.
     ``bias_correction`` lowers each Conv/Gemm bias by the mean output shift its
@@ -52,6 +59,7 @@ class QuantizeOptions:
     weight_range_bits: int = 8
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     bias_correction: bool = True
+    target: str = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -68,6 +76,7 @@ class QuantizeOptions:
             raise UsageError("give one target: --min-cosine or --max-accuracy-drop, not both")
         if not 2 <= self.weight_range_bits <= 8:
             raise UsageError(f"--weight-range-bits must lie in 2..8 (codes within the int8 range), got {self.weight_range_bits}")
+        check_target(self.target)
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
         if self.dynamic and self.accuracy_aware:

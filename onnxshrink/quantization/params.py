@@ -11,11 +11,12 @@ import dataclasses
 
 import numpy as np
 
+from onnxshrink.cpu_targets import int8_weight_limit
+
 # Smallest scale we emit: far above float32's subnormals (1.2e-38), so that
 # products of two scales (bias scale = input scale x weight scale) stay normal.
 MIN_SCALE = 1e-15
 INT32_LIMIT = 2**31 - 1
-WEIGHT_LEVELS = 127  # symmetric int8: [-127, 127], so -128 is never used and negation is exact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +56,15 @@ class QuantizedWeight:
     axis: int | None
 
 
-def weight_levels(bits: int) -> int:
-    """The largest code of symmetric weights with ``bits`` of range: 127 for 8, 31 for 6."""
-    return 2 ** (bits - 1) - 1
+def weight_levels(bits: int, target: str) -> int:
+    """The largest code of symmetric weights with ``bits`` of range (31 for 6, 127 for
+    8), never above what ``target`` computes exactly (64 on x86-avx2). Codes are
+    symmetric, so -128 is never used and negation is exact."""
+    return min(2 ** (bits - 1) - 1, int8_weight_limit(target))
 
 
-def weight_scales(weight: np.ndarray, axis: int | None, levels: int = WEIGHT_LEVELS) -> np.ndarray:
-    """Symmetric scales, max|w| / ``levels`` (127) per channel along ``axis`` (per tensor if None).
+def weight_scales(weight: np.ndarray, axis: int | None, levels: int) -> np.ndarray:
+    """Symmetric scales, max|w| / ``levels`` per channel along ``axis`` (per tensor if None).
 
     An all-zero channel gets scale 1 (any scale maps zeros to zeros); tiny
     non-zero channels get at least MIN_SCALE."""
@@ -75,7 +78,7 @@ def weight_scales(weight: np.ndarray, axis: int | None, levels: int = WEIGHT_LEV
     return scale.astype(np.float32)
 
 
-def quantize_weight(weight: np.ndarray, scale: np.ndarray, axis: int | None, levels: int = WEIGHT_LEVELS) -> QuantizedWeight:
+def quantize_weight(weight: np.ndarray, scale: np.ndarray, axis: int | None, levels: int) -> QuantizedWeight:
     """int8 values ``round(w / scale)`` clipped to [-levels, levels]; zeros stay exactly zero."""
     w = np.asarray(weight, dtype=np.float32)
     s = scale if axis is None else scale.reshape([-1 if d == axis else 1 for d in range(w.ndim)])

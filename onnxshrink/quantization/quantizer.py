@@ -17,6 +17,7 @@ from onnxshrink.errors import UsageError
 from onnxshrink.quantization import bias_correction
 from onnxshrink.quantization.calibrate import calibrate
 from onnxshrink.quantization.options import QuantizeOptions
+from onnxshrink.quantization.params import weight_levels
 from onnxshrink.quantization.plan import IN_SUBGRAPH, Plan, make_plan
 from onnxshrink.quantization.prepared import Prepared, prepare_model
 from onnxshrink.quantization.slowdown import one_input, slowdown_warning
@@ -112,7 +113,7 @@ def build(prepared: Prepared, source: StatisticsSource, options: QuantizeOptions
     stats = source.require(plan.calibrated, means_for=bias_inputs)
     params = compute_params(plan, stats, prepared.model.graph, options.method, options.activations, options.percentile)
     model, records = apply_plan(prepared.model, plan, params, per_channel=options.per_channel,
-                                 weight_range_bits=options.weight_range_bits,
+                                 weight_levels=weight_levels(options.weight_range_bits, options.target),
                                  bias_input_means=source.bias_input_means(plan) if options.bias_correction else None)
     tables, tables_left = quantize_embeddings(model, exclude_nodes=frozenset(options.exclude_nodes),
                                               exclude_ops=frozenset(options.exclude_ops))
@@ -218,7 +219,9 @@ def quantize_model(
                    "method": options.method, "histograms": options.method != "minmax"}
     report = QuantizeReport(
         mode="static", method=options.method, activations=options.activations, per_channel=options.per_channel,
-        weight_range_bits=options.weight_range_bits, nodes=[r.to_dict() for r in records], left_float=left_float,
+        weight_range_bits=options.weight_range_bits, cpu_target=options.target,
+        weight_code_max=weight_levels(options.weight_range_bits, options.target),
+        nodes=[r.to_dict() for r in records], left_float=left_float,
         size_bytes={"original": serialized_size(model), "quantized": serialized_size(qmodel)},
         calibration=calibration, validation=validation.to_dict(), latency_ms=dict(lat), target=target,
         search=search_log, prepared=prepared.notes, warnings=warnings,

@@ -8,6 +8,7 @@ from typing import Any
 
 import onnx
 
+from onnxshrink.cpu_targets import DEFAULT_TARGET, INT8_WEIGHT_LIMITS
 from onnxshrink.quantization.stats import CalibrationStats
 
 
@@ -30,6 +31,8 @@ class QuantizeReport:
     prepared: dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
     weight_range_bits: int = 8
+    cpu_target: str = DEFAULT_TARGET  # QuantizeOptions.target: the CPU the model is written for
+    weight_code_max: int = INT8_WEIGHT_LIMITS[DEFAULT_TARGET]  # int8 weight codes lie in [-this, this]
 
     @property
     def size_ratio(self) -> float:

@@ -27,7 +27,6 @@ from onnxshrink.quantization.params import (
     fit_bias,
     quantize_bias,
     quantize_weight,
-    weight_levels,
     weight_scales,
 )
 from onnxshrink.quantization.plan import NodePlan, Plan
@@ -84,10 +83,11 @@ def compute_params(plan: Plan, stats: CalibrationStats, graph: onnx.GraphProto, 
 
 
 def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams], *,
-               per_channel: bool, weight_range_bits: int = 8,
+               per_channel: bool, weight_levels: int,
                bias_input_means: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, list[NodeRecord]]:
     """A new model with ``plan`` written in; ``model`` is not changed. Weight codes
-    use ``weight_range_bits`` of the int8 range (fewer levels pack smaller);
+    lie in [-``weight_levels``, ``weight_levels``] (64 keeps x86 CPUs without VNNI
+    exact, fewer levels pack smaller: :func:`params.weight_levels`);
     ``bias_input_means`` (node name -> per-channel mean of its input) turns on bias
     correction for those nodes (:mod:`onnxshrink.quantization.bias_correction`)."""
     out = onnx.ModelProto()
@@ -164,7 +164,7 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams
         weight_record = None
         if p.weight is not None:
             weight_record = _quantize_weight_input(graph, p, params, names, head, weight_cache, per_channel,
-                                                   weight_levels(weight_range_bits), (bias_input_means or {}).get(node.name))
+                                                   weight_levels, (bias_input_means or {}).get(node.name))
         output_record = None
         if p.output_quantized:
             target = p.output_name

@@ -22,7 +22,9 @@ from onnxshrink.search.budget import budget, sub_gate, used
 from onnxshrink.search.trial import Candidate, Outcome, SearchInputs, SearchState, Stage
 from onnxshrink.validation import Gate, compare_models
 
-# Ranges tried for static int8 weight codes, narrowest first (4: codes in [-7, 7]).
+# Ranges tried for static int8 weight codes, narrowest first (4: codes in [-7, 7]); each
+# also within the CPU target's bound, so the "8" step is [-64, 64] unless the recipe's
+# quantize target is x86-vnni or arm (onnxshrink.cpu_targets).
 WEIGHT_RANGE_BITS = (4, 6, 8)
 
 
@@ -260,8 +262,9 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
         errors = quantization_errors(model, q.model)
         model = q.model
         range_bits = q.report.weight_range_bits
+        bound = q.report.weight_code_max
         stages.append(Stage("quantize", model,
-                            f"int8, weight codes in {range_bits}-bit range; {count_layers(model).text()}"))
+                            f"int8, weight codes in [-{bound}, {bound}]; {count_layers(model).text()}"))
         for name, err in errors.items():
             layers.setdefault(name, {"name": name, "sparsity": 0.0})["quant_error"] = err
     seconds = {"quantize": time.perf_counter() - start}
