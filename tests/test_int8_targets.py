@@ -23,7 +23,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import MODELS, ROOT, run_cli
 from onnxshrink.errors import UsageError
-from onnxshrink.pipeline import WEIGHT_RANGE_BITS, ShrinkOptions, shrink
+from onnxshrink.pipeline import ShrinkOptions, shrink
+from onnxshrink.search.stages import WEIGHT_RANGE_BITS
 from onnxshrink.quantization import QuantizeOptions, quantize_model
 from onnxshrink.recipes import load_recipe
 from onnxshrink.validation import Gate
