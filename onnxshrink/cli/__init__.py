@@ -58,8 +58,8 @@ app.command("recipes")(recipes_command)
 
 
 def main() -> None:
-    fix_mmap_threshold()  # peak RSS that does not depend on the order of earlier allocations
     try:
+        fix_mmap_threshold()  # peak RSS that does not depend on the order of earlier allocations
         app(prog_name="onnxshrink")  # also when run as python -m or -c: usage lines name the command
     except KeyboardInterrupt:  # before a command's own handler is in place (typer building the command)
         interrupted()
