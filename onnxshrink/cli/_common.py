@@ -147,7 +147,8 @@ def write_json(path: Path, report: dict[str, Any], *, schema: str) -> None:
 
 def say_written(path: Optional[Path], what: str = "JSON report") -> None:
     """``JSON report written to PATH`` on the summary's stream (stderr when
-    standard output carries a report); nothing for None or ``-``."""
+    standard output carries a report); nothing for None or ``-``. The line is
+    never wrapped: the path stays whole for whoever reads it back."""
     if path is not None and str(path) != "-":
         console.print(f"{what} written to {path}", markup=False, soft_wrap=True)
 
@@ -158,7 +159,7 @@ def print_metrics(report: Mapping[str, Any], validation: Optional[Mapping[str, A
     from onnxshrink.report.metrics import metric_rows
 
     for label, value, tone in metric_rows(report, validation, arrow="->"):
-        console.print(f"{label}: {value}", markup=False, soft_wrap=True, style="red" if tone == "bad" else None)
+        console.print(f"{label}: {value}", markup=False, style="red" if tone == "bad" else None)
 
 
 def parse_shapes(shapes: list[str] | None) -> dict[str, list[int]]:
