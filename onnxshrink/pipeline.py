@@ -115,7 +115,7 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
         "ratio": round(original_bytes / max(outcome.size, 1), 4),
         "stages": stages,
         "layers": layer_rows(base, outcome.model, outcome.layers, origins=origins, quantized=recipe.quantize is not None,
-                             weight_range_bits=outcome.weight_range_bits),
+                             weight_range_bits=outcome.weight_range_bits, float16=outcome.float16),
         "float16_tensors": outcome.float16,
         "origins": {n: origins[n] for n in outcome.float16 if n in origins},
         "searched": found.searching,

@@ -175,7 +175,8 @@ def print_summary(report: dict, recipe: str) -> None:
         for layer in layers:
             error = layer.get("quant_error")
             table.add_row(layer["name"], layer["op"], f"{100 * layer['sparsity']:.1f}%",
-                          layer["precision"] + (" (kept)" if layer.get("kept_float") else ""),
+                          ("kept in float" + ("" if layer["precision"] == "float" else f" ({layer['precision']})"))
+                          if layer.get("kept_float") else layer["precision"],
                           "-" if error is None else f"{100 * error:.2f}%")
         console.print(table)
     elif layers:

@@ -92,8 +92,10 @@ def _scatter_svg(points, x, y, x_label, y_label, limit, limit_label, x_text, y_t
                    f'<text x="{left - 5}" y="{py(v) + font / 3:.1f}" text-anchor="end" class="tick">{esc(y_text(v))}</text>')
     xt = nice_ticks(x0, x1, 3 if cls == "narrow" else 5)
     for v in xt:
+        # Ticks near an end are anchored inside the chart, so their text is not cut off.
+        anchor = "end" if px(v) > width - right - 3 * font else "start" if px(v) < left + 2 * font else "middle"
         out.append(f'<line x1="{px(v):.1f}" y1="{height - bottom}" x2="{px(v):.1f}" y2="{height - bottom + 4}" '
-                   f'class="axis"/><text x="{px(v):.1f}" y="{height - bottom + font + 4:.1f}" text-anchor="middle" '
+                   f'class="axis"/><text x="{px(v):.1f}" y="{height - bottom + font + 4:.1f}" text-anchor="{anchor}" '
                    f'class="tick">{esc(x_text(v))}</text>')
     out.append(f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" class="axis"/>'
                f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" class="axis"/>'
@@ -106,6 +108,11 @@ def _scatter_svg(points, x, y, x_label, y_label, limit, limit_label, x_text, y_t
         out.append(f'<line x1="{left}" y1="{ly:.1f}" x2="{width - right}" y2="{ly:.1f}" stroke="{LIMIT_COLOR}" '
                    f'stroke-dasharray="6 4" class="limit"/><text x="{width - right - 2}" y="{ly - 5:.1f}" '
                    f'text-anchor="end" class="tick" fill="{LIMIT_COLOR}">{esc(limit_label)}</text>')
+    labels: dict[tuple[int, int], list[str]] = {}  # points drawn on the same spot share one label
+    for p in points:
+        text = point_label(p) if point_label else ""
+        if text:
+            labels.setdefault((round(px(float(p[x]))), round(py(float(p[y])))), []).append(text)
     for p in sorted(points, key=lambda p: bool(p.get("chosen"))):  # the chosen one on top
         cx, cy = px(float(p[x])), py(float(p[y]))
         color = PASS_COLOR if p.get("passed") else FAIL_COLOR
@@ -120,7 +127,7 @@ def _scatter_svg(points, x, y, x_label, y_label, limit, limit_label, x_text, y_t
                     f'L{cx + 5:.1f} {cy - 5:.1f}" stroke="{color}" stroke-width="2.5"/>')
         ring = (f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="10" fill="none" stroke="{INK}" stroke-width="2" class="ring"/>'
                 if p.get("chosen") else "")
-        label = point_label(p) if point_label else ""
+        label = ", ".join(labels.pop((round(cx), round(cy)), []))
         anchor = "end" if cx > width * 0.75 else "start"
         dx = -13 if anchor == "end" else 13
         text = (f'<text x="{cx + dx:.1f}" y="{cy - 8:.1f}" text-anchor="{anchor}" class="plabel">{esc(label)}</text>'

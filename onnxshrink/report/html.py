@@ -32,7 +32,7 @@ def _table(headers: Sequence[tuple[str, str]], rows: Sequence[Sequence[tuple[str
     """A table from (header, class) pairs and rows of (html, class) cells; each
     cell carries its header as ``data-label`` for the phone layout."""
     head = "".join(f'<th class="{c}">{esc(h)}</th>' for h, c in headers)
-    body = "".join("<tr>" + "".join(f'<td class="{c}" data-label="{esc(h)}">{cell}</td>'
+    body = "".join("<tr>" + "".join(f'<td class="{c}" data-label="{esc(h)}"><span>{cell}</span></td>'
                                     for (h, _), (cell, c) in zip(headers, row)) + "</tr>" for row in rows)
     return f'<div class="tablewrap"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
@@ -101,6 +101,10 @@ def trials_section(report: Mapping[str, Any]) -> str:
     intro = (f"{len(rows)} trial{'s' if len(rows) != 1 else ''}: pruning given a share of the gate's budget, "
              f"quantization the rest, each packed and checked against the original{on}. The ringed one is kept."
              if searched else "The recipe fixed what to do: one trial, no search.")
+    kept = next((r for r in rows if r.get("chosen")), None)
+    if kept and kept.get("size_bytes") and report.get("float16_tensors") and report.get("output_bytes") != kept["size_bytes"]:
+        intro += (f" Its small float tensors were then stored as float16 and the gate checked again: the output is "
+                  f"{binary_bytes(report['output_bytes'])}.")
     chart = scatter_chart(points, x="x", y="y", x_label="packed size", y_label=y_label, limit=limit,
                           limit_label=limit_label, x_text=binary_bytes, y_text=fmt,
                           include=[0.0] if key == "accuracy_drop_points" else [],
@@ -138,7 +142,7 @@ def prune_steps_section(report: Mapping[str, Any]) -> str:
     fmt = (lambda v: f"{v:.2f}") if key == "accuracy_drop" else (lambda v: f"{v:.4f}")
     chart = scatter_chart(points, x="x", y="y", x_label="weights pruned (%)", y_label=label,
                           x_text=lambda v: f"{v:.0f}%", y_text=fmt, limit=limit,
-                          limit_label=f"pruning's share: {fmt(limit)}" if limit is not None else "",
+                          limit_label=f"pruning's share: {limit:.3g}" if limit is not None else "",
                           include=[0.0] if key == "accuracy_drop" else [],
                           point_label=lambda p: "kept" if p.get("chosen") else "",
                           title="pruning search inside the kept trial")
@@ -163,11 +167,10 @@ def layers_section(report: Mapping[str, Any]) -> str:
             name += f'<div class="origin">{esc(layer["origin"])}</div>'
         sparsity = layer.get("sparsity") or 0.0
         error = layer.get("quant_error")
-        precision = layer.get("precision") or ("float" if layer.get("kept_float") else "-")
+        precision = esc(layer.get("precision") or "-")
         if layer.get("kept_float"):
-            precision = f'<span class="keptfloat">{esc(precision)} (kept)</span>'
-        else:
-            precision = esc(precision)
+            stored = "" if layer.get("precision") == "float" else f" ({precision})"
+            precision = f'<span class="keptfloat">kept in float{stored}</span>'
         rows.append([(name, "name-cell"), (esc(layer.get("op", "")), ""),
                      (f"{layer['params']:,}" if layer.get("params") is not None else "-", "num"),
                      (f"{100 * sparsity:.1f}%{meter(sparsity)}", "num"), (precision, ""),

@@ -45,12 +45,13 @@ def _weight_forms(model: onnx.ModelProto) -> dict[tuple[str, int], tuple[str, in
     return forms
 
 
-def _precision(form: tuple[str, int | None] | None, record: Mapping[str, Any], range_bits: int | None) -> str:
+def _precision(form: tuple[str, int | None] | None, record: Mapping[str, Any], range_bits: int | None,
+               float16: bool) -> str:
     if form is None:
         return "not in the output"
     kind, storage = form
     if kind == "float":
-        return "float"
+        return "float16 in the container" if float16 else "float"
     bits = record.get("bits")
     if bits and storage and bits < storage:
         return f"{bits}-bit codes in int{storage} storage"
@@ -63,7 +64,7 @@ def _precision(form: tuple[str, int | None] | None, record: Mapping[str, Any], r
 
 def layer_rows(base: onnx.ModelProto, final: onnx.ModelProto, records: Sequence[Mapping[str, Any]], *,
                origins: Mapping[str, str] | None = None, quantized: bool = True,
-               weight_range_bits: int | None = None) -> list[dict[str, Any]]:
+               weight_range_bits: int | None = None, float16: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One row per layer weight of ``base`` (the model the search started
     from), in graph order: ``name`` (the weight), ``nodes`` (the nodes reading
     it), ``op``, ``shape``, ``params``, ``sparsity`` (pruning's record, else
@@ -71,7 +72,8 @@ def layer_rows(base: onnx.ModelProto, final: onnx.ModelProto, records: Sequence[
     ``final``; ``kept_float`` only when quantization ran), ``quant_error``
     (relative weight error), ``origin`` (what onnxsim made it from, if it did).
     ``records`` are the passes' per-weight dicts (``name``, ``sparsity``,
-    ``quant_error``, ``bits``)."""
+    ``quant_error``, ``bits``); ``float16`` names the tensors the container
+    stores as float16."""
     by_name = {r["name"]: r for r in records}
     origins = origins or {}
     forms = _weight_forms(final)
@@ -82,10 +84,10 @@ def layer_rows(base: onnx.ModelProto, final: onnx.ModelProto, records: Sequence[
     rows = []
     for name, group in uses.items():
         record = by_name.get(name, {})
-        array = group[0].weight.array()
+        weight = group[0].weight
         sparsity = record.get("sparsity")
-        if sparsity is None:
-            sparsity = float(np.count_nonzero(array == 0)) / max(array.size, 1)
+        if sparsity is None:  # not pruned: the zeros it came with
+            sparsity = float(np.count_nonzero(weight.array() == 0)) / max(weight.size, 1)
         form = next((forms[(u.node.name, u.input_index)] for u in group if (u.node.name, u.input_index) in forms), None)
         nodes = [u.node.name for u in group if u.node.name]
         node_origin = next((origins[n] for n in nodes if n in origins), None)
@@ -93,10 +95,10 @@ def layer_rows(base: onnx.ModelProto, final: onnx.ModelProto, records: Sequence[
             "name": name,
             "nodes": braced(list(dict.fromkeys(nodes))) if nodes else "",
             "op": group[0].node.op_type,
-            "shape": list(array.shape),
-            "params": int(array.size),
+            "shape": [int(d) for d in weight.tensor.dims],
+            "params": weight.size,
             "sparsity": round(float(sparsity), 6),
-            "precision": _precision(form, record, weight_range_bits),
+            "precision": _precision(form, record, weight_range_bits, name in float16),
             "bits": record.get("bits"),
             "kept_float": bool(quantized and form is not None and form[0] == "float"),
             "quant_error": record.get("quant_error"),
