@@ -22,7 +22,14 @@ from onnxshrink.cli._common import (
     write_json,
 )
 from onnxshrink.errors import UsageError
-from onnxshrink.report.metrics import SAMPLE_COSINE, WHOLE_COSINE, accuracy_label, latency_of, latency_text
+from onnxshrink.report.metrics import (
+    SAMPLE_COSINE,
+    WHOLE_COSINE,
+    accuracy_label,
+    latency_of,
+    latency_text,
+    latency_verdict,
+)
 from onnxshrink.validation import Gate, accuracy_gate_basis, flip_text
 
 SCHEMA = "onnxshrink.validate/1"
@@ -78,7 +85,7 @@ def validate_command(
         lat = latency_of({"validation": report.to_dict()})
         if lat is not None:
             console.print(f"latency (1 thread, median of interleaved runs): {latency_text(lat, arrow='->')}",
-                          markup=False, style="red" if lat.get("ratio") and lat["ratio"] > 1 + (lat.get("noise") or 0) else None)
+                          markup=False, style="red" if latency_verdict(lat) == "slower" else None)
         sizes = report.size_bytes
         console.print(f"size: reference {human_bytes(sizes['reference'])}, candidate {human_bytes(sizes['candidate'])}")
         console.print("[green]passed[/]" if report.passed else "[red]FAILED[/]: " + "; ".join(report.failures))

@@ -59,16 +59,20 @@ def _span(values: Sequence[float], *, include: Sequence[float] = ()) -> tuple[fl
 def scatter_chart(points: Sequence[dict[str, Any]], *, x: str, y: str, x_label: str, y_label: str,
                   limit: float | None = None, limit_label: str = "", x_text: Callable[[float], str] | None = None,
                   y_text: Callable[[float], str] | None = None, point_label: Callable[[dict], str] | None = None,
-                  title: str = "", include: Sequence[float] = ()) -> str:
+                  title: str = "", include: Sequence[float] = (), y_max: float | None = None) -> str:
     """Points (dicts with keys ``x``/``y``, ``passed``, ``chosen``, and an
     optional ``tip``) on two axes; passed points are filled circles, failed
     ones crosses, the chosen one ringed and labelled. ``limit`` draws the gate
-    as a dashed line. Returns the wide and the narrow drawing."""
+    as a dashed line; ``include`` are y values the axis must show (0 for a
+    drop), ``y_max`` one it need not pass (1 for a cosine). Returns the wide
+    and the narrow drawing."""
     x_text = x_text or (lambda v: f"{v:.3g}")
     y_text = y_text or (lambda v: f"{v:.3g}")
     drawn = [p for p in points if p.get(x) is not None and p.get(y) is not None]
     x0, x1 = _span([float(p[x]) for p in drawn])
     y0, y1 = _span([float(p[y]) for p in drawn], include=[*include, *([limit] if limit is not None else [])])
+    if y_max is not None and y1 > y_max > y0:
+        y1 = y_max + 0.03 * (y_max - y0)
     return "".join(_scatter_svg(drawn, x, y, x_label, y_label, limit, limit_label, x_text, y_text, point_label,
                                 title, (x0, x1, y0, y1), size) for size in SIZES)
 

@@ -107,15 +107,16 @@ def trials_section(report: Mapping[str, Any]) -> str:
                   f"{binary_bytes(report['output_bytes'])}.")
     chart = scatter_chart(points, x="x", y="y", x_label="packed size", y_label=y_label, limit=limit,
                           limit_label=limit_label, x_text=binary_bytes, y_text=fmt,
-                          include=[0.0] if key == "accuracy_drop_points" else [],
+                          include=[0.0] if key == "accuracy_drop_points" else [], y_max=1.0 if key == "cosine" else None,
                           point_label=lambda p: f"#{p['trial']}" + (" kept" if p.get("chosen") else ""),
                           title="every trial of the search: packed size against the gate's metric")
     headers = [("trial", "num"), ("pruning", ""), ("packed size", "num"), ("smaller by", "num"), (y_label, "num"),
                (SAMPLE_COSINE, "num"), ("gate", ""), ("note", "")]
     keys = [("pass", "passed the gate"), ("fail", "failed"), ("chosen", "kept")] + \
         ([("limit", limit_label)] if limit is not None else [])
+    drawn = f'<div class="chartbox">{chart}</div>{legend(keys)}' if searched or len(points) > 1 else ""
     return (f'<section id="trials"><h2>Search: every trial</h2><p class="muted">{esc(intro)}</p>'
-            f'<div class="chartbox">{chart}</div>{legend(keys)}{_table(headers, table)}</section>')
+            f'{drawn}{_table(headers, table)}</section>')
 
 
 def prune_steps_section(report: Mapping[str, Any]) -> str:
@@ -143,7 +144,7 @@ def prune_steps_section(report: Mapping[str, Any]) -> str:
     chart = scatter_chart(points, x="x", y="y", x_label="weights pruned (%)", y_label=label,
                           x_text=lambda v: f"{v:.0f}%", y_text=fmt, limit=limit,
                           limit_label=f"pruning's share: {limit:.3g}" if limit is not None else "",
-                          include=[0.0] if key == "accuracy_drop" else [],
+                          include=[0.0] if key == "accuracy_drop" else [], y_max=1.0 if key == "cosine" else None,
                           point_label=lambda p: "kept" if p.get("chosen") else "",
                           title="pruning search inside the kept trial")
     return ('<section id="prune-steps"><h2>Pruning inside the kept trial</h2><p class="muted">Each allocation of '

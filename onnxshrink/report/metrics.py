@@ -14,6 +14,9 @@ from typing import Any, Mapping
 WHOLE_COSINE = "output cosine (whole batch)"
 SAMPLE_COSINE = "lowest per-sample cosine"
 LATENCY_HOW = "1 thread, median of interleaved runs"
+# Without a measured noise, ratios within this of 1 are "about the same": medians of
+# interleaved runs still move a few percent run to run on a shared machine.
+DEFAULT_NOISE = 0.05
 
 
 def cosines(validation: Mapping[str, Any] | None) -> tuple[float | None, float | None]:
@@ -62,11 +65,11 @@ def latency_of(report: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 def latency_verdict(lat: Mapping[str, Any]) -> str | None:
     """``slower``, ``faster`` or ``about the same`` (within the measured noise, a
-    fraction of the ratio); None without a reference."""
+    fraction of the ratio, else :data:`DEFAULT_NOISE`); None without a reference."""
     ratio = lat.get("ratio")
     if ratio is None:
         return None
-    noise = lat.get("noise") if isinstance(lat.get("noise"), (int, float)) else 0.0
+    noise = lat["noise"] if isinstance(lat.get("noise"), (int, float)) else DEFAULT_NOISE
     if abs(ratio - 1.0) <= noise:
         return "about the same"
     return "slower" if ratio > 1.0 else "faster"
