@@ -36,7 +36,7 @@ from typing import Iterable
 import numpy as np
 import onnx
 
-from onnxshrink.graphs import iter_graphs
+from onnxshrink.graphs import rename_values, value_names
 from onnxshrink.model import tensor_array
 
 # The input that holds a layer's weight, per op (as counted in onnxshrink.census).
@@ -90,19 +90,6 @@ class _Index:
             except Exception:  # a tensor numpy cannot read (e.g. strings) is matched by place only
                 self._arrays[name] = None
         return self._arrays[name]
-
-
-def _names_in(model: onnx.ModelProto) -> set[str]:
-    """Every tensor name used anywhere in ``model``, subgraphs included."""
-    names: set[str] = set()
-    for graph, _ in iter_graphs(model.graph):
-        names.update(t.name for t in graph.initializer)
-        names.update(v.name for v in (*graph.input, *graph.output, *graph.value_info))
-        for node in graph.node:
-            names.update(node.input)
-            names.update(node.output)
-    names.discard("")
-    return names
 
 
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
@@ -173,8 +160,8 @@ class _Restorer:
     def __init__(self, original: onnx.ModelProto, simplified: onnx.ModelProto) -> None:
         self.orig, self.simp = _Index(original.graph), _Index(simplified.graph)
         self.opset = next((i.version for i in simplified.opset_import if i.domain in ("", "ai.onnx")), 0)
-        self.original_names = _names_in(original)
-        self.taken = _names_in(simplified)
+        self.original_names = value_names(original)
+        self.taken = value_names(simplified)
         self.result = NameMap()
         self.value_name: dict[str, str] = {}  # onnxsim value -> given name
         self.node_name: dict[int, str] = {}  # id(simplified node) -> given name
@@ -264,7 +251,8 @@ class _Restorer:
             else:
                 maker = self.orig.producer.get(first)
                 what = f"{maker[0].op_type} {maker[0].name or first}" if maker else first
-                self.give(value, first, f"computed at run time by {what} in the input model; folded to a constant by onnxsim")
+                self.give(value, first,
+                          f"computed at run time by {what} in the input model; folded to a constant by onnxsim")
             return
         if array is not None and array.ndim >= 1:
             gone = {n: a for n, t in self.orig.constants.items() if n not in self.taken and len(t.dims) == array.ndim
@@ -390,7 +378,7 @@ def restore_names(original: onnx.ModelProto, simplified: onnx.ModelProto) -> Nam
                 r.give(value, places[0])
     r.name_nodes()
     r.name_leftovers([v for v in new if v not in r.value_name])
-    _apply(simplified, r.value_name)
+    rename_values(simplified, r.value_name)
     for node in simplified.graph.node:
         name = r.node_name.get(id(node), node.name)
         if name != node.name:
@@ -398,23 +386,3 @@ def restore_names(original: onnx.ModelProto, simplified: onnx.ModelProto) -> Nam
             node.name = name
     r.result.values = {old: new for old, new in r.value_name.items() if old != new}
     return r.result
-
-
-def _apply(model: onnx.ModelProto, renames: dict[str, str]) -> None:
-    """Rename tensors everywhere they are referred to, subgraphs included."""
-    if not renames:
-        return
-    for graph, _ in iter_graphs(model.graph):
-        for node in graph.node:
-            for i, name in enumerate(node.input):
-                if name in renames:
-                    node.input[i] = renames[name]
-            for i, name in enumerate(node.output):
-                if name in renames:
-                    node.output[i] = renames[name]
-        for t in graph.initializer:
-            t.name = renames.get(t.name, t.name)
-        for sparse in graph.sparse_initializer:
-            sparse.values.name = renames.get(sparse.values.name, sparse.values.name)
-        for v in (*graph.input, *graph.output, *graph.value_info):
-            v.name = renames.get(v.name, v.name)

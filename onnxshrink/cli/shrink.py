@@ -167,11 +167,13 @@ def print_summary(report: dict, recipe: str) -> None:
             trials.add_row(str(row["trial"]), f"{100 * (row.get('prune_budget_share') or 0):.0f}%",
                            human_bytes(row.get("size_bytes")), "-" if drop is None else f"{drop:.2f}",
                            "-" if cosine is None else f"{cosine:.5f}",
-                           ("passed" if row["passed"] else row.get("failed") or "failed") + (", kept" if row["chosen"] else ""))
+                           ("passed" if row["passed"] else row.get("failed") or "failed")
+                           + (", kept" if row["chosen"] else ""))
         console.print(trials)
     layers = report.get("layers") or []
     if layers and len(layers) <= SUMMARY_LAYERS:
-        table = summary_table("layer", "op", "pruned", "stored as", "weight error", title="per layer", title_justify="left")
+        table = summary_table("layer", "op", "pruned", "stored as", "weight error", title="per layer",
+                              title_justify="left")
         for layer in layers:
             error = layer.get("quant_error")
             table.add_row(layer["name"], layer["op"], f"{100 * layer['sparsity']:.1f}%",

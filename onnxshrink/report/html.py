@@ -102,12 +102,14 @@ def trials_section(report: Mapping[str, Any]) -> str:
              f"quantization the rest, each packed and checked against the original{on}. The ringed one is kept."
              if searched else "The recipe fixed what to do: one trial, no search.")
     kept = next((r for r in rows if r.get("chosen")), None)
-    if kept and kept.get("size_bytes") and report.get("float16_tensors") and report.get("output_bytes") != kept["size_bytes"]:
+    if kept and kept.get("size_bytes") and report.get("float16_tensors") \
+            and report.get("output_bytes") != kept["size_bytes"]:
         intro += (f" Its small float tensors were then stored as float16 and the gate checked again: the output is "
                   f"{binary_bytes(report['output_bytes'])}.")
     chart = scatter_chart(points, x="x", y="y", x_label="packed size", y_label=y_label, limit=limit,
                           limit_label=limit_label, x_text=binary_bytes, y_text=fmt,
-                          include=[0.0] if key == "accuracy_drop_points" else [], y_max=1.0 if key == "cosine" else None,
+                          include=[0.0] if key == "accuracy_drop_points" else [],
+                          y_max=1.0 if key == "cosine" else None,
                           point_label=lambda p: f"#{p['trial']}" + (" kept" if p.get("chosen") else ""),
                           title="every trial of the search: packed size against the gate's metric")
     headers = [("trial", "num"), ("pruning", ""), ("packed size", "num"), ("smaller by", "num"), (y_label, "num"),
@@ -147,11 +149,13 @@ def prune_steps_section(report: Mapping[str, Any]) -> str:
                           include=[0.0] if key == "accuracy_drop" else [], y_max=1.0 if key == "cosine" else None,
                           point_label=lambda p: "kept" if p.get("chosen") else "",
                           title="pruning search inside the kept trial")
+    keys = [("pass", "within pruning share"), ("fail", "over it"), ("chosen", "kept")]
+    keys += [("limit", "pruning share of the budget")] if limit is not None else []
     return ('<section id="prune-steps"><h2>Pruning inside the kept trial</h2><p class="muted">Each allocation of '
             "per-layer sparsity pruning measured on the float model, before quantization, against its share of the "
             "budget: what pruning more (to the right) or less would cost.</p>"
             f'<div class="chartbox">{chart}</div>'
-            f'{legend([("pass", "within pruning share"), ("fail", "over it"), ("chosen", "kept")] + ([("limit", "pruning share of the budget")] if limit is not None else []))}</section>')
+            f"{legend(keys)}</section>")
 
 
 def layers_section(report: Mapping[str, Any]) -> str:
