@@ -181,6 +181,10 @@ def print_summary(report: dict, recipe: str) -> None:
                           if layer.get("kept_float") else layer["precision"],
                           "-" if error is None else f"{100 * error:.2f}%")
         console.print(table)
+        for layer in layers:  # what onnxsim made a layer from, under the input model's names
+            if layer.get("origin"):
+                origin = layer["origin"].removeprefix(layer["name"]).lstrip(" ,")
+                console.print(f"{layer['name']}: {origin}", markup=False)
     elif layers:
         console.print(f"{len(layers)} layers: each one's choices are in --json and --report", markup=False)
 
