@@ -18,6 +18,7 @@ import onnx
 
 from onnxshrink.data import model_inputs, read_samples
 from onnxshrink.errors import UsageError
+from onnxshrink.report.layers import layer_rows
 from onnxshrink.search import SearchInputs, ShrinkOptions, Trial, search
 from onnxshrink.search.stages import packed_size
 from onnxshrink.validation import Gate, ValidationReport, compare_models
@@ -79,11 +80,13 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
     original_bytes = original.ByteSize()
     stages: list[dict[str, Any]] = [{"name": "original", "bytes": original_bytes, "packed_bytes": None, "note": ""}]
     base = original
+    origins: dict[str, str] = {}
     if recipe.simplify:
         from onnxshrink.simplify import simplify
 
         simplified = simplify(original)
         base = simplified.model
+        origins = simplified.names.origins  # what onnxsim made, under the input's names
         stages.append({"name": "simplify", "bytes": base.ByteSize(), "packed_bytes": None,
                        "note": simplified.fallback_reason or f"{simplified.nodes_before} -> {simplified.nodes_after} nodes"})
     calib_batches = read_samples(calib, model_inputs(base), options.calib_samples)
@@ -111,9 +114,14 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
         "output_bytes": outcome.size,
         "ratio": round(original_bytes / max(outcome.size, 1), 4),
         "stages": stages,
-        "layers": outcome.layers,
+        "layers": layer_rows(base, outcome.model, outcome.layers, origins=origins,
+                             quantized=recipe.quantize is not None, weight_range_bits=outcome.weight_range_bits,
+                             float16=outcome.float16),
         "float16_tensors": outcome.float16,
-        "search": [t.search_entry(chosen) for t in found.trials if t.failed is None] if found.searching else [],
+        "origins": {n: origins[n] for n in outcome.float16 if n in origins},
+        "searched": found.searching,
+        "search": [t.search_entry(chosen) for t in found.trials],
+        "prune_search": outcome.prune_steps,
         "final": outcome.validation.to_dict(),
     }
     return ShrinkResult(outcome.model, outcome.packed, report, outcome.validation)

@@ -3,7 +3,10 @@
 Weights that an exporter builds at run time (ConstantOfShape, folded shape
 arithmetic) are invisible to the weight passes until folded. onnxsim does
 that; where it fails on a model (it does on some with If subgraphs) we keep
-the model as it was and say why.
+the model as it was and say why. onnxsim's own names for what it rewrote
+(``_v_39``, ``Gemm_1``) are given back the input model's names
+(:mod:`onnxshrink.provenance`), so every later report speaks of the layers
+the user knows.
 """
 
 from __future__ import annotations
@@ -15,21 +18,25 @@ import io
 import onnx
 
 from onnxshrink.model import INLINE_LIMIT_BYTES, data_bytes
+from onnxshrink.provenance import NameMap, restore_names
 
 
 @dataclasses.dataclass
 class SimplifyResult:
-    """The simplified model (or the input, unchanged, when onnxsim failed)."""
+    """The simplified model (or the input, unchanged, when onnxsim failed);
+    ``names`` says what was renamed back to the input's names and what
+    tensors and nodes onnxsim made came from."""
 
     model: onnx.ModelProto
     modified: bool
     nodes_before: int
     nodes_after: int
     fallback_reason: str | None = None
+    names: NameMap = dataclasses.field(default_factory=NameMap)
 
     def to_dict(self) -> dict:
         return {"modified": self.modified, "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
-                "fallback_reason": self.fallback_reason}
+                "fallback_reason": self.fallback_reason, "names": self.names.to_dict()}
 
 
 def simplify(model: onnx.ModelProto) -> SimplifyResult:
@@ -55,4 +62,5 @@ def simplify(model: onnx.ModelProto) -> SimplifyResult:
     # kilobytes on a small model): the output keeps exactly the input's.
     del simplified.metadata_props[:]
     simplified.metadata_props.extend(model.metadata_props)
-    return SimplifyResult(simplified, True, before, len(simplified.graph.node))
+    names = restore_names(model, simplified)
+    return SimplifyResult(simplified, True, before, len(simplified.graph.node), names=names)

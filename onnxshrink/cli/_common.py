@@ -21,6 +21,7 @@ from rich.text import Text
 from onnxshrink.cli._paths import check_files
 from onnxshrink.errors import OnnxShrinkError, UsageError
 from onnxshrink.fileio import atomic_output
+from onnxshrink.units import binary_bytes
 
 console = Console(highlight=False, emoji=False)
 err_console = Console(stderr=True, highlight=False, emoji=False)
@@ -136,10 +137,29 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, report: dict[str, Any]) -> None:
-    """Write ``report`` as JSON, atomically (``-``: standard output); non-finite floats become null."""
+def write_json(path: Path, report: dict[str, Any], *, schema: str) -> None:
+    """Write ``report`` as JSON, atomically (``-``: standard output), its
+    ``schema`` id first (``onnxshrink.<command>/<version>``, each documented
+    field by field in docs/json.md); non-finite floats become null."""
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(report), indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(_jsonable({"schema": schema, **report}), indent=2, sort_keys=False) + "\n")
+
+
+def say_written(path: Optional[Path], what: str = "JSON report") -> None:
+    """``JSON report written to PATH`` on the summary's stream (stderr when
+    standard output carries a report); nothing for None or ``-``. The line is
+    never wrapped: the path stays whole for whoever reads it back."""
+    if path is not None and str(path) != "-":
+        console.print(f"{what} written to {path}", markup=False, soft_wrap=True)
+
+
+def print_metrics(report: Mapping[str, Any], validation: Optional[Mapping[str, Any]]) -> None:
+    """The headline metrics, one ``label: value`` line each, labelled as in the
+    HTML report (:func:`onnxshrink.report.metrics.metric_rows`); a slower output in red."""
+    from onnxshrink.report.metrics import metric_rows
+
+    for label, value, tone in metric_rows(report, validation, arrow="->"):
+        console.print(f"{label}: {value}", markup=False, style="red" if tone == "bad" else None)
 
 
 def parse_shapes(shapes: list[str] | None) -> dict[str, list[int]]:
@@ -184,10 +204,5 @@ def progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 
 
 def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+    """A byte count in binary units labelled so (KiB, MiB): :func:`onnxshrink.units.binary_bytes`."""
+    return binary_bytes(n)

@@ -15,9 +15,12 @@ from onnxshrink.cli._common import (
     declare_files,
     human_bytes,
     reports_errors,
+    say_written,
     summary_table,
     write_json,
 )
+
+SCHEMA = "onnxshrink.inspect/1"
 
 
 @reports_errors
@@ -31,7 +34,7 @@ def inspect_command(
     declare_files({"MODEL": model}, {"--json": json_path})
     info = onnxshrink.inspect(model)
     if json_path:
-        write_json(json_path, info.to_dict())
+        write_json(json_path, info.to_dict(), schema=SCHEMA)
     if quiet:
         return
     opsets = ", ".join(f"{d} {v}" for d, v in info.opsets.items())
@@ -54,3 +57,4 @@ def inspect_command(
         tensors.add_row(t.name, t.dtype, "x".join(map(str, t.shape)) or "scalar", human_bytes(t.bytes),
                         f"{100 * t.sparsity:.1f}%", t.used_by)
     console.print(tensors)
+    say_written(json_path)

@@ -17,6 +17,7 @@ from onnxshrink.cli._common import (
     declare_files,
     human_bytes,
     reports_errors,
+    say_written,
     summary_table,
     write_json,
 )
@@ -24,6 +25,7 @@ from onnxshrink.fileio import outputs_together
 from onnxshrink.packing import PackOptions, PackReport, pack_file, unpack_file
 
 _DEFAULTS = PackOptions()
+SCHEMA = "onnxshrink.pack/1"
 # How the unpack summary names each form (onnxshrink.packing.native.LayerForm.form).
 _FORM_NAMES = {"matmulnbits": "on MatMulNBits", "gather_block_quantized": "on GatherBlockQuantized",
                "float": "as float32", "qdq": "integer + DequantizeLinear"}
@@ -56,9 +58,10 @@ def pack_command(
     with outputs_together():
         report = pack_file(model, output, options)
         if json_path:
-            write_json(json_path, report.to_dict())
+            write_json(json_path, report.to_dict(), schema=SCHEMA)
     if not quiet:
         print_report(report, output)
+        say_written(json_path)
 
 
 @reports_errors

@@ -15,7 +15,9 @@ from onnxshrink.cli._common import (
     console,
     declare_files,
     progress_bar,
+    print_metrics,
     reports_errors,
+    say_written,
     summary_table,
     write_json,
 )
@@ -25,6 +27,7 @@ from onnxshrink.pruning import PruneOptions, PruneReport, prune_model
 from onnxshrink.validation import accuracy_gate_basis
 
 _D = PruneOptions.__dataclass_fields__  # defaults live in PruneOptions only
+SCHEMA = "onnxshrink.prune/1"
 
 
 @reports_errors
@@ -69,9 +72,10 @@ def prune_command(
     with outputs_together():
         onnxshrink.save(result.model, output)
         if json_path:
-            write_json(json_path, result.report.to_dict())
+            write_json(json_path, result.report.to_dict(), schema=SCHEMA)
     if not quiet:
         print_report(result.report, output)
+        say_written(json_path)
 
 
 def print_report(report: PruneReport, output: Path) -> None:
@@ -104,16 +108,9 @@ def print_report(report: PruneReport, output: Path) -> None:
         console.print(f"left alone: {', '.join(shown)}{more}")
     if report.search:
         console.print(f"search: {len(report.search)} allocations measured")
-    v = report.validation
-    if v is not None:
-        cos = min(m["cosine"] for m in v.outputs.values())
-        line = f"validation on {v.samples} samples: cosine {cos:.6f}"
-        if v.accuracy:
-            line += (f", accuracy {100 * v.accuracy['reference']:.2f}% -> {100 * v.accuracy['candidate']:.2f}% "
-                     f"(drop {v.accuracy_drop_points:.2f} points)")
-        if v.latency_ms.get("candidate") is not None and v.latency_ms.get("reference"):
-            line += f", latency x{v.latency_ms['candidate'] / v.latency_ms['reference']:.2f} (1 thread)"
-        console.print(line)
+    if report.validation is not None:
+        validation = report.validation.to_dict()
+        print_metrics({"validation": validation}, validation)
     for note in report.notes:
         console.print(f"note: {note}")
     console.print(f"wrote {output}")

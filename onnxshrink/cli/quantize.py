@@ -16,7 +16,9 @@ from onnxshrink.cli._common import (
     human_bytes,
     parse_shapes,
     progress_bar,
+    print_metrics,
     reports_errors,
+    say_written,
     summary_table,
     write_json,
 )
@@ -33,6 +35,8 @@ TARGET_HELP = (f"CPU the int8 model will run on: {', '.join(TARGETS)}. The defau
                "(static and dynamic int8 weight codes within [-64, 64]: x86 without VNNI adds u8 x s8 products in "
                "saturating int16); x86-vnni (AVX512-VNNI/AVX-VNNI) or arm allow full-range [-127, 127] weights, "
                "which can lose accuracy on x86 CPUs without VNNI. Weight-only int8 is exact everywhere at full range.")
+SCHEMA = "onnxshrink.quantize/1"
+WEIGHTS_ONLY_SCHEMA = "onnxshrink.quantize-weights-only/1"
 
 
 def _names(values: Optional[list[str]]) -> tuple[str, ...]:
@@ -88,9 +92,10 @@ def quantize_command(
         with outputs_together():
             save_model(result.model, output)
             if json_path:
-                write_json(json_path, result.report.to_dict())
+                write_json(json_path, result.report.to_dict(), schema=WEIGHTS_ONLY_SCHEMA)
         if not quiet:
             print_weight_only_report(result.report.to_dict(), output)
+            say_written(json_path)
         return
     options = QuantizeOptions(
         method=method, percentile=percentile, per_channel=per_channel, activations=activations,
@@ -112,9 +117,10 @@ def quantize_command(
     with outputs_together():
         save_model(result.model, output)
         if json_path:
-            write_json(json_path, result.report.to_dict())
+            write_json(json_path, result.report.to_dict(), schema=SCHEMA)
     if not quiet:
         print_report(result.report, output)
+        say_written(json_path)
 
 
 def _scale_and_zero_point(params: dict) -> str:
@@ -152,15 +158,10 @@ def print_report(report: QuantizeReport, output: Path) -> None:
                   f"({100 * report.size_ratio:.1f}%)")
     v = report.validation or {}
     for name, m in (v.get("outputs") or {}).items():
-        console.print(f"output {name}: cosine {m['cosine']:.6f}, max abs error {m['max_abs_error']:.3g}")
-    if v.get("accuracy"):
-        a = v["accuracy"]
-        console.print(f"accuracy: fp32 {100 * a['reference']:.2f}%, int8 {100 * a['candidate']:.2f}% "
-                      f"(drop {100 * (a['reference'] - a['candidate']):.2f} points)")
-    lat = report.latency_ms or {}
-    if lat.get("reference") and lat.get("candidate"):
-        console.print(f"latency (1 thread, median): fp32 {lat['reference']:.3f} ms, int8 {lat['candidate']:.3f} ms "
-                      f"(x{lat['candidate'] / lat['reference']:.2f})")
+        if len(v["outputs"]) > 1:
+            console.print(f"output {name}: output cosine (whole batch) {m['cosine']:.6f}, lowest per-sample cosine "
+                          f"{m['min_sample_cosine']:.6f}, max abs error {m['max_abs_error']:.3g}", markup=False)
+    print_metrics(report.to_dict(), v)
     if report.calibration.get("samples"):
         c = report.calibration
         console.print(f"calibration: {c['samples']} samples, {c['tensors']} tensors, {c['method']}, {c['seconds']:.2f} s")
@@ -180,11 +181,7 @@ def print_weight_only_report(report: dict, output: Path) -> None:
     sizes = report.get("size_bytes") or {}
     if sizes:
         console.print(" -> ".join(f"{k} {human_bytes(v)}" for k, v in sizes.items()), markup=False)
-    v = report.get("validation") or {}
-    if v.get("accuracy"):
-        a = v["accuracy"]
-        console.print(f"accuracy: fp32 {100 * a['reference']:.2f}%, quantized {100 * a['candidate']:.2f}% "
-                      f"(drop {100 * (a['reference'] - a['candidate']):.2f} points)")
+    print_metrics(report, report.get("validation"))
     for w in report.get("warnings", []):
         err_console.print(f"onnxshrink: warning: {w}", markup=False)
     console.print(f"wrote {output}")

@@ -20,8 +20,10 @@ from onnxshrink.cli._common import (
     declare_files,
     err_console,
     human_bytes,
+    print_metrics,
     progress_bar,
     reports_errors,
+    say_written,
     summary_table,
     write_json,
 )
@@ -35,6 +37,10 @@ from onnxshrink.pipeline import ShrinkOptions, shrink
 from onnxshrink.recipes import Recipe, builtin_recipes, load_recipe, recipe_for
 from onnxshrink.report import render_html
 from onnxshrink.validation import Gate, accuracy_gate_basis
+
+SCHEMA = "onnxshrink.shrink/1"
+# Above this many layers the summary lists none (they are all in --json and --report).
+SUMMARY_LAYERS = 40
 
 
 def with_overrides(recipe: Recipe, *, sparsity: float | None, pattern: str | None, prune_method: str | None,
@@ -127,22 +133,16 @@ def shrink_command(
         else:
             save_model(result.model, output)
         if json_path:
-            write_json(json_path, result.report)
+            write_json(json_path, result.report, schema=SCHEMA)
         if report_html:
-            write_bytes_atomic(report_html, render_html(result.report).encode("utf-8"))
+            write_bytes_atomic(report_html, render_html({"schema": SCHEMA, **result.report}).encode("utf-8"))
     if not quiet:
-        table = summary_table("stage", "onnx bytes", "packed bytes", "note", title=f"shrink ({chosen.name})",
-                              title_justify="left")
-        for stage in result.report["stages"]:
-            table.add_row(stage["name"], human_bytes(stage["bytes"]), human_bytes(stage.get("packed_bytes")), stage["note"])
-        console.print(table)
-        final = result.validation
-        line = f"{output}: {human_bytes(result.report['output_bytes'])}, {result.report['ratio']:.1f}x smaller"
-        if final is not None and final.accuracy:
-            a = final.accuracy
-            line += (f"; accuracy {100 * a['reference']:.2f}% -> {100 * a['candidate']:.2f}% "
-                     f"({a['lost']} of {a['labelled']} eval samples newly wrong, {a['gained']} newly right)")
-        console.print(line, markup=False)
+        print_summary(result.report, chosen.name)
+        console.print(f"{output}: {human_bytes(result.report['output_bytes'])}, {result.report['ratio']:.1f}x smaller",
+                      markup=False)
+        print_metrics(result.report, result.report.get("final"))
+        say_written(json_path)
+        say_written(report_html, "HTML report")
         for warning in result.report["warnings"]:
             err_console.print(f"onnxshrink: warning: {warning}", markup=False)
         if options.mixed_precision and result.packed is not None:
@@ -158,6 +158,42 @@ def shrink_command(
                           f"{output} -o MODEL.onnx run them {how} (onnxruntime's low-bit kernels keep them "
                           f"low-bit in memory); --materialize float gives all float32, --materialize qdq the model exactly as "
                           f"packed", markup=False, soft_wrap=True)
+
+
+def print_summary(report: dict, recipe: str) -> None:
+    """The stages, the search's trials and the per-layer choices, under the input model's names."""
+    table = summary_table("stage", "ONNX size", "packed size", "note", title=f"shrink ({recipe})", title_justify="left")
+    for stage in report["stages"]:
+        table.add_row(stage["name"], human_bytes(stage["bytes"]), human_bytes(stage.get("packed_bytes")), stage["note"])
+    console.print(table)
+    if report.get("searched"):
+        trials = summary_table("trial", "pruning share", "packed size", "accuracy drop (points)",
+                               "output cosine (whole batch)", "gate", title="search: every trial", title_justify="left")
+        for row in report["search"]:
+            drop, cosine = row.get("accuracy_drop_points"), row.get("cosine")
+            trials.add_row(str(row["trial"]), f"{100 * (row.get('prune_budget_share') or 0):.0f}%",
+                           human_bytes(row.get("size_bytes")), "-" if drop is None else f"{drop:.2f}",
+                           "-" if cosine is None else f"{cosine:.5f}",
+                           ("passed" if row["passed"] else row.get("failed") or "failed")
+                           + (", kept" if row["chosen"] else ""))
+        console.print(trials)
+    layers = report.get("layers") or []
+    if layers and len(layers) <= SUMMARY_LAYERS:
+        table = summary_table("layer", "op", "pruned", "stored as", "weight error", title="per layer",
+                              title_justify="left")
+        for layer in layers:
+            error = layer.get("quant_error")
+            table.add_row(layer["name"], layer["op"], f"{100 * layer['sparsity']:.1f}%",
+                          ("kept in float" + ("" if layer["precision"] == "float" else f" ({layer['precision']})"))
+                          if layer.get("kept_float") else layer["precision"],
+                          "-" if error is None else f"{100 * error:.2f}%")
+        console.print(table)
+        for layer in layers:  # what onnxsim made a layer from, under the input model's names
+            if layer.get("origin"):
+                origin = layer["origin"].removeprefix(layer["name"]).lstrip(" ,")
+                console.print(f"{layer['name']}: {origin}", markup=False)
+    elif layers:
+        console.print(f"{len(layers)} layers: each one's choices are in --json and --report", markup=False)
 
 
 def _calibration(source: onnx.ModelProto, recipe: Recipe, calib: Path | None, eval_data: Path | None, quiet: bool):

@@ -17,11 +17,22 @@ from onnxshrink.cli._common import (
     human_bytes,
     parse_shapes,
     reports_errors,
+    say_written,
     summary_table,
     write_json,
 )
 from onnxshrink.errors import UsageError
+from onnxshrink.report.metrics import (
+    SAMPLE_COSINE,
+    WHOLE_COSINE,
+    accuracy_label,
+    latency_of,
+    latency_text,
+    latency_verdict,
+)
 from onnxshrink.validation import Gate, accuracy_gate_basis, flip_text
+
+SCHEMA = "onnxshrink.validate/1"
 
 
 @reports_errors
@@ -56,24 +67,27 @@ def validate_command(
         err_console.print("onnxshrink: warning: no --data: random inputs from the declared shapes check numerical "
                           "fidelity only, not task accuracy", markup=False)
     if json_path:
-        write_json(json_path, report.to_dict())
+        write_json(json_path, report.to_dict(), schema=SCHEMA)
     if not quiet:
-        table = summary_table("output", "cosine", "max abs err", "mean abs err", "SQNR dB", "top-1 agree")
+        table = summary_table("output", WHOLE_COSINE, SAMPLE_COSINE, "max abs err", "mean abs err", "SQNR dB",
+                              "top-1 agree")
         for name, m in report.outputs.items():
-            table.add_row(name, f"{m['cosine']:.6f}", f"{m['max_abs_error']:.3g}", f"{m['mean_abs_error']:.3g}",
+            table.add_row(name, f"{m['cosine']:.6f}", f"{m['min_sample_cosine']:.6f}", f"{m['max_abs_error']:.3g}",
+                          f"{m['mean_abs_error']:.3g}",
                           "inf" if m["sqnr_db"] is None else f"{m['sqnr_db']:.1f}",
                           "-" if m["top1_agreement"] is None else f"{100 * m['top1_agreement']:.2f}%")
         console.print(table)
         console.print(f"samples: {report.samples}" + (" (synthetic)" if report.synthetic_inputs else ""))
         if report.accuracy:
             a = report.accuracy
-            console.print(f"accuracy: reference {100 * a['reference']:.2f}%, candidate {100 * a['candidate']:.2f}% "
+            console.print(f"{accuracy_label(a)}: reference {100 * a['reference']:.2f}%, candidate {100 * a['candidate']:.2f}% "
                           f"(drop {report.accuracy_drop_points:.2f} points: {flip_text(a)})")
-        lat = report.latency_ms
-        if lat["candidate"] is not None:
-            ref = f"{lat['reference']:.3f} ms, " if lat["reference"] is not None else ""
-            console.print(f"latency (1 thread, median): {('reference ' + ref) if ref else ''}candidate {lat['candidate']:.3f} ms")
+        lat = latency_of({"validation": report.to_dict()})
+        if lat is not None:
+            console.print(f"latency (1 thread, median of interleaved runs): {latency_text(lat, arrow='->')}",
+                          markup=False, style="red" if latency_verdict(lat) == "slower" else None)
         sizes = report.size_bytes
         console.print(f"size: reference {human_bytes(sizes['reference'])}, candidate {human_bytes(sizes['candidate'])}")
         console.print("[green]passed[/]" if report.passed else "[red]FAILED[/]: " + "; ".join(report.failures))
+        say_written(json_path)
     report.raise_if_failed()

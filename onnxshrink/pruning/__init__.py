@@ -87,11 +87,13 @@ def prune_model(
     work = onnx.ModelProto()
     work.CopyFrom(model)
     notes: list[str] = []
+    origins: dict[str, str] = {}  # what onnxsim made a tensor from, by its (input model's) name
     if options.simplify:
         from onnxshrink.simplify import simplify
 
         simplified = simplify(work)
         work = simplified.model
+        origins = simplified.names.origins
         if simplified.fallback_reason:
             notes.append(f"simplify skipped: {simplified.fallback_reason}")
     reference = onnx.ModelProto()
@@ -135,6 +137,7 @@ def prune_model(
             notes.extend(step["skipped"] for step in search if step.get("skipped"))
         else:
             records = prune_unstructured(targets, stats, options, method)
+    notes.extend(f"{r.name}: {origins[r.name]}" for r in records if r.name in origins)
     remove_unused(work)  # what channel removal or folding left unread
     validation = None
     if check_data is not None or options.has_target:

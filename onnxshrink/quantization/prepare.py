@@ -88,12 +88,14 @@ def has_computed_weights(model: onnx.ModelProto) -> bool:
     return False
 
 
-def fold_constants_if_needed(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
-    """onnxsim's constant folding when weights are computed; the reason it failed otherwise."""
+def fold_constants_if_needed(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None, dict[str, str]]:
+    """onnxsim's constant folding when weights are computed; the reason it
+    failed otherwise; and what the tensors and nodes onnxsim made came from
+    (their names are the input model's, :mod:`onnxshrink.provenance`)."""
     if not has_computed_weights(model):
-        return model, None
+        return model, None, {}
     result = simplify(materialized(model) if has_mapped(model) and data_bytes(model) <= INLINE_LIMIT_BYTES else model)
-    return (result.model if result.modified else model), result.fallback_reason
+    return (result.model if result.modified else model), result.fallback_reason, result.names.origins
 
 
 def constant_tensor(graph: onnx.GraphProto, name: str) -> onnx.TensorProto | None:

@@ -38,11 +38,13 @@ def prepare_model(model: onnx.ModelProto, name: str = "model", *, fold_constants
         notes["opset_upgraded_from"] = upgraded_from
     if fold_constants:
         before = len(work.graph.node)
-        work, failure = prepare.fold_constants_if_needed(work)
+        work, failure, origins = prepare.fold_constants_if_needed(work)
         if failure:
             notes["constant_folding_failed"] = failure
         elif len(work.graph.node) != before:
             notes["constants_folded"] = True
+        if origins:
+            notes["origins"] = origins
     prepare.name_nodes(work.graph)
     notes["identities_removed"] = prepare.remove_identities(work)
     notes["batchnorms_folded"] = prepare.fold_batch_norms(work.graph)

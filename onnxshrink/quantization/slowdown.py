@@ -140,7 +140,7 @@ def slowdown_warning(reference: onnx.ModelProto, candidate: onnx.ModelProto, fee
                       f"{sum(ref.values()):.2f} ms in fp32 ({_top(ref, 'float', 3)}): " + ", ".join(parts))
     elif not causes:
         causes.append("the kernels were not profiled (no input to run, or models over "
-                      f"{PROFILE_MAX_BYTES >> 20} MB of weights together)")
+                      f"{PROFILE_MAX_BYTES >> 20} MiB of weights together)")
     return head + ": " + "; ".join(causes)
 
 

@@ -38,6 +38,7 @@ class Pruned:
     layers: dict[str, dict[str, Any]]
     used: float = 0.0
     pattern: str | None = None
+    steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def packed_size(model: onnx.ModelProto) -> tuple[int, bytes]:
@@ -147,7 +148,7 @@ def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) 
     checked = result.report.validation
     spent = used(checked if checked is not None else
                  compare_models(inputs.original, model, inputs.check, gate=Gate(), measure_latency=False), gate)
-    return Pruned(model, stages, layers, spent, prune_options.pattern)
+    return Pruned(model, stages, layers, spent, prune_options.pattern, result.report.search)
 
 
 def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto):
@@ -276,4 +277,5 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
     size, packed = packed_size(model) if recipe.pack else (model.ByteSize(), None)
     seconds["pack"] = time.perf_counter() - start
     return Outcome(model=model, packed=packed, size=size, validation=validation, stages=stages,
-                   layers=list(layers.values()), weight_widths=widths, weight_range_bits=range_bits, seconds=seconds)
+                   layers=list(layers.values()), weight_widths=widths, weight_range_bits=range_bits, seconds=seconds,
+                   prune_steps=pruned.steps)

@@ -57,7 +57,8 @@ class Outcome:
     ``weight_widths`` counts the weights at each width (weight-only
     quantization), ``weight_range_bits`` is the range static int8 codes use;
     ``float16`` names the tensors stored as float16 (set on the chosen one).
-    ``seconds`` is the wall time of quantize, validate and pack.
+    ``seconds`` is the wall time of quantize, validate and pack;
+    ``prune_steps`` what pruning's own search measured (the report's chart).
     """
 
     failed: str | None = None
@@ -71,6 +72,7 @@ class Outcome:
     weight_range_bits: int | None = None
     float16: list[str] = dataclasses.field(default_factory=list)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    prune_steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def output_bytes(self) -> bytes:
@@ -112,11 +114,22 @@ class Trial:
         return self.outcome.failed
 
     def search_entry(self, chosen: "Trial | None") -> dict[str, Any]:
-        """This trial as a row of the report's ``search`` list."""
+        """This trial as a row of the report's ``search`` list (docs/json.md):
+        ``accuracy_drop`` is the share of the gate's budget used (accuracy
+        points, or 1 - cosine under a cosine gate); the metrics themselves are
+        ``accuracy_drop_points``, ``cosine`` (whole batch, lowest output) and
+        ``min_sample_cosine``. A failed trial has no size and says why."""
+        validation = self.outcome.validation
+        outputs = validation.outputs.values() if validation is not None else []
         return {"trial": self.index, "prune_budget_share": self.candidate.prune_budget_share,
-                "size_bytes": self.outcome.size, "ratio": round(self.ratio, 3),
-                "accuracy_drop": round(self.accuracy_drop, 4), "passed": self.passed,
-                "chosen": chosen is not None and self.candidate == chosen.candidate}
+                "pattern": self.pattern, "size_bytes": self.outcome.size if self.failed is None else None,
+                "ratio": round(self.ratio, 3), "accuracy_drop": round(self.accuracy_drop, 4),
+                "accuracy_drop_points": (None if validation is None or validation.accuracy_drop_points is None
+                                         else round(validation.accuracy_drop_points, 4)),
+                "cosine": min((m["cosine"] for m in outputs), default=None),
+                "min_sample_cosine": min((m["min_sample_cosine"] for m in outputs), default=None),
+                "passed": self.passed, "chosen": chosen is not None and self.candidate == chosen.candidate,
+                "reused": self.reused, "failed": self.failed}
 
 
 @dataclasses.dataclass(frozen=True)
