@@ -10,6 +10,7 @@ import typer
 from onnxshrink.cli._common import (
     JsonOption,
     QuietOption,
+    StateOption,
     console,
     declare_files,
     err_console,
@@ -25,7 +26,7 @@ from onnxshrink.fileio import outputs_together
 from onnxshrink.model import load_model, save_model
 from onnxshrink.lowbit import WeightOnlyOptions, quantize_weights
 from onnxshrink.quantization import METHODS, QuantizeOptions, QuantizeReport, quantize_model
-from onnxshrink.validation import accuracy_gate_basis
+from onnxshrink.validation import accuracy_gate_basis, parse_state
 
 
 def _names(values: Optional[list[str]]) -> tuple[str, ...]:
@@ -59,18 +60,25 @@ def quantize_command(
     granularity: Annotated[str, typer.Option("--granularity", help="With --weights-only: 'auto' (blocks of 32 for MatMul/Gemm/Gather below 8 bits, else per channel), 'channel' or 'block:N' scales.")] = WeightOnlyOptions.granularity,
     rounding: Annotated[str, typer.Option("--rounding", help="With --weights-only: 'nearest', or 'gptq' (error-compensated; needs --calib).")] = WeightOnlyOptions.rounding,
     min_size: Annotated[int, typer.Option("--min-size", help="With --weights-only: weights with fewer elements stay float.")] = WeightOnlyOptions.min_size,
+    gate_floor: Annotated[bool, typer.Option("--gate-floor/--no-gate", help="Without a target, refuse (exit 1, nothing written) a result that changes more than 2% of the original's answers on --eval (else --calib) data; --no-gate writes it anyway.")] = QuantizeOptions.gate_floor,
+    state: StateOption = None,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Quantize MODEL to int8 (QDQ): int8 per-channel weights, calibrated activations, integer kernels in onnxruntime."""
     declare_files({"MODEL": model, "--calib": calib, "--eval": eval_data}, {"-o": output, "--json": json_path})
-    if max_accuracy_drop is not None and eval_data is not None:
+    if max_accuracy_drop is not None:
+        if eval_data is None:
+            raise UsageError("--max-accuracy-drop is measured on labelled eval data: give --eval DATA, "
+                             "or --min-cosine X")
         accuracy_gate_basis(eval_data, explicit=True)
+    states = parse_state(state)
     if weights_only:
         if dynamic:
             raise UsageError("--weights-only and --dynamic are two different modes; give one")
         wo = WeightOnlyOptions(bits=bits, granularity=granularity, rounding=rounding, min_size=min_size,
-                               exclude=_names(exclude_nodes), batch_size=batch_size)
+                               exclude=_names(exclude_nodes), batch_size=batch_size, gate_floor=gate_floor,
+                               state=states)
         if rounding == "gptq" and calib is None:
             raise UsageError("--rounding gptq needs calibration data: give --calib DATA")
         source = load_model(model)
@@ -89,7 +97,7 @@ def quantize_command(
         exclude_nodes=_names(exclude_nodes), exclude_ops=_names(exclude_ops), min_cosine=min_cosine,
         max_accuracy_drop=max_accuracy_drop, dynamic=dynamic, latency_guard=latency_guard,
         fold_constants=fold_constants, batch_size=batch_size, weight_range_bits=weight_range_bits,
-        bias_correction=bias_correction,
+        bias_correction=bias_correction, gate_floor=gate_floor, state=states,
         shapes=tuple((name, tuple(dims)) for name, dims in parse_shapes(shapes).items()),
     )
     if dynamic and calib is not None:
@@ -107,6 +115,24 @@ def quantize_command(
             write_json(json_path, result.report.to_dict())
     if not quiet:
         print_report(result.report, output)
+
+
+def output_line(name: str, m: dict) -> str:
+    """One output's comparison: cosine, and its kind's agreement with the original's answers."""
+    line = f"output {name} ({m['kind']}): cosine {m['cosine']:.6f}, max abs error {m['max_abs_error']:.3g}"
+    if m.get("agreement") is not None:
+        line += f", agreement {100 * m['agreement']:.2f}% ({m['agreement_of']})"
+    return line
+
+
+def check_line(v: dict) -> str:
+    """What the result was checked on and against, and the verdict (none on random inputs)."""
+    where = v.get("checked_on", "data") + (", closed loop" if v.get("closed_loop") else "")
+    gate = ", ".join(f"{k} {x}" for k, x in (v.get("gate") or {}).items()) or "no gate"
+    if v.get("passed") is None:
+        return f"checked on {where} ({gate}): no verdict" + (" (random inputs check numerical fidelity only)"
+                                                              if v.get("synthetic_inputs") else "")
+    return f"checked on {where} ({gate}): {'passed' if v['passed'] else 'FAILED'}"
 
 
 def _scale_and_zero_point(params: dict) -> str:
@@ -144,7 +170,8 @@ def print_report(report: QuantizeReport, output: Path) -> None:
                   f"({100 * report.size_ratio:.1f}%)")
     v = report.validation or {}
     for name, m in (v.get("outputs") or {}).items():
-        console.print(f"output {name}: cosine {m['cosine']:.6f}, max abs error {m['max_abs_error']:.3g}")
+        console.print(output_line(name, m), markup=False)
+    console.print(check_line(v), markup=False)
     if v.get("accuracy"):
         a = v["accuracy"]
         console.print(f"accuracy: fp32 {100 * a['reference']:.2f}%, int8 {100 * a['candidate']:.2f}% "
@@ -173,6 +200,10 @@ def print_weight_only_report(report: dict, output: Path) -> None:
     if sizes:
         console.print(" -> ".join(f"{k} {human_bytes(v)}" for k, v in sizes.items()), markup=False)
     v = report.get("validation") or {}
+    for name, m in (v.get("outputs") or {}).items():
+        console.print(output_line(name, m), markup=False)
+    if v:
+        console.print(check_line(v), markup=False)
     if v.get("accuracy"):
         a = v["accuracy"]
         console.print(f"accuracy: fp32 {100 * a['reference']:.2f}%, quantized {100 * a['candidate']:.2f}% "

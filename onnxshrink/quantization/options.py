@@ -20,9 +20,14 @@ class QuantizeOptions:
     ``per_channel`` is False. ``activations`` is the 8-bit type of activations
     (uint8 is asymmetric with a free zero point, int8 likewise in [-128, 127]).
     ``exclude_nodes``/``exclude_ops`` stay in float. ``min_cosine`` or
-    ``max_accuracy_drop`` (points; needs labelled eval data) turn on the
+    ``max_accuracy_drop`` (points: against the eval data's labels, or without
+    labels the share of the original's answers that change) turn on the
     accuracy-aware search, which keeps the most sensitive nodes in float until
-    the target holds. ``dynamic`` does weight-only dynamic quantization of
+    the target holds. Without a target, ``gate_floor`` checks the result on
+    the eval (else calibration) data against
+    :data:`onnxshrink.validation.DEFAULT_FLOOR` and refuses one that fails it
+    (GateFailed). ``state`` names a stateful model's (output, input) pairs
+    when their names do not say so (checks then run in a closed loop). ``dynamic`` does weight-only dynamic quantization of
     MatMul/Gemm (no calibration data). ``latency_guard`` measures int8 against
     fp32 latency and puts back in float the nodes onnxruntime cannot run in
     integer kernels. ``fold_constants`` runs onnxsim first when a layer weight
@@ -52,6 +57,8 @@ class QuantizeOptions:
     weight_range_bits: int = 8
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     bias_correction: bool = True
+    gate_floor: bool = True
+    state: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
