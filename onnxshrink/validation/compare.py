@@ -184,7 +184,7 @@ def compare_models(
         if saved_iter is None and ref_run is None:
             ref_out = cand_out
         for name in compared:
-            stats[name].add(ref_out[index[name]], cand_out[index[name]], len(batch))
+            stats[name].add(ref_out[index[name]], cand_out[index[name]], len(batch), batch.inputs)
         if batch.labels is not None and compared:
             first_output = index[compared[0]]
             labelled += len(batch.labels)

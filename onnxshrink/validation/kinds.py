@@ -6,13 +6,16 @@ with the original model without labels:
 
 * ``class_scores`` [N, C]: the top-1 class per sample;
 * ``sequence_scores`` [N, T, C] or [T, N, C] (CTC recognisers, taggers): the
-  top-1 class per position along the last axis, and per sample the sequence
-  of classes with repeats merged;
+  top-1 class per position along the last axis; per sample, that sequence
+  decoded as CTC's best path (repeats merged, the class the reference
+  predicts most, CTC's blank, dropped);
 * ``probabilities`` (every value in [0, 1], rows not distributions: a
   one-value detector, multi-label scores, a probability map): the decisions
   at 0.5, compared as the intersection over union of the positive ones;
 * ``embedding`` [N, D] or [N, T, D] (named like one, or made by a
-  normalisation): each sample's nearest neighbour among the other samples;
+  normalisation): each sample's nearest neighbour among the other samples
+  (a [N, T, D] output is mean-pooled over the tokens an input named like
+  ``attention_mask`` keeps, as sentence encoders' programs do);
 * ``exact`` (integers, booleans, strings): element by element;
 * ``dense`` (box regressions, feature maps, anything else): no answer to
   compare, only cosine and the per-sample minimum.
@@ -35,9 +38,10 @@ DENSE = "dense"
 # What "agreement" counts for each kind (the report's wording).
 AGREEMENT = {
     CLASS_SCORES: "top-1 class unchanged, per sample",
-    SEQUENCE_SCORES: "top-1 class sequence unchanged (repeats merged), per sample",
+    SEQUENCE_SCORES: "decoded sequence unchanged (top-1 per position, repeats merged, the most frequent class "
+                     "dropped as CTC's blank), per sample",
     PROBABILITIES: "intersection over union of the decisions above 0.5",
-    EMBEDDING: "nearest neighbour among the other samples unchanged, per sample",
+    EMBEDDING: "nearest neighbour among the other samples unchanged (near-ties aside), per sample",
     EXACT: "elements equal",
     DENSE: None,
 }

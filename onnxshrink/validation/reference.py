@@ -110,7 +110,7 @@ class KeptReference:
         correct = [0, 0]
         for batch, r, c in zip(self.batches, ref, cand):
             for name in self.compared:
-                stats[name].add(r[index[name]], c[index[name]], len(batch))
+                stats[name].add(r[index[name]], c[index[name]], len(batch), batch.inputs)
             if self.labels is not None and self.compared:
                 first = index[self.compared[0]]
                 correct[0] += int(correct_top1(r[first], batch.labels).sum())
