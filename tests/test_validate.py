@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from conftest import BUNDLED, bundled, run_cli, save_data, tiny_mlp
 from onnxshrink.data import NpzData, model_inputs
-from onnxshrink.errors import DataError, GateFailed, UsageError
+from onnxshrink.errors import DataError, GateFailed
 from onnxshrink.validation import AGREEMENT_BASIS, Gate, compare_models
 
 
