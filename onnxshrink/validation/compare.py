@@ -25,6 +25,8 @@ from onnxshrink.validation.gate import AGREEMENT_BASIS, LABELS_BASIS, Gate, chan
 from onnxshrink.validation.metrics import OutputStats, correct_top1
 
 RANDOM_INPUTS = "random inputs"
+# A closed loop's steps are compared this many at a time (each step is one sample).
+ROWS_PER_CHUNK = 256
 
 
 @dataclasses.dataclass
@@ -171,6 +173,7 @@ def compare_models(
     labelled = 0
     samples = 0
     first_feed = None
+    rows: dict[str, tuple[list, list]] = {n: ([], []) for n in compared}  # closed-loop steps, added in chunks
     for batch in batches:
         if first_feed is None:
             first_feed = runtime.first_sample(batch, specs)
@@ -184,7 +187,14 @@ def compare_models(
         if saved_iter is None and ref_run is None:
             ref_out = cand_out
         for name in compared:
-            stats[name].add(ref_out[index[name]], cand_out[index[name]], len(batch), batch.inputs)
+            if pairs:
+                rows[name][0].append(ref_out[index[name]])
+                rows[name][1].append(cand_out[index[name]])
+                if len(rows[name][0]) >= ROWS_PER_CHUNK:
+                    stats[name].add_rows(*rows[name])
+                    rows[name] = ([], [])
+            else:
+                stats[name].add(ref_out[index[name]], cand_out[index[name]], len(batch), batch.inputs)
         if batch.labels is not None and compared:
             first_output = index[compared[0]]
             labelled += len(batch.labels)
@@ -197,6 +207,8 @@ def compare_models(
         samples += len(batch)
     if samples == 0:
         raise DataError("no samples to validate on")
+    for name, (refs, cands) in rows.items():
+        stats[name].add_rows(refs, cands)
     outputs = {n: s.result() for n, s in stats.items()}
     accuracy = None
     if labelled:

@@ -157,6 +157,18 @@ class OutputStats:
                 self.ref_vectors.extend(_pooled(r, mask)[:room])
                 self.cand_vectors.extend(_pooled(c, mask)[:room])
 
+    def add_rows(self, refs: list[Any], cands: list[Any]) -> None:
+        """Rows of a closed loop (one sample each), added as one batch when their
+        shapes agree (one set of numpy calls instead of one per step)."""
+        if not refs:
+            return
+        shapes = {np.shape(a) for a in refs} | {np.shape(a) for a in cands}
+        if len(shapes) == 1 and all(isinstance(a, np.ndarray) for a in refs + cands):
+            self.add(np.stack(refs), np.stack(cands), len(refs))
+        else:
+            for r, c in zip(refs, cands):
+                self.add(r, c, 1)
+
     def _numeric(self, r: np.ndarray, c: np.ndarray) -> None:
         diff = r - c
         self.dot += float((r * c).sum())

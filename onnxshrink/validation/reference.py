@@ -108,9 +108,13 @@ class KeptReference:
         index = {n: i for i, n in enumerate(self.names)}
         stats = {n: OutputStats(n, self.producers.get(n)) for n in self.compared}
         correct = [0, 0]
-        for batch, r, c in zip(self.batches, ref, cand):
+        if self.pairs:  # one row per step: compared as one batch per output
             for name in self.compared:
-                stats[name].add(r[index[name]], c[index[name]], len(batch), batch.inputs)
+                stats[name].add_rows([r[index[name]] for r in ref], [c[index[name]] for c in cand])
+        for batch, r, c in zip(self.batches, ref, cand):
+            if not self.pairs:
+                for name in self.compared:
+                    stats[name].add(r[index[name]], c[index[name]], len(batch), batch.inputs)
             if self.labels is not None and self.compared:
                 first = index[self.compared[0]]
                 correct[0] += int(correct_top1(r[first], batch.labels).sum())
