@@ -256,3 +256,32 @@ def test_state_flags_are_checked(tmp_path):
         state_pairs(model, parse_state(["nope=state"]))
     with pytest.raises(UsageError, match="expected OUT=IN"):
         parse_state(["stateN"])
+
+
+def test_kept_reference_streams_data_it_cannot_keep(tmp_path):
+    """Past its memory bound the reference is run again with each candidate, on data read
+    again: the same figures as when everything is kept, in and out of a closed loop."""
+    from onnxshrink.validation.reference import KeptReference
+
+    w = RNG.normal(size=(6, 5)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=RNG.normal(size=(50, 12, 6)).astype(np.float32))
+    steps = recorded_steps(tmp_path / "steps.npz", 0.8, resets=True)
+    for reference, candidate, data in ((sequence_model(w), sequence_model(w * 1.3), tmp_path / "d.npz"),
+                                       (recurrent_model(0.8), recurrent_model(0.9), steps)):
+        kept = KeptReference(reference, data, batch_size=8)
+        streamed = KeptReference(reference, data, batch_size=8, cache_bytes=1)
+        assert kept.outputs is not None and streamed.outputs is None
+        assert kept.measure(candidate).outputs == streamed.measure(candidate).outputs
+        _same_figures(kept.measure(candidate).outputs, compare_models(reference, candidate, data,
+                                                                      measure_latency=False).outputs)
+
+
+def _same_figures(a: dict, b: dict) -> None:
+    """Equal up to float summation order (a closed loop is summed in chunks by compare_models)."""
+    assert a.keys() == b.keys()
+    for name in a:
+        for key, value in a[name].items():
+            if isinstance(value, float):
+                assert value == pytest.approx(b[name][key], rel=1e-9, abs=1e-12), (name, key)
+            else:
+                assert value == b[name][key], (name, key)

@@ -51,7 +51,7 @@ class OutputChecker:
     def __init__(self, reference: onnx.ModelProto, data: Any, batch_size: int = 64, limit: int | None = None,
                  state: tuple[tuple[str, str], ...] = ()):
         self.kept = KeptReference(reference, data, state=state, batch_size=batch_size, limit=limit)
-        self.labels = self.kept.labels
+        self.labelled = self.kept.labelled
 
     def measure(self, model: onnx.ModelProto) -> dict[str, float]:
         measured = self.kept.measure(model)

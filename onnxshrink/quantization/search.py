@@ -54,7 +54,7 @@ class Evaluator:
                  state: tuple[tuple[str, str], ...] = ()):
         self.kept = KeptReference(reference, data, state=state, batch_size=batch_size, limit=max_samples,
                                   cache_bytes=CACHE_LIMIT_BYTES)
-        self.labelled = self.kept.labels is not None
+        self.labelled = self.kept.labelled
 
     def score(self, candidate: onnx.ModelProto) -> Score:
         measured = self.kept.measure(candidate)

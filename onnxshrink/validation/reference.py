@@ -8,14 +8,15 @@ reference again.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
 
 from onnxshrink import runtime
-from onnxshrink.data import Batch, iter_batches, model_inputs
+from onnxshrink.data import Batch, NpzData, iter_batches, model_inputs
 from onnxshrink.errors import DataError
 from onnxshrink.validation import stateful
 from onnxshrink.validation.gate import Gate, changed_points, check_gate
@@ -61,8 +62,9 @@ class Measured:
 
 
 class KeptReference:
-    """The reference run once on ``data`` (up to ``limit`` samples), its outputs
-    kept (up to ``cache_bytes``; beyond, the reference is run again with each
+    """The reference run once on ``data`` (up to ``limit`` samples), the inputs
+    and its outputs kept (up to ``cache_bytes`` of them; beyond, data that can
+    be read again is streamed and the reference run again with each
     candidate); a stateful model (state pairs found by name or given as
     ``state``) runs in a closed loop over the rows."""
 
@@ -71,56 +73,72 @@ class KeptReference:
         self.threads = os.cpu_count() or 1
         self.session = runtime.create_session(reference, threads=self.threads, name="reference")
         self.names = [o.name for o in self.session.get_outputs()]
+        self.data, self.specs, self.batch_size, self.limit = data, model_inputs(reference), batch_size, limit
+        self.rereadable = isinstance(data, (str, os.PathLike, NpzData, list, tuple))
         self.pairs = stateful.state_pairs(reference, state)
-        batches = iter_batches(data if not isinstance(data, list) else iter(data), model_inputs(reference), batch_size)
-        if self.pairs:
-            batches = stateful.rows(batches)
-        self.batches: list[Batch] = []
-        have = 0
-        for batch in batches:
-            self.batches.append(batch)
-            have += len(batch)
-            if limit is not None and have >= limit:
-                break
-        if not self.batches:
+        stream = self._read()
+        first = next(stream, None)
+        if first is None:
             raise DataError("the evaluation data holds no samples")
         if self.pairs:
-            self.pairs = stateful.settle(self.session, self.batches[0], self.pairs, bool(state), "reference")
+            self.pairs = stateful.settle(self.session, first, self.pairs, bool(state), "reference")
         self.compared = stateful.compared_outputs(self.names, self.pairs)
         self.producers = {o: n.op_type for n in reference.graph.node for o in n.output}
-        self.outputs: list[list[np.ndarray]] | None = self._run(self.session, "reference")
-        size = sum(a.nbytes for out in self.outputs for a in out if isinstance(a, np.ndarray))
-        if cache_bytes is not None and size > cache_bytes:
-            self.outputs = None
-        self.labels = None
-        if all(b.labels is not None for b in self.batches):
-            self.labels = [b.labels for b in self.batches]
+        self.batches: list[Batch] | None = []
+        self.outputs: list[list[np.ndarray]] | None = []
+        self.labelled = True
+        run, size = stateful.Runner(self.session, self.pairs, "reference"), 0
+        for batch in itertools.chain([first], stream):
+            self.labelled = self.labelled and batch.labels is not None
+            if self.batches is None:
+                continue  # streaming: only whether every batch is labelled is still read
+            out = run(batch)
+            size += sum(np.asarray(a).nbytes for a in out) + sum(np.asarray(v).nbytes for v in batch.inputs.values())
+            self.batches.append(batch)
+            self.outputs.append(out)
+            if cache_bytes is not None and size > cache_bytes and self.rereadable:
+                self.batches = self.outputs = None
 
-    def _run(self, session, what: str) -> list[list[np.ndarray]]:
-        run = stateful.Runner(session, self.pairs, what)
-        return [run(batch) for batch in self.batches]
+    def _read(self) -> Iterator[Batch]:
+        """The data's batches (rows, for a stateful model), up to ``limit`` samples."""
+        source = self.data if not isinstance(self.data, list) else iter(self.data)
+        batches = iter_batches(source, self.specs, self.batch_size)
+        if self.pairs:
+            batches = stateful.rows(batches)
+        have = 0
+        for batch in batches:
+            yield batch
+            have += len(batch)
+            if self.limit is not None and have >= self.limit:
+                return
 
     def measure(self, candidate: onnx.ModelProto) -> Measured:
         """``candidate`` run on the same data (in the same closed loop) and compared."""
-        session = runtime.create_session(candidate, threads=self.threads, name="candidate")
-        cand = self._run(session, "candidate")
-        ref = self.outputs if self.outputs is not None else self._run(self.session, "reference")
+        cand_run = stateful.Runner(runtime.create_session(candidate, threads=self.threads, name="candidate"),
+                                   self.pairs, "candidate")
+        ref_run = stateful.Runner(self.session, self.pairs, "reference") if self.outputs is None else None
         index = {n: i for i, n in enumerate(self.names)}
         stats = {n: OutputStats(n, self.producers.get(n)) for n in self.compared}
-        correct = [0, 0]
-        if self.pairs:  # one row per step: compared as one batch per output
+        rows: dict[str, tuple[list, list]] = {n: ([], []) for n in self.compared}  # closed-loop steps
+        correct, labelled = [0, 0], 0
+        batches = self.batches if self.batches is not None else self._read()
+        for i, batch in enumerate(batches):
+            r = self.outputs[i] if self.outputs is not None else ref_run(batch)
+            c = cand_run(batch)
             for name in self.compared:
-                stats[name].add_rows([r[index[name]] for r in ref], [c[index[name]] for c in cand])
-        for batch, r, c in zip(self.batches, ref, cand):
-            if not self.pairs:
-                for name in self.compared:
+                if self.pairs:
+                    rows[name][0].append(r[index[name]])
+                    rows[name][1].append(c[index[name]])
+                else:
                     stats[name].add(r[index[name]], c[index[name]], len(batch), batch.inputs)
-            if self.labels is not None and self.compared:
+            if self.labelled and self.compared:
                 first = index[self.compared[0]]
                 correct[0] += int(correct_top1(r[first], batch.labels).sum())
                 correct[1] += int(correct_top1(c[first], batch.labels).sum())
+                labelled += len(batch.labels)
+        for name, (refs, cands) in rows.items():  # one row per step: compared as one batch per output
+            stats[name].add_rows(refs, cands)
         outputs = {n: s.result() for n, s in stats.items()}
-        if self.labels is None:
+        if not self.labelled or not labelled:
             return Measured(outputs, None, None)
-        n = sum(len(x) for x in self.labels)
-        return Measured(outputs, correct[1] / n, correct[0] / n)
+        return Measured(outputs, correct[1] / labelled, correct[0] / labelled)
