@@ -73,3 +73,19 @@ def test_a_check_on_random_inputs_is_never_a_pass(tmp_path):
     assert validation["synthetic_inputs"] is True and validation["checked_on"] == "random inputs"
     assert validation["passed"] is None and "no verdict" in result.stdout
     assert validation["outputs"]["logits"]["kind"] == "class_scores"
+
+
+def test_min_agreement_is_a_target_without_labels(tmp_path, unlabelled):
+    """What the floor refuses, --min-agreement repairs: the most sensitive nodes go back to
+    float until 98 % of the original's answers hold (on unlabelled eval data)."""
+    out, report = tmp_path / "q.onnx", tmp_path / "q.json"
+    result = run_cli("quantize", CNN, "-o", out, "--calib", CALIB, "--eval", unlabelled, "--weight-range-bits", "2",
+                     "--min-agreement", "0.98", "--json", report, "-q")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads(report.read_text())
+    assert saved["target"]["met"] and saved["target"]["min_agreement"] == 0.98 and saved["left_float"]
+    validation = saved["validation"]
+    assert validation["passed"] and validation["gate"] == {"min_agreement": 0.98}
+    assert validation["outputs"]["logits"]["agreement"] >= 0.98 and validation["checked_on"] == "eval data"
+    check = run_cli("validate", CNN, out, "--data", unlabelled, "--min-agreement", "0.999", "--no-latency")
+    assert check.returncode == (0 if validation["outputs"]["logits"]["agreement"] >= 0.999 else 1)

@@ -47,6 +47,7 @@ def quantize_command(
     exclude_ops: Annotated[Optional[list[str]], typer.Option("--exclude-ops", help="Op types to keep in float, e.g. Add,Mul.")] = None,
     min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Target: output cosine >= X; keeps sensitive nodes in float until it holds (exit 1 if it cannot).")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Target: accuracy drop <= X points on labelled --eval data.")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Target without labels: every output keeps at least this fraction of the original's answers (top-1 classes, decoded sequences, decisions, nearest neighbours) on --eval (else --calib) data; keeps sensitive nodes in float until it holds.")] = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation .npz (with 'labels' for --max-accuracy-drop) for the target and the final metrics.")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Weight-only dynamic quantization of MatMul/Gemm (no --calib).")] = QuantizeOptions.dynamic,
     latency_guard: Annotated[bool, typer.Option("--latency-guard/--no-latency-guard", help="Keep in float nodes onnxruntime cannot run as integer kernels; measure latency.")] = QuantizeOptions.latency_guard,
@@ -95,6 +96,7 @@ def quantize_command(
     options = QuantizeOptions(
         method=method, percentile=percentile, per_channel=per_channel, activations=activations,
         exclude_nodes=_names(exclude_nodes), exclude_ops=_names(exclude_ops), min_cosine=min_cosine,
+        min_agreement=min_agreement,
         max_accuracy_drop=max_accuracy_drop, dynamic=dynamic, latency_guard=latency_guard,
         fold_constants=fold_constants, batch_size=batch_size, weight_range_bits=weight_range_bits,
         bias_correction=bias_correction, gate_floor=gate_floor, state=states,

@@ -33,6 +33,7 @@ def validate_command(
     reference_outputs: Annotated[Optional[Path], typer.Option("--reference-outputs", help=".npz of outputs saved from the source framework, keyed by output name.")] = None,
     min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Fail (exit 1) if any output's cosine similarity is below this.")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Fail (exit 1) if accuracy drops by more than this many points.")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Fail (exit 1) if any output keeps less than this fraction of the reference's answers (no labels needed).")] = None,
     shape: Annotated[Optional[list[str]], typer.Option("--shape", help="Symbolic dims for synthetic inputs: NAME=1x3x224x224.")] = None,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure median single-thread latency.")] = True,
     state: StateOption = None,
@@ -49,7 +50,7 @@ def validate_command(
         reference, candidate = None, reference
     elif reference_outputs is not None:
         raise UsageError("with --reference-outputs give one model: the ONNX model to check against the saved outputs")
-    gate = Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop)
+    gate = Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement)
     if gate.active and data is None:
         raise UsageError("a gate is measured on real inputs: give --data DATA (random inputs check numerical "
                          "fidelity only and give no verdict)")

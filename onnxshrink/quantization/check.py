@@ -19,7 +19,8 @@ def final_check(model: onnx.ModelProto, qmodel: onnx.ModelProto, data: Any, opti
     floor (unless ``gate_floor`` is off). Raises GateFailed when it fails:
     nothing is handed back."""
     if options.accuracy_aware:
-        gate = Gate(min_cosine=options.min_cosine, max_accuracy_drop=options.max_accuracy_drop)
+        gate = Gate(min_cosine=options.min_cosine, max_accuracy_drop=options.max_accuracy_drop,
+                    min_agreement=options.min_agreement)
     else:
         gate = DEFAULT_FLOOR if options.gate_floor else Gate()
     validation = compare_models(model, qmodel, data, gate=gate, measure_latency=options.latency_guard,
@@ -27,6 +28,6 @@ def final_check(model: onnx.ModelProto, qmodel: onnx.ModelProto, data: Any, opti
     if validation.passed is False:
         if options.accuracy_aware:
             validation.raise_if_failed()
-        raise GateFailed(floor_failure("the int8 model", validation) + "; or give a target (--min-cosine X) to "
+        raise GateFailed(floor_failure("the int8 model", validation) + "; or give a target (--min-agreement 0.98) to "
                          "keep the most sensitive nodes in float until it holds")
     return validation

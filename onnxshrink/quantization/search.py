@@ -16,6 +16,7 @@ from typing import Any, Callable
 import onnx
 
 from onnxshrink.validation import AGREEMENT_BASIS, LABELS_BASIS
+from onnxshrink.validation.gate import changed_points
 from onnxshrink.validation.reference import KeptReference
 
 # Reference outputs are kept in memory up to this size; beyond, the float model is re-run.
@@ -29,7 +30,7 @@ class Score:
     cosine: float  # the lowest over outputs
     accuracy: float | None
     reference_accuracy: float | None
-    answers_changed: float | None = None  # points: the most any output's answers changed (no labels)
+    answers_changed: float = 0.0  # points: the most any output's answers changed
 
     @property
     def drop_points(self) -> float | None:
@@ -40,7 +41,7 @@ class Score:
 
     def to_dict(self) -> dict[str, Any]:
         return {"cosine": self.cosine, "accuracy": self.accuracy, "reference_accuracy": self.reference_accuracy,
-                "accuracy_drop_points": self.drop_points,
+                "accuracy_drop_points": self.drop_points, "answers_changed_points": self.answers_changed,
                 "basis": LABELS_BASIS if self.accuracy is not None else AGREEMENT_BASIS}
 
 
@@ -58,15 +59,19 @@ class Evaluator:
 
     def score(self, candidate: onnx.ModelProto) -> Score:
         measured = self.kept.measure(candidate)
+        changed = changed_points(measured.outputs)[0]
         if measured.labelled:
-            return Score(measured.cosine, measured.accuracy, measured.reference_accuracy)
-        return Score(measured.cosine, None, None, measured.drop_points)
+            return Score(measured.cosine, measured.accuracy, measured.reference_accuracy, changed)
+        return Score(measured.cosine, None, None, changed)
 
 
-def meets(score: Score, min_cosine: float | None, max_drop: float | None) -> bool:
-    if min_cosine is not None and score.cosine < min_cosine:
+def meets(score: Score, options: Any) -> bool:
+    """Whether ``score`` holds the options' target (min_cosine, max_accuracy_drop or min_agreement)."""
+    if options.min_cosine is not None and score.cosine < options.min_cosine:
         return False
-    if max_drop is not None and (score.drop_points or 0.0) > max_drop + 1e-9:
+    if options.max_accuracy_drop is not None and (score.drop_points or 0.0) > options.max_accuracy_drop + 1e-9:
+        return False
+    if options.min_agreement is not None and score.answers_changed > 100.0 * (1.0 - options.min_agreement) + 1e-9:
         return False
     return True
 
@@ -89,12 +94,13 @@ def accuracy_aware(prepared, source, options, data, keep: dict[str, str], build,
     the target needs every node in float."""
     from onnxshrink.errors import GateFailed
 
-    target = {"min_cosine": options.min_cosine, "max_accuracy_drop": options.max_accuracy_drop}
+    target = {"min_cosine": options.min_cosine, "max_accuracy_drop": options.max_accuracy_drop,
+              "min_agreement": options.min_agreement}
     evaluator = Evaluator(prepared.model, data, state=options.state)
     model, plan, records = build(prepared, source, options, frozenset(keep))
     score = evaluator.score(model)
     log = [{"float_nodes": [], **score.to_dict()}]
-    if meets(score, options.min_cosine, options.max_accuracy_drop):
+    if meets(score, options):
         return model, plan, records, keep, log, {**target, "met": True, **score.to_dict()}
     candidates = [n for n, p in plan.nodes.items() if p.rule.output != "shared"]
     probe = Evaluator(prepared.model, data, max_samples=256, state=options.state)
@@ -112,9 +118,10 @@ def accuracy_aware(prepared, source, options, data, keep: dict[str, str], build,
         log.append({"float_nodes": chosen, **score.to_dict()})
         if progress:
             progress("searching", k, len(order))
-        if meets(score, options.min_cosine, options.max_accuracy_drop):
+        if meets(score, options):
             return model, plan, records, trial, log, {**target, "met": True, **score.to_dict()}
     what = (f"accuracy drop <= {options.max_accuracy_drop} points" if options.max_accuracy_drop is not None
+            else f"{100 * options.min_agreement:g}% of the original's answers" if options.min_agreement is not None
             else f"output cosine >= {options.min_cosine}")
     raise GateFailed(f"cannot reach {what} with any node quantized (best with one node left: cosine {score.cosine:.6f}"
                      + (f", drop {score.drop_points:.2f} points" if score.drop_points is not None else "")
