@@ -21,11 +21,14 @@ bisected directly.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, Callable
 
 import numpy as np
 import onnx
 
+from onnxshrink import runtime
 from onnxshrink.data import Batch
 from onnxshrink.pruning.options import PruneOptions
 from onnxshrink.pruning.targets import PruneTarget
@@ -51,7 +54,27 @@ class OutputChecker:
     def __init__(self, reference: onnx.ModelProto, data: Any, batch_size: int = 64, limit: int | None = None,
                  state: tuple[tuple[str, str], ...] = ()):
         self.kept = KeptReference(reference, data, state=state, batch_size=batch_size, limit=limit)
-        self.labelled = self.kept.labelled
+        self.batches: list[Batch] = self.kept.batches or []
+        self.labels = np.concatenate([b.labels for b in self.batches]) if self.kept.labelled else None
+
+    # What scripts/bench_*.py read: the reference's outputs, each concatenated over the batches.
+    @functools.cached_property
+    def reference(self) -> list[np.ndarray]:
+        return [np.concatenate([np.asarray(out[i]) for out in self.kept.outputs]).astype(np.float64)
+                for i in range(len(self.kept.names))]
+
+    @functools.cached_property
+    def reference_accuracy(self) -> float:
+        return self.accuracy(self.reference[0])
+
+    def outputs(self, model: onnx.ModelProto) -> list[np.ndarray]:
+        """``model``'s outputs on the kept batches, each concatenated (no closed loop: for scripts)."""
+        session = runtime.create_session(model, threads=os.cpu_count() or 1, name="candidate")
+        runs = [runtime.run(session, b.inputs, what="candidate") for b in self.batches]
+        return [np.concatenate([r[i] for r in runs]).astype(np.float64) for i in range(len(runs[0]))]
+
+    def accuracy(self, logits: np.ndarray) -> float:
+        return float((logits.reshape(len(self.labels), -1).argmax(axis=1) == self.labels).mean())
 
     def measure(self, model: onnx.ModelProto) -> dict[str, float]:
         measured = self.kept.measure(model)
