@@ -2,7 +2,9 @@
 
 The format every command takes: an ``.npz`` with one array per model input,
 keyed by input name, samples along axis 0, and optionally ``labels`` (one int
-per sample). A folder of such files is read as one stream, in name order.
+per sample) and, for a stateful model's rows in time order, ``reset`` (one 0/1
+per row: 1 where a new sequence starts). A folder of such files is read as
+one stream, in name order.
 Arrays are read batch by batch straight out of the zip member, so memory does
 not grow with the number of samples.
 """
@@ -21,17 +23,22 @@ import onnx
 from onnxshrink.errors import DataError
 
 LABELS = "labels"
+# For stateful models (rows in time order): 1 where a new sequence (recording) starts,
+# so the closed loop feeds that row's recorded state instead of carrying its own.
+RESET = "reset"
 # Refuse absurd declared shapes before allocating anything for them.
 MAX_SAMPLE_BYTES = 1 << 30
 
 
 @dataclasses.dataclass
 class Batch:
-    """One batch: model inputs by name, and labels when the data has them."""
+    """One batch: model inputs by name, and labels and sequence starts
+    (``reset``, one flag per sample) when the data has them."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     size: int | None = None  # set when the inputs do not share a leading batch axis
+    reset: np.ndarray | None = None
 
     def __len__(self) -> int:
         """Samples in the batch: the first input's leading dim (a scalar input is one sample)."""
@@ -164,6 +171,11 @@ class NpzData:
     def has_labels(self) -> bool:
         return LABELS in self.arrays
 
+    def _markers(self, specs: Sequence[InputSpec]) -> list[str]:
+        """The arrays read beside the inputs: labels and sequence starts (unless a model input has that name)."""
+        inputs = {s.name for s in specs}
+        return [n for n in (LABELS, RESET) if n in self.arrays and n not in inputs]
+
     def check_against(self, specs: Sequence[InputSpec]) -> None:
         """Refuse data that lacks an input or whose dtype or shape cannot fit."""
         for spec in specs:
@@ -181,6 +193,10 @@ class NpzData:
             shape, dtype = self.arrays[LABELS]
             if dtype.kind not in "iu" or len(shape) != 1:
                 raise DataError(f"{self.path}: 'labels' must be a 1-D integer array, got {dtype} {shape}")
+        if RESET in self._markers(specs):
+            shape, dtype = self.arrays[RESET]
+            if dtype.kind not in "biu" or len(shape) != 1:
+                raise DataError(f"{self.path}: 'reset' must be a 1-D array of 0/1 (one per row), got {dtype} {shape}")
 
     def batches(self, specs: Sequence[InputSpec], batch_size: int = 32) -> Iterator[Batch]:
         """Yield batches of the inputs named in ``specs`` (and labels, if present)."""
@@ -194,7 +210,8 @@ class NpzData:
         per_run = {s.name for s in specs if s.per_run(self.arrays[s.name][0])}
         if per_run:
             batch_size = 1
-        wanted = names + ([LABELS] if self.has_labels else [])
+        markers = self._markers(specs)
+        wanted = names + markers
         for file in self.files:
             with self._open(file) as archive:
                 members = self._members(archive, file)
@@ -207,7 +224,8 @@ class NpzData:
                     step = min(batch_size, left)
                     arrays = {n: streams[n].read(step) for n in wanted}
                     left -= step
-                    labels = arrays.pop(LABELS, None)
+                    labels = arrays.pop(LABELS, None) if LABELS in markers else None
+                    reset = arrays.pop(RESET, None) if RESET in markers else None
                     for n, a in arrays.items():
                         if a.dtype.kind in "fc" and not np.isfinite(a).all():
                             raise DataError(f"{file}: array '{n}' holds NaN or Inf values")
@@ -215,7 +233,7 @@ class NpzData:
                         arrays = {n: a[0] if n in per_run else a for n, a in arrays.items()}
                     # (ascontiguousarray would turn a 0-d array into 1-d)
                     yield Batch({n: np.ascontiguousarray(a).reshape(a.shape) for n, a in arrays.items()}, labels,
-                                step if per_run else None)
+                                step if per_run else None, None if reset is None else reset.astype(bool))
 
 
 def _check_shape(spec: InputSpec, shape: tuple[int, ...], where: str) -> None:
@@ -288,7 +306,8 @@ def read_samples(source: Any, specs: Sequence[InputSpec], limit: int, batch_size
         take = min(len(batch), limit - have)
         if take < len(batch):
             batch = Batch({k: v[:take] for k, v in batch.inputs.items()},
-                          None if batch.labels is None else batch.labels[:take])
+                          None if batch.labels is None else batch.labels[:take],
+                          reset=None if batch.reset is None else batch.reset[:take])
         batches.append(batch)
         have += take
         if have >= limit:

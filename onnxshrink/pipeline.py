@@ -42,7 +42,7 @@ class ShrinkResult:
         return self.packed if self.packed is not None else self.model.SerializeToString()
 
 
-def _float16_small(chosen: Trial, original: onnx.ModelProto, gate: Gate, check: Any) -> Trial | None:
+def _float16_small(chosen: Trial, original: onnx.ModelProto, gate: Gate, check: Any, inputs: SearchInputs) -> Trial | None:
     """The chosen candidate packed with its small float tensors as float16,
     if that is smaller and the model as it unpacks still passes the gate."""
     from onnxshrink.packing import PackOptions, load_packed, pack_model
@@ -52,7 +52,8 @@ def _float16_small(chosen: Trial, original: onnx.ModelProto, gate: Gate, check: 
     if not stored or len(result.data) >= chosen.outcome.size:
         return None
     restored = load_packed(result.data)
-    validation = compare_models(original, restored, check, gate=gate, measure_latency=True)
+    validation = compare_models(original, restored, check, gate=gate, measure_latency=True,
+                                state=inputs.options.state, checked_on=inputs.checked_on)
     if not validation.passed:
         return None
     outcome = dataclasses.replace(chosen.outcome, model=restored, packed=result.data, size=len(result.data),
@@ -65,16 +66,18 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
     """Run the recipe's stages on a copy of ``model``; ``model`` is not changed.
 
     ``calib`` is the calibration data (path, NpzData, ORT-style reader or
-    batches), ``eval_data`` the labelled data the gate is measured on (without
-    it the gate is measured on the calibration inputs, cosine only). Raises
-    GateFailed (exit 1) when no candidate passes the gate or reaches
-    ``target_ratio``.
+    batches), ``eval_data`` the data the gate is measured on (without it, the
+    calibration inputs). An accuracy gate is measured against the data's
+    labels, or without labels as the share of the original model's answers
+    that change (the report's ``final.basis``); an explicit
+    ``options.gate.max_accuracy_drop`` needs ``eval_data``. Raises GateFailed
+    (exit 1) when no candidate passes the gate or reaches ``target_ratio``.
     """
     progress = progress or (lambda task, done, total: None)
     recipe = options.recipe
     gate = options.effective_gate
-    if gate.max_accuracy_drop is not None and eval_data is None:
-        raise UsageError(f"recipe '{recipe.name}' gates on accuracy: give --eval DATA with labels, or --min-cosine X")
+    if options.gate.max_accuracy_drop is not None and eval_data is None:
+        raise UsageError("--max-accuracy-drop is measured on labelled eval data: give --eval DATA, or --min-cosine X")
     original = onnx.ModelProto()
     original.CopyFrom(model)
     original_bytes = original.ByteSize()
@@ -91,13 +94,15 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
                        "note": simplified.fallback_reason or f"{simplified.nodes_before} -> {simplified.nodes_after} nodes"})
     calib_batches = read_samples(calib, model_inputs(base), options.calib_samples)
     check = eval_data if eval_data is not None else calib_batches
-    found = search(SearchInputs(original, original_bytes, base, options, gate, calib_batches, check, progress))
+    inputs = SearchInputs(original, original_bytes, base, options, gate, calib_batches, check, progress,
+                          "eval data" if eval_data is not None else "calibration data")
+    found = search(inputs)
     chosen = found.chosen
     for stage in chosen.outcome.stages:
         stages.append({"name": stage.name, "bytes": stage.model.ByteSize(), "packed_bytes": packed_size(stage.model)[0],
                        "note": stage.note})
     if recipe.pack and recipe.pack_float16_small and gate.active:
-        chosen = _float16_small(chosen, original, gate, check) or chosen
+        chosen = _float16_small(chosen, original, gate, check, inputs) or chosen
     outcome = chosen.outcome
     if recipe.pack:
         float16 = outcome.float16

@@ -301,20 +301,25 @@ class SileroVad:
         recs = [raw.recording(rng)[0] for _ in range(self.calib_recordings + self.eval_recordings)]
         sess = ort.InferenceSession(str(ctx.model), providers=["CPUExecutionProvider"])
         calib = self._steps(sess, recs[:self.calib_recordings], 3)
-        evals = self._steps(sess, recs[self.calib_recordings:], 2)
+        # Every step, in order, with 'reset' where a recording starts: onnxshrink runs a stateful
+        # model's eval rows in a closed loop (each model fed its own state), as silero_vad runs.
+        evals = self._steps(sess, recs[self.calib_recordings:], 1)
         audio = recs[self.calib_recordings:]
         return calib, evals, {"audio": np.concatenate(audio), "lengths": np.array([len(a) for a in audio])}
 
     @staticmethod
     def _steps(sess, recordings, every):
-        """Every ``every``-th step of the closed-loop run, as one whole input per sample (state on axis 1)."""
-        xs, states = [], []
+        """Every ``every``-th step of the closed-loop run, as one whole input per sample (state on axis 1);
+        ``reset`` is 1 on each recording's first step (onnxshrink's data format for sequences)."""
+        xs, states, reset = [], [], []
         for audio in recordings:
             for k, (x, state, _) in enumerate(SileroVad.closed_loop(sess, audio)):
                 if k % every == 0:
                     xs.append(x)
                     states.append(state)
-        return {"input": np.stack(xs), "state": np.stack(states), "sr": np.full(len(xs), 16000, dtype=np.int64)}
+                    reset.append(k == 0)
+        return {"input": np.stack(xs), "state": np.stack(states), "sr": np.full(len(xs), 16000, dtype=np.int64),
+                "reset": np.array(reset, dtype=np.int64)}
 
     @staticmethod
     def closed_loop(sess, audio):

@@ -63,7 +63,8 @@ def test_session_from_a_temporary_weights_file_matches_the_serialized_one(tmp_pa
 def test_quantizing_mapped_weights_gives_the_same_model(tmp_path, dynamic):
     path, _ = _external_model(tmp_path / "m", 512, 1024, 3, bias=True)
     calib = [{"x": np.random.default_rng(3).standard_normal((16, 512)).astype(np.float32)}]
-    options = QuantizeOptions(dynamic=dynamic, latency_guard=False)
+    # No floor: a random net's answers on 16 random samples are what this test is not about.
+    options = QuantizeOptions(dynamic=dynamic, latency_guard=False, gate_floor=False)
     loaded = quantize_model(load_model(path), None if dynamic else calib, options)
     mapped = quantize_model(load_model(path, map_external_data=True), None if dynamic else calib, options)
     assert mapped.model.SerializeToString() == loaded.model.SerializeToString()
@@ -82,8 +83,9 @@ def test_quantize_peak_memory_stays_near_the_weight_bytes(tmp_path):
     idle = child_peak_rss("import onnxruntime, onnx, numpy, onnxshrink.cli, onnxshrink.quantization", tmp=tmp_path)
     for folder in ("q", "d"):  # the command makes no missing output folder
         (tmp_path / folder).mkdir()
-    static = child_peak_rss(*cli, "-o", tmp_path / "q" / "model.onnx", "--calib", calib, "-q", tmp=tmp_path)
-    dynamic = child_peak_rss(*cli, "-o", tmp_path / "d" / "model.onnx", "--dynamic", "-q", tmp=tmp_path)
+    # --no-gate: a random net's answers are not the point here (the check still runs; only no verdict).
+    static = child_peak_rss(*cli, "-o", tmp_path / "q" / "model.onnx", "--calib", calib, "--no-gate", "-q", tmp=tmp_path)
+    dynamic = child_peak_rss(*cli, "-o", tmp_path / "d" / "model.onnx", "--dynamic", "--no-gate", "-q", tmp=tmp_path)
     for name, peak in (("static", static), ("dynamic", dynamic)):
         ratio = (peak - idle) / weight_bytes
         assert ratio < 3.0, f"{name}: peak RSS {peak / 1e6:.0f} MB, {ratio:.2f}x the {weight_bytes / 1e6:.0f} MB of weights"

@@ -246,9 +246,9 @@ def test_the_reused_factorisation_belongs_to_the_hessian_given():
     assert np.array_equal(c, obs_prune(w, h1, sparsity=0.5, damp=0.5)) and not np.array_equal(a, c)
 
 
-def test_accuracy_target_needs_labelled_eval_data():
-    with pytest.raises(UsageError, match="--eval"):
-        prune_model(small_net(), PruneOptions(max_accuracy_drop=1.0), calib=calib())
+def test_accuracy_target_needs_inputs_to_compare_on():
+    with pytest.raises(UsageError, match="--eval DATA or --calib DATA"):
+        prune_model(small_net(), PruneOptions(max_accuracy_drop=1.0))
 
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_squeezenet.onnx"

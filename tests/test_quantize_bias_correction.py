@@ -39,7 +39,8 @@ def test_gemm_mean_output_error_is_removed():
     w = rng.normal(size=(64, 16)).astype(np.float32)
     model = _gemm_model(w, rng.normal(size=16).astype(np.float32))
     x = (rng.normal(size=(256, 64)) + 3.0).astype(np.float32)
-    options = dict(per_channel=False, weight_range_bits=3, latency_guard=False)
+    # A coarse grid on purpose (no floor: the uncorrected model is meant to be off).
+    options = dict(per_channel=False, weight_range_bits=3, latency_guard=False, gate_floor=False)
     plain = quantize_model(model, [{"x": x}], QuantizeOptions(bias_correction=False, **options))
     fixed = quantize_model(model, [{"x": x}], QuantizeOptions(bias_correction=True, **options))
     before, after = _mean_error(plain.model, model, x), _mean_error(fixed.model, model, x)

@@ -115,4 +115,6 @@ def test_validate_against_itself_runs_to_completion(path):
     if batches and any(np.asarray(a).ndim and not len(a) for a in batches[0].inputs.values()):
         pytest.skip("the test inputs hold no samples")
     report = compare_models(model, model, batches or None, measure_latency=True)
-    assert report.passed and all(m["cosine"] == 1.0 and m["max_abs_error"] == 0 for m in report.outputs.values())
+    assert report.passed is None  # no gate: no verdict
+    assert all(m["cosine"] == 1.0 and m["max_abs_error"] == 0 and m["agreement"] in (None, 1.0)
+               for m in report.outputs.values())

@@ -12,6 +12,7 @@ from onnx import numpy_helper
 from conftest import MODELS, run_cli
 from onnxshrink.errors import UsageError
 from onnxshrink.recipes import builtin_recipes, load_recipe, parse_recipe
+from onnxshrink.validation import AGREEMENT_BASIS
 
 MLP = MODELS / "digits_mlp.onnx"
 CALIB = MODELS / "digits_mlp.calib.npz"
@@ -104,10 +105,20 @@ def test_input_is_never_touched(tmp_path):
     assert MLP.read_bytes() == before
 
 
-def test_accuracy_gate_without_eval_is_a_usage_error(tmp_path):
-    result = run_cli("shrink", MLP, "-o", tmp_path / "m.onnxz", "--calib", CALIB, "--sparsity", "0.5")
-    assert result.returncode == 2 and "--eval" in result.stderr
-    assert not (tmp_path / "m.onnxz").exists()
+def test_recipe_accuracy_gate_without_eval_is_measured_on_the_calibration_inputs(tmp_path):
+    # The recipe's gate needs no labels: without --eval it counts the original's answers that change
+    # on the calibration inputs, and says so. An explicit --max-accuracy-drop asks for labelled --eval.
+    unlabelled = tmp_path / "calib.npz"
+    np.savez(unlabelled, **{k: v for k, v in np.load(CALIB).items() if k != "labels"})
+    result = run_cli("shrink", MLP, "-o", tmp_path / "m.onnxz", "--calib", unlabelled, "--sparsity", "0.5",
+                     "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    final = json.loads((tmp_path / "r.json").read_text())["final"]
+    assert final["checked_on"] == "calibration data" and final["basis"] == AGREEMENT_BASIS
+    assert final["passed"] and final["answers_changed"]["points"] <= 1.0
+    explicit = run_cli("shrink", MLP, "-o", tmp_path / "e.onnxz", "--calib", CALIB, "--max-accuracy-drop", "1")
+    assert explicit.returncode == 2 and "--eval" in explicit.stderr
+    assert not (tmp_path / "e.onnxz").exists()
 
 
 def test_builtin_recipes_parse_and_are_listed():
@@ -207,7 +218,7 @@ def test_bolder_candidate_must_earn_its_accuracy(monkeypatch, bolder_size, bolde
 
     class Checked:
         def __init__(self, drop):
-            self.passed, self.accuracy_drop_points, self.failures = True, drop, []
+            self.passed, self.accuracy_drop_points, self.drop_points, self.failures = True, drop, drop, []
             self.outputs = {"y": {"cosine": 1.0, "min_sample_cosine": 1.0}}
 
         def to_dict(self):

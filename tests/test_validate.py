@@ -12,8 +12,8 @@ from onnx import numpy_helper
 
 from conftest import BUNDLED, bundled, run_cli, save_data, tiny_mlp
 from onnxshrink.data import NpzData, model_inputs
-from onnxshrink.errors import DataError, GateFailed, UsageError
-from onnxshrink.validation import Gate, compare_models
+from onnxshrink.errors import DataError, GateFailed
+from onnxshrink.validation import AGREEMENT_BASIS, Gate, compare_models
 
 
 def _perturbed(model: onnx.ModelProto, scale: float = 0.5) -> onnx.ModelProto:
@@ -95,9 +95,16 @@ def test_reference_outputs_from_another_framework(tmp_path, mlp_path, mlp_data):
                    "--min-cosine", "0.9").returncode == 1
 
 
-def test_synthetic_inputs_warn(tmp_path, mlp_path):
-    result = run_cli("validate", mlp_path, mlp_path)
+def test_synthetic_inputs_warn_and_give_no_verdict(tmp_path, mlp_path):
+    result = run_cli("validate", mlp_path, mlp_path, "--json", tmp_path / "r.json")
     assert result.returncode == 0 and "fidelity only" in result.stderr
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["synthetic_inputs"] is True and saved["checked_on"] == "random inputs" and saved["passed"] is None
+    # A gate on random inputs would be no gate: refused before any work.
+    gated = run_cli("validate", mlp_path, mlp_path, "--min-cosine", "0.99")
+    assert gated.returncode == 2 and "--data" in gated.stderr
+    report = compare_models(mlp_path, mlp_path, None, gate=Gate(min_cosine=0.99), measure_latency=False)
+    assert report.passed is None and report.synthetic_inputs and not report.failures
 
 
 @pytest.mark.parametrize(
@@ -122,10 +129,25 @@ def test_bad_data_is_refused(tmp_path, mlp_path, arrays, message):
     assert not (tmp_path / "r.json").exists()
 
 
-def test_accuracy_gate_needs_labels(mlp_path, tmp_path):
-    data = save_data(tmp_path / "nolabels.npz", labels=False)
-    with pytest.raises(UsageError, match="labels"):
-        compare_models(mlp_path, mlp_path, data, gate=Gate(max_accuracy_drop=1.0))
+def test_accuracy_gate_without_labels_counts_the_original_answers_that_changed(mlp_path, tmp_path):
+    # No labels: max_accuracy_drop X allows X % of the original's top-1 answers to change.
+    data = save_data(tmp_path / "nolabels.npz", n=200, labels=False)
+    bad = tmp_path / "bad.onnx"
+    onnx.save(_perturbed(tiny_mlp(), 0.3), bad)
+    x = np.load(data)["x"]
+    ya = ort.InferenceSession(str(mlp_path)).run(None, {"x": x})[0].argmax(1)
+    yb = ort.InferenceSession(str(bad)).run(None, {"x": x})[0].argmax(1)
+    changed = 100 * float((ya != yb).mean())
+    assert 1 < changed < 50  # the perturbation must move some answers, not all
+    report = compare_models(mlp_path, bad, data, gate=Gate(max_accuracy_drop=changed + 0.1), measure_latency=False)
+    assert report.passed and report.basis == AGREEMENT_BASIS and report.accuracy is None
+    assert report.answers_changed == {"points": pytest.approx(changed), "output": "y"}
+    assert report.outputs["y"]["kind"] == "class_scores"
+    strict = compare_models(mlp_path, bad, data, gate=Gate(max_accuracy_drop=changed - 0.6), measure_latency=False)
+    assert strict.passed is False and "of the original's answers changed" in strict.failures[0]
+    # An explicit flag on unlabelled data is refused before any work, in one line.
+    result = run_cli("validate", mlp_path, bad, "--data", data, "--max-accuracy-drop", "1")
+    assert result.returncode == 2 and "needs labels" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_data_streams_in_batches_across_a_folder(tmp_path):
@@ -145,6 +167,7 @@ def test_data_streams_in_batches_across_a_folder(tmp_path):
 def test_bundled_model_validates_against_itself(name):
     path = bundled(name)
     report = compare_models(path, path, path.with_suffix("").with_suffix(".eval.npz"), measure_latency=False)
-    assert report.passed and all(m["cosine"] > 0.999999 for m in report.outputs.values())
+    assert report.passed is None  # no gate, no verdict
+    assert all(m["cosine"] > 0.999999 and m["agreement"] == 1.0 for m in report.outputs.values())
     assert report.samples >= 500
     assert report.accuracy["reference"] >= 0.9

@@ -29,6 +29,7 @@ err_console = Console(stderr=True, highlight=False, emoji=False)
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors; no progress bars.")]
 JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write a machine-readable report to this file ('-': standard output; the summary then goes to stderr).")]
 OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Output file (written atomically).")]
+StateOption = Annotated[Optional[list[str]], typer.Option("--state", help="A stateful model's state: OUT=IN, the output fed back as that input on the next step (repeatable); found by name when omitted (state/stateN, h0/hn...). The data's rows then run in order in a closed loop.")]
 
 
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,6 +12,7 @@ from onnxshrink.cli._common import (
     JsonOption,
     OutputOption,
     QuietOption,
+    StateOption,
     console,
     declare_files,
     progress_bar,
@@ -22,9 +23,10 @@ from onnxshrink.cli._common import (
     write_json,
 )
 from onnxshrink.data import NpzData
+from onnxshrink.errors import UsageError
 from onnxshrink.fileio import outputs_together
 from onnxshrink.pruning import PruneOptions, PruneReport, prune_model
-from onnxshrink.validation import accuracy_gate_basis
+from onnxshrink.validation import accuracy_gate_basis, parse_state
 
 _D = PruneOptions.__dataclass_fields__  # defaults live in PruneOptions only
 SCHEMA = "onnxshrink.prune/1"
@@ -52,6 +54,7 @@ def prune_command(
     channel_multiple: Annotated[int, typer.Option("--channel-multiple", help="Channel pattern: keep a multiple of this many channels per group.")] = _D["channel_multiple"].default,
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="Use at most this many calibration samples.")] = _D["calib_samples"].default,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per onnxruntime run while collecting statistics.")] = _D["batch_size"].default,
+    state: StateOption = None,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -61,9 +64,13 @@ def prune_command(
         min_size=min_size, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
         include_recurrent=include_recurrent, simplify=simplify, damp=damp, block_size=block_size,
         reconstruct=reconstruct, channel_multiple=channel_multiple, calib_samples=calib_samples, batch_size=batch_size,
+        state=parse_state(state),
     )
     declare_files({"MODEL": model, "--calib": calib, "--eval": eval_data}, {"-o": output, "--json": json_path})
-    if max_accuracy_drop is not None and eval_data is not None:
+    if max_accuracy_drop is not None:
+        if eval_data is None:
+            raise UsageError("--max-accuracy-drop is measured on labelled eval data: give --eval DATA, "
+                             "or --min-cosine X")
         accuracy_gate_basis(eval_data, explicit=True)
     source = onnxshrink.load(model)
     with progress_bar(quiet) as progress:

@@ -10,6 +10,7 @@ import typer
 from onnxshrink.cli._common import (
     JsonOption,
     QuietOption,
+    StateOption,
     console,
     declare_files,
     err_console,
@@ -28,7 +29,7 @@ from onnxshrink.fileio import outputs_together
 from onnxshrink.model import load_model, save_model
 from onnxshrink.lowbit import WeightOnlyOptions, quantize_weights
 from onnxshrink.quantization import METHODS, QuantizeOptions, QuantizeReport, quantize_model
-from onnxshrink.validation import accuracy_gate_basis
+from onnxshrink.validation import accuracy_gate_basis, parse_state
 
 # Shared with `shrink --target`.
 TARGET_HELP = (f"CPU the int8 model will run on: {', '.join(TARGETS)}. The default x86-avx2 runs exactly on every CPU "
@@ -57,6 +58,7 @@ def quantize_command(
     exclude_ops: Annotated[Optional[list[str]], typer.Option("--exclude-ops", help="Op types to keep in float, e.g. Add,Mul.")] = None,
     min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Target: output cosine >= X; keeps sensitive nodes in float until it holds (exit 1 if it cannot).")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Target: accuracy drop <= X points on labelled --eval data.")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Target without labels: every output keeps at least this fraction of the original's answers (top-1 classes, decoded sequences, decisions, nearest neighbours) on --eval (else --calib) data; keeps sensitive nodes in float until it holds.")] = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation .npz (with 'labels' for --max-accuracy-drop) for the target and the final metrics.")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Weight-only dynamic quantization of MatMul/Gemm (no --calib).")] = QuantizeOptions.dynamic,
     latency_guard: Annotated[bool, typer.Option("--latency-guard/--no-latency-guard", help="Keep in float nodes onnxruntime cannot run as integer kernels; measure latency.")] = QuantizeOptions.latency_guard,
@@ -71,18 +73,25 @@ def quantize_command(
     granularity: Annotated[str, typer.Option("--granularity", help="With --weights-only: 'auto' (blocks of 32 for MatMul/Gemm/Gather below 8 bits, else per channel), 'channel' or 'block:N' scales.")] = WeightOnlyOptions.granularity,
     rounding: Annotated[str, typer.Option("--rounding", help="With --weights-only: 'nearest', or 'gptq' (error-compensated; needs --calib).")] = WeightOnlyOptions.rounding,
     min_size: Annotated[int, typer.Option("--min-size", help="With --weights-only: weights with fewer elements stay float.")] = WeightOnlyOptions.min_size,
+    gate_floor: Annotated[bool, typer.Option("--gate-floor/--no-gate", help="Without a target, refuse (exit 1, nothing written) a result that changes more than 2% of the original's answers on --eval (else --calib) data; --no-gate writes it anyway.")] = QuantizeOptions.gate_floor,
+    state: StateOption = None,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Quantize MODEL to int8 (QDQ): int8 per-channel weights, calibrated activations, integer kernels in onnxruntime."""
     declare_files({"MODEL": model, "--calib": calib, "--eval": eval_data}, {"-o": output, "--json": json_path})
-    if max_accuracy_drop is not None and eval_data is not None:
+    if max_accuracy_drop is not None:
+        if eval_data is None:
+            raise UsageError("--max-accuracy-drop is measured on labelled eval data: give --eval DATA, "
+                             "or --min-cosine X")
         accuracy_gate_basis(eval_data, explicit=True)
+    states = parse_state(state)
     if weights_only:
         if dynamic:
             raise UsageError("--weights-only and --dynamic are two different modes; give one")
         wo = WeightOnlyOptions(bits=bits, granularity=granularity, rounding=rounding, min_size=min_size,
-                               exclude=_names(exclude_nodes), batch_size=batch_size)
+                               exclude=_names(exclude_nodes), batch_size=batch_size, gate_floor=gate_floor,
+                               state=states)
         if rounding == "gptq" and calib is None:
             raise UsageError("--rounding gptq needs calibration data: give --calib DATA")
         source = load_model(model)
@@ -100,9 +109,10 @@ def quantize_command(
     options = QuantizeOptions(
         method=method, percentile=percentile, per_channel=per_channel, activations=activations,
         exclude_nodes=_names(exclude_nodes), exclude_ops=_names(exclude_ops), min_cosine=min_cosine,
+        min_agreement=min_agreement,
         max_accuracy_drop=max_accuracy_drop, dynamic=dynamic, latency_guard=latency_guard,
         fold_constants=fold_constants, batch_size=batch_size, weight_range_bits=weight_range_bits,
-        bias_correction=bias_correction, target=target,
+        bias_correction=bias_correction, target=target, gate_floor=gate_floor, state=states,
         shapes=tuple((name, tuple(dims)) for name, dims in parse_shapes(shapes).items()),
     )
     if dynamic and calib is not None:
@@ -121,6 +131,24 @@ def quantize_command(
     if not quiet:
         print_report(result.report, output)
         say_written(json_path)
+
+
+def output_line(name: str, m: dict) -> str:
+    """One output's comparison: cosine, and its kind's agreement with the original's answers."""
+    line = f"output {name} ({m['kind']}): cosine {m['cosine']:.6f}, max abs error {m['max_abs_error']:.3g}"
+    if m.get("agreement") is not None:
+        line += f", agreement {100 * m['agreement']:.2f}% ({m['agreement_of']})"
+    return line
+
+
+def check_line(v: dict) -> str:
+    """What the result was checked on and against, and the verdict (none on random inputs)."""
+    where = v.get("checked_on", "data") + (", closed loop" if v.get("closed_loop") else "")
+    gate = ", ".join(f"{k} {x}" for k, x in (v.get("gate") or {}).items()) or "no gate"
+    if v.get("passed") is None:
+        return f"checked on {where} ({gate}): no verdict" + (" (random inputs check numerical fidelity only)"
+                                                              if v.get("synthetic_inputs") else "")
+    return f"checked on {where} ({gate}): {'passed' if v['passed'] else 'FAILED'}"
 
 
 def _scale_and_zero_point(params: dict) -> str:
@@ -158,10 +186,9 @@ def print_report(report: QuantizeReport, output: Path) -> None:
                   f"({100 * report.size_ratio:.1f}%)")
     v = report.validation or {}
     for name, m in (v.get("outputs") or {}).items():
-        if len(v["outputs"]) > 1:
-            console.print(f"output {name}: output cosine (whole batch) {m['cosine']:.6f}, lowest per-sample cosine "
-                          f"{m['min_sample_cosine']:.6f}, max abs error {m['max_abs_error']:.3g}", markup=False)
+        console.print(output_line(name, m), markup=False)
     print_metrics(report.to_dict(), v)
+    console.print(check_line(v), markup=False)
     if report.calibration.get("samples"):
         c = report.calibration
         console.print(f"calibration: {c['samples']} samples, {c['tensors']} tensors, {c['method']}, {c['seconds']:.2f} s")
@@ -181,7 +208,12 @@ def print_weight_only_report(report: dict, output: Path) -> None:
     sizes = report.get("size_bytes") or {}
     if sizes:
         console.print(" -> ".join(f"{k} {human_bytes(v)}" for k, v in sizes.items()), markup=False)
-    print_metrics(report, report.get("validation"))
+    v = report.get("validation") or {}
+    for name, m in (v.get("outputs") or {}).items():
+        console.print(output_line(name, m), markup=False)
+    print_metrics(report, v)
+    if v:
+        console.print(check_line(v), markup=False)
     for w in report.get("warnings", []):
         err_console.print(f"onnxshrink: warning: {w}", markup=False)
     console.print(f"wrote {output}")

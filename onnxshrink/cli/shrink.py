@@ -16,6 +16,7 @@ from onnxshrink.cli._common import (
     JsonOption,
     OutputOption,
     QuietOption,
+    StateOption,
     console,
     declare_files,
     err_console,
@@ -36,7 +37,7 @@ from onnxshrink.model import save_model
 from onnxshrink.pipeline import ShrinkOptions, shrink
 from onnxshrink.recipes import Recipe, builtin_recipes, load_recipe, recipe_for
 from onnxshrink.report import render_html
-from onnxshrink.validation import Gate, accuracy_gate_basis
+from onnxshrink.validation import AGREEMENT_BASIS, Gate, accuracy_gate_basis, parse_state
 
 SCHEMA = "onnxshrink.shrink/1"
 # Above this many layers the summary lists none (they are all in --json and --report).
@@ -98,6 +99,7 @@ def shrink_command(
     target: Annotated[Optional[str], typer.Option("--target", help=TARGET_HELP + " Default: the recipe's, else x86-avx2.")] = None,
     weight_bits: Annotated[str, typer.Option("--weight-bits", help="Allowed weight widths among 2,3,4,8, e.g. 4,8 or 3,4,8: weight-only quantization with a per-layer width chosen under the gate, the most sensitive layers wider or float (default 8: static int8).")] = "8",
     report_html: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here.")] = None,
+    state: StateOption = None,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -107,7 +109,10 @@ def shrink_command(
                   {"-o": output, "--json": json_path, "--report": report_html})
     if max_accuracy_drop is not None and min_cosine is not None:
         raise UsageError("give one gate: --max-accuracy-drop or --min-cosine, not both")
-    if max_accuracy_drop is not None and eval_data is not None:
+    if max_accuracy_drop is not None:
+        if eval_data is None:
+            raise UsageError("--max-accuracy-drop is measured on labelled eval data: give --eval DATA, "
+                             "or --min-cosine X")
         accuracy_gate_basis(eval_data, explicit=True)
     source = onnxshrink.load(model)
     chosen = load_recipe(recipe_for(source) if recipe == "auto" else recipe)
@@ -115,10 +120,12 @@ def shrink_command(
                             quant_method=quant_method, prune=prune, quantize=quantize, simplify=simplify,
                             target=target)
     options = ShrinkOptions(recipe=chosen, gate=Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop),
-                            target_ratio=target_ratio, weight_bits=_widths(weight_bits))
-    if max_accuracy_drop is None and eval_data is not None and options.effective_gate.max_accuracy_drop is not None:
-        # The recipe's own accuracy gate: how it is measured on this data is decided in one place.
-        accuracy_gate_basis(eval_data, explicit=False)
+                            target_ratio=target_ratio, weight_bits=_widths(weight_bits), state=parse_state(state))
+    basis = None
+    if max_accuracy_drop is None and options.effective_gate.max_accuracy_drop is not None:
+        # The recipe's own accuracy gate: how it is measured on this data is decided in one place
+        # (without labels: against the original model's own answers).
+        basis = accuracy_gate_basis(eval_data if eval_data is not None else calib, explicit=False)
     calib_data = _calibration(source, chosen, calib, eval_data, quiet)
     with progress_bar(quiet) as progress:
         result = shrink(source, calib_data, options, eval_data=eval_data, model_name=str(model), progress=progress)
@@ -141,6 +148,13 @@ def shrink_command(
         console.print(f"{output}: {human_bytes(result.report['output_bytes'])}, {result.report['ratio']:.1f}x smaller",
                       markup=False)
         print_metrics(result.report, result.report.get("final"))
+        final = result.validation
+        if final is not None and basis == AGREEMENT_BASIS and not final.accuracy:
+            changed = final.answers_changed or {}
+            console.print(f"gate: max_accuracy_drop {options.effective_gate.max_accuracy_drop} measured as "
+                          f"{AGREEMENT_BASIS} on the {final.checked_on}: {changed.get('points', 0.0):.2f}% of them "
+                          f"changed (output '{changed.get('output')}')"
+                          + ("; closed loop" if final.closed_loop else ""), markup=False)
         say_written(json_path)
         say_written(report_html, "HTML report")
         for warning in result.report["warnings"]:

@@ -51,7 +51,10 @@ class WeightOnlyOptions:
     mode). ``exclude`` holds weight or node names (shell patterns allowed);
     weights with fewer than ``min_size`` elements stay float. ``damp``,
     ``block_size`` and ``calib_samples``/``batch_size`` tune the GPTQ sweep
-    and its Hessian statistics.
+    and its Hessian statistics. ``gate_floor`` checks the result against the
+    original on the eval (else calibration) data and refuses one that fails
+    :data:`onnxshrink.validation.DEFAULT_FLOOR` (GateFailed); ``state`` names
+    a stateful model's (output, input) pairs for that check.
     """
 
     bits: int = 8
@@ -65,6 +68,8 @@ class WeightOnlyOptions:
     block_size: int = 128
     calib_samples: int = 256
     batch_size: int = 32
+    gate_floor: bool = True
+    state: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
@@ -106,4 +111,5 @@ class WeightOnlyOptions:
         d = dataclasses.asdict(self)
         d["exclude"] = list(self.exclude)
         d["layer_bits"] = dict(self.layer_bits)
+        d["state"] = [list(p) for p in self.state]
         return d

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
 from typing import Any, Callable
 
 import numpy as np
 import onnx
 
 from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
-from onnxshrink.errors import UsageError
+from onnxshrink.data import NpzData
+from onnxshrink.errors import GateFailed, UsageError
 from onnxshrink.lowbit.dequantize import (UniqueNames, dequantize_in_graph, ensure_opset, required_opset,
                                           set_ir_version_for)
 from onnxshrink.lowbit.gptq import gptq_codes, output_error
@@ -122,8 +124,10 @@ def quantize_weights(
     ``rounding="gptq"`` and, when given, also yields the output error
     estimate of each layer. The default-domain opset is raised (21 for int4
     or blocked scales, 13 for per-channel int8) when the model's is lower.
-    With ``eval_data`` the result is compared to ``model`` (no gate) and the
-    comparison is in the report. ``layer_stats`` (from
+    The result is compared to ``model`` on ``eval_data`` (else ``calib``, else
+    random inputs, which give no verdict) and the comparison is in the report;
+    with ``options.gate_floor`` a result that fails the default floor is
+    refused (GateFailed, exit 1). ``layer_stats`` (from
     :func:`collect_weight_statistics` on the same model and data) skips
     collecting them again, for sweeps over bits and rounding. Raises UsageError for options the data
     cannot serve and UnsupportedModelError when the opset cannot be raised.
@@ -160,10 +164,20 @@ def quantize_weights(
         opset_before=opset_before, opset_after=opset_version(work),
         size_bytes=sizes, calibration_samples=samples, warnings=[grew] if grew else [],
     )
-    if eval_data is not None:
-        from onnxshrink.validation import compare_models
+    # Calibration data that can be read again (a one-shot reader was spent on the statistics).
+    data = eval_data if eval_data is not None else (calib if isinstance(calib, (str, os.PathLike, NpzData, list, tuple))
+                                                    else None)
+    if data is None and options.gate_floor:
+        report.warnings.append("not checked against the original: no --eval or --calib data to run it on")
+    elif data is not None:
+        from onnxshrink.validation import DEFAULT_FLOOR, Gate, compare_models, floor_failure
 
-        report.validation = compare_models(model, work, eval_data).to_dict()
+        validation = compare_models(model, work, data, gate=DEFAULT_FLOOR if options.gate_floor else Gate(),
+                                    state=options.state, measure_latency=eval_data is not None,
+                                    checked_on="eval data" if eval_data is not None else "calibration data")
+        report.validation = validation.to_dict()
+        if validation.passed is False:
+            raise GateFailed(floor_failure("the weight-only model", validation))
     return WeightOnlyResult(work, bool(planned), report)
 
 

@@ -64,8 +64,9 @@ def prune_model(
 
     ``calib`` (an .npz path, NpzData, reader or batches) feeds the
     activation-aware methods and channel reconstruction; ``eval_data``
-    (labelled for ``max_accuracy_drop``) drives the search and the final
-    validation. ``layer_stats`` (from :func:`collect_statistics` on the same
+    drives the search and the final validation (``max_accuracy_drop`` is
+    measured on its labels, or without labels as the share of the original
+    model's answers that changed; without ``eval_data``, on ``calib``). ``layer_stats`` (from :func:`collect_statistics` on the same
     model and data) skips collecting them again, for sweeps. ``scan_cache``
     (a dict the caller keeps) carries a searched target's sensitivity scan and
     measured allocations to later calls on the same model and data with other
@@ -80,10 +81,9 @@ def prune_model(
     method = options.resolved_method(calib is not None)
     if method != "magnitude" and calib is None:
         raise UsageError(f"--method {method} needs calibration data: give --calib DATA (an .npz of model inputs)")
-    if options.max_accuracy_drop is not None and eval_data is None:
-        raise UsageError("--max-accuracy-drop needs labelled evaluation data: give --eval DATA")
-    if options.min_cosine is not None and eval_data is None and calib is None:
-        raise UsageError("--min-cosine needs inputs to compare outputs on: give --eval DATA or --calib DATA")
+    if options.has_target and eval_data is None and calib is None:
+        flag = "--min-cosine" if options.min_cosine is not None else "--max-accuracy-drop"
+        raise UsageError(f"{flag} needs inputs to compare outputs on: give --eval DATA or --calib DATA")
     work = onnx.ModelProto()
     work.CopyFrom(model)
     notes: list[str] = []
@@ -142,7 +142,8 @@ def prune_model(
     validation = None
     if check_data is not None or options.has_target:
         validation = compare_models(reference, work, check_data, gate=_gate(options),
-                                    measure_latency=options.pattern == "channel")
+                                    measure_latency=options.pattern == "channel", state=options.state,
+                                    checked_on="eval data" if eval_data is not None else "calibration data")
         validation.raise_if_failed()
     params_after, nonzero_after = parameter_counts(work)
     report = PruneReport(

@@ -12,7 +12,8 @@
 3. For a knob ``λ`` every layer takes the level maximising
    ``λ · weights removed - predicted output error``; ``λ`` is bisected
    (on a log scale) for the highest overall sparsity whose measured metric
-   (accuracy drop on labelled data, or output cosine) meets the target.
+   (accuracy drop on labelled data, the share of the original's answers
+   that changed without labels, or output cosine) meets the target.
 
 For channel pruning the fraction of channels removed from every group is
 bisected directly.
@@ -20,7 +21,7 @@ bisected directly.
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 from typing import Any, Callable
 
@@ -28,14 +29,14 @@ import numpy as np
 import onnx
 
 from onnxshrink import runtime
-from onnxshrink.data import Batch, iter_batches, model_inputs
-from onnxshrink.errors import DataError
+from onnxshrink.data import Batch
 from onnxshrink.pruning.options import PruneOptions
 from onnxshrink.pruning.targets import PruneTarget
 from onnxshrink.pruning.unstructured import TensorPruning, n_m_fits, pruned_array, usable_method
 from onnxshrink.stats.layer_inputs import LayerInputStats, weight_matrices
 from onnxshrink.stats.masks import parse_n_m
 from onnxshrink.stats.obs import reconstruction_error
+from onnxshrink.validation.reference import KeptReference
 
 LEVELS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95)
 PROBE = 0.7
@@ -46,24 +47,28 @@ SEARCH_STEPS = 12
 class OutputChecker:
     """The reference model's outputs on fixed data, computed once; candidates
     are measured against them as :func:`onnxshrink.validation.compare_models`
-    does (top-1 accuracy with labels, cosine over all output values)."""
+    does: cosine over all output values, and for an accuracy target the
+    top-1 accuracy drop on labelled data, else the share of the original's
+    answers that changed (per output kind); a stateful model in a closed loop."""
 
-    def __init__(self, reference: onnx.ModelProto, data: Any, batch_size: int = 64, limit: int | None = None):
-        self.batches: list[Batch] = []
-        have = 0
-        source = data if not isinstance(data, list) else iter(data)
-        for batch in iter_batches(source, model_inputs(reference), batch_size):
-            self.batches.append(batch)
-            have += len(batch)
-            if limit is not None and have >= limit:
-                break
-        self.reference = self.outputs(reference)
-        self.labels = None
-        if all(b.labels is not None for b in self.batches):
-            self.labels = np.concatenate([b.labels for b in self.batches])
-            self.reference_accuracy = self.accuracy(self.reference[0])
+    def __init__(self, reference: onnx.ModelProto, data: Any, batch_size: int = 64, limit: int | None = None,
+                 state: tuple[tuple[str, str], ...] = ()):
+        self.kept = KeptReference(reference, data, state=state, batch_size=batch_size, limit=limit)
+        self.batches: list[Batch] = self.kept.batches or []
+        self.labels = np.concatenate([b.labels for b in self.batches]) if self.kept.labelled else None
+
+    # What scripts/bench_*.py read: the reference's outputs, each concatenated over the batches.
+    @functools.cached_property
+    def reference(self) -> list[np.ndarray]:
+        return [np.concatenate([np.asarray(out[i]) for out in self.kept.outputs]).astype(np.float64)
+                for i in range(len(self.kept.names))]
+
+    @functools.cached_property
+    def reference_accuracy(self) -> float:
+        return self.accuracy(self.reference[0])
 
     def outputs(self, model: onnx.ModelProto) -> list[np.ndarray]:
+        """``model``'s outputs on the kept batches, each concatenated (no closed loop: for scripts)."""
         session = runtime.create_session(model, threads=os.cpu_count() or 1, name="candidate")
         runs = [runtime.run(session, b.inputs, what="candidate") for b in self.batches]
         return [np.concatenate([r[i] for r in runs]).astype(np.float64) for i in range(len(runs[0]))]
@@ -72,29 +77,14 @@ class OutputChecker:
         return float((logits.reshape(len(self.labels), -1).argmax(axis=1) == self.labels).mean())
 
     def measure(self, model: onnx.ModelProto) -> dict[str, float]:
-        outs = self.outputs(model)
-        result: dict[str, float] = {}
-        cosines, errors = [], []
-        for r, c in zip(self.reference, outs):
-            c = np.where(np.isfinite(c), c, 0.0)
-            denom = math.sqrt(float((r * r).sum()) * float((c * c).sum()))
-            cosines.append(float((r * c).sum()) / denom if denom > 0 else float(np.array_equal(r, c)))
-            errors.append(float(((r - c) ** 2).sum()) / max(float((r * r).sum()), 1e-30))
-        result["cosine"] = min(cosines)
-        result["output_error"] = float(np.mean(errors))
-        if self.labels is not None:
-            result["accuracy"] = self.accuracy(outs[0])
-            result["accuracy_drop"] = 100.0 * (self.reference_accuracy - result["accuracy"])
+        measured = self.kept.measure(model)
+        result = {"cosine": measured.cosine, "output_error": measured.relative_error,
+                  "accuracy_drop": measured.drop_points}
+        if measured.labelled:
+            result["accuracy"] = measured.accuracy
         return result
 
-    def require_labels(self, options: PruneOptions) -> None:
-        """An accuracy target needs labels in the data (refused before any search work)."""
-        if options.max_accuracy_drop is not None and self.labels is None:
-            raise DataError("--max-accuracy-drop needs labelled evaluation data: an array 'labels' in the data file "
-                            "(or gate on --min-cosine instead)")
-
     def passes(self, metrics: dict[str, float], options: PruneOptions) -> bool:
-        self.require_labels(options)
         if options.max_accuracy_drop is not None and metrics["accuracy_drop"] > options.max_accuracy_drop + 1e-9:
             return False
         if options.min_cosine is not None and round(metrics["cosine"], 9) < options.min_cosine:
@@ -182,7 +172,8 @@ def _scan(scan: SensitivityScan, model: onnx.ModelProto, reference: onnx.ModelPr
         errs += [prune_at(t, i) for i in range(2, len(levels[t.name]))]
         errors[t.name] = np.maximum.accumulate(np.array(errs))
     # Probe: each layer alone at the probe level, measured on calibration data.
-    probe_checker = OutputChecker(reference, batches, limit=PROBE_SAMPLES) if batches is not None else checker
+    probe_checker = (OutputChecker(reference, batches, limit=PROBE_SAMPLES, state=options.state)
+                     if batches is not None else checker)
     for k, t in enumerate(target_list):
         lv = levels[t.name]
         if len(lv) == 1:
@@ -246,8 +237,7 @@ def search_sparsity(
     (unstructured and N:M) holds the sensitivity scan and the measured
     allocations, filled on first use and reused by later searches on the same
     model, data and options with another target."""
-    checker = OutputChecker(reference, check_data)
-    checker.require_labels(options)
+    checker = OutputChecker(reference, check_data, state=options.state)
     if options.pattern == "channel":
         return _search_channels(reference, options, method, batches, checker, progress)
     target_list, stats = targets

@@ -22,6 +22,9 @@ class PruneOptions:
     data is given and ``magnitude`` otherwise. ``scope="layer"`` gives every
     layer the same sparsity; ``"global"`` ranks ``|w|`` across layers to set each
     layer's share, which the method then prunes its own way. ``exclude`` holds weight or node names (shell patterns allowed).
+    ``state`` names a stateful model's (output, input) pairs when their names
+    do not say so; the target is then measured in a closed loop (see
+    :mod:`onnxshrink.validation.stateful`).
     """
 
     sparsity: float | None = None
@@ -40,6 +43,7 @@ class PruneOptions:
     channel_multiple: int = 1
     calib_samples: int = 512
     batch_size: int = 32
+    state: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.pattern not in PATTERNS:

@@ -20,6 +20,7 @@ from onnx import helper, numpy_helper
 
 from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
 from onnxshrink.model import serialized_size
+from onnxshrink.quantization.check import final_check
 from onnxshrink.quantization.options import QuantizeOptions
 from onnxshrink.quantization.params import quantize_weight, weight_levels, weight_scales
 from onnxshrink.quantization.embeddings import quantize_embeddings
@@ -38,8 +39,9 @@ IN_SUBGRAPH_DYNAMIC = ("inside an If/Loop/Scan body: dynamic quantization rewrit
 
 
 def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_data: Any = None, name: str = "model"):
-    """Dynamic int8 MatMul/Gemm; see the module docstring. ``model`` is not changed."""
-    from onnxshrink.validation import compare_models
+    """Dynamic int8 MatMul/Gemm; see the module docstring. ``model`` is not changed.
+    Checked on ``eval_data`` against the default floor (random inputs without
+    it: no verdict); raises GateFailed when it fails."""
 
     prepared = prepare_model(model, name, fold_constants=options.fold_constants)
     out = onnx.ModelProto()
@@ -110,9 +112,9 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
     remove_unused(out)
     drop_inferred_value_info(out, model)
     release_memory()  # the per-weight temporaries of a large model
-    validation = compare_models(model, out, eval_data, measure_latency=options.latency_guard,
-                                shapes=dict(options.shapes) or None)
-    warnings = [] if eval_data is not None else ["no --eval data: the final metrics use random inputs"]
+    validation = final_check(model, out, eval_data, options, "eval data")
+    warnings = [] if eval_data is not None else ["no --eval data: the final metrics use random inputs, which check "
+                                                 "numerical fidelity only (no verdict)"]
     in_subgraphs = sum(1 for why in left_float.values() if why == IN_SUBGRAPH_DYNAMIC)
     if in_subgraphs:
         warnings.append(f"{in_subgraphs} layers inside If/Loop/Scan bodies stay float; quantize --weights-only "

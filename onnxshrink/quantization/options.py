@@ -21,9 +21,16 @@ class QuantizeOptions:
     ``per_channel`` is False. ``activations`` is the 8-bit type of activations
     (uint8 is asymmetric with a free zero point, int8 likewise in [-128, 127]).
     ``exclude_nodes``/``exclude_ops`` stay in float. ``min_cosine`` or
-    ``max_accuracy_drop`` (points; needs labelled eval data) turn on the
+    ``max_accuracy_drop`` (points: against the eval data's labels, or without
+    labels the share of the original's answers that change) turn on the
     accuracy-aware search, which keeps the most sensitive nodes in float until
-    the target holds. ``dynamic`` does weight-only dynamic quantization of
+    the target holds; ``min_agreement`` (a fraction) is the label-free
+    target: every output keeps at least that share of the original's answers
+    (per output kind, see :mod:`onnxshrink.validation.kinds`). Without a target, ``gate_floor`` checks the result on
+    the eval (else calibration) data against
+    :data:`onnxshrink.validation.DEFAULT_FLOOR` and refuses one that fails it
+    (GateFailed). ``state`` names a stateful model's (output, input) pairs
+    when their names do not say so (checks then run in a closed loop). ``dynamic`` does weight-only dynamic quantization of
     MatMul/Gemm (no calibration data). ``latency_guard`` measures int8 against
     fp32 latency and puts back in float the nodes onnxruntime cannot run in
     integer kernels. ``fold_constants`` runs onnxsim first when a layer weight
@@ -52,6 +59,7 @@ class QuantizeOptions:
     exclude_ops: tuple[str, ...] = ()
     min_cosine: float | None = None
     max_accuracy_drop: float | None = None
+    min_agreement: float | None = None
     dynamic: bool = False
     latency_guard: bool = True
     fold_constants: bool = True
@@ -60,6 +68,8 @@ class QuantizeOptions:
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     bias_correction: bool = True
     target: str = DEFAULT_TARGET
+    gate_floor: bool = True
+    state: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -72,16 +82,19 @@ class QuantizeOptions:
             raise UsageError(f"--min-cosine must lie in [-1, 1], got {self.min_cosine}")
         if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop <= 100.0:
             raise UsageError(f"--max-accuracy-drop is in points and must lie in [0, 100], got {self.max_accuracy_drop}")
-        if self.min_cosine is not None and self.max_accuracy_drop is not None:
-            raise UsageError("give one target: --min-cosine or --max-accuracy-drop, not both")
+        if sum(t is not None for t in (self.min_cosine, self.max_accuracy_drop, self.min_agreement)) > 1:
+            raise UsageError("give one target: --min-cosine, --max-accuracy-drop or --min-agreement")
+        if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
+            raise UsageError(f"--min-agreement is a fraction of the original's answers in [0, 1], got {self.min_agreement}")
         if not 2 <= self.weight_range_bits <= 8:
             raise UsageError(f"--weight-range-bits must lie in 2..8 (codes within the int8 range), got {self.weight_range_bits}")
         check_target(self.target)
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
         if self.dynamic and self.accuracy_aware:
-            raise UsageError("--dynamic has no calibration step; drop --min-cosine/--max-accuracy-drop or --dynamic")
+            raise UsageError("--dynamic has no calibration step; drop --min-cosine/--max-accuracy-drop/--min-agreement "
+                             "or --dynamic")
 
     @property
     def accuracy_aware(self) -> bool:
-        return self.min_cosine is not None or self.max_accuracy_drop is not None
+        return self.min_cosine is not None or self.max_accuracy_drop is not None or self.min_agreement is not None

@@ -16,6 +16,7 @@ from onnxshrink.data import NpzData
 from onnxshrink.errors import UsageError
 from onnxshrink.quantization import bias_correction
 from onnxshrink.quantization.calibrate import calibrate
+from onnxshrink.quantization.check import final_check
 from onnxshrink.quantization.options import QuantizeOptions
 from onnxshrink.quantization.params import weight_levels
 from onnxshrink.quantization.plan import IN_SUBGRAPH, Plan, make_plan
@@ -146,10 +147,12 @@ def quantize_model(
     ``calib`` is calibration data (an .npz path or folder, NpzData, an
     onnxruntime CalibrationDataReader or an iterable of batches) or a
     :class:`CalibrationStats` from earlier runs (merged with ``.merge``).
-    ``eval_data`` (labelled for ``max_accuracy_drop``) is what the
-    accuracy-aware search and the final metrics use; without it they use
-    ``calib`` when it can be read again. Raises GateFailed when the target
-    cannot be met, UnsupportedModelError for models that cannot be quantized.
+    ``eval_data`` (labels optional) is what the accuracy-aware search and
+    the final check use; without it they use ``calib`` when it can be read
+    again. Raises GateFailed when the target cannot be met or, without one,
+    the result fails the default floor (see
+    :func:`onnxshrink.quantization.check.final_check`),
+    UnsupportedModelError for models that cannot be quantized.
     """
     if options.dynamic:
         from onnxshrink.quantization.dynamic import quantize_dynamic
@@ -157,8 +160,6 @@ def quantize_model(
         return quantize_dynamic(model, options, eval_data=eval_data, name=name)
     if calib is None:
         raise UsageError("static quantization needs calibration data (--calib DATA), or use --dynamic")
-    if options.max_accuracy_drop is not None and eval_data is None:
-        raise UsageError("--max-accuracy-drop needs labelled evaluation data (--eval DATA with a 'labels' array)")
     prepared = prepare_model(model, name, fold_constants=options.fold_constants)
     source = StatisticsSource(prepared, calib, options, progress)
 
@@ -196,10 +197,7 @@ def quantize_model(
     left_float = dict(plan.left_float)
     left_float.update(keep)
     data = eval_data if eval_data is not None else _as_data_for_validation(calib)
-    from onnxshrink.validation import compare_models
-
-    validation = compare_models(model, qmodel, data, measure_latency=options.latency_guard,
-                                shapes=dict(options.shapes) or None)
+    validation = final_check(model, qmodel, data, options, "eval data" if eval_data is not None else "calibration data")
     lat = validation.latency_ms
     if records and lat.get("reference") and lat.get("candidate") and lat["candidate"] > lat["reference"]:
         warnings.append(slowdown_warning(model, qmodel, one_input(model, data, dict(options.shapes) or None), lat))

@@ -1,8 +1,9 @@
 """The gate as a budget: how much of it a model uses, and a share of it as a sub-gate.
 
-An accuracy gate's budget is in accuracy points; a cosine gate's is
-``1 - min_cosine``. Pruning gets a share of the budget, quantization what
-pruning left.
+An accuracy gate's budget is in accuracy points (on unlabelled data: points
+of the original model's answers that may change, see
+:mod:`onnxshrink.validation.gate`); a cosine gate's is ``1 - min_cosine``.
+Pruning gets a share of the budget, quantization what pruning left.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from onnxshrink.validation import Gate, ValidationReport
 
 
 def used(report: ValidationReport, gate: Gate) -> float:
-    """How much of the budget a model uses: accuracy points, or 1 - min cosine."""
+    """How much of the budget a model uses: accuracy points (labelled drop, or
+    the share of the original's answers that changed), or 1 - min cosine."""
     if gate.max_accuracy_drop is not None:
-        return max(report.accuracy_drop_points or 0.0, 0.0)
+        return max(report.drop_points, 0.0)
     return max(1.0 - min(m["cosine"] for m in report.outputs.values()), 0.0)
 
 

@@ -19,7 +19,9 @@ class ShrinkOptions:
     ``gate`` overrides the recipe's gate when it has a threshold set.
     ``target_ratio`` asks for at least that size reduction (original .onnx
     bytes over output bytes); the search then prefers the most accurate
-    candidate that reaches it.
+    candidate that reaches it. ``state`` names a stateful model's (output,
+    input) pairs when their names do not say so: every check then runs in a
+    closed loop (:mod:`onnxshrink.validation.stateful`).
     """
 
     recipe: Recipe
@@ -27,6 +29,7 @@ class ShrinkOptions:
     target_ratio: float | None = None
     calib_samples: int = 256
     weight_bits: tuple[int, ...] = (8,)
+    state: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.target_ratio is not None and self.target_ratio <= 1.0:

@@ -130,7 +130,7 @@ def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) 
     if candidate.pattern is not None:
         prune_cfg = {**prune_cfg, "pattern": candidate.pattern}
     targets = {} if (share is None and prune_cfg.get("sparsity") is not None) else sub_gate(gate, budget(gate) * (share or 0))
-    prune_options = PruneOptions(**prune_cfg, **targets)
+    prune_options = PruneOptions(**prune_cfg, **targets, state=inputs.options.state)
     if state.prune_stats is None and prune_options.resolved_method(True) != "magnitude":
         # Layer input statistics of the unpruned model, collected once for every trial.
         state.prune_stats = collect_statistics(model, inputs.calib, prune_options, progress=inputs.progress)
@@ -147,7 +147,8 @@ def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) 
     # constant-folded original) on the same data; no second run is needed.
     checked = result.report.validation
     spent = used(checked if checked is not None else
-                 compare_models(inputs.original, model, inputs.check, gate=Gate(), measure_latency=False), gate)
+                 compare_models(inputs.original, model, inputs.check, gate=Gate(), measure_latency=False,
+                                state=inputs.options.state), gate)
     return Pruned(model, stages, layers, spent, prune_options.pattern, result.report.search)
 
 
@@ -164,7 +165,8 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
 
     original, gate, calib, check = inputs.original, inputs.gate, inputs.calib, inputs.check
     widths = tuple(sorted(set(inputs.options.weight_bits)))
-    base_options = WeightOnlyOptions(bits=widths[0], rounding="gptq")
+    # The search checks every mix against the gate itself: no floor inside.
+    base_options = WeightOnlyOptions(bits=widths[0], rounding="gptq", gate_floor=False, state=inputs.options.state)
     if state.weight_stats is None:
         state.weight_stats = collect_weight_statistics(inputs.base, calib, base_options, progress=inputs.progress)
     stats = state.weight_stats
@@ -189,7 +191,8 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
         return best
 
     def passes(result) -> bool:
-        return compare_models(original, result.model, check, gate=gate, measure_latency=False).passed
+        return bool(compare_models(original, result.model, check, gate=gate, measure_latency=False,
+                                   state=inputs.options.state).passed)
 
     first = quantized([], widths[0], widths[0])
     if passes(first):
@@ -221,13 +224,16 @@ def static_int8(inputs: SearchInputs, model: onnx.ModelProto, remaining: float):
     ranges = (settings["weight_range_bits"],) if "weight_range_bits" in settings else WEIGHT_RANGE_BITS
     targets = sub_gate(gate, remaining) if gate.active else {}
     for bits in ranges:
-        options = QuantizeOptions(**{**settings, "weight_range_bits": bits}, **targets)
+        # The search checks the result against the gate itself: no floor inside.
+        options = QuantizeOptions(**{**settings, "weight_range_bits": bits}, **targets, gate_floor=False,
+                                  state=inputs.options.state)
         try:
             q = quantize_model(model, inputs.calib, options, eval_data=inputs.check, progress=inputs.progress)
         except GateFailed:
             continue
         if not gate.active or len(ranges) == 1 or \
-                compare_models(inputs.original, q.model, inputs.check, gate=gate, measure_latency=False).passed:
+                compare_models(inputs.original, q.model, inputs.check, gate=gate, measure_latency=False,
+                               state=inputs.options.state).passed:
             return q
     return None
 
@@ -271,7 +277,8 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
     seconds = {"quantize": time.perf_counter() - start}
     model = without_inferred_info(model, inputs.original)
     start = time.perf_counter()
-    validation = compare_models(inputs.original, model, inputs.check, gate=inputs.gate, measure_latency=True)
+    validation = compare_models(inputs.original, model, inputs.check, gate=inputs.gate, measure_latency=True,
+                                state=inputs.options.state, checked_on=inputs.checked_on)
     seconds["validate"] = time.perf_counter() - start
     start = time.perf_counter()
     size, packed = packed_size(model) if recipe.pack else (model.ByteSize(), None)

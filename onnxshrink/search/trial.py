@@ -146,6 +146,7 @@ class SearchInputs:
     calib: list[Batch]
     check: Any  # what the gate is measured on: the eval data, else the calibration batches
     progress: Progress
+    checked_on: str = "eval data"  # names ``check`` in the reports
 
 
 @dataclasses.dataclass

@@ -1,0 +1,103 @@
+"""What kind of answer an output gives, read from its values on the reference
+run (and its name and the op that makes it).
+
+The kind decides what "the same answer" means when a candidate is compared
+with the original model without labels:
+
+* ``class_scores`` [N, C]: the top-1 class per sample;
+* ``sequence_scores`` [N, T, C] or [T, N, C] (CTC recognisers, taggers): the
+  top-1 class per position along the last axis; per sample, that sequence
+  decoded as CTC's best path (repeats merged, the class the reference
+  predicts most, CTC's blank, dropped);
+* ``probabilities`` (every value in [0, 1], rows not distributions: a
+  one-value detector, multi-label scores, a probability map): the decisions
+  at 0.5, compared as the intersection over union of the positive ones;
+* ``embedding`` [N, D] or [N, T, D] (named like one, or made by a
+  normalisation): each sample's nearest neighbour among the other samples
+  (a [N, T, D] output is mean-pooled over the tokens an input named like
+  ``attention_mask`` keeps, as sentence encoders' programs do);
+* ``exact`` (integers, booleans, strings): element by element;
+* ``dense`` (box regressions, feature maps, anything else): no answer to
+  compare, only cosine and the per-sample minimum.
+
+The declared shape is not trusted (exporters get it wrong): the kind comes
+from the array the reference really returned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLASS_SCORES = "class_scores"
+SEQUENCE_SCORES = "sequence_scores"
+PROBABILITIES = "probabilities"
+EMBEDDING = "embedding"
+EXACT = "exact"
+DENSE = "dense"
+
+# What "agreement" counts for each kind (the report's wording).
+AGREEMENT = {
+    CLASS_SCORES: "top-1 class unchanged, per sample",
+    SEQUENCE_SCORES: "decoded sequence unchanged (top-1 per position, repeats merged, the most frequent class "
+                     "dropped as CTC's blank), per sample",
+    PROBABILITIES: "intersection over union of the decisions above 0.5",
+    EMBEDDING: "nearest neighbour among the other samples unchanged (near-ties aside), per sample",
+    EXACT: "elements equal",
+    DENSE: None,
+}
+
+# Names that say "this is a vector to compare by direction", not scores.
+EMBEDDING_NAMES = ("embed", "hidden", "pool", "feature", "sentence", "vector", "encod")
+# Ops that end an encoder: their output is a representation, not class scores.
+NORMALIZING_OPS = ("LayerNormalization", "LpNormalization", "ReduceL2", "SimplifiedLayerNormalization")
+# A last axis this long is a vocabulary (CTC symbols, tokens), not an embedding width.
+VOCABULARY_MIN = 4096
+DISTRIBUTION_TOLERANCE = 1e-3
+THRESHOLD = 0.5
+
+
+def sample_axis(shape: tuple[int, ...], samples: int) -> int | None:
+    """The axis that runs over the batch's samples: the first whose size is the
+    number of samples (axis 0 when it fits; axis 1 for [T, N, C]), None when no
+    axis does (the whole output then counts as one sample)."""
+    for axis, size in enumerate(shape[:-1] if len(shape) > 1 else shape):
+        if size == samples:
+            return axis
+    return None
+
+
+def _rows_are_distributions(a: np.ndarray) -> bool:
+    """Rows along the last axis are probability distributions (softmax) or their logs (log-softmax)."""
+    if a.ndim < 2 or a.shape[-1] < 2:
+        return False
+    rows = a.reshape(-1, a.shape[-1]).astype(np.float64)
+    if rows.min() >= 0.0 and rows.max() <= 1.0:
+        return bool(np.all(np.abs(rows.sum(axis=1) - 1.0) <= DISTRIBUTION_TOLERANCE))
+    if rows.max() <= 0.0:
+        peak = rows.max(axis=1, keepdims=True)
+        logsum = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
+        return bool(np.all(np.abs(logsum) <= DISTRIBUTION_TOLERANCE))
+    return False
+
+
+def classify(array: np.ndarray, name: str = "", producer: str | None = None) -> str:
+    """The kind of one output from the reference's values (see the module
+    docstring), its name and the op type that produces it (None: unknown)."""
+    a = np.asarray(array)
+    if a.dtype.kind not in "fc":
+        return EXACT
+    if a.dtype.kind == "c" or a.ndim == 0 or a.size == 0 or not np.isfinite(a).all():
+        return DENSE
+    lowered = name.lower()
+    named_embedding = any(h in lowered for h in EMBEDDING_NAMES) or producer in NORMALIZING_OPS
+    if _rows_are_distributions(a) or (producer in ("Softmax", "LogSoftmax") and a.shape[-1] > 1):
+        return {2: CLASS_SCORES, 3: SEQUENCE_SCORES}.get(a.ndim, PROBABILITIES if a.min() >= 0 else DENSE)
+    if a.min() >= 0.0 and a.max() <= 1.0:
+        return PROBABILITIES
+    if named_embedding and a.ndim in (2, 3):
+        return EMBEDDING
+    if a.ndim == 2 and a.shape[-1] > 1:
+        return CLASS_SCORES
+    if a.ndim == 3 and (a.shape[-1] >= VOCABULARY_MIN or "logit" in lowered):
+        return SEQUENCE_SCORES
+    return DENSE

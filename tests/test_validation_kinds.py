@@ -1,0 +1,287 @@
+"""Outputs are compared as what they are (class scores, sequences, probabilities,
+embeddings, exact values, dense maps), and stateful models in the closed loop they run in."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxshrink.validation import Gate, compare_models
+from onnxshrink.validation import kinds
+from onnxshrink.validation.stateful import parse_state, state_pairs
+from onnxshrink.errors import UsageError
+
+RNG = np.random.default_rng(0)
+
+
+def _model(nodes, inputs, outputs, inits, opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def sequence_model(w: np.ndarray, time_major: bool = False) -> onnx.ModelProto:
+    """x [N, T, F] -> MatMul -> Softmax over classes -> y [N, T, C] (or [T, N, C])."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["p" if time_major else "y"], axis=-1)]
+    if time_major:
+        nodes.append(helper.make_node("Transpose", ["p"], ["y"], perm=[1, 0, 2]))
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "t", w.shape[0]])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b", w.shape[1]])], {"w": w})
+
+
+def _decoded(seq: np.ndarray, blank: int) -> tuple:
+    merged = [int(c) for i, c in enumerate(seq) if i == 0 or c != seq[i - 1]]
+    return tuple(c for c in merged if c != blank)
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_sequence_scores_are_compared_per_position_and_as_decoded_sequences(tmp_path, time_major):
+    # A CTC-like output: class 0 (the blank) wins most positions.
+    w = RNG.normal(size=(6, 5)).astype(np.float32)
+    w[:, 0] += 2.5
+    x = RNG.normal(size=(40, 12, 6)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    bad = w + RNG.normal(0, 0.15, w.shape).astype(np.float32)
+    report = compare_models(sequence_model(w, time_major), sequence_model(bad, time_major), tmp_path / "d.npz",
+                            measure_latency=False)
+    m = report.outputs["y"]
+    a = _run(sequence_model(w), {"x": x})[0].argmax(-1)  # [N, T] whatever the output layout
+    b = _run(sequence_model(bad), {"x": x})[0].argmax(-1)
+    assert m["kind"] == kinds.SEQUENCE_SCORES
+    assert m["position_agreement"] == pytest.approx((a == b).mean()) and m["top1_agreement"] == m["position_agreement"]
+    blank = int(np.bincount(a.ravel()).argmax())
+    same = np.mean([_decoded(r, blank) == _decoded(c, blank) for r, c in zip(a, b)])
+    assert m["agreement"] == pytest.approx(same)
+    assert 0 < same < (a == b).mean() < 1  # a sequence is wrong when any of its symbols is
+
+
+def test_probabilities_compare_decisions_as_intersection_over_union(tmp_path):
+    w = RNG.normal(size=(8, 1)).astype(np.float32)
+
+    def prob_model(weights):
+        return _model([helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Sigmoid", ["z"], ["p"])],
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                      [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 1])], {"w": weights})
+
+    x = RNG.normal(size=(300, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    bad = w + RNG.normal(0, 0.5, w.shape).astype(np.float32)
+    m = compare_models(prob_model(w), prob_model(bad), tmp_path / "d.npz", measure_latency=False).outputs["p"]
+    a, b = _run(prob_model(w), {"x": x})[0] > 0.5, _run(prob_model(bad), {"x": x})[0] > 0.5
+    assert m["kind"] == kinds.PROBABILITIES and m["top1_agreement"] is None
+    assert m["agreement"] == pytest.approx((a & b).sum() / (a | b).sum())
+    assert m["decision_agreement"] == pytest.approx((a == b).mean())
+    assert m["min_sample_cosine"] == 1.0  # what a one-value output's cosine says: nothing
+
+
+def embedding_model(w: np.ndarray) -> onnx.ModelProto:
+    """x [N, T, F], attention_mask [N, T] -> LayerNormalization(x @ w) * mask -> last_hidden_state [N, T, D]."""
+    d = w.shape[1]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["n"], axis=-1),
+             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["m", "axis"], ["m3"]),
+             helper.make_node("Mul", ["n", "m3"], ["last_hidden_state"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "t", w.shape[0]]),
+                          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["n", "t"])],
+                  [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["n", "t", d])],
+                  {"w": w, "gamma": np.ones(d, np.float32), "beta": np.zeros(d, np.float32),
+                   "axis": np.array([2], np.int64)})
+
+
+def test_embeddings_compare_nearest_neighbours_not_top1(tmp_path):
+    w = RNG.normal(size=(6, 16)).astype(np.float32)
+    x = RNG.normal(size=(30, 7, 6)).astype(np.float32)
+    mask = (np.arange(7)[None, :] < RNG.integers(2, 8, size=(30, 1))).astype(np.int64)
+    np.savez(tmp_path / "d.npz", x=x, attention_mask=mask)
+    same = compare_models(embedding_model(w), embedding_model(w), tmp_path / "d.npz", measure_latency=False)
+    m = same.outputs["last_hidden_state"]
+    assert m["kind"] == kinds.EMBEDDING and m["top1_agreement"] is None and m["agreement"] == 1.0
+    bad = embedding_model(w + RNG.normal(0, 1.0, w.shape).astype(np.float32))
+    m = compare_models(embedding_model(w), bad, tmp_path / "d.npz", measure_latency=False).outputs["last_hidden_state"]
+
+    def pooled(model):
+        h = _run(model, {"x": x, "attention_mask": mask})[0]
+        v = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        s = v @ v.T
+        np.fill_diagonal(s, -np.inf)
+        return s
+
+    ref, cand = pooled(embedding_model(w)), pooled(bad)
+    nn_ref, nn_cand = ref.argmax(1), cand.argmax(1)
+    assert m["nearest_neighbour_unchanged"] == pytest.approx((nn_ref == nn_cand).mean())
+    rows = np.arange(len(ref))
+    assert m["agreement"] == pytest.approx((ref[rows, nn_cand] >= ref[rows, nn_ref] - 0.01).mean())
+    assert m["agreement"] < 1.0
+
+
+def test_integer_outputs_match_exactly_and_dense_maps_have_no_answer(tmp_path):
+    x = RNG.normal(size=(20, 2, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+
+    def conv_model(w):
+        return _model([helper.make_node("Conv", ["x", "w"], ["fmap"], pads=[1, 1, 1, 1]),
+                       helper.make_node("ArgMax", ["fmap"], ["idx"], axis=1, keepdims=0)],
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 6, 6])],
+                      [helper.make_tensor_value_info("fmap", TensorProto.FLOAT, ["n", 3, 6, 6]),
+                       helper.make_tensor_value_info("idx", TensorProto.INT64, ["n", 6, 6])], {"w": w})
+
+    w = RNG.normal(size=(3, 2, 3, 3)).astype(np.float32)
+    bad = w + RNG.normal(0, 0.3, w.shape).astype(np.float32)
+    report = compare_models(conv_model(w), conv_model(bad), tmp_path / "d.npz", measure_latency=False,
+                            gate=Gate(max_accuracy_drop=100.0))
+    fmap, idx = report.outputs["fmap"], report.outputs["idx"]
+    assert fmap["kind"] == kinds.DENSE and fmap["agreement"] is None and fmap["top1_agreement"] is None
+    a, b = _run(conv_model(w), {"x": x})[1], _run(conv_model(bad), {"x": x})[1]
+    assert idx["kind"] == kinds.EXACT and idx["agreement"] == pytest.approx((a == b).mean())
+    # Without labels a dense map's answers are its samples' cosine: the lowest one is what changed.
+    assert report.answers_changed["points"] == pytest.approx(
+        max(100 * (1 - idx["agreement"]), 100 * (1 - fmap["min_sample_cosine"])))
+
+
+@pytest.mark.parametrize("shape, name, producer, kind", [
+    ((4, 10), "logits", "Gemm", kinds.CLASS_SCORES),
+    ((64, 40, 6625), "softmax_11.tmp_0", "Softmax", kinds.SEQUENCE_SCORES),  # rapidocr's CTC recogniser
+    ((24, 1, 8210), "387", "Reshape", kinds.SEQUENCE_SCORES),  # ddddocr: logits, [T, N, C], declared [1, seqlen]
+    ((2, 48, 384), "last_hidden_state", "LayerNormalization", kinds.EMBEDDING),
+    ((2, 384), "sentence_embedding", "Div", kinds.EMBEDDING),
+    ((1, 1), "output", "Identity", kinds.PROBABILITIES),  # silero-vad's speech probability
+    ((2, 22, 2100), "output0", "Concat", kinds.DENSE),  # a YOLO head: boxes and scores together
+])
+def test_kind_from_values_name_and_producer(shape, name, producer, kind):
+    rng = np.random.default_rng(3)
+    if kind == kinds.PROBABILITIES:
+        values = rng.uniform(size=shape)
+    elif producer == "Softmax":
+        e = np.exp(rng.normal(size=shape))
+        values = e / e.sum(-1, keepdims=True)
+    elif kind == kinds.DENSE:
+        values = rng.uniform(0, 300, size=shape)
+    else:
+        values = rng.normal(size=shape) * 3
+    assert kinds.classify(values.astype(np.float32), name, producer) == kind
+    assert kinds.classify(np.zeros(shape, np.int64), name, producer) == kinds.EXACT
+
+
+def recurrent_model(decay: float, state_in: str = "state", state_out: str = "stateN") -> onnx.ModelProto:
+    """A streaming detector: s' = decay * s + x; p = sigmoid(mean(s')); outputs p [1, 1] and s'."""
+    d = 4
+    nodes = [helper.make_node("Mul", [state_in, "decay"], ["kept"]),
+             helper.make_node("Add", ["kept", "x"], [state_out]),
+             helper.make_node("MatMul", [state_out, "v"], ["z"]),
+             helper.make_node("Sigmoid", ["z"], ["p"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, d]),
+                          helper.make_tensor_value_info(state_in, TensorProto.FLOAT, [1, d])],
+                  [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 1]),
+                   helper.make_tensor_value_info(state_out, TensorProto.FLOAT, [1, d])],
+                  {"decay": np.array(decay, np.float32), "v": np.full((d, 1), 1.0 / d, np.float32)})
+
+
+def recorded_steps(path, decay: float, state_name: str = "state", resets: bool = False):
+    """Two recordings of blocks of +/- input, with the reference's own states recorded per step (per-run rows)."""
+    rng = np.random.default_rng(5)
+    xs, states, reset = [], [], []
+    for recording in range(2):
+        s = np.zeros((1, 4), np.float32)
+        for t in range(150):
+            x = ((1.0 if (t // 25) % 2 == 0 else -1.0) * 0.5 + rng.normal(0, 0.1, (1, 4))).astype(np.float32)
+            xs.append(x)
+            states.append(s)
+            reset.append(t == 0)
+            s = (decay * s + x).astype(np.float32)
+    arrays = {"x": np.stack(xs), state_name: np.stack(states)}
+    if resets:
+        arrays["reset"] = np.array(reset, np.int64)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_a_stateful_model_is_validated_in_its_closed_loop(tmp_path):
+    """One step from recorded states looks fine; in its closed loop (fed its own
+    state, as it runs) the candidate's decisions lag the original's by most of each block."""
+    reference, candidate = recurrent_model(0.8), recurrent_model(0.97)
+    # Names that say nothing: one step per row, each from the state recorded in the data.
+    quiet_ref, quiet_cand = recurrent_model(0.8, "carry", "carried"), recurrent_model(0.97, "carry", "carried")
+    steps = recorded_steps(tmp_path / "steps.npz", 0.8, "carry")
+    assert state_pairs(quiet_ref) == ()
+    one_step = compare_models(quiet_ref, quiet_cand, steps, gate=Gate(min_cosine=0.99, max_accuracy_drop=5.0),
+                              measure_latency=False)
+    assert one_step.passed and not one_step.closed_loop and one_step.outputs["p"]["cosine"] > 0.99
+    # Told which output feeds which input, the same data runs in a closed loop and the gate fails.
+    looped = compare_models(quiet_ref, quiet_cand, steps, gate=Gate(max_accuracy_drop=5.0), measure_latency=False,
+                            state=parse_state(["carried=carry"]))
+    assert looped.closed_loop and looped.state == [["carried", "carry"]] and looped.passed is False
+    assert looped.outputs["p"]["agreement"] < 0.7 and "carried" not in looped.outputs
+    # Found by name (state -> stateN), with the recordings' starts marked by 'reset'.
+    named = compare_models(reference, candidate, recorded_steps(tmp_path / "named.npz", 0.8, resets=True),
+                           gate=Gate(max_accuracy_drop=5.0), measure_latency=False)
+    assert named.closed_loop and named.state == [["stateN", "state"]] and named.passed is False
+    # The reference against itself in the closed loop: identical.
+    itself = compare_models(reference, reference, tmp_path / "named.npz", gate=Gate(max_accuracy_drop=0.0),
+                            measure_latency=False)
+    assert itself.passed and itself.outputs["p"]["agreement"] == 1.0 and itself.samples == 300
+
+
+def test_closed_loop_matches_a_loop_written_by_hand(tmp_path):
+    reference, candidate = recurrent_model(0.8), recurrent_model(0.9)
+    data = recorded_steps(tmp_path / "d.npz", 0.8, resets=True)
+    arrays = np.load(data)
+
+    def loop(model):
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        out, s = [], None
+        for x, recorded, reset in zip(arrays["x"], arrays["state"], arrays["reset"]):
+            p, s = session.run(None, {"x": x, "state": recorded if reset or s is None else s})
+            out.append(p[0, 0])
+        return np.array(out) > 0.5
+
+    a, b = loop(reference), loop(candidate)
+    m = compare_models(reference, candidate, data, measure_latency=False).outputs["p"]
+    assert m["agreement"] == pytest.approx((a & b).sum() / (a | b).sum())
+
+
+def test_state_flags_are_checked(tmp_path):
+    model = recurrent_model(0.8)
+    with pytest.raises(UsageError, match="no output 'nope'"):
+        state_pairs(model, parse_state(["nope=state"]))
+    with pytest.raises(UsageError, match="expected OUT=IN"):
+        parse_state(["stateN"])
+
+
+def test_kept_reference_streams_data_it_cannot_keep(tmp_path):
+    """Past its memory bound the reference is run again with each candidate, on data read
+    again: the same figures as when everything is kept, in and out of a closed loop."""
+    from onnxshrink.validation.reference import KeptReference
+
+    w = RNG.normal(size=(6, 5)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=RNG.normal(size=(50, 12, 6)).astype(np.float32))
+    steps = recorded_steps(tmp_path / "steps.npz", 0.8, resets=True)
+    for reference, candidate, data in ((sequence_model(w), sequence_model(w * 1.3), tmp_path / "d.npz"),
+                                       (recurrent_model(0.8), recurrent_model(0.9), steps)):
+        kept = KeptReference(reference, data, batch_size=8)
+        streamed = KeptReference(reference, data, batch_size=8, cache_bytes=1)
+        assert kept.outputs is not None and streamed.outputs is None
+        assert kept.measure(candidate).outputs == streamed.measure(candidate).outputs
+        _same_figures(kept.measure(candidate).outputs, compare_models(reference, candidate, data,
+                                                                      measure_latency=False).outputs)
+
+
+def _same_figures(a: dict, b: dict) -> None:
+    """Equal up to float summation order (a closed loop is summed in chunks by compare_models)."""
+    assert a.keys() == b.keys()
+    for name in a:
+        for key, value in a[name].items():
+            if isinstance(value, float):
+                assert value == pytest.approx(b[name][key], rel=1e-9, abs=1e-12), (name, key)
+            else:
+                assert value == b[name][key], (name, key)
