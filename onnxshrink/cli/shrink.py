@@ -28,6 +28,7 @@ from onnxshrink.cleanup import growth_warning
 from onnxshrink.data import model_inputs, synthetic_batches
 from onnxshrink.errors import UsageError
 from onnxshrink.fileio import outputs_together, write_bytes_atomic
+from onnxshrink.latency import Latency
 from onnxshrink.model import save_model
 from onnxshrink.pipeline import ShrinkOptions, shrink
 from onnxshrink.recipes import Recipe, builtin_recipes, load_recipe, recipe_for
@@ -85,6 +86,8 @@ def shrink_command(
     quantize: Annotated[Optional[bool], typer.Option("--quantize/--no-quantize", help="Run or skip the quantize stage.")] = None,
     simplify: Annotated[Optional[bool], typer.Option("--simplify/--no-simplify", help="Run or skip onnxsim constant folding.")] = None,
     weight_bits: Annotated[str, typer.Option("--weight-bits", help="Allowed weight widths among 2,3,4,8, e.g. 4,8 or 3,4,8: weight-only quantization with a per-layer width chosen under the gate, the most sensitive layers wider or float (default 8: static int8).")] = "8",
+    max_latency_ratio: Annotated[Optional[float], typer.Option("--max-latency-ratio", help="Require the output, in its default load form, to run within this many times the original's latency (1 thread, batch 1); also searches channel pruning, and static int8 beside --weight-bits widths.")] = None,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Time each candidate and the output against the original (1 thread, batch 1); --no-latency skips it (and the preference for a candidate no slower than the original).")] = True,
     report_html: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here.")] = None,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
@@ -102,7 +105,8 @@ def shrink_command(
     chosen = with_overrides(chosen, sparsity=sparsity, pattern=pattern, prune_method=prune_method,
                             quant_method=quant_method, prune=prune, quantize=quantize, simplify=simplify)
     options = ShrinkOptions(recipe=chosen, gate=Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop),
-                            target_ratio=target_ratio, weight_bits=_widths(weight_bits))
+                            target_ratio=target_ratio, weight_bits=_widths(weight_bits),
+                            max_latency_ratio=max_latency_ratio, measure_latency=latency)
     if max_accuracy_drop is None and eval_data is not None and options.effective_gate.max_accuracy_drop is not None:
         # The recipe's own accuracy gate: how it is measured on this data is decided in one place.
         accuracy_gate_basis(eval_data, explicit=False)
@@ -113,7 +117,7 @@ def shrink_command(
     result.report["ratio"] = round(model.stat().st_size / max(result.report["output_bytes"], 1), 4)
     result.report["output"] = str(output)
     grew = growth_warning(result.report["original_bytes"], result.report["output_bytes"], "the output")
-    result.report["warnings"] = [grew] if grew else []
+    result.report["warnings"] = result.report.get("warnings", []) + ([grew] if grew else [])
     with outputs_together():
         if result.packed is not None:
             write_bytes_atomic(output, result.packed)
@@ -136,6 +140,8 @@ def shrink_command(
             line += (f"; accuracy {100 * a['reference']:.2f}% -> {100 * a['candidate']:.2f}% "
                      f"({a['lost']} of {a['labelled']} eval samples newly wrong, {a['gained']} newly right)")
         console.print(line, markup=False)
+        if result.report.get("latency"):
+            console.print(Latency.from_dict(result.report["latency"]).text(), markup=False)
         for warning in result.report["warnings"]:
             err_console.print(f"onnxshrink: warning: {warning}", markup=False)
         if options.mixed_precision and result.packed is not None:

@@ -19,7 +19,12 @@ class ShrinkOptions:
     ``gate`` overrides the recipe's gate when it has a threshold set.
     ``target_ratio`` asks for at least that size reduction (original .onnx
     bytes over output bytes); the search then prefers the most accurate
-    candidate that reaches it.
+    candidate that reaches it. ``max_latency_ratio`` bounds the output's
+    latency in its default load form against the original's (1 thread,
+    batch 1; overrides the recipe's); the search then also tries channel
+    pruning and, with weight-only widths, static int8. ``measure_latency``
+    False skips every latency measurement (no latency in the report, and no
+    candidate is passed over for being slower than the original).
     """
 
     recipe: Recipe
@@ -27,6 +32,8 @@ class ShrinkOptions:
     target_ratio: float | None = None
     calib_samples: int = 256
     weight_bits: tuple[int, ...] = (8,)
+    max_latency_ratio: float | None = None
+    measure_latency: bool = True
 
     def __post_init__(self) -> None:
         if self.target_ratio is not None and self.target_ratio <= 1.0:
@@ -34,11 +41,20 @@ class ShrinkOptions:
         if not self.weight_bits or any(b not in WEIGHT_WIDTHS for b in self.weight_bits):
             raise UsageError(f"--weight-bits takes widths among {', '.join(map(str, WEIGHT_WIDTHS))} (e.g. 4,8), "
                              f"got {','.join(map(str, self.weight_bits))}")
+        if self.max_latency_ratio is not None and not self.max_latency_ratio > 0:
+            raise UsageError(f"--max-latency-ratio must be above 0, got {self.max_latency_ratio}")
+        if self.latency_bound is not None and not self.measure_latency:
+            raise UsageError("--max-latency-ratio needs latency measured: drop --no-latency")
 
     @property
     def mixed_precision(self) -> bool:
         """Weight-only quantization with per-layer widths, instead of static int8 QDQ."""
         return min(self.weight_bits) < 8
+
+    @property
+    def latency_bound(self) -> float | None:
+        """The output's largest allowed latency over the original's: the flag's, else the recipe's."""
+        return self.max_latency_ratio if self.max_latency_ratio is not None else self.recipe.max_latency_ratio
 
     @property
     def effective_gate(self) -> Gate:

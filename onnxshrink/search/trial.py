@@ -20,6 +20,7 @@ from typing import Any, Callable
 import onnx
 
 from onnxshrink.data import Batch
+from onnxshrink.latency import Latency
 from onnxshrink.search.options import ShrinkOptions
 from onnxshrink.stats.layer_inputs import LayerInputStats
 from onnxshrink.validation import Gate, ValidationReport
@@ -33,11 +34,15 @@ class Candidate:
 
     ``prune_budget_share`` is the fraction of the gate's budget pruning may
     use (None: prune as the recipe says, no search; 0: no pruning);
-    ``pattern`` overrides the recipe's pruning pattern (None: the recipe's).
+    ``pattern`` overrides the recipe's pruning pattern (None: the recipe's);
+    ``quantize`` overrides how the options quantize (None: as they say;
+    ``"int8"``: static int8 QDQ even when weight-only widths were asked for,
+    a candidate of the latency search).
     """
 
     prune_budget_share: float | None
     pattern: str | None = None
+    quantize: str | None = None
 
 
 @dataclasses.dataclass
@@ -57,7 +62,9 @@ class Outcome:
     ``weight_widths`` counts the weights at each width (weight-only
     quantization), ``weight_range_bits`` is the range static int8 codes use;
     ``float16`` names the tensors stored as float16 (set on the chosen one).
-    ``seconds`` is the wall time of quantize, validate and pack.
+    ``latency`` is the model's in its default load form against the
+    original's (None when not measured). ``seconds`` is the wall time of
+    quantize, validate, time and pack.
     """
 
     failed: str | None = None
@@ -70,6 +77,7 @@ class Outcome:
     weight_widths: dict[int, int] = dataclasses.field(default_factory=dict)
     weight_range_bits: int | None = None
     float16: list[str] = dataclasses.field(default_factory=list)
+    latency: Latency | None = None
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
@@ -93,7 +101,9 @@ class Trial:
     share one outcome: ``reused``); ``pattern`` is the pruning pattern applied
     (None when nothing was pruned); ``seconds`` the wall time of what this
     trial itself ran (prune, and quantize/validate/pack unless reused).
-    ``passed`` is the gate and every other objective (size ratio) together.
+    ``gate_passed`` is the quality gate and the size ratio; ``passed`` that
+    and the latency objective (a bound, else not slower than the original
+    beyond the noise, when the search asks for it) together.
     """
 
     index: int
@@ -105,6 +115,7 @@ class Trial:
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     ratio: float = 0.0
     accuracy_drop: float = 0.0
+    gate_passed: bool = False
     passed: bool = False
 
     @property
@@ -116,7 +127,9 @@ class Trial:
         return {"trial": self.index, "prune_budget_share": self.candidate.prune_budget_share,
                 "size_bytes": self.outcome.size, "ratio": round(self.ratio, 3),
                 "accuracy_drop": round(self.accuracy_drop, 4), "passed": self.passed,
-                "chosen": chosen is not None and self.candidate == chosen.candidate}
+                "chosen": chosen is not None and self.candidate == chosen.candidate,
+                "pattern": self.pattern, "quantize": self.candidate.quantize or "as asked",
+                "latency_ratio": None if self.outcome.latency is None else round(self.outcome.latency.ratio, 3)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +146,8 @@ class SearchInputs:
     calib: list[Batch]
     check: Any  # what the gate is measured on: the eval data, else the calibration batches
     progress: Progress
+    # Times a candidate (in the form it loads in) against the original; None: latency is not measured.
+    measure: Callable[[onnx.ModelProto], Latency] | None = None
 
 
 @dataclasses.dataclass
