@@ -179,3 +179,17 @@ def sample_feed(model: onnx.ModelProto, data: Any = None, shapes: dict | None = 
     if batch is None:
         batch = next(iter(synthetic_batches(specs, shapes, count=1)))
     return runtime.first_sample(batch, specs)
+
+
+def time_result(reference: onnx.ModelProto, candidate: onnx.ModelProto, data: Any = None, *,
+                shapes: dict | None = None, form: str = "as written") -> Latency:
+    """A pass's result timed against its input on the first sample of ``data``
+    (random inputs of the declared shapes when it cannot be read again)."""
+    return compare_latency(reference, candidate, sample_feed(reference, data, shapes), form=form)
+
+
+def as_validation_ms(latency: Latency | None) -> dict[str, float | None]:
+    """The medians as a ValidationReport's ``latency_ms`` holds them."""
+    if latency is None:
+        return {"reference": None, "candidate": None}
+    return {"reference": latency.reference_ms, "candidate": latency.candidate_ms}

@@ -119,6 +119,27 @@ table{border-collapse:collapse;font-size:13px} td,th{padding:3px 10px;border-bot
 """
 
 
+def latency_section(report: dict[str, Any]) -> str:
+    """The output's latency against the original's (the report's ``latency``
+    object), with the one-line flag when it is slower beyond the noise; empty
+    when latency was not measured. A section of its own, so any layout of the
+    page can place it."""
+    latency = report.get("latency")
+    if not latency:
+        return ""
+    threads = latency.get("threads", 1)
+    verdict = ('<p class="fail">slower than the original beyond the noise</p>' if latency.get("slower") else "")
+    bound = report.get("max_latency_ratio")
+    rows = [("original", f"{latency['reference_ms']:.3f} ms"), ("output", f"{latency['candidate_ms']:.3f} ms"),
+            ("ratio", f"{latency['ratio']:.2f}× (noise ±{latency['noise']:.2f})")]
+    if bound is not None:
+        rows.append(("bound (--max-latency-ratio)", f"{bound:g}×"))
+    rows.append(("measured", f"{threads} thread{'s' if threads != 1 else ''}, batch {latency.get('batch', 1)}, "
+                             f"{latency.get('form', '')}, median of {latency.get('rounds')} interleaved rounds of "
+                             f"{latency.get('runs')} runs"))
+    return f"<section><h2>Latency</h2>{verdict}{_table(['', 'value'], rows)}</section>"
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The HTML page for a shrink report (the dict that also goes to JSON)."""
     stages = report.get("stages", [])
@@ -140,6 +161,8 @@ def render_html(report: dict[str, Any]) -> str:
     cos = [m.get("cosine") for m in (final.get("outputs") or {}).values() if m.get("cosine") is not None]
     if cos:
         kpis.append(("min output cosine", f"{min(cos):.5f}"))
+    if report.get("latency"):
+        kpis.append(("latency", f"{report['latency']['ratio']:.2f}× the original"))
     kpi_html = "".join(f'<div class="kpi"><span class="muted">{_esc(k)}</span><b>{_esc(v)}</b></div>' for k, v in kpis)
 
     waterfall = bar_chart(
@@ -166,7 +189,7 @@ def render_html(report: dict[str, Any]) -> str:
         f"<h1>onnxshrink: {_esc(report.get('model', ''))}</h1>"
         f"<div class=\"muted\">→ {_esc(report.get('output', ''))} · {verdict}</div>"
         f"<div class=\"kpis\">{kpi_html}</div>"
-        f"{waterfall}{sparsity}{qerror}{tradeoff}"
+        f"{latency_section(report)}{waterfall}{sparsity}{qerror}{tradeoff}"
         f"<section><h2>Stages</h2>{_table(['stage', 'onnx bytes', 'packed bytes', 'note'], stage_rows)}</section>"
         "</body></html>\n"
     )

@@ -14,6 +14,7 @@ from onnxshrink.cli._common import (
     QuietOption,
     console,
     declare_files,
+    err_console,
     progress_bar,
     reports_errors,
     summary_table,
@@ -49,6 +50,7 @@ def prune_command(
     channel_multiple: Annotated[int, typer.Option("--channel-multiple", help="Channel pattern: keep a multiple of this many channels per group.")] = _D["channel_multiple"].default,
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="Use at most this many calibration samples.")] = _D["calib_samples"].default,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per onnxruntime run while collecting statistics.")] = _D["batch_size"].default,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Time the pruned model against the original (1 thread, batch 1).")] = True,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -65,7 +67,8 @@ def prune_command(
     source = onnxshrink.load(model)
     with progress_bar(quiet) as progress:
         result = prune_model(source, options, calib=NpzData(calib) if calib else None,
-                             eval_data=NpzData(eval_data) if eval_data else None, progress=progress)
+                             eval_data=NpzData(eval_data) if eval_data else None, progress=progress,
+                             measure_latency=latency)
     with outputs_together():
         onnxshrink.save(result.model, output)
         if json_path:
@@ -111,9 +114,13 @@ def print_report(report: PruneReport, output: Path) -> None:
         if v.accuracy:
             line += (f", accuracy {100 * v.accuracy['reference']:.2f}% -> {100 * v.accuracy['candidate']:.2f}% "
                      f"(drop {v.accuracy_drop_points:.2f} points)")
-        if v.latency_ms.get("candidate") is not None and v.latency_ms.get("reference"):
-            line += f", latency x{v.latency_ms['candidate'] / v.latency_ms['reference']:.2f} (1 thread)"
         console.print(line)
+    if report.latency is not None:
+        console.print(report.latency.text(), markup=False)
+    slower = report.latency.slower_text("the pruned model") if report.latency is not None else None
     for note in report.notes:
-        console.print(f"note: {note}")
+        if note == slower:
+            err_console.print(f"onnxshrink: warning: {note}", markup=False)
+        else:
+            console.print(f"note: {note}")
     console.print(f"wrote {output}")

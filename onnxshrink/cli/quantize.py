@@ -22,6 +22,7 @@ from onnxshrink.cli._common import (
 )
 from onnxshrink.errors import UsageError
 from onnxshrink.fileio import outputs_together
+from onnxshrink.latency import Latency
 from onnxshrink.model import load_model, save_model
 from onnxshrink.lowbit import WeightOnlyOptions, quantize_weights
 from onnxshrink.quantization import METHODS, QuantizeOptions, QuantizeReport, quantize_model
@@ -48,7 +49,7 @@ def quantize_command(
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Target: accuracy drop <= X points on labelled --eval data.")] = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation .npz (with 'labels' for --max-accuracy-drop) for the target and the final metrics.")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Weight-only dynamic quantization of MatMul/Gemm (no --calib).")] = QuantizeOptions.dynamic,
-    latency_guard: Annotated[bool, typer.Option("--latency-guard/--no-latency-guard", help="Keep in float nodes onnxruntime cannot run as integer kernels; measure latency.")] = QuantizeOptions.latency_guard,
+    latency_guard: Annotated[bool, typer.Option("--latency-guard/--no-latency-guard", help="Keep in float nodes onnxruntime cannot run as integer kernels (static); time the result against the original (1 thread, batch 1; every mode).")] = QuantizeOptions.latency_guard,
     fold_constants: Annotated[bool, typer.Option("--fold-constants/--no-fold-constants", help="Run onnxsim first when a layer weight is computed at run time.")] = QuantizeOptions.fold_constants,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")] = QuantizeOptions.batch_size,
     weight_range_bits: Annotated[int, typer.Option("--weight-range-bits", help="Static int8: weight codes use this many bits of range (8 = full; 6 packs smaller, same int8 kernels).")] = QuantizeOptions.weight_range_bits,
@@ -76,7 +77,8 @@ def quantize_command(
         source = load_model(model)
         with progress_bar(quiet) as progress:
             result = quantize_weights(source, wo, calib=str(calib) if calib else None,
-                                      eval_data=str(eval_data) if eval_data else None, progress=progress, name=str(model))
+                                      eval_data=str(eval_data) if eval_data else None, progress=progress, name=str(model),
+                                      measure_latency=latency_guard)
         with outputs_together():
             save_model(result.model, output)
             if json_path:
@@ -149,10 +151,8 @@ def print_report(report: QuantizeReport, output: Path) -> None:
         a = v["accuracy"]
         console.print(f"accuracy: fp32 {100 * a['reference']:.2f}%, int8 {100 * a['candidate']:.2f}% "
                       f"(drop {100 * (a['reference'] - a['candidate']):.2f} points)")
-    lat = report.latency_ms or {}
-    if lat.get("reference") and lat.get("candidate"):
-        console.print(f"latency (1 thread, median): fp32 {lat['reference']:.3f} ms, int8 {lat['candidate']:.3f} ms "
-                      f"(x{lat['candidate'] / lat['reference']:.2f})")
+    if report.latency:
+        console.print(Latency.from_dict(report.latency).text(), markup=False)
     if report.calibration.get("samples"):
         c = report.calibration
         console.print(f"calibration: {c['samples']} samples, {c['tensors']} tensors, {c['method']}, {c['seconds']:.2f} s")
@@ -177,6 +177,8 @@ def print_weight_only_report(report: dict, output: Path) -> None:
         a = v["accuracy"]
         console.print(f"accuracy: fp32 {100 * a['reference']:.2f}%, quantized {100 * a['candidate']:.2f}% "
                       f"(drop {100 * (a['reference'] - a['candidate']):.2f} points)")
+    if report.get("latency"):
+        console.print(Latency.from_dict(report["latency"]).text(), markup=False)
     for w in report.get("warnings", []):
         err_console.print(f"onnxshrink: warning: {w}", markup=False)
     console.print(f"wrote {output}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
 from typing import Any, Callable
 
 import numpy as np
@@ -114,6 +115,7 @@ def quantize_weights(
     progress: Progress | None = None,
     name: str = "model",
     layer_stats: dict[str, LayerInputStats] | None = None,
+    measure_latency: bool = True,
 ) -> WeightOnlyResult:
     """Quantize the weights of a copy of ``model`` as ``options`` say; ``model``
     is not changed.
@@ -125,8 +127,12 @@ def quantize_weights(
     With ``eval_data`` the result is compared to ``model`` (no gate) and the
     comparison is in the report. ``layer_stats`` (from
     :func:`collect_weight_statistics` on the same model and data) skips
-    collecting them again, for sweeps over bits and rounding. Raises UsageError for options the data
-    cannot serve and UnsupportedModelError when the opset cannot be raised.
+    collecting them again, for sweeps over bits and rounding. With
+    ``measure_latency`` the result, as written (DequantizeLinear before each
+    weight), is timed against ``model`` (the report's ``latency``; a slower
+    one gets a warning naming the faster load forms of a packed copy).
+    Raises UsageError for options the data cannot serve and
+    UnsupportedModelError when the opset cannot be raised.
     """
     progress = progress or (lambda task, done, total: None)
     if options.rounding == "gptq" and calib is None and layer_stats is None:
@@ -163,7 +169,18 @@ def quantize_weights(
     if eval_data is not None:
         from onnxshrink.validation import compare_models
 
-        report.validation = compare_models(model, work, eval_data).to_dict()
+        report.validation = compare_models(model, work, eval_data, measure_latency=False).to_dict()
+    if measure_latency:
+        from onnxshrink.latency import time_result
+
+        rereadable = calib if isinstance(calib, (str, os.PathLike, list, tuple)) else None
+        latency = time_result(model, work, eval_data if eval_data is not None else rereadable)
+        report.latency = latency.to_dict()
+        slower = latency.slower_text("the weight-only model")
+        if slower:
+            report.warnings.append(slower + ": onnxruntime dequantizes its weights on every run as written; packed "
+                                   "(onnxshrink pack), onnxshrink.session and unpack load its 4/8-bit MatMul/Gemm "
+                                   "layers on onnxruntime's low-bit kernels and the rest as float32")
     return WeightOnlyResult(work, bool(planned), report)
 
 

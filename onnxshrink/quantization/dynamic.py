@@ -19,6 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
+from onnxshrink.latency import as_validation_ms, time_result
 from onnxshrink.model import serialized_size
 from onnxshrink.quantization.options import QuantizeOptions
 from onnxshrink.quantization.params import quantize_weight, weight_scales
@@ -37,8 +38,10 @@ IN_SUBGRAPH_DYNAMIC = ("inside an If/Loop/Scan body: dynamic quantization rewrit
                        "quantize --weights-only reaches these weights")
 
 
-def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_data: Any = None, name: str = "model"):
-    """Dynamic int8 MatMul/Gemm; see the module docstring. ``model`` is not changed."""
+def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_data: Any = None, name: str = "model",
+                     measure_latency: bool = True):
+    """Dynamic int8 MatMul/Gemm; see the module docstring. ``model`` is not changed;
+    with ``options.latency_guard`` and ``measure_latency`` the result is timed against it."""
     from onnxshrink.validation import compare_models
 
     prepared = prepare_model(model, name, fold_constants=options.fold_constants)
@@ -109,8 +112,11 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
     remove_unused(out)
     drop_inferred_value_info(out, model)
     release_memory()  # the per-weight temporaries of a large model
-    validation = compare_models(model, out, eval_data, measure_latency=options.latency_guard,
-                                shapes=dict(options.shapes) or None)
+    validation = compare_models(model, out, eval_data, measure_latency=False, shapes=dict(options.shapes) or None)
+    latency = None
+    if options.latency_guard and measure_latency:
+        latency = time_result(model, out, eval_data, shapes=dict(options.shapes) or None)
+        validation.latency_ms = as_validation_ms(latency)
     warnings = [] if eval_data is not None else ["no --eval data: the final metrics use random inputs"]
     in_subgraphs = sum(1 for why in left_float.values() if why == IN_SUBGRAPH_DYNAMIC)
     if in_subgraphs:
@@ -121,13 +127,15 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
     sizes = {"original": serialized_size(model), "quantized": serialized_size(out)}
     for warning in (growth_warning(sizes["original"], sizes["quantized"], "the int8 model"),
                     slowdown_warning(model, out, one_input(model, eval_data, dict(options.shapes) or None),
-                                     validation.latency_ms) if records else None):
+                                     validation.latency_ms) if records and latency is not None and latency.slower
+                    else None):
         if warning:
             warnings.append(warning)
     report = QuantizeReport(
         mode="dynamic", method=None, activations="uint8 (dynamic)", per_channel=options.per_channel, nodes=records,
         left_float=left_float, size_bytes=sizes,
         calibration={}, validation=validation.to_dict(), latency_ms=dict(validation.latency_ms),
+        latency=latency.to_dict() if latency is not None else None,
         prepared=prepared.notes,
         warnings=warnings,
     )

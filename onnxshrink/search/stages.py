@@ -151,7 +151,7 @@ def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) 
         state.prune_stats = collect_statistics(model, inputs.calib, prune_options, progress=inputs.progress)
     # The sensitivity scan and measured allocations are the same for every trial: only the target differs.
     result = prune_model(model, prune_options, calib=inputs.calib, eval_data=inputs.check, progress=inputs.progress,
-                         layer_stats=state.prune_stats, scan_cache=state.prune_scans)
+                         layer_stats=state.prune_stats, scan_cache=state.prune_scans, measure_latency=False)
     model = result.model
     summary = result.report.to_dict()
     channels = prune_options.pattern == "channel"
@@ -194,7 +194,7 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
         layer_bits: dict[str, int | None] = {name: to for name in promoted}
         layer_bits.update({name: None for name in kept_float})
         opts = dataclasses.replace(base_options, bits=rest, layer_bits=layer_bits)
-        return quantize_weights(model, opts, calib=calib, layer_stats=stats)
+        return quantize_weights(model, opts, calib=calib, layer_stats=stats, measure_latency=False)
 
     def fewest(count: int, make, best):
         """Bisection on how many of the ranked names get the better treatment:
@@ -244,7 +244,8 @@ def static_int8(inputs: SearchInputs, model: onnx.ModelProto, remaining: float):
     for bits in ranges:
         options = QuantizeOptions(**{**settings, "weight_range_bits": bits}, **targets)
         try:
-            q = quantize_model(model, inputs.calib, options, eval_data=inputs.check, progress=inputs.progress)
+            q = quantize_model(model, inputs.calib, options, eval_data=inputs.check, progress=inputs.progress,
+                               measure_latency=False)
         except GateFailed:
             continue
         if not gate.active or len(ranges) == 1 or \
