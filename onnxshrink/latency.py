@@ -40,6 +40,8 @@ INTERLEAVE_MAX_BYTES = 256 << 20
 # A round's runs of one model are cut to fit this many seconds (at least MIN_RUNS).
 ROUND_BUDGET_S = 1.0
 MIN_RUNS = 3
+# ... and when even MIN_RUNS runs overrun it, there are at most this many rounds.
+SLOW_ROUNDS = 3
 
 # (session, feed, runs, warmup) -> median milliseconds of one run; tests inject their own.
 Timer = Callable[[Any, dict, int, int], float]
@@ -137,16 +139,19 @@ def compare_latency(reference: onnx.ModelProto, candidate: onnx.ModelProto, feed
         for key, model in models.items():
             session = runtime.create_session(model, threads=1, name=key)
             runs = _affordable_runs(session, feed, runs)
+            rounds = min(rounds, SLOW_ROUNDS) if runs == MIN_RUNS else rounds
             times[key] = [timer(session, feed, runs, 1) for _ in range(rounds)]
             del session
             runtime.release_memory()
     else:
         sessions = {key: runtime.create_session(model, threads=1, name=key) for key, model in models.items()}
         runs = min(_affordable_runs(s, feed, runs) for s in sessions.values())
+        rounds = min(rounds, SLOW_ROUNDS) if runs == MIN_RUNS else rounds
         for r in range(rounds):
             for key in (("reference", "candidate") if r % 2 == 0 else ("candidate", "reference")):
                 times[key].append(timer(sessions[key], feed, runs, WARMUP))
-    return Latency.from_rounds(times["reference"], times["candidate"], form=form, runs=runs)
+    paired = min(len(times["reference"]), len(times["candidate"]))  # one model alone may have been cut shorter
+    return Latency.from_rounds(times["reference"][:paired], times["candidate"][:paired], form=form, runs=runs)
 
 
 def model_ms(model: onnx.ModelProto, feed: dict[str, np.ndarray], *, rounds: int = ROUNDS, runs: int = RUNS,

@@ -151,3 +151,16 @@ def test_quantize_warns_about_a_slowdown_only_beyond_the_noise(monkeypatch):
     assert beyond.report.latency["slower"] and any("slower than fp32" in w for w in beyond.report.warnings)
     assert beyond.report.validation["latency_ms"]["candidate"] == pytest.approx(1.5)
     assert calls["n"] == 2
+
+
+def test_large_or_slow_models_are_timed_one_at_a_time_with_fewer_runs(monkeypatch):
+    """Above INTERLEAVE_MAX_BYTES one session at a time; runs longer than the
+    round budget get MIN_RUNS runs and SLOW_ROUNDS rounds (thresholds lowered here)."""
+    from onnxshrink import latency
+
+    monkeypatch.setattr(latency, "INTERLEAVE_MAX_BYTES", 0)
+    monkeypatch.setattr(latency, "ROUND_BUDGET_S", 1e-9)
+    feed = {"x": np.ones((1, 16), np.float32)}
+    lat = compare_latency(_chain(16, 1), _reshaped(_chain(256, 24)), feed)
+    assert (lat.rounds, lat.runs) == (latency.SLOW_ROUNDS, latency.MIN_RUNS)
+    assert lat.ratio > 3  # with 3 runs a round, the noise may be too wide to call it slower

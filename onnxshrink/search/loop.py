@@ -160,7 +160,14 @@ def search(inputs: SearchInputs) -> SearchResult:
             if trial.passed and trial.outcome.size < (BOLDER_MIN_GAIN if less_accurate else 1.0) * chosen.outcome.size:
                 chosen = trial
     if chosen is None or not fast_enough(chosen, options):
-        faster = _faster(inputs, state, trials)
+        # A trial already run may be fast enough (the bolder one was chosen but is slower): the
+        # smallest of those; else the latency families.
+        ready = [t for t in trials if t.gate_passed and fast_enough(t, options)]
+        faster = min(ready, key=lambda t: t.outcome.size) if ready else _faster(inputs, state, trials)
+        if faster is None and chosen is not None:
+            # None is fast enough: a trial both smaller and faster than the winner still beats it.
+            faster = min((t for t in trials if t.gate_passed and _dominates(t, chosen)),
+                         key=lambda t: t.outcome.size, default=None)
         if faster is not None:
             chosen = faster
         searching = searching or len(trials) > 1
@@ -186,10 +193,15 @@ def _faster(inputs: SearchInputs, state: SearchState, trials: list[Trial]) -> Tr
             trials.append(trial)
             if trial.gate_passed:
                 if fast_enough(trial, options):
-                    trial.passed = True
                     return trial
                 break  # the family's most aggressive passing share is its fastest
     return None
+
+
+def _dominates(trial: Trial, other: Trial) -> bool:
+    """Smaller and faster (both measured)."""
+    a, b = trial.outcome.latency, other.outcome.latency
+    return a is not None and b is not None and trial.outcome.size < other.outcome.size and a.ratio < b.ratio
 
 
 def _why(last: Trial, options: ShrinkOptions) -> str:

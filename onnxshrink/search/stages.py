@@ -172,23 +172,27 @@ def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) 
     return Pruned(model, stages, layers, spent, prune_options.pattern)
 
 
-def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto):
+def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, reshaped: bool = False):
     """Weight-only quantization with GPTQ rounding: every weight at the narrowest
     width; while that fails the gate, the most sensitive (largest estimated
     output error) are promoted to the next width, as few as the gate allows
     (bisection on their number), the rest stay a width below. When even all at
     the widest fail, the most sensitive stay float instead, again as few as
     the gate allows. The layer Hessians come from the unpruned model
-    and are reused by every trial. Returns the WeightOnlyResult, or None when
-    no mix passes the gate."""
+    and are reused by every trial, but for a model whose layers channel
+    pruning ``reshaped`` (collected for it alone). Returns the WeightOnlyResult,
+    or None when no mix passes the gate."""
     from onnxshrink.lowbit import WeightOnlyOptions, collect_weight_statistics, quantize_weights
 
     original, gate, calib, check = inputs.original, inputs.gate, inputs.calib, inputs.check
     widths = tuple(sorted(set(inputs.options.weight_bits)))
     base_options = WeightOnlyOptions(bits=widths[0], rounding="gptq")
-    if state.weight_stats is None:
-        state.weight_stats = collect_weight_statistics(inputs.base, calib, base_options, progress=inputs.progress)
-    stats = state.weight_stats
+    if reshaped:
+        stats = collect_weight_statistics(model, calib, base_options, progress=inputs.progress)
+    else:
+        if state.weight_stats is None:
+            state.weight_stats = collect_weight_statistics(inputs.base, calib, base_options, progress=inputs.progress)
+        stats = state.weight_stats
 
     def quantized(promoted: list[str], to: int, rest: int, kept_float: tuple[str, ...] = ()):
         layer_bits: dict[str, int | None] = {name: to for name in promoted}
@@ -267,7 +271,7 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
     range_bits = None
     start = time.perf_counter()
     if recipe.quantize is not None and options.mixed_precision and candidate.quantize != "int8":
-        chosen = mixed_precision(inputs, state, model)
+        chosen = mixed_precision(inputs, state, model, reshaped=pruned.pattern == "channel")
         if chosen is None:
             return Outcome(failed="no mix of weight widths meets the gate")
         model = chosen.model
