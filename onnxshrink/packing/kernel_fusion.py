@@ -87,6 +87,13 @@ def _bias_of(graph: onnx.GraphProto, add: onnx.NodeProto, value: str, n: int) ->
     return b.reshape(n)
 
 
+def _vector_initializer(graph: onnx.GraphProto, add: onnx.NodeProto, value: str, n: int) -> str | None:
+    """The name of the float32 ``[n]`` initializer ``add`` adds to ``value``, if it is one."""
+    other = add.input[1] if add.input[0] == value else add.input[0]
+    t = next((t for t in graph.initializer if t.name == other), None)
+    return other if t is not None and t.data_type == TensorProto.FLOAT and list(t.dims) == [n] else None
+
+
 def _fold_biases(graph: onnx.GraphProto) -> None:
     nodes = list(graph.node)
     readers, outputs = _readers(nodes), _graph_outputs(graph)
@@ -117,8 +124,10 @@ def _fold_biases(graph: onnx.GraphProto) -> None:
             bias = np.concatenate(parts)
         else:
             continue
-        name = _fresh(taken, f"{out}_bias")
-        added.append(numpy_helper.from_array(bias.astype(np.float32), name))
+        existing = _vector_initializer(graph, reader, out, n) if reader.op_type == "Add" else None
+        name = existing or _fresh(taken, f"{out}_bias")  # a [N] initializer keeps its name
+        if existing is None:
+            added.append(numpy_helper.from_array(bias.astype(np.float32), name))
         node.input.extend([""] * (5 - len(node.input)) + [name])
         if reader.op_type == "Add":
             node.output[0] = reader.output[0]  # the sum's name: what its readers and the graph outputs read
