@@ -27,6 +27,7 @@ import onnx
 
 from onnxshrink import runtime
 from onnxshrink.data import InputSpec, NpzData, iter_batches, model_inputs, synthetic_batches
+from onnxshrink.errors import DataError
 
 ROUNDS = 5
 RUNS = 20
@@ -175,22 +176,38 @@ def sample_feed(model: onnx.ModelProto, data: Any = None, shapes: dict | None = 
     """The input of a batch-1 timing run: the first sample of ``data`` when it
     can be read again (a path, NpzData, list or tuple of batches), else random
     inputs of the declared shapes (``shapes`` fills symbolic dims)."""
+    feed, _ = _sample(model, data, shapes)
+    return feed
+
+
+def _sample(model: onnx.ModelProto, data: Any, shapes: dict | None) -> tuple[dict[str, np.ndarray], bool]:
+    """(the feed, whether it is random)."""
     specs: list[InputSpec] = model_inputs(model)
     if isinstance(data, (str, os.PathLike)):
         data = NpzData(data)
     batch = None
     if isinstance(data, (NpzData, list, tuple)):
         batch = next(iter(iter_batches(data, specs, 1)), None)
-    if batch is None:
+    random = batch is None
+    if random:
         batch = next(iter(synthetic_batches(specs, shapes, count=1)))
-    return runtime.first_sample(batch, specs)
+    # One sample of a scalar input comes out as a numpy scalar; onnxruntime takes 0-d arrays.
+    return {k: np.asarray(v) for k, v in runtime.first_sample(batch, specs).items()}, random
 
 
 def time_result(reference: onnx.ModelProto, candidate: onnx.ModelProto, data: Any = None, *,
-                shapes: dict | None = None, form: str = "as written") -> Latency:
+                shapes: dict | None = None, form: str = "as written") -> Latency | None:
     """A pass's result timed against its input on the first sample of ``data``
-    (random inputs of the declared shapes when it cannot be read again)."""
-    return compare_latency(reference, candidate, sample_feed(reference, data, shapes), form=form)
+    (random inputs of the declared shapes when it cannot be read again); None
+    when the models cannot run random inputs (indices out of a table's range:
+    give data to time them)."""
+    feed, random = _sample(reference, data, shapes)
+    try:
+        return compare_latency(reference, candidate, feed, form=form)
+    except DataError:
+        if random:
+            return None
+        raise
 
 
 def as_validation_ms(latency: Latency | None) -> dict[str, float | None]:

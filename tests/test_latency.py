@@ -164,3 +164,20 @@ def test_large_or_slow_models_are_timed_one_at_a_time_with_fewer_runs(monkeypatc
     lat = compare_latency(_chain(16, 1), _reshaped(_chain(256, 24)), feed)
     assert (lat.rounds, lat.runs) == (latency.SLOW_ROUNDS, latency.MIN_RUNS)
     assert lat.ratio > 3  # with 3 runs a round, the noise may be too wide to call it slower
+
+
+def test_without_data_a_model_random_inputs_cannot_run_gets_no_latency():
+    """Random int64 indices of the declared shape overrun a 2-row table: with no
+    data to time on, the weight-only result carries no latency rather than failing."""
+    from onnxshrink.lowbit import WeightOnlyOptions, quantize_weights
+
+    table = numpy_helper.from_array(np.random.default_rng(1).standard_normal((2, 512)).astype(np.float32), "table")
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["out"])], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 512])], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    result = quantize_weights(model, WeightOnlyOptions(bits=8, min_size=0))
+    assert result.modified and result.report.latency is None
+    ids = {"ids": np.array([[0, 1] * 4], np.int64)}
+    lat = compare_latency(model, result.model, ids, rounds=2, runs=3)  # with real indices it times fine
+    assert lat.rounds == 2

@@ -175,8 +175,8 @@ def quantize_weights(
 
         rereadable = calib if isinstance(calib, (str, os.PathLike, list, tuple)) else None
         latency = time_result(model, work, eval_data if eval_data is not None else rereadable)
-        report.latency = latency.to_dict()
-        slower = latency.slower_text("the weight-only model")
+        report.latency = latency.to_dict() if latency is not None else None
+        slower = latency.slower_text("the weight-only model") if latency is not None else None
         if slower:
             report.warnings.append(slower + ": onnxruntime dequantizes its weights on every run as written; packed "
                                    "(onnxshrink pack), onnxshrink.session and unpack load its 4/8-bit MatMul/Gemm "
