@@ -147,14 +147,18 @@ def prune(model: onnx.ModelProto | str | os.PathLike, options: Any = None, **kwa
 
 
 def shrink(model: onnx.ModelProto | str | os.PathLike, calib: Any, *, recipe: str = "auto", eval_data: Any = None,
-           gate: Gate = Gate(), target_ratio: float | None = None, **kwargs: Any):
+           gate: Gate = Gate(), target_ratio: float | None = None, max_latency_ratio: float | None = None,
+           **kwargs: Any):
     """The whole pipeline; see :func:`onnxshrink.pipeline.shrink`. Returns a
-    ShrinkResult (``.model``, ``.packed`` bytes, ``.report``, ``.validation``)."""
+    ShrinkResult (``.model``, ``.packed`` bytes, ``.report`` with its
+    ``latency``, ``.validation``). ``max_latency_ratio`` bounds the output's
+    latency in its default load form over the original's (1 thread, batch 1)."""
     from onnxshrink.pipeline import ShrinkOptions, shrink as run_pipeline
     from onnxshrink.recipes import load_recipe, recipe_for
 
     source = _model(model)
-    options = ShrinkOptions(recipe=load_recipe(recipe_for(source) if recipe == "auto" else recipe), gate=gate, target_ratio=target_ratio)
+    options = ShrinkOptions(recipe=load_recipe(recipe_for(source) if recipe == "auto" else recipe), gate=gate,
+                            target_ratio=target_ratio, max_latency_ratio=max_latency_ratio)
     return run_pipeline(source, calib, options, eval_data=eval_data, **kwargs)
 
 

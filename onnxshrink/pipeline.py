@@ -18,12 +18,15 @@ import onnx
 
 from onnxshrink.data import model_inputs, read_samples
 from onnxshrink.errors import UsageError
+from onnxshrink.latency import Latency, compare_latency, sample_feed
 from onnxshrink.report.layers import layer_rows
 from onnxshrink.search import SearchInputs, ShrinkOptions, Trial, search
-from onnxshrink.search.stages import packed_size
+from onnxshrink.search.stages import deployed, packed_size
 from onnxshrink.validation import Gate, ValidationReport, compare_models
 
 Progress = Callable[[str, int, int], None]
+# The chosen output is timed again with more rounds: it is the figure the report gives.
+FINAL_ROUNDS = 7
 
 __all__ = ["ShrinkOptions", "ShrinkResult", "shrink"]
 
@@ -42,9 +45,10 @@ class ShrinkResult:
         return self.packed if self.packed is not None else self.model.SerializeToString()
 
 
-def _float16_small(chosen: Trial, original: onnx.ModelProto, gate: Gate, check: Any, inputs: SearchInputs) -> Trial | None:
+def _float16_small(chosen: Trial, inputs: SearchInputs) -> Trial | None:
     """The chosen candidate packed with its small float tensors as float16,
-    if that is smaller and the model as it unpacks still passes the gate."""
+    if that is smaller and the model as it unpacks, in its default load form,
+    still passes the gate."""
     from onnxshrink.packing import PackOptions, load_packed, pack_model
 
     result = pack_model(chosen.outcome.model, PackOptions(float16_small=True))
@@ -52,8 +56,8 @@ def _float16_small(chosen: Trial, original: onnx.ModelProto, gate: Gate, check: 
     if not stored or len(result.data) >= chosen.outcome.size:
         return None
     restored = load_packed(result.data)
-    validation = compare_models(original, restored, check, gate=gate, measure_latency=True,
-                                state=inputs.options.state, checked_on=inputs.checked_on)
+    validation = compare_models(inputs.original, deployed(inputs, restored), inputs.check, gate=inputs.gate,
+                                measure_latency=False, state=inputs.options.state, checked_on=inputs.checked_on)
     if not validation.passed:
         return None
     outcome = dataclasses.replace(chosen.outcome, model=restored, packed=result.data, size=len(result.data),
@@ -61,8 +65,15 @@ def _float16_small(chosen: Trial, original: onnx.ModelProto, gate: Gate, check: 
     return dataclasses.replace(chosen, outcome=outcome)
 
 
+def _latency_probe(original: onnx.ModelProto, feed: dict, form: str, rounds: int = 5
+                   ) -> Callable[[onnx.ModelProto], Latency]:
+    """Times a candidate (already in the form it loads in) against ``original`` on ``feed``."""
+    return lambda candidate: compare_latency(original, candidate, feed, form=form, rounds=rounds)
+
+
 def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_data: Any = None,
-           model_name: str = "model", progress: Progress | None = None) -> ShrinkResult:
+           model_name: str = "model", progress: Progress | None = None,
+           measure: Callable[[onnx.ModelProto], Latency] | None = None) -> ShrinkResult:
     """Run the recipe's stages on a copy of ``model``; ``model`` is not changed.
 
     ``calib`` is the calibration data (path, NpzData, ORT-style reader or
@@ -70,8 +81,13 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
     calibration inputs). An accuracy gate is measured against the data's
     labels, or without labels as the share of the original model's answers
     that change (the report's ``final.basis``); an explicit
-    ``options.gate.max_accuracy_drop`` needs ``eval_data``. Raises GateFailed
-    (exit 1) when no candidate passes the gate or reaches ``target_ratio``.
+    ``options.gate.max_accuracy_drop`` needs ``eval_data``. Each candidate
+    is timed in the form it loads in against the original (1 thread, batch
+    1: the first sample of the gate's data) unless ``options.measure_latency``
+    is False; ``measure`` replaces that timing (it gets the candidate in its
+    load form and returns its Latency). Raises GateFailed (exit 1) when no
+    candidate passes the gate, reaches ``target_ratio`` or meets the latency
+    bound.
     """
     progress = progress or (lambda task, done, total: None)
     recipe = options.recipe
@@ -94,16 +110,26 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
                        "note": simplified.fallback_reason or f"{simplified.nodes_before} -> {simplified.nodes_after} nodes"})
     calib_batches = read_samples(calib, model_inputs(base), options.calib_samples)
     check = eval_data if eval_data is not None else calib_batches
+    form = "default load form" if recipe.pack else "as written"
+    final_measure = measure
+    if measure is None and options.measure_latency:
+        feed = sample_feed(original, check)
+        measure = _latency_probe(original, feed, form)
+        final_measure = _latency_probe(original, feed, form, rounds=FINAL_ROUNDS)
     inputs = SearchInputs(original, original_bytes, base, options, gate, calib_batches, check, progress,
-                          "eval data" if eval_data is not None else "calibration data")
+                          "eval data" if eval_data is not None else "calibration data",
+                          measure if options.measure_latency else None)
     found = search(inputs)
     chosen = found.chosen
     for stage in chosen.outcome.stages:
         stages.append({"name": stage.name, "bytes": stage.model.ByteSize(), "packed_bytes": packed_size(stage.model)[0],
                        "note": stage.note})
     if recipe.pack and recipe.pack_float16_small and gate.active:
-        chosen = _float16_small(chosen, original, gate, check, inputs) or chosen
+        chosen = _float16_small(chosen, inputs) or chosen
     outcome = chosen.outcome
+    # The reported figure: the output as it loads, timed once more, with more rounds.
+    latency = final_measure(deployed(inputs, outcome.model)) if inputs.measure is not None else None
+    warnings = [w for w in [latency.slower_text() if latency is not None else None] if w]
     if recipe.pack:
         float16 = outcome.float16
         note = (f"{len(float16)} small float tensors stored as float16 (gate checked on the unpacked model), "
@@ -128,5 +154,8 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
         "search": [t.search_entry(chosen) for t in found.trials],
         "prune_search": outcome.prune_steps,
         "final": outcome.validation.to_dict(),
+        "max_latency_ratio": options.latency_bound,
+        "latency": latency.to_dict() if latency is not None else None,
+        "warnings": warnings,
     }
     return ShrinkResult(outcome.model, outcome.packed, report, outcome.validation)

@@ -2,8 +2,9 @@
 
 A recipe has the sections ``[simplify]``, ``[prune]``, ``[quantize]``, ``[pack]``
 (each with ``enabled``; ``[pack]`` also takes ``float16_small``: small float
-tensors stored as float16 when the gate still holds) and ``[gate]`` (``max_accuracy_drop`` or
-``min_cosine``). Keys inside ``[prune]`` and ``[quantize]`` are the fields of
+tensors stored as float16 when the gate still holds), ``[gate]`` (``max_accuracy_drop`` or
+``min_cosine``, and ``max_latency_ratio``) and ``[search]`` (``max_latency_ratio``: the
+output's latency over the original's, 1 thread, batch 1; in either table, not both). Keys inside ``[prune]`` and ``[quantize]`` are the fields of
 :class:`PruneOptions` and :class:`QuantizeOptions` (the same names as the
 ``prune``/``quantize`` flags, with ``_`` for ``-``). Recipes for common cases
 ship in ``onnxshrink/recipes/``; ``load_recipe`` takes one of their names or a
@@ -26,8 +27,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-SECTIONS = ("simplify", "prune", "quantize", "pack", "gate")
+SECTIONS = ("simplify", "prune", "quantize", "pack", "gate", "search")
 GATE_KEYS = ("max_accuracy_drop", "min_cosine")
+# Objectives of the search beside the quality gate, allowed under [gate] or [search].
+SEARCH_KEYS = ("max_latency_ratio",)
 # Set by the pipeline itself (the search), never by a recipe.
 PIPELINE_OWNED = {"prune": ("max_accuracy_drop", "min_cosine", "simplify"),
                   "quantize": ("max_accuracy_drop", "min_cosine")}
@@ -47,6 +50,8 @@ class Recipe:
     # Store small float tensors (biases, norms, positional embeddings) as float16
     # in the container when the final model still passes the gate that way.
     pack_float16_small: bool = False
+    # The output's largest latency over the original's (1 thread, batch 1, default load form).
+    max_latency_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,11 +96,23 @@ def parse_recipe(data: dict[str, Any], name: str) -> Recipe:
         stages[section] = bool(table.get("enabled", True))
     pack_float16_small = bool(dict(data.get("pack", {})).get("float16_small", False))
     gate = dict(data.get("gate", {}))
-    bad = sorted(set(gate) - set(GATE_KEYS))
+    bad = sorted(set(gate) - set(GATE_KEYS) - set(SEARCH_KEYS))
     if bad:
-        raise UsageError(f"recipe {name}: [gate] has no key '{bad[0]}' (keys: {', '.join(GATE_KEYS)})")
+        raise UsageError(f"recipe {name}: [gate] has no key '{bad[0]}' (keys: {', '.join(GATE_KEYS + SEARCH_KEYS)})")
+    search = dict(data.get("search", {}))
+    bad = sorted(set(search) - set(SEARCH_KEYS))
+    if bad:
+        raise UsageError(f"recipe {name}: [search] has no key '{bad[0]}' (keys: {', '.join(SEARCH_KEYS)})")
+    both = sorted(set(search) & set(gate))
+    if both:
+        raise UsageError(f"recipe {name}: '{both[0]}' is under both [gate] and [search]; give it once")
+    objectives = {k: gate.pop(k) for k in SEARCH_KEYS if k in gate} | search
+    latency = objectives.get("max_latency_ratio")
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float)) or latency <= 0):
+        raise UsageError(f"recipe {name}: max_latency_ratio must be a number above 0, got {latency!r}")
     return Recipe(name, str(data.get("description", "")), stages["simplify"], stages["prune"], stages["quantize"],
-                  stages["pack"], {k: float(v) for k, v in gate.items()}, pack_float16_small)
+                  stages["pack"], {k: float(v) for k, v in gate.items()}, pack_float16_small,
+                  None if latency is None else float(latency))
 
 
 def recipe_for(model: Any) -> str:

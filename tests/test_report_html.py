@@ -81,7 +81,7 @@ def test_metrics_are_labelled_for_what_they_are(made):
     report, text, _ = made
     acc = report["final"]["accuracy"]
     for label in ("output cosine (whole batch)", "lowest per-sample cosine",
-                  f"accuracy on {acc['labelled']} labelled samples", "latency (1 thread, median of interleaved runs)"):
+                  f"accuracy on {acc['labelled']} labelled samples", "latency (1 thread, median of interleaved runs"):
         assert label in text, label
     lowest = min(m["min_sample_cosine"] for m in report["final"]["outputs"].values())
     assert f"{lowest:.5f}" in text

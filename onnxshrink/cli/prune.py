@@ -15,6 +15,7 @@ from onnxshrink.cli._common import (
     StateOption,
     console,
     declare_files,
+    err_console,
     progress_bar,
     print_metrics,
     reports_errors,
@@ -55,6 +56,7 @@ def prune_command(
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="Use at most this many calibration samples.")] = _D["calib_samples"].default,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per onnxruntime run while collecting statistics.")] = _D["batch_size"].default,
     state: StateOption = None,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Time the pruned model against the original (1 thread, batch 1).")] = True,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -75,7 +77,8 @@ def prune_command(
     source = onnxshrink.load(model)
     with progress_bar(quiet) as progress:
         result = prune_model(source, options, calib=NpzData(calib) if calib else None,
-                             eval_data=NpzData(eval_data) if eval_data else None, progress=progress)
+                             eval_data=NpzData(eval_data) if eval_data else None, progress=progress,
+                             measure_latency=latency)
     with outputs_together():
         onnxshrink.save(result.model, output)
         if json_path:
@@ -115,9 +118,14 @@ def print_report(report: PruneReport, output: Path) -> None:
         console.print(f"left alone: {', '.join(shown)}{more}")
     if report.search:
         console.print(f"search: {len(report.search)} allocations measured")
-    if report.validation is not None:
-        validation = report.validation.to_dict()
-        print_metrics({"validation": validation}, validation)
+    lat = report.latency.to_dict() if report.latency is not None else None
+    if report.validation is not None or lat is not None:
+        validation = report.validation.to_dict() if report.validation is not None else None
+        print_metrics({"latency": lat, "validation": validation}, validation)
+    slower = report.latency.slower_text("the pruned model") if report.latency is not None else None
     for note in report.notes:
-        console.print(f"note: {note}")
+        if note == slower:
+            err_console.print(f"onnxshrink: warning: {note}", markup=False)
+        else:
+            console.print(f"note: {note}")
     console.print(f"wrote {output}")

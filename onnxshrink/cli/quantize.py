@@ -61,7 +61,7 @@ def quantize_command(
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Target without labels: every output keeps at least this fraction of the original's answers (top-1 classes, decoded sequences, decisions, nearest neighbours) on --eval (else --calib) data; keeps sensitive nodes in float until it holds.")] = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation .npz (with 'labels' for --max-accuracy-drop) for the target and the final metrics.")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Weight-only dynamic quantization of MatMul/Gemm (no --calib).")] = QuantizeOptions.dynamic,
-    latency_guard: Annotated[bool, typer.Option("--latency-guard/--no-latency-guard", help="Keep in float nodes onnxruntime cannot run as integer kernels; measure latency.")] = QuantizeOptions.latency_guard,
+    latency_guard: Annotated[bool, typer.Option("--latency-guard/--no-latency-guard", help="Keep in float nodes onnxruntime cannot run as integer kernels (static); time the result against the original (1 thread, batch 1; every mode).")] = QuantizeOptions.latency_guard,
     fold_constants: Annotated[bool, typer.Option("--fold-constants/--no-fold-constants", help="Run onnxsim first when a layer weight is computed at run time.")] = QuantizeOptions.fold_constants,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")] = QuantizeOptions.batch_size,
     weight_range_bits: Annotated[int, typer.Option("--weight-range-bits", help="Static int8: weight codes use this many bits of range (8 = all that --target allows; 6 packs smaller, same int8 kernels).")] = QuantizeOptions.weight_range_bits,
@@ -97,7 +97,8 @@ def quantize_command(
         source = load_model(model)
         with progress_bar(quiet) as progress:
             result = quantize_weights(source, wo, calib=str(calib) if calib else None,
-                                      eval_data=str(eval_data) if eval_data else None, progress=progress, name=str(model))
+                                      eval_data=str(eval_data) if eval_data else None, progress=progress, name=str(model),
+                                      measure_latency=latency_guard)
         with outputs_together():
             save_model(result.model, output)
             if json_path:

@@ -98,6 +98,8 @@ def shrink_command(
     simplify: Annotated[Optional[bool], typer.Option("--simplify/--no-simplify", help="Run or skip onnxsim constant folding.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help=TARGET_HELP + " Default: the recipe's, else x86-avx2.")] = None,
     weight_bits: Annotated[str, typer.Option("--weight-bits", help="Allowed weight widths among 2,3,4,8, e.g. 4,8 or 3,4,8: weight-only quantization with a per-layer width chosen under the gate, the most sensitive layers wider or float (default 8: static int8).")] = "8",
+    max_latency_ratio: Annotated[Optional[float], typer.Option("--max-latency-ratio", help="Require the output, in its default load form, to run within this many times the original's latency (1 thread, batch 1); also searches channel pruning, and static int8 beside --weight-bits widths.")] = None,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Time each candidate and the output against the original (1 thread, batch 1); --no-latency skips it (and the preference for a candidate no slower than the original).")] = True,
     report_html: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here.")] = None,
     state: StateOption = None,
     json_path: JsonOption = None,
@@ -120,7 +122,8 @@ def shrink_command(
                             quant_method=quant_method, prune=prune, quantize=quantize, simplify=simplify,
                             target=target)
     options = ShrinkOptions(recipe=chosen, gate=Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop),
-                            target_ratio=target_ratio, weight_bits=_widths(weight_bits), state=parse_state(state))
+                            target_ratio=target_ratio, weight_bits=_widths(weight_bits), state=parse_state(state),
+                            max_latency_ratio=max_latency_ratio, measure_latency=latency)
     basis = None
     if max_accuracy_drop is None and options.effective_gate.max_accuracy_drop is not None:
         # The recipe's own accuracy gate: how it is measured on this data is decided in one place
@@ -133,7 +136,7 @@ def shrink_command(
     result.report["ratio"] = round(model.stat().st_size / max(result.report["output_bytes"], 1), 4)
     result.report["output"] = str(output)
     grew = growth_warning(result.report["original_bytes"], result.report["output_bytes"], "the output")
-    result.report["warnings"] = [grew] if grew else []
+    result.report["warnings"] = result.report.get("warnings", []) + ([grew] if grew else [])
     with outputs_together():
         if result.packed is not None:
             write_bytes_atomic(output, result.packed)

@@ -40,6 +40,8 @@ class WeightOnlyReport:
     size_bytes: dict[str, int]
     calibration_samples: int = 0
     validation: dict[str, Any] | None = None
+    # The model as written against its input (onnxshrink.latency.Latency.to_dict()).
+    latency: dict[str, Any] | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
 

@@ -116,6 +116,7 @@ def quantize_weights(
     progress: Progress | None = None,
     name: str = "model",
     layer_stats: dict[str, LayerInputStats] | None = None,
+    measure_latency: bool = True,
 ) -> WeightOnlyResult:
     """Quantize the weights of a copy of ``model`` as ``options`` say; ``model``
     is not changed.
@@ -129,8 +130,12 @@ def quantize_weights(
     with ``options.gate_floor`` a result that fails the default floor is
     refused (GateFailed, exit 1). ``layer_stats`` (from
     :func:`collect_weight_statistics` on the same model and data) skips
-    collecting them again, for sweeps over bits and rounding. Raises UsageError for options the data
-    cannot serve and UnsupportedModelError when the opset cannot be raised.
+    collecting them again, for sweeps over bits and rounding. With
+    ``measure_latency`` the result, as written (DequantizeLinear before each
+    weight), is timed against ``model`` (the report's ``latency``; a slower
+    one gets a warning naming the faster load forms of a packed copy).
+    Raises UsageError for options the data cannot serve and
+    UnsupportedModelError when the opset cannot be raised.
     """
     progress = progress or (lambda task, done, total: None)
     if options.rounding == "gptq" and calib is None and layer_stats is None:
@@ -173,11 +178,21 @@ def quantize_weights(
         from onnxshrink.validation import DEFAULT_FLOOR, Gate, compare_models, floor_failure
 
         validation = compare_models(model, work, data, gate=DEFAULT_FLOOR if options.gate_floor else Gate(),
-                                    state=options.state, measure_latency=eval_data is not None,
+                                    state=options.state, measure_latency=False,
                                     checked_on="eval data" if eval_data is not None else "calibration data")
         report.validation = validation.to_dict()
         if validation.passed is False:
             raise GateFailed(floor_failure("the weight-only model", validation))
+    if measure_latency:
+        from onnxshrink.latency import time_result
+
+        latency = time_result(model, work, data)
+        report.latency = latency.to_dict() if latency is not None else None
+        slower = latency.slower_text("the weight-only model") if latency is not None else None
+        if slower:
+            report.warnings.append(slower + ": onnxruntime dequantizes its weights on every run as written; packed "
+                                   "(onnxshrink pack), onnxshrink.session and unpack load its 4/8-bit MatMul/Gemm "
+                                   "layers on onnxruntime's low-bit kernels and the rest as float32")
     return WeightOnlyResult(work, bool(planned), report)
 
 

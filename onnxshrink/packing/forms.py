@@ -3,23 +3,31 @@
 
 ``"qdq"`` is the model as packed. ``"native"`` rewrites weight-only quantized
 MatMul/Gemm/Gather layers onto onnxruntime's low-bit kernels
-(:mod:`onnxshrink.packing.native`) and leaves the rest as packed: the least
-memory. ``"float"`` expands every quantized weight to float32
-(:mod:`onnxshrink.packing.materialize`). ``"auto"`` is native for layers of at
-least ``NATIVE_MIN_ELEMENTS`` weights, expands the remaining weight-only
-weights (Conv, smaller layers, shapes the kernels refuse) to float32, and
-keeps static int8 QDQ as packed for onnxruntime's integer kernels: low-bit
-memory, and the fastest form measured where layers are large enough
-(docs/speed.md).
+(:mod:`onnxshrink.packing.native`), folds the bias Adds and reshape pairs
+around them into the kernels (:mod:`onnxshrink.packing.kernel_fusion`) and
+leaves the rest as packed: the least memory. ``"float"`` expands every
+quantized weight to float32 (:mod:`onnxshrink.packing.materialize`).
+``"auto"`` is native for layers of at least ``NATIVE_MIN_ELEMENTS`` weights,
+except that layers below ``NATIVE_FAST_ELEMENTS``, smallest first, run as
+float32 as long as the model's weights in memory stay within
+``AUTO_MEMORY_SHARE`` of their float32 bytes; it expands the remaining
+weight-only weights (Conv, smaller layers, shapes the kernels refuse) to
+float32, and keeps static int8 QDQ as packed for onnxruntime's integer
+kernels: low-bit memory, and the fastest form measured per layer size
+(docs/speed.md). Every choice is a function of the model's shapes, so the
+same packed model always loads the same way.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+from onnx import TensorProto
 
 from onnxshrink.errors import UsageError
 from onnxshrink.packing.materialize import (AUTO_MAX_FLOAT_BYTES, constant_values, float_bytes, graphs,
                                             integer_kernel_inputs, materialize_float, name_reads, quantized_weights)
+from onnxshrink.packing.kernel_fusion import fuse_around_matmul_nbits, value_shapes
 from onnxshrink.packing.native import LayerForm, to_native
 
 MATERIALIZE_MODES = ("auto", "native", "float", "qdq")
@@ -27,6 +35,13 @@ MATERIALIZE_MODES = ("auto", "native", "float", "qdq")
 # batch 1 MatMulNBits' fixed cost per call (about 1 us on the bench machine) is
 # more than a 64x64 layer's whole fp32 product, and its float weights take <= 16 KB.
 NATIVE_MIN_ELEMENTS = 4096
+# Below this many weights MatMulNBits ran slower than a float32 MatMul at 1-48 rows
+# (1.1-2.1x: 64x64 to 128x128, any width, block or accuracy level; 0.6-1.1x at 256x256;
+# interleaved, 1 thread, AMD EPYC Zen 4) ...
+NATIVE_FAST_ELEMENTS = 32768
+# ... so "auto" runs such layers as float32 while the model's weights in memory (native,
+# float and static codes together) stay within this share of their float32 bytes.
+AUTO_MEMORY_SHARE = 1 / 3
 
 
 def check_mode(materialize: str) -> str:
@@ -44,8 +59,12 @@ def materialize(model: onnx.ModelProto, mode: str) -> list[LayerForm]:
     forms: dict[str, LayerForm] = {}
     why: dict[str, str] = {}
     if mode in ("native", "auto"):
-        done, why = to_native(model, min_elements=NATIVE_MIN_ELEMENTS if mode == "auto" else 0)
+        shapes = value_shapes(model) if census else {}
+        keep = _faster_in_float(model) if mode == "auto" else {}
+        done, why = to_native(model, min_elements=NATIVE_MIN_ELEMENTS if mode == "auto" else 0, keep=keep)
         forms.update((f.weight, f) for f in done)
+        if done:
+            fuse_around_matmul_nbits(model, shapes)
     made: list[str] = []
     if mode == "float":
         made = materialize_float(model)
@@ -78,6 +97,47 @@ def deployed_model(model: onnx.ModelProto, mode: str = "auto") -> tuple[onnx.Mod
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     return copy, materialize(copy, mode)
+
+
+def _faster_in_float(model: onnx.ModelProto) -> dict[str, str]:
+    """The weight-only MatMul/Gemm weights ``"auto"`` runs as float32 though the
+    kernels could take them (by DequantizeLinear output name, with the reason):
+    those of ``NATIVE_MIN_ELEMENTS`` to ``NATIVE_FAST_ELEMENTS`` weights, smallest
+    first, while the weights in memory stay within ``AUTO_MEMORY_SHARE`` of
+    their float32 bytes (codes and scales as they are, float32 for the others)."""
+    from onnxshrink.model import data_bytes
+
+    reads = name_reads(model)
+    codes_bytes = float32_bytes = 0
+    small: list[tuple[int, str, int]] = []  # (weights, name, code bytes)
+    for depth, graph in enumerate(graphs(model.graph)):  # the main graph first: subgraphs' layers stay as they are
+        readers: dict[str, set[str]] = {}
+        for node in graph.node:
+            for name in node.input:
+                readers.setdefault(name, set()).add(node.op_type)
+        weight_only = {q.name for q, _ in quantized_weights(graph, reads, weight_only=True)}
+        for q, nodes in quantized_weights(graph, reads, weight_only=False):
+            count = int(np.prod(q.dims, dtype=np.int64))
+            size = (count + 1) // 2 if q.data_type in (TensorProto.INT4, TensorProto.UINT4) else count
+            codes_bytes += size
+            float32_bytes += 4 * count
+            if q.name in weight_only and len(nodes) == 1 and NATIVE_MIN_ELEMENTS <= count < NATIVE_FAST_ELEMENTS \
+                    and readers.get(nodes[0].output[0], set()) <= {"MatMul", "Gemm"} and depth == 0:
+                small.append((count, nodes[0].output[0], size))
+    total = data_bytes(model)
+    # The weights' float32 bytes: everything but the codes as it is, the codes expanded.
+    budget = AUTO_MEMORY_SHARE * (total - codes_bytes + float32_bytes)
+    # Now: the weights below NATIVE_MIN_ELEMENTS and the other weight-only ones load as float32 anyway;
+    # counting them as codes makes the estimate low by their few bytes.
+    in_memory = total
+    chosen: dict[str, str] = {}
+    for count, name, size in sorted(small):
+        if in_memory - size + 4 * count > budget:
+            break
+        in_memory += 4 * count - size
+        chosen[name] = (f"{count} weights: float32 runs faster than the low-bit kernel at this size, and the "
+                        f"weights stay within {AUTO_MEMORY_SHARE:.2f} of their float32 bytes")
+    return chosen
 
 
 def _census(model: onnx.ModelProto) -> dict[str, tuple[tuple[str, ...], bool]]:

@@ -88,9 +88,11 @@ class _Weight:
 
 
 def to_native(model: onnx.ModelProto, *, min_elements: int = 0, accuracy_level: int = ACCURACY_LEVEL,
-              per_channel_block: int = PER_CHANNEL_BLOCK) -> tuple[list[LayerForm], dict[str, str]]:
+              per_channel_block: int = PER_CHANNEL_BLOCK, keep: dict[str, str] | None = None
+              ) -> tuple[list[LayerForm], dict[str, str]]:
     """Rewrite, in place, every weight-only quantized MatMul/Gemm/Gather of at
-    least ``min_elements`` weights that onnxruntime's low-bit kernels can run.
+    least ``min_elements`` weights that onnxruntime's low-bit kernels can run,
+    but those ``keep`` names (DequantizeLinear outputs, with the reason).
     Returns the forms of the rewritten weights and, for weight-only weights
     left as they were, the reason by weight name. Weights of static QDQ
     patterns (a consumer also reads a dequantized activation) are not touched
@@ -104,6 +106,9 @@ def to_native(model: onnx.ModelProto, *, min_elements: int = 0, accuracy_level: 
         for w in _weights(graph, reads):
             out = w.dq.output[0]
             size = int(np.prod(w.codes.dims, dtype=np.int64))
+            if keep and out in keep:
+                skipped[out] = keep[out]
+                continue
             if size < min_elements:
                 skipped[out] = f"{size} weights: under {min_elements}, the kernel's fixed cost outweighs its saving"
                 continue

@@ -24,6 +24,7 @@ import onnx
 
 from onnxshrink.cleanup import growth_warning, remove_unused
 from onnxshrink.errors import UsageError
+from onnxshrink.latency import as_validation_ms, time_result
 from onnxshrink.model import serialized_size
 from onnxshrink.pruning.options import METHODS, PATTERNS, SCOPES, PruneOptions
 from onnxshrink.pruning.report import PruneReport, count_flops, parameter_counts
@@ -59,6 +60,7 @@ def prune_model(
     progress: Progress | None = None,
     layer_stats: dict[str, LayerInputStats] | None = None,
     scan_cache: dict | None = None,
+    measure_latency: bool = True,
 ) -> PruneResult:
     """Prune a copy of ``model`` as ``options`` say; ``model`` is not changed.
 
@@ -141,10 +143,15 @@ def prune_model(
     remove_unused(work)  # what channel removal or folding left unread
     validation = None
     if check_data is not None or options.has_target:
-        validation = compare_models(reference, work, check_data, gate=_gate(options),
-                                    measure_latency=options.pattern == "channel", state=options.state,
+        validation = compare_models(reference, work, check_data, gate=_gate(options), measure_latency=False,
+                                    state=options.state,
                                     checked_on="eval data" if eval_data is not None else "calibration data")
         validation.raise_if_failed()
+    latency = None
+    if measure_latency:
+        latency = time_result(model, work, check_data)
+        if validation is not None:
+            validation.latency_ms = as_validation_ms(latency)
     params_after, nonzero_after = parameter_counts(work)
     report = PruneReport(
         pattern=options.pattern, method=method, scope="searched" if options.has_target else options.scope,
@@ -152,10 +159,14 @@ def prune_model(
         tensors=records, channel_groups=groups, skipped=skipped, params_before=params_before,
         params_after=params_after, nonzero_before=nonzero_before, nonzero_after=nonzero_after,
         flops_before=flops_before, flops_after=count_flops(work), search=search, validation=validation, notes=notes,
+        latency=latency,
     )
     grew = growth_warning(serialized_size(model), serialized_size(work), "the pruned model")
     if grew:
         notes.append(grew)
+    slower = latency.slower_text("the pruned model") if latency is not None else None
+    if slower:
+        notes.append(slower)
     modified = nonzero_after != nonzero_before or params_after != params_before
     return PruneResult(work, modified, report)
 

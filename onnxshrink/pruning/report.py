@@ -99,6 +99,7 @@ class PruneReport:
     search: list[dict[str, Any]]
     validation: Any | None  # ValidationReport
     notes: list[str]
+    latency: Any | None = None  # onnxshrink.latency.Latency: the pruned model against its input
 
     @property
     def weight_sparsity(self) -> float:
@@ -127,4 +128,5 @@ class PruneReport:
             "search": self.search,
             "validation": self.validation.to_dict() if self.validation is not None else None,
             "notes": self.notes,
+            "latency": self.latency.to_dict() if self.latency is not None else None,
         }

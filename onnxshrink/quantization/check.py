@@ -23,7 +23,7 @@ def final_check(model: onnx.ModelProto, qmodel: onnx.ModelProto, data: Any, opti
                     min_agreement=options.min_agreement)
     else:
         gate = DEFAULT_FLOOR if options.gate_floor else Gate()
-    validation = compare_models(model, qmodel, data, gate=gate, measure_latency=options.latency_guard,
+    validation = compare_models(model, qmodel, data, gate=gate, measure_latency=False,
                                 shapes=dict(options.shapes) or None, state=options.state, checked_on=checked_on)
     if validation.passed is False:
         if options.accuracy_aware:

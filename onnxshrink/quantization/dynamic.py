@@ -19,6 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
+from onnxshrink.latency import as_validation_ms, time_result
 from onnxshrink.model import serialized_size
 from onnxshrink.quantization.check import final_check
 from onnxshrink.quantization.options import QuantizeOptions
@@ -38,10 +39,12 @@ IN_SUBGRAPH_DYNAMIC = ("inside an If/Loop/Scan body: dynamic quantization rewrit
                        "quantize --weights-only reaches these weights")
 
 
-def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_data: Any = None, name: str = "model"):
+def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_data: Any = None, name: str = "model",
+                     measure_latency: bool = True):
     """Dynamic int8 MatMul/Gemm; see the module docstring. ``model`` is not changed.
     Checked on ``eval_data`` against the default floor (random inputs without
-    it: no verdict); raises GateFailed when it fails."""
+    it: no verdict); raises GateFailed when it fails. With
+    ``options.latency_guard`` and ``measure_latency`` the result is timed against it."""
 
     prepared = prepare_model(model, name, fold_constants=options.fold_constants)
     out = onnx.ModelProto()
@@ -113,6 +116,10 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
     drop_inferred_value_info(out, model)
     release_memory()  # the per-weight temporaries of a large model
     validation = final_check(model, out, eval_data, options, "eval data")
+    latency = None
+    if options.latency_guard and measure_latency:
+        latency = time_result(model, out, eval_data, shapes=dict(options.shapes) or None)
+        validation.latency_ms = as_validation_ms(latency)
     warnings = [] if eval_data is not None else ["no --eval data: the final metrics use random inputs, which check "
                                                  "numerical fidelity only (no verdict)"]
     in_subgraphs = sum(1 for why in left_float.values() if why == IN_SUBGRAPH_DYNAMIC)
@@ -124,7 +131,8 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
     sizes = {"original": serialized_size(model), "quantized": serialized_size(out)}
     for warning in (growth_warning(sizes["original"], sizes["quantized"], "the int8 model"),
                     slowdown_warning(model, out, one_input(model, eval_data, dict(options.shapes) or None),
-                                     validation.latency_ms) if records else None):
+                                     validation.latency_ms) if records and latency is not None and latency.slower
+                    else None):
         if warning:
             warnings.append(warning)
     report = QuantizeReport(
@@ -132,6 +140,7 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
         cpu_target=options.target, weight_code_max=levels,
         left_float=left_float, size_bytes=sizes,
         calibration={}, validation=validation.to_dict(), latency_ms=dict(validation.latency_ms),
+        latency=latency.to_dict() if latency is not None else None,
         prepared=prepared.notes,
         warnings=warnings,
     )

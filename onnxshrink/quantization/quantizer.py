@@ -14,6 +14,7 @@ from onnxshrink.model import serialized_size
 from onnxshrink.runtime import release_memory
 from onnxshrink.data import NpzData
 from onnxshrink.errors import UsageError
+from onnxshrink.latency import as_validation_ms, time_result
 from onnxshrink.quantization import bias_correction
 from onnxshrink.quantization.calibrate import calibrate
 from onnxshrink.quantization.check import final_check
@@ -141,6 +142,7 @@ def quantize_model(
     eval_data: Any = None,
     progress: Progress | None = None,
     name: str = "model",
+    measure_latency: bool = True,
 ) -> QuantizeResult:
     """Quantize ``model`` to int8 QDQ form; ``model`` itself is not changed.
 
@@ -149,15 +151,17 @@ def quantize_model(
     :class:`CalibrationStats` from earlier runs (merged with ``.merge``).
     ``eval_data`` (labels optional) is what the accuracy-aware search and
     the final check use; without it they use ``calib`` when it can be read
-    again. Raises GateFailed when the target cannot be met or, without one,
-    the result fails the default floor (see
+    again. With ``options.latency_guard`` the result is timed against
+    ``model`` (the report's ``latency``) unless ``measure_latency`` is False
+    (a caller that times it itself). Raises GateFailed when the target cannot
+    be met or, without one, the result fails the default floor (see
     :func:`onnxshrink.quantization.check.final_check`),
     UnsupportedModelError for models that cannot be quantized.
     """
     if options.dynamic:
         from onnxshrink.quantization.dynamic import quantize_dynamic
 
-        return quantize_dynamic(model, options, eval_data=eval_data, name=name)
+        return quantize_dynamic(model, options, eval_data=eval_data, name=name, measure_latency=measure_latency)
     if calib is None:
         raise UsageError("static quantization needs calibration data (--calib DATA), or use --dynamic")
     prepared = prepare_model(model, name, fold_constants=options.fold_constants)
@@ -198,8 +202,12 @@ def quantize_model(
     left_float.update(keep)
     data = eval_data if eval_data is not None else _as_data_for_validation(calib)
     validation = final_check(model, qmodel, data, options, "eval data" if eval_data is not None else "calibration data")
+    latency = None
+    if options.latency_guard and measure_latency:
+        latency = time_result(model, qmodel, data, shapes=dict(options.shapes) or None)
+        validation.latency_ms = as_validation_ms(latency)
     lat = validation.latency_ms
-    if records and lat.get("reference") and lat.get("candidate") and lat["candidate"] > lat["reference"]:
+    if records and latency is not None and latency.slower:  # beyond the noise: then say why
         warnings.append(slowdown_warning(model, qmodel, one_input(model, data, dict(options.shapes) or None), lat))
     if source.bias_correction_skipped:
         warnings.append(source.bias_correction_skipped)
@@ -221,7 +229,8 @@ def quantize_model(
         weight_code_max=weight_levels(options.weight_range_bits, options.target),
         nodes=[r.to_dict() for r in records], left_float=left_float,
         size_bytes={"original": serialized_size(model), "quantized": serialized_size(qmodel)},
-        calibration=calibration, validation=validation.to_dict(), latency_ms=dict(lat), target=target,
+        calibration=calibration, validation=validation.to_dict(), latency_ms=dict(lat),
+        latency=latency.to_dict() if latency is not None else None, target=target,
         search=search_log, prepared=prepared.notes, warnings=warnings,
     )
     return QuantizeResult(qmodel, bool(records), report, stats)

@@ -26,6 +26,8 @@ class QuantizeReport:
     calibration: dict[str, Any]
     validation: dict[str, Any] | None = None
     latency_ms: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    # The result against its input (onnxshrink.latency.Latency.to_dict()): ratio, noise, medians.
+    latency: dict[str, Any] | None = None
     target: dict[str, Any] | None = None
     search: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     prepared: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -21,7 +21,13 @@ class ShrinkOptions:
     bytes over output bytes); the search then prefers the most accurate
     candidate that reaches it. ``state`` names a stateful model's (output,
     input) pairs when their names do not say so: every check then runs in a
-    closed loop (:mod:`onnxshrink.validation.stateful`).
+    closed loop (:mod:`onnxshrink.validation.stateful`). ``max_latency_ratio``
+    bounds the output's latency in its default load form against the
+    original's (1 thread, batch 1; overrides the recipe's); the search then
+    also tries channel pruning and, with weight-only widths, static int8.
+    ``measure_latency`` False skips every latency measurement (no latency in
+    the report, and no candidate is passed over for being slower than the
+    original).
     """
 
     recipe: Recipe
@@ -30,6 +36,8 @@ class ShrinkOptions:
     calib_samples: int = 256
     weight_bits: tuple[int, ...] = (8,)
     state: tuple[tuple[str, str], ...] = ()
+    max_latency_ratio: float | None = None
+    measure_latency: bool = True
 
     def __post_init__(self) -> None:
         if self.target_ratio is not None and self.target_ratio <= 1.0:
@@ -37,11 +45,20 @@ class ShrinkOptions:
         if not self.weight_bits or any(b not in WEIGHT_WIDTHS for b in self.weight_bits):
             raise UsageError(f"--weight-bits takes widths among {', '.join(map(str, WEIGHT_WIDTHS))} (e.g. 4,8), "
                              f"got {','.join(map(str, self.weight_bits))}")
+        if self.max_latency_ratio is not None and not self.max_latency_ratio > 0:
+            raise UsageError(f"--max-latency-ratio must be above 0, got {self.max_latency_ratio}")
+        if self.latency_bound is not None and not self.measure_latency:
+            raise UsageError("--max-latency-ratio needs latency measured: drop --no-latency")
 
     @property
     def mixed_precision(self) -> bool:
         """Weight-only quantization with per-layer widths, instead of static int8 QDQ."""
         return min(self.weight_bits) < 8
+
+    @property
+    def latency_bound(self) -> float | None:
+        """The output's largest allowed latency over the original's: the flag's, else the recipe's."""
+        return self.max_latency_ratio if self.max_latency_ratio is not None else self.recipe.max_latency_ratio
 
     @property
     def effective_gate(self) -> Gate:

@@ -26,6 +26,10 @@ from onnxshrink.validation import Gate, compare_models
 # also within the CPU target's bound, so the "8" step is [-64, 64] unless the recipe's
 # quantize target is x86-vnni or arm (onnxshrink.cpu_targets).
 WEIGHT_RANGE_BITS = (4, 6, 8)
+# Channel pruning for latency keeps a multiple of this many channels per group:
+# onnxruntime's blocked (NCHWc) Conv kernels work on 8 or 16 channels at a time,
+# and digits_cnn pruned to 13/25/50 channels ran 1.04x its original where 16/24/40 ran 0.81x.
+LATENCY_CHANNEL_MULTIPLE = 8
 
 
 @dataclasses.dataclass
@@ -117,6 +121,18 @@ def weights_digest(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
+def deployed(inputs: SearchInputs, model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` in the form the output loads in by default: a packed output's
+    weight-only layers as ``unpack``/``session`` put them (MatMulNBits at
+    accuracy level 4 quantizes activations too, so the gate is measured on
+    that); an unpacked output as written."""
+    from onnxshrink.packing.forms import changes, deployed_model
+
+    if not inputs.options.recipe.pack or not changes(model, "auto"):
+        return model
+    return deployed_model(model)[0]
+
+
 def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) -> Pruned:
     """Prune the base model with the candidate's share of the budget (None: as
     the recipe says) and measure how much of the budget that used."""
@@ -129,6 +145,8 @@ def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) 
         return Pruned(model, stages, layers)
     if candidate.pattern is not None:
         prune_cfg = {**prune_cfg, "pattern": candidate.pattern}
+        if candidate.pattern == "channel":
+            prune_cfg["channel_multiple"] = max(prune_cfg.get("channel_multiple", 1), LATENCY_CHANNEL_MULTIPLE)
     targets = {} if (share is None and prune_cfg.get("sparsity") is not None) else sub_gate(gate, budget(gate) * (share or 0))
     prune_options = PruneOptions(**prune_cfg, **targets, state=inputs.options.state)
     if state.prune_stats is None and prune_options.resolved_method(True) != "magnitude":
@@ -136,13 +154,19 @@ def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) 
         state.prune_stats = collect_statistics(model, inputs.calib, prune_options, progress=inputs.progress)
     # The sensitivity scan and measured allocations are the same for every trial: only the target differs.
     result = prune_model(model, prune_options, calib=inputs.calib, eval_data=inputs.check, progress=inputs.progress,
-                         layer_stats=state.prune_stats, scan_cache=state.prune_scans)
+                         layer_stats=state.prune_stats, scan_cache=state.prune_scans, measure_latency=False)
     model = result.model
     summary = result.report.to_dict()
-    stages.append(Stage("prune", model, f"{100 * result.report.weight_sparsity:.1f}% of weights zero"
-                                        + "".join(f"; {n}" for n in result.report.notes)))
+    channels = prune_options.pattern == "channel"
+    done = (f"{result.report.removed_channels} channels removed ({100 * result.report.weight_sparsity:.1f}% of weights)"
+            if channels else f"{100 * result.report.weight_sparsity:.1f}% of weights zero")
+    stages.append(Stage("prune", model, done + "".join(f"; {n}" for n in result.report.notes)))
     for t in summary["tensors"]:
-        layers[t["name"]] = {"name": t["name"], "op": t["op_type"], "sparsity": t["sparsity"]}
+        # Channel pruning removes weights (its records say how many), the other patterns zero them.
+        layers[t["name"]] = {"name": t["name"], "op": t["op_type"],
+                             "sparsity": t["removed_fraction"] if channels else t["sparsity"]}
+        if channels:
+            layers[t["name"]]["shape"] = t["shape_after"]
     # prune_model already compared the pruned model with its input (the
     # constant-folded original) on the same data; no second run is needed.
     checked = result.report.validation
@@ -152,30 +176,34 @@ def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) 
     return Pruned(model, stages, layers, spent, prune_options.pattern, result.report.search)
 
 
-def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto):
+def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, reshaped: bool = False):
     """Weight-only quantization with GPTQ rounding: every weight at the narrowest
     width; while that fails the gate, the most sensitive (largest estimated
     output error) are promoted to the next width, as few as the gate allows
     (bisection on their number), the rest stay a width below. When even all at
     the widest fail, the most sensitive stay float instead, again as few as
     the gate allows. The layer Hessians come from the unpruned model
-    and are reused by every trial. Returns the WeightOnlyResult, or None when
-    no mix passes the gate."""
+    and are reused by every trial, but for a model whose layers channel
+    pruning ``reshaped`` (collected for it alone). Returns the WeightOnlyResult,
+    or None when no mix passes the gate."""
     from onnxshrink.lowbit import WeightOnlyOptions, collect_weight_statistics, quantize_weights
 
     original, gate, calib, check = inputs.original, inputs.gate, inputs.calib, inputs.check
     widths = tuple(sorted(set(inputs.options.weight_bits)))
     # The search checks every mix against the gate itself: no floor inside.
     base_options = WeightOnlyOptions(bits=widths[0], rounding="gptq", gate_floor=False, state=inputs.options.state)
-    if state.weight_stats is None:
-        state.weight_stats = collect_weight_statistics(inputs.base, calib, base_options, progress=inputs.progress)
-    stats = state.weight_stats
+    if reshaped:
+        stats = collect_weight_statistics(model, calib, base_options, progress=inputs.progress)
+    else:
+        if state.weight_stats is None:
+            state.weight_stats = collect_weight_statistics(inputs.base, calib, base_options, progress=inputs.progress)
+        stats = state.weight_stats
 
     def quantized(promoted: list[str], to: int, rest: int, kept_float: tuple[str, ...] = ()):
         layer_bits: dict[str, int | None] = {name: to for name in promoted}
         layer_bits.update({name: None for name in kept_float})
         opts = dataclasses.replace(base_options, bits=rest, layer_bits=layer_bits)
-        return quantize_weights(model, opts, calib=calib, layer_stats=stats)
+        return quantize_weights(model, opts, calib=calib, layer_stats=stats, measure_latency=False)
 
     def fewest(count: int, make, best):
         """Bisection on how many of the ranked names get the better treatment:
@@ -191,7 +219,7 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
         return best
 
     def passes(result) -> bool:
-        return bool(compare_models(original, result.model, check, gate=gate, measure_latency=False,
+        return bool(compare_models(original, deployed(inputs, result.model), check, gate=gate, measure_latency=False,
                                    state=inputs.options.state).passed)
 
     first = quantized([], widths[0], widths[0])
@@ -228,7 +256,8 @@ def static_int8(inputs: SearchInputs, model: onnx.ModelProto, remaining: float):
         options = QuantizeOptions(**{**settings, "weight_range_bits": bits}, **targets, gate_floor=False,
                                   state=inputs.options.state)
         try:
-            q = quantize_model(model, inputs.calib, options, eval_data=inputs.check, progress=inputs.progress)
+            q = quantize_model(model, inputs.calib, options, eval_data=inputs.check, progress=inputs.progress,
+                               measure_latency=False)
         except GateFailed:
             continue
         if not gate.active or len(ranges) == 1 or \
@@ -238,17 +267,20 @@ def static_int8(inputs: SearchInputs, model: onnx.ModelProto, remaining: float):
     return None
 
 
-def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned, remaining: float) -> Outcome:
+def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned, remaining: float,
+                       candidate: Candidate = Candidate(None)) -> Outcome:
     """The rest of a trial after pruning: quantize within ``remaining`` of the
-    budget, validate against the original, pack."""
+    budget (as the options say, or static int8 when the candidate says so),
+    validate the model in its default load form against the original, time
+    it against the original, pack."""
     options = inputs.options
     recipe = options.recipe
     model, stages, layers = pruned.model, pruned.stages, pruned.layers
     widths: dict[int, int] = {}
     range_bits = None
     start = time.perf_counter()
-    if recipe.quantize is not None and options.mixed_precision:
-        chosen = mixed_precision(inputs, state, model)
+    if recipe.quantize is not None and options.mixed_precision and candidate.quantize != "int8":
+        chosen = mixed_precision(inputs, state, model, reshaped=pruned.pattern == "channel")
         if chosen is None:
             return Outcome(failed="no mix of weight widths meets the gate")
         model = chosen.model
@@ -277,12 +309,19 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
     seconds = {"quantize": time.perf_counter() - start}
     model = without_inferred_info(model, inputs.original)
     start = time.perf_counter()
-    validation = compare_models(inputs.original, model, inputs.check, gate=inputs.gate, measure_latency=True,
+    runs = deployed(inputs, model)
+    validation = compare_models(inputs.original, runs, inputs.check, gate=inputs.gate, measure_latency=False,
                                 state=inputs.options.state, checked_on=inputs.checked_on)
     seconds["validate"] = time.perf_counter() - start
+    latency = None
+    if inputs.measure is not None:
+        start = time.perf_counter()
+        latency = inputs.measure(runs)
+        seconds["latency"] = time.perf_counter() - start
+    del runs
     start = time.perf_counter()
     size, packed = packed_size(model) if recipe.pack else (model.ByteSize(), None)
     seconds["pack"] = time.perf_counter() - start
     return Outcome(model=model, packed=packed, size=size, validation=validation, stages=stages,
-                   layers=list(layers.values()), weight_widths=widths, weight_range_bits=range_bits, seconds=seconds,
-                   prune_steps=pruned.steps)
+                   layers=list(layers.values()), weight_widths=widths, weight_range_bits=range_bits,
+                   latency=latency, seconds=seconds, prune_steps=pruned.steps)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import onnx
 
 from onnxshrink.data import Batch
+from onnxshrink.latency import Latency
 from onnxshrink.search.options import ShrinkOptions
 from onnxshrink.stats.layer_inputs import LayerInputStats
 from onnxshrink.validation import Gate, ValidationReport
@@ -33,11 +34,15 @@ class Candidate:
 
     ``prune_budget_share`` is the fraction of the gate's budget pruning may
     use (None: prune as the recipe says, no search; 0: no pruning);
-    ``pattern`` overrides the recipe's pruning pattern (None: the recipe's).
+    ``pattern`` overrides the recipe's pruning pattern (None: the recipe's);
+    ``quantize`` overrides how the options quantize (None: as they say;
+    ``"int8"``: static int8 QDQ even when weight-only widths were asked for,
+    a candidate of the latency search).
     """
 
     prune_budget_share: float | None
     pattern: str | None = None
+    quantize: str | None = None
 
 
 @dataclasses.dataclass
@@ -57,8 +62,10 @@ class Outcome:
     ``weight_widths`` counts the weights at each width (weight-only
     quantization), ``weight_range_bits`` is the range static int8 codes use;
     ``float16`` names the tensors stored as float16 (set on the chosen one).
-    ``seconds`` is the wall time of quantize, validate and pack;
+    ``seconds`` is the wall time of quantize, validate, time and pack;
     ``prune_steps`` what pruning's own search measured (the report's chart).
+    ``latency`` is the model's in its default load form against the
+    original's (None when not measured).
     """
 
     failed: str | None = None
@@ -71,6 +78,7 @@ class Outcome:
     weight_widths: dict[int, int] = dataclasses.field(default_factory=dict)
     weight_range_bits: int | None = None
     float16: list[str] = dataclasses.field(default_factory=list)
+    latency: Latency | None = None
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     prune_steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
@@ -95,7 +103,9 @@ class Trial:
     share one outcome: ``reused``); ``pattern`` is the pruning pattern applied
     (None when nothing was pruned); ``seconds`` the wall time of what this
     trial itself ran (prune, and quantize/validate/pack unless reused).
-    ``passed`` is the gate and every other objective (size ratio) together.
+    ``gate_passed`` is the quality gate and the size ratio; ``passed`` that
+    and the latency objective (a bound, else not slower than the original
+    beyond the noise, when the search asks for it) together.
     """
 
     index: int
@@ -107,6 +117,7 @@ class Trial:
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     ratio: float = 0.0
     accuracy_drop: float = 0.0
+    gate_passed: bool = False
     passed: bool = False
 
     @property
@@ -122,12 +133,14 @@ class Trial:
         validation = self.outcome.validation
         outputs = validation.outputs.values() if validation is not None else []
         return {"trial": self.index, "prune_budget_share": self.candidate.prune_budget_share,
-                "pattern": self.pattern, "size_bytes": self.outcome.size if self.failed is None else None,
+                "pattern": self.pattern, "quantize": self.candidate.quantize or "as asked",
+                "size_bytes": self.outcome.size if self.failed is None else None,
                 "ratio": round(self.ratio, 3), "accuracy_drop": round(self.accuracy_drop, 4),
                 "accuracy_drop_points": (None if validation is None or validation.accuracy_drop_points is None
                                          else round(validation.accuracy_drop_points, 4)),
                 "cosine": min((m["cosine"] for m in outputs), default=None),
                 "min_sample_cosine": min((m["min_sample_cosine"] for m in outputs), default=None),
+                "latency_ratio": None if self.outcome.latency is None else round(self.outcome.latency.ratio, 3),
                 "passed": self.passed, "chosen": chosen is not None and self.candidate == chosen.candidate,
                 "reused": self.reused, "failed": self.failed}
 
@@ -147,6 +160,8 @@ class SearchInputs:
     check: Any  # what the gate is measured on: the eval data, else the calibration batches
     progress: Progress
     checked_on: str = "eval data"  # names ``check`` in the reports
+    # Times a candidate (in the form it loads in) against the original; None: latency is not measured.
+    measure: Callable[[onnx.ModelProto], Latency] | None = None
 
 
 @dataclasses.dataclass

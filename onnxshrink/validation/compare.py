@@ -278,28 +278,14 @@ def _take(stream, count: int, where: Any) -> Batch:
     return Batch({n: np.concatenate([p.inputs[n] for p in parts]) for n in names})
 
 
-# Above this many bytes of weights (both models together) latency is measured one
-# model at a time, so only one session holds a copy of the weights.
-INTERLEAVE_MAX_BYTES = 256 << 20
 
 
 def _latencies(ref: onnx.ModelProto | None, cand: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, float | None]:
     """Median single-thread latency of each model, measured in interleaved rounds
-    (for large models, one model after the other)."""
-    from onnxshrink.model import data_bytes
+    (:mod:`onnxshrink.latency`, which also caps the cost for large models)."""
+    from onnxshrink.latency import compare_latency, model_ms
 
-    models = {"candidate": cand} if ref is None else {"reference": ref, "candidate": cand}
-    rounds: dict[str, list[float]] = {k: [] for k in models}
-    if sum(data_bytes(m) for m in models.values()) > INTERLEAVE_MAX_BYTES:
-        for key, model in models.items():
-            session = runtime.create_session(model, threads=1)
-            rounds[key] = [runtime.median_latency_ms(session, feed, runs=10, warmup=2) for _ in range(3)]
-            del session
-            runtime.release_memory()
-    else:
-        sessions = {key: runtime.create_session(model, threads=1) for key, model in models.items()}
-        for _ in range(3):
-            for key, session in sessions.items():
-                rounds[key].append(runtime.median_latency_ms(session, feed, runs=10, warmup=2))
-    return {"reference": float(np.median(rounds["reference"])) if "reference" in rounds else None,
-            "candidate": float(np.median(rounds["candidate"]))}
+    if ref is None:
+        return {"reference": None, "candidate": model_ms(cand, feed, rounds=3, runs=10)}
+    measured = compare_latency(ref, cand, feed, rounds=3, runs=10)
+    return {"reference": measured.reference_ms, "candidate": measured.candidate_ms}

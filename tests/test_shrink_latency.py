@@ -1,0 +1,191 @@
+"""shrink and latency: the search's decisions on injected timings (a fake
+``measure`` that reads the candidate's graph), the gate measured on the
+form the output loads in, the recipe key, and a real end-to-end report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from onnxshrink.cli import app
+from onnxshrink.errors import GateFailed, UsageError
+from onnxshrink.latency import Latency
+from onnxshrink.pipeline import ShrinkOptions, shrink
+from onnxshrink.pruning.report import count_flops
+from onnxshrink.recipes import load_recipe, parse_recipe
+from onnxshrink.validation import Gate
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+CNN, MLP = MODELS / "digits_cnn", MODELS / "digits_mlp"
+
+
+def _weights(model: onnx.ModelProto) -> int:
+    """Elements of the layer weights (2-D and up), float or integer: channel pruning lowers it, zeros do not."""
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer if len(t.dims) >= 2)
+
+
+def _fixed(ratio: float) -> Latency:
+    return Latency.from_rounds([1.0] * 5, [ratio] * 5, form="default load form")
+
+
+def _run(path: Path, measure, **options):
+    original = onnx.load(f"{path}.onnx")
+    opts = ShrinkOptions(load_recipe("cnn-default"), gate=Gate(max_accuracy_drop=1.0), **options)
+    return original, shrink(original, f"{path}.calib.npz", opts, eval_data=f"{path}.eval.npz", measure=measure)
+
+
+def test_a_slower_winner_gives_way_to_a_no_slower_candidate():
+    """Injected: every candidate that keeps all channels runs 1.5x the original
+    (static int8 on a CPU without VNNI), channel-pruned ones 0.8x. The
+    recipe's winner passes the gate but is slower beyond the noise, so shrink
+    goes on to channel pruning and keeps the first that passes the gate."""
+    seen = []
+
+    def measure(candidate: onnx.ModelProto) -> Latency:
+        ratio = 0.8 if _weights(candidate) < 0.95 * _weights(original) else 1.5
+        seen.append(ratio)
+        return _fixed(ratio)
+
+    original = onnx.load(f"{CNN}.onnx")
+    _, result = _run(CNN, measure)
+    rows = result.report["search"]
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["pattern"] == "channel" and chosen[0]["latency_ratio"] == 0.8
+    slow = [r for r in rows if r["pattern"] == "unstructured"]
+    assert slow and slow[0]["latency_ratio"] == 1.5 and slow[0]["passed"]  # it passed the gate: only slower
+    assert result.report["latency"]["ratio"] == 0.8 and not result.report["latency"]["slower"]
+    assert result.report["warnings"] == [] and 1.5 in seen
+    assert _weights(result.model) < _weights(original)
+
+
+def test_when_nothing_is_faster_the_winner_stays_and_is_flagged():
+    _, result = _run(MLP, lambda candidate: _fixed(1.4))
+    assert result.report["latency"]["slower"]
+    (line,) = result.report["warnings"]
+    assert line.startswith("the output runs slower than the original: 1.40x") and "\n" not in line
+    assert result.report["search"][0]["chosen"]  # the recipe's winner: channel pruning was no faster
+
+
+def test_latency_bound_searches_channel_pruning_and_takes_the_first_within():
+    """Injected: latency is the candidate's FLOPs over the original's, times
+    0.7 when it runs static int8. Unstructured sparsity leaves FLOPs alone
+    (0.7 > 0.5), so the bound needs channel pruning."""
+    def measure(candidate: onnx.ModelProto) -> Latency:
+        int8 = any(n.op_type == "QuantizeLinear" for n in candidate.graph.node)
+        return _fixed(round(count_flops(candidate) / flops * (0.7 if int8 else 1.0), 3))
+
+    flops = count_flops(onnx.load(f"{CNN}.onnx"))
+    _, result = _run(CNN, measure, max_latency_ratio=0.5)
+    rows = result.report["search"]
+    first = rows[0]
+    assert first["pattern"] == "unstructured" and first["latency_ratio"] == 0.7 and not first["passed"]
+    (chosen,) = [r for r in rows if r["chosen"]]
+    assert chosen["pattern"] == "channel" and chosen["latency_ratio"] <= 0.5 and chosen["passed"]
+    assert result.report["max_latency_ratio"] == 0.5 and result.report["latency"]["ratio"] <= 0.5
+    assert result.validation.passed and result.report["ratio"] > 1
+    # Milder shares of the unstructured pattern were not tried once one passed the gate: no faster.
+    assert [r["pattern"] for r in rows].count("unstructured") <= 2
+
+
+def test_an_unreachable_bound_fails_the_gate_and_says_latency():
+    with pytest.raises(GateFailed, match=r"latency 2\.00x the original > 0\.3"):
+        _run(MLP, lambda candidate: _fixed(2.0), max_latency_ratio=0.3)
+
+
+def test_weight_only_candidates_are_gated_in_the_form_they_load_in():
+    """The report's final metrics are those of the packed output loaded the
+    default way (MatMulNBits quantizes activations at accuracy level 4), not
+    of the DequantizeLinear graph: measured here on both."""
+    from onnxshrink.packing import load_packed
+    from onnxshrink.validation import compare_models
+
+    original = onnx.load(f"{MLP}.onnx")
+    options = ShrinkOptions(load_recipe("transformer-default"), gate=Gate(max_accuracy_drop=1.0),
+                            weight_bits=(4, 8), measure_latency=False)
+    result = shrink(original, f"{MLP}.calib.npz", options, eval_data=f"{MLP}.eval.npz")
+    assert result.report["latency"] is None
+    forms: list = []
+    deployed = load_packed(result.packed, materialize="auto", forms=forms)
+    assert any(f.form == "matmulnbits" for f in forms)
+    as_loaded = compare_models(original, deployed, f"{MLP}.eval.npz", measure_latency=False)
+    as_packed = compare_models(original, load_packed(result.packed), f"{MLP}.eval.npz", measure_latency=False)
+    final = result.report["final"]
+    assert final["outputs"] == as_loaded.to_dict()["outputs"] and final["accuracy"] == as_loaded.accuracy
+    assert as_packed.to_dict()["outputs"] != final["outputs"]
+
+
+@pytest.mark.parametrize("table", ["gate", "search"])
+def test_recipe_key_max_latency_ratio(table):
+    recipe = parse_recipe({"quantize": {}, "gate": {"max_accuracy_drop": 1.0}, table: {"max_latency_ratio": 0.5}}
+                          if table == "search" else
+                          {"quantize": {}, "gate": {"max_accuracy_drop": 1.0, "max_latency_ratio": 0.5}}, "r")
+    assert recipe.max_latency_ratio == 0.5 and recipe.gate == {"max_accuracy_drop": 1.0}
+    assert ShrinkOptions(recipe).latency_bound == 0.5
+    assert ShrinkOptions(recipe, max_latency_ratio=0.8).latency_bound == 0.8  # the flag wins
+    assert ShrinkOptions(recipe).effective_gate == Gate(max_accuracy_drop=1.0)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"gate": {"max_latency_ratio": 0.5}, "search": {"max_latency_ratio": 0.6}}, "both"),
+    ({"search": {"max_latency_ratio": 0}}, "above 0"),
+    ({"search": {"max_latency_ratio": "fast"}}, "above 0"),
+    ({"search": {"speed": 1}}, "no key 'speed'"),
+])
+def test_bad_recipe_latency_keys_are_refused(data, message):
+    with pytest.raises(UsageError, match=message):
+        parse_recipe(data, "r")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-latency-ratio", "0"], "above 0"),
+    (["--max-latency-ratio", "0.5", "--no-latency"], "--no-latency"),
+])
+def test_bad_latency_flags_exit_2(tmp_path, flags, message):
+    result = CliRunner().invoke(app, ["shrink", f"{MLP}.onnx", "-o", str(tmp_path / "o.onnxz"), "--calib",
+                                      f"{MLP}.calib.npz", "--eval", f"{MLP}.eval.npz", *flags])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "o.onnxz").exists()
+
+
+def test_cli_reports_latency_in_summary_json_and_html(tmp_path):
+    """Real timings (no margin asserted): the summary line, the JSON object and
+    the HTML section; a slower output is flagged in one line, on stderr."""
+    out, js, page = tmp_path / "o.onnxz", tmp_path / "r.json", tmp_path / "r.html"
+    result = CliRunner().invoke(app, ["shrink", f"{MLP}.onnx", "-o", str(out), "--calib", f"{MLP}.calib.npz",
+                                      "--eval", f"{MLP}.eval.npz", "--recipe", "int8", "--json", str(js),
+                                      "--report", str(page)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(js.read_text())
+    latency = report["latency"]
+    assert latency["form"] == "default load form" and latency["threads"] == 1 and latency["batch"] == 1
+    said = " ".join(result.output.split())
+    assert "latency (1 thread, median of interleaved runs, default load form):" in said
+    assert f"({latency['ratio']:.2f}x" in said
+    assert "<h2>Latency</h2>" in page.read_text()
+    flagged = [w for w in report["warnings"] if "slower than the original" in w]
+    assert bool(flagged) == latency["slower"]
+
+
+def test_when_none_is_fast_enough_a_smaller_and_faster_candidate_still_wins():
+    """Injected: channel-pruned candidates 1.3x, the rest 1.5x: all slower, but
+    a channel-pruned one that passes the gate and is smaller beats the winner."""
+    original = onnx.load(f"{MLP}.onnx")
+
+    def measure(candidate: onnx.ModelProto) -> Latency:
+        return _fixed(1.3 if _weights(candidate) < 0.95 * _weights(original) else 1.5)
+
+    _, result = _run(MLP, measure)
+    rows = result.report["search"]
+    (chosen,) = [r for r in rows if r["chosen"]]
+    others = [r for r in rows if r["passed"] and not r["chosen"]]
+    if chosen["pattern"] == "channel":
+        assert chosen["latency_ratio"] == 1.3 and all(chosen["size_bytes"] < r["size_bytes"] for r in others
+                                                      if r["pattern"] != "channel")
+    else:  # channel pruning came out larger here: then the recipe's winner stays
+        assert all(r["size_bytes"] >= chosen["size_bytes"] for r in rows if r["pattern"] == "channel" and r["passed"])
+    assert result.report["latency"]["slower"] and result.report["warnings"]
