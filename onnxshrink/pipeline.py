@@ -19,6 +19,7 @@ import onnx
 from onnxshrink.data import model_inputs, read_samples
 from onnxshrink.errors import UsageError
 from onnxshrink.search import SearchInputs, ShrinkOptions, Trial, search
+from onnxshrink.search.schedule import TrialProgress, describe
 from onnxshrink.search.stages import packed_size
 from onnxshrink.validation import Gate, ValidationReport, compare_models
 
@@ -59,15 +60,28 @@ def _float16_small(chosen: Trial, original: onnx.ModelProto, gate: Gate, check: 
     return dataclasses.replace(chosen, outcome=outcome)
 
 
+def _floor_entry(floor: Trial | None, gate: Gate) -> dict[str, Any] | None:
+    """The plain weight-only int8 trial the result was compared with, for the report."""
+    if floor is None:
+        return None
+    if floor.failed is not None:
+        return {"failed": floor.failed}
+    return {"size_bytes": floor.outcome.size, "ratio": round(floor.ratio, 3), "passed": floor.passed,
+            "budget_used": round(floor.accuracy_drop, 6), "validation": floor.outcome.validation.to_dict()}
+
+
 def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_data: Any = None,
-           model_name: str = "model", progress: Progress | None = None) -> ShrinkResult:
+           model_name: str = "model", progress: Progress | None = None,
+           on_trial: Callable[[TrialProgress], None] | None = None) -> ShrinkResult:
     """Run the recipe's stages on a copy of ``model``; ``model`` is not changed.
 
     ``calib`` is the calibration data (path, NpzData, ORT-style reader or
     batches), ``eval_data`` the labelled data the gate is measured on (without
     it the gate is measured on the calibration inputs, cosine only). Raises
     GateFailed (exit 1) when no candidate passes the gate or reaches
-    ``target_ratio``.
+    ``target_ratio``. ``progress`` hears of each step's work, ``on_trial`` of
+    each search trial as it starts, ends or is skipped (with an estimate of
+    the time left).
     """
     progress = progress or (lambda task, done, total: None)
     recipe = options.recipe
@@ -88,7 +102,8 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
                        "note": simplified.fallback_reason or f"{simplified.nodes_before} -> {simplified.nodes_after} nodes"})
     calib_batches = read_samples(calib, model_inputs(base), options.calib_samples)
     check = eval_data if eval_data is not None else calib_batches
-    found = search(SearchInputs(original, original_bytes, base, options, gate, calib_batches, check, progress))
+    found = search(SearchInputs(original, original_bytes, base, options, gate, calib_batches, check, progress,
+                                on_trial or (lambda status: None)))
     chosen = found.chosen
     for stage in chosen.outcome.stages:
         stages.append({"name": stage.name, "bytes": stage.model.ByteSize(), "packed_bytes": packed_size(stage.model)[0],
@@ -114,6 +129,13 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
         "layers": outcome.layers,
         "float16_tensors": outcome.float16,
         "search": [t.search_entry(chosen) for t in found.trials if t.failed is None] if found.searching else [],
+        "skipped": [s.report_entry() for s in found.skipped],
+        "trials": [{"mode": describe(t.candidate), "prune_budget_share": t.candidate.prune_budget_share,
+                    "seconds": {k: round(v, 3) for k, v in t.seconds.items()}, "reused": t.reused,
+                    "failed": t.failed, "ratio": round(t.ratio, 3), "passed": t.passed}
+                   for t in found.trials + ([found.floor] if found.floor and found.floor not in found.trials else [])],
+        "weight_only_int8": _floor_entry(found.floor, gate),
+        "notes": list(found.notes),
         "final": outcome.validation.to_dict(),
     }
     return ShrinkResult(outcome.model, outcome.packed, report, outcome.validation)

@@ -30,6 +30,7 @@ from onnxshrink.errors import UsageError
 from onnxshrink.fileio import outputs_together, write_bytes_atomic
 from onnxshrink.model import save_model
 from onnxshrink.pipeline import ShrinkOptions, shrink
+from onnxshrink.search.options import DEFAULT_TIME_BUDGET
 from onnxshrink.recipes import Recipe, builtin_recipes, load_recipe, recipe_for
 from onnxshrink.report import render_html
 from onnxshrink.validation import Gate, accuracy_gate_basis
@@ -85,6 +86,7 @@ def shrink_command(
     quantize: Annotated[Optional[bool], typer.Option("--quantize/--no-quantize", help="Run or skip the quantize stage.")] = None,
     simplify: Annotated[Optional[bool], typer.Option("--simplify/--no-simplify", help="Run or skip onnxsim constant folding.")] = None,
     weight_bits: Annotated[str, typer.Option("--weight-bits", help="Allowed weight widths among 2,3,4,8, e.g. 4,8 or 3,4,8: weight-only quantization with a per-layer width chosen under the gate, the most sensitive layers wider or float (default 8: static int8).")] = "8",
+    time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds the search may spend (0: no limit); candidates whose estimated cost does not fit are skipped, and the report says so.")] = DEFAULT_TIME_BUDGET,
     report_html: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here.")] = None,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
@@ -102,13 +104,15 @@ def shrink_command(
     chosen = with_overrides(chosen, sparsity=sparsity, pattern=pattern, prune_method=prune_method,
                             quant_method=quant_method, prune=prune, quantize=quantize, simplify=simplify)
     options = ShrinkOptions(recipe=chosen, gate=Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop),
-                            target_ratio=target_ratio, weight_bits=_widths(weight_bits))
+                            target_ratio=target_ratio, weight_bits=_widths(weight_bits),
+                            time_budget=time_budget if time_budget != 0 else None)
     if max_accuracy_drop is None and eval_data is not None and options.effective_gate.max_accuracy_drop is not None:
         # The recipe's own accuracy gate: how it is measured on this data is decided in one place.
         accuracy_gate_basis(eval_data, explicit=False)
     calib_data = _calibration(source, chosen, calib, eval_data, quiet)
-    with progress_bar(quiet) as progress:
-        result = shrink(source, calib_data, options, eval_data=eval_data, model_name=str(model), progress=progress)
+    with progress_bar(quiet, plain=True) as progress:
+        result = shrink(source, calib_data, options, eval_data=eval_data, model_name=str(model), progress=progress,
+                        on_trial=progress.trial)
     result.report["original_bytes"] = model.stat().st_size
     result.report["ratio"] = round(model.stat().st_size / max(result.report["output_bytes"], 1), 4)
     result.report["output"] = str(output)
@@ -136,6 +140,10 @@ def shrink_command(
             line += (f"; accuracy {100 * a['reference']:.2f}% -> {100 * a['candidate']:.2f}% "
                      f"({a['lost']} of {a['labelled']} eval samples newly wrong, {a['gained']} newly right)")
         console.print(line, markup=False)
+        for note in result.report["notes"]:
+            console.print(f"note: {note}", markup=False, soft_wrap=True)
+        for skipped in result.report["skipped"]:
+            console.print(f"skipped: {skipped['mode']}: {skipped['reason']}", markup=False, soft_wrap=True)
         for warning in result.report["warnings"]:
             err_console.print(f"onnxshrink: warning: {warning}", markup=False)
         if options.mixed_precision and result.packed is not None:

@@ -139,6 +139,7 @@ def quantize_model(
     eval_data: Any = None,
     progress: Progress | None = None,
     name: str = "model",
+    deadline: float | None = None,
 ) -> QuantizeResult:
     """Quantize ``model`` to int8 QDQ form; ``model`` itself is not changed.
 
@@ -148,7 +149,9 @@ def quantize_model(
     ``eval_data`` (labelled for ``max_accuracy_drop``) is what the
     accuracy-aware search and the final metrics use; without it they use
     ``calib`` when it can be read again. Raises GateFailed when the target
-    cannot be met, UnsupportedModelError for models that cannot be quantized.
+    cannot be met (or ``deadline``, a ``time.perf_counter()`` value, passes
+    during the accuracy-aware search), UnsupportedModelError for models that
+    cannot be quantized.
     """
     if options.dynamic:
         from onnxshrink.quantization.dynamic import quantize_dynamic
@@ -189,7 +192,7 @@ def quantize_model(
         if data is None:
             raise UsageError("the accuracy-aware mode needs --eval data (the calibration reader can be read only once)")
         qmodel, plan, records, keep, search_log, target = accuracy_aware(
-            prepared, source, options, data, keep, build, progress)
+            prepared, source, options, data, keep, build, progress, deadline)
 
     drop_inferred_value_info(qmodel, model)  # shape inference's and the opset converter's
     left_float = dict(plan.left_float)

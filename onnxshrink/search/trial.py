@@ -34,10 +34,17 @@ class Candidate:
     ``prune_budget_share`` is the fraction of the gate's budget pruning may
     use (None: prune as the recipe says, no search; 0: no pruning);
     ``pattern`` overrides the recipe's pruning pattern (None: the recipe's).
+    ``weight_only_bits`` (8) tries plain weight-only quantization at that
+    width instead of the recipe's pruning and quantization: the floor the
+    recipe's candidates are measured against, and the fallback.
+    ``weight_bits`` tries weight-only GPTQ with a width per layer among
+    those (as ``--weight-bits``) instead of the recipe's static int8.
     """
 
     prune_budget_share: float | None
     pattern: str | None = None
+    weight_only_bits: int | None = None
+    weight_bits: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass
@@ -94,6 +101,8 @@ class Trial:
     (None when nothing was pruned); ``seconds`` the wall time of what this
     trial itself ran (prune, and quantize/validate/pack unless reused).
     ``passed`` is the gate and every other objective (size ratio) together.
+    ``pruned_sparsity`` is the fraction of prunable weights pruning zeroed
+    (None when the trial did not prune).
     """
 
     index: int
@@ -106,10 +115,20 @@ class Trial:
     ratio: float = 0.0
     accuracy_drop: float = 0.0
     passed: bool = False
+    pruned_sparsity: float | None = None
 
     @property
     def failed(self) -> str | None:
         return self.outcome.failed
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    @property
+    def seconds_after_prune(self) -> float:
+        """Wall time of quantize, validate and pack (what every trial runs anew)."""
+        return sum(v for k, v in self.seconds.items() if k != "prune")
 
     def search_entry(self, chosen: "Trial | None") -> dict[str, Any]:
         """This trial as a row of the report's ``search`` list."""
@@ -133,6 +152,7 @@ class SearchInputs:
     calib: list[Batch]
     check: Any  # what the gate is measured on: the eval data, else the calibration batches
     progress: Progress
+    on_trial: Callable[[Any], None] = lambda status: None  # receives a schedule.TrialProgress
 
 
 @dataclasses.dataclass
@@ -142,13 +162,20 @@ class SearchState:
 
     ``prune_stats`` are the layer input statistics of the base model for
     pruning, ``weight_stats`` its layer Hessians for weight-only (GPTQ)
-    quantization; ``prune_scans`` carries pruning's sensitivity scans and
+    quantization (pruning's when it collected them: the same Hessians),
+    ``weight_codes`` each weight's GPTQ codes per width (``quantize_weights(codes_cache=...)``);
+    ``prune_scans`` carries pruning's sensitivity scans and
     measured allocations (``prune_model(scan_cache=...)``); ``last`` is the
     last trial's pruned-weights digest and outcome (only the last: models are
-    large, and repeats come right after each other).
+    large, and repeats come right after each other). ``deadline`` is when the
+    time budget runs out (a ``time.perf_counter()`` value; None: no limit),
+    ``prune_deadline`` when pruning's sensitivity scan must be done.
     """
 
     prune_stats: dict[str, LayerInputStats] | None = None
     weight_stats: dict[str, LayerInputStats] | None = None
     prune_scans: dict = dataclasses.field(default_factory=dict)
+    weight_codes: dict = dataclasses.field(default_factory=dict)
     last: tuple[str, Outcome] | None = None
+    deadline: float | None = None
+    prune_deadline: float | None = None
