@@ -173,7 +173,7 @@ class _Runner:
         if not first and not always:
             reason = schedule.cannot_help(candidate) or schedule.over_budget(candidate)
         if reason is not None:
-            schedule.skip(candidate, reason, self.number, self.planned)
+            schedule.skip(candidate, reason, self.number, self.planned, later)
             return None
         schedule.starting(candidate, self.number, self.planned, later)
         trial = run_trial(self.inputs, self.state, candidate, index)

@@ -142,9 +142,10 @@ class Schedule:
                         f"a smaller share cannot remove more")
         return None
 
-    def skip(self, candidate: Candidate, reason: str, index: int, planned: int) -> None:
+    def skip(self, candidate: Candidate, reason: str, index: int, planned: int, left: list[Candidate]) -> None:
         self.skipped.append(Skipped(candidate, reason))
-        self.on_trial(TrialProgress(index, planned, describe(candidate), self.elapsed, None, f"skipped: {reason}"))
+        self.on_trial(TrialProgress(index, planned, describe(candidate), self.elapsed, self.remaining(left),
+                                    f"skipped: {reason}"))
 
     def starting(self, candidate: Candidate, index: int, planned: int, left: list[Candidate]) -> None:
         self.on_trial(TrialProgress(index, planned, describe(candidate), self.elapsed, self.remaining(left)))
