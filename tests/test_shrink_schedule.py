@@ -177,3 +177,27 @@ def test_trial_progress_reaches_the_library_callback():
     assert starts and len(starts) == len(ends) and starts[0].index == 1 and starts[0].remaining is None
     assert all(e.remaining is not None and e.elapsed >= 0 for e in ends)
     assert ends[-1].doing == "weight-only int8, no pruning" and ends[-1].index == ends[-1].planned
+
+
+def test_the_terminal_bar_shows_the_trial_what_it_tries_and_the_time_left():
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TextColumn
+
+    from onnxshrink.cli._common import Progress
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200)
+    with RichProgress(TextColumn("{task.description}"), TextColumn("{task.fields[eta]}"), console=console) as bar:
+        progress = Progress(bar)
+        progress.trial(TrialProgress(1, 4, "no pruning, then quantize", 0.0, None))
+        row = bar.tasks[0]
+        assert row.description == "trial 1/4: no pruning, then quantize" and row.completed == 0
+        assert row.fields["eta"] == "estimate after the first trial"
+        progress.trial(TrialProgress(1, 4, "no pruning, then quantize", 75.0, 130.0, "4.1x smaller, passed the gate"))
+        assert row.completed == 1 and row.fields["eta"] == "about 2m10s left at most"
+        progress("search", 1, 4)  # the library's own count of trials does not fight the trial row
+        assert len(bar.tasks) == 1 and row.completed == 1
+    assert "trial 1/4: 4.1x smaller, passed the gate" in out.getvalue()

@@ -213,11 +213,13 @@ class Progress:
         self.stopped.set()
 
     def __call__(self, task: str, done: int, total: int) -> None:
+        if task == "search":  # shrink's trials have their own row (trial)
+            return
         if self.bar is not None:
             if task not in self.tasks:
                 self.tasks[task] = self.bar.add_task(task, total=total or None, eta="")
             self.bar.update(self.tasks[task], completed=done, total=total or None)
-        elif self.plain and task != "search":
+        elif self.plain:
             self._plain_step(task, done, total)
 
     def _plain_step(self, task: str, done: int, total: int) -> None:
@@ -235,10 +237,10 @@ class Progress:
     def trial(self, status: Any) -> None:
         head = f"trial {status.index}/{status.planned}"
         if self.bar is not None:
-            if "search" not in self.tasks:
-                self.tasks["search"] = self.bar.add_task("search", total=status.planned, eta="")
+            if "trials" not in self.tasks:
+                self.tasks["trials"] = self.bar.add_task("trials", total=status.planned, eta="")
             done = status.index if status.result is not None else status.index - 1
-            self.bar.update(self.tasks["search"], description=f"{head}: {status.doing}", completed=done,
+            self.bar.update(self.tasks["trials"], description=f"{head}: {status.doing}", completed=done,
                             total=status.planned, eta=_left(status))
             if status.result is not None:
                 self.bar.console.print(f"  {head}: {status.result}", markup=False, highlight=False)
