@@ -184,7 +184,7 @@ def _scan(scan: SensitivityScan, model: onnx.ModelProto, reference: onnx.ModelPr
     if fresh:
         scan.first_pass_seconds = time.perf_counter() - first_pass
     done = len(scan.lowest_errors)
-    single, why = _first_single(scan, model, target_list, levels, arrays, originals, checker, options)
+    single, why = _first_single(scan, model, target_list, levels, arrays, originals, checker, options, deadline)
     if single is None:
         return why
     if deadline is not None:
@@ -220,19 +220,25 @@ def _scan(scan: SensitivityScan, model: onnx.ModelProto, reference: onnx.ModelPr
 def _first_single(scan: SensitivityScan, model: onnx.ModelProto, target_list: list[PruneTarget],
                   levels: dict[str, tuple[float, ...]], arrays: dict[tuple[str, int], np.ndarray],
                   originals: dict[str, np.ndarray], checker: OutputChecker,
-                  options: PruneOptions) -> tuple[dict[str, int] | None, str | None]:
+                  options: PruneOptions, deadline: float | None = None) -> tuple[dict[str, int] | None, str | None]:
     """The first allocation pruning one layer alone at its lowest level that meets
     the target, the least disturbed layer first (usually the first: one run, and
     none when measured before), or None and why nothing is prunable under it.
-    Deterministic whatever ``scan`` already measured."""
+    Deterministic whatever ``scan`` already measured, unless ``deadline`` (a
+    ``time.perf_counter()`` value) passes before a layer is found."""
     candidates = sorted((t for t in target_list if len(levels[t.name]) > 1),
                         key=lambda t: (scan.lowest_errors[t.name], t.name))
     if not candidates:
         return None, "no layer weight can be pruned in this pattern"
     found = None
-    for t in candidates:
+    for k, t in enumerate(candidates):
         choice = {u.name: (1 if u.name == t.name else 0) for u in target_list}
         key = tuple(sorted(choice.items()))
+        if key not in scan.measured and deadline is not None and time.perf_counter() > deadline:
+            _assemble(model, target_list, {}, arrays, originals)
+            tried = f"none of the first {k} of {len(candidates)} layers pruned alone meets the target, and " if k else ""
+            return None, f"pruning skipped: {tried}the time budget ran out before {'the rest' if k else 'any layer'} " \
+                         "could be measured"
         if key not in scan.measured:
             _assemble(model, target_list, choice, arrays, originals)
             scan.measured[key] = checker.measure(model)
@@ -283,7 +289,7 @@ def search_sparsity(
     single = None
     if not nothing_prunable:  # this target's own check (the scan may have been made under another)
         single, nothing_prunable = _first_single(scan, model, target_list, levels, scan.arrays, originals, checker,
-                                                 options)
+                                                 options, deadline)
     if nothing_prunable:
         records = [TensorPruning(t.name, t.op_type, list(originals[t.name].shape), int(originals[t.name].size),
                                  int(np.count_nonzero(originals[t.name] == 0)),

@@ -230,11 +230,17 @@ def static_int8(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto
     if not gate.active:
         return quantize_model(model, inputs.calib, QuantizeOptions(**{**settings, "weight_range_bits": ranges[0]}),
                               eval_data=inputs.check, progress=inputs.progress)
-    for bits in ranges:
+    for k, bits in enumerate(ranges):
+        if k and state.deadline is not None and time.perf_counter() > state.deadline:
+            return None  # out of time: the weight-only candidates that follow are the fallback
+        # quantize_model's own check (against the pruned model, for its report) runs on one
+        # calibration batch: the gate is measured just below, against the original, on the check data.
         q = quantize_model(model, inputs.calib, QuantizeOptions(**{**settings, "weight_range_bits": bits}),
-                           eval_data=inputs.check, progress=inputs.progress)
+                           eval_data=inputs.calib[:1], progress=inputs.progress)
         if compare_models(inputs.original, q.model, inputs.check, gate=gate, measure_latency=False).passed:
             return q
+    if state.deadline is not None and time.perf_counter() > state.deadline:
+        return None
     options = QuantizeOptions(**{**settings, "weight_range_bits": ranges[-1]}, **sub_gate(gate, remaining))
     deadline = state.deadline
     if inputs.options.time_budget is not None:  # one node's build and check per layer: a bounded share of the time
@@ -297,7 +303,7 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
         q = static_int8(inputs, state, model, remaining)
         if q is None:
             # Pruning left too little of the budget: this candidate fails, a milder one follows.
-            return Outcome(failed="quantization within the remaining budget")
+            return Outcome(failed="static int8 missed the gate (at every weight code range, or when time ran out)")
         errors = quantization_errors(model, q.model)
         model = q.model
         range_bits = q.report.weight_range_bits
