@@ -207,7 +207,7 @@ class Progress:
             if now - self.last_line >= PLAIN_STEP_INTERVAL:
                 self.last_line = now
                 err_console.print(f"onnxshrink:   still working ({self.current}), {_clock(now - self.begun)} elapsed",
-                                  markup=False, soft_wrap=True, highlight=False)
+                                  markup=False, highlight=False)
 
     def close(self) -> None:
         self.stopped.set()
@@ -232,7 +232,7 @@ class Progress:
         left = (now - start) * (total - done) / done if done and total and done < total else None
         err_console.print(f"onnxshrink:   {task} {done}/{total or '?'}, {_clock(now - start)} in this step"
                           + (f", about {_clock(left)} left in it" if left is not None else ""),
-                          markup=False, soft_wrap=True, highlight=False)
+                          markup=False, highlight=False)
 
     def trial(self, status: Any) -> None:
         head = f"trial {status.index}/{status.planned}"
@@ -248,7 +248,7 @@ class Progress:
             what = status.result if status.result is not None else status.doing
             self.current = f"{head}: {status.doing}"
             err_console.print(f"onnxshrink: {head}: {what} ({_clock(status.elapsed)} elapsed, {_left(status)})",
-                              markup=False, soft_wrap=True, highlight=False)
+                              markup=False, highlight=False)
             self.last_line = time.monotonic()
 
 
