@@ -21,6 +21,7 @@ from onnxshrink.errors import UsageError
 from onnxshrink.latency import Latency, compare_latency, sample_feed
 from onnxshrink.report.layers import layer_rows
 from onnxshrink.search import SearchInputs, ShrinkOptions, Trial, search
+from onnxshrink.search.schedule import TrialProgress
 from onnxshrink.search.stages import deployed, packed_size
 from onnxshrink.validation import Gate, ValidationReport, compare_models
 
@@ -71,9 +72,20 @@ def _latency_probe(original: onnx.ModelProto, feed: dict, form: str, rounds: int
     return lambda candidate: compare_latency(original, candidate, feed, form=form, rounds=rounds)
 
 
+def _floor_entry(floor: Trial | None, gate: Gate) -> dict[str, Any] | None:
+    """The plain weight-only int8 trial the result was compared with, for the report."""
+    if floor is None:
+        return None
+    if floor.failed is not None:
+        return {"failed": floor.failed}
+    return {"size_bytes": floor.outcome.size, "ratio": round(floor.ratio, 3), "passed": floor.passed,
+            "budget_used": round(floor.accuracy_drop, 6), "validation": floor.outcome.validation.to_dict()}
+
+
 def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_data: Any = None,
            model_name: str = "model", progress: Progress | None = None,
-           measure: Callable[[onnx.ModelProto], Latency] | None = None) -> ShrinkResult:
+           measure: Callable[[onnx.ModelProto], Latency] | None = None,
+           on_trial: Callable[[TrialProgress], None] | None = None) -> ShrinkResult:
     """Run the recipe's stages on a copy of ``model``; ``model`` is not changed.
 
     ``calib`` is the calibration data (path, NpzData, ORT-style reader or
@@ -85,7 +97,9 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
     is timed in the form it loads in against the original (1 thread, batch
     1: the first sample of the gate's data) unless ``options.measure_latency``
     is False; ``measure`` replaces that timing (it gets the candidate in its
-    load form and returns its Latency). Raises GateFailed (exit 1) when no
+    load form and returns its Latency). ``progress`` hears of each step's
+    work, ``on_trial`` of each search trial as it starts, ends or is skipped
+    (with an estimate of the time left). Raises GateFailed (exit 1) when no
     candidate passes the gate, reaches ``target_ratio`` or meets the latency
     bound.
     """
@@ -117,8 +131,9 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
         measure = _latency_probe(original, feed, form)
         final_measure = _latency_probe(original, feed, form, rounds=FINAL_ROUNDS)
     inputs = SearchInputs(original, original_bytes, base, options, gate, calib_batches, check, progress,
-                          "eval data" if eval_data is not None else "calibration data",
-                          measure if options.measure_latency else None)
+                          checked_on="eval data" if eval_data is not None else "calibration data",
+                          measure=measure if options.measure_latency else None,
+                          on_trial=on_trial or (lambda status: None))
     found = search(inputs)
     chosen = found.chosen
     for stage in chosen.outcome.stages:
@@ -153,6 +168,9 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
         "searched": found.searching,
         "search": [t.search_entry(chosen) for t in found.trials],
         "prune_search": outcome.prune_steps,
+        "skipped": [s.report_entry() for s in found.skipped],
+        "weight_only_int8": _floor_entry(found.floor, gate),
+        "notes": list(found.notes),
         "final": outcome.validation.to_dict(),
         "max_latency_ratio": options.latency_bound,
         "latency": latency.to_dict() if latency is not None else None,

@@ -8,6 +8,8 @@ import json
 import math
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Mapping, NoReturn, Optional, Sequence
 
@@ -183,25 +185,112 @@ def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+# A plain progress line for a long step at most this often (seconds), when piped.
+PLAIN_STEP_INTERVAL = 30.0
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(int(round(seconds)), 0)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _left(status: Any) -> str:
+    """``about 3m10s left at most`` from a search's TrialProgress, or that the estimate comes later."""
+    if status.remaining is None:
+        return "estimate after the first trial"
+    return f"about {_clock(status.remaining)} left at most"
+
+
+class Progress:
+    """A command's progress callbacks: ``progress(task, done, total)`` for the
+    steps inside the work, ``progress.trial(status)`` for shrink's search
+    trials (a :class:`~onnxshrink.search.schedule.TrialProgress`).
+
+    On a terminal a rich bar, the trial row with its number, what it does and
+    the time left; when stderr is piped and ``plain`` is set, a plain line per
+    trial (and for a long step every PLAIN_STEP_INTERVAL seconds) with the
+    elapsed time and the estimate, so a pipeline's log shows life; nothing when
+    quiet."""
+
+    def __init__(self, bar: Any = None, plain: bool = False):
+        self.bar, self.plain = bar, plain
+        self.tasks: dict[str, Any] = {}
+        self.started: dict[str, float] = {}  # task -> when its first report came
+        self.begun = self.last_line = time.monotonic()  # when the work began, the last plain line was printed
+        self.current = "starting"
+        self.stopped = threading.Event()
+        if plain:  # work that reports nothing for long (one big run, a build) still shows life
+            threading.Thread(target=self._heartbeat, name="onnxshrink-progress", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        while not self.stopped.wait(PLAIN_STEP_INTERVAL / 3):
+            now = time.monotonic()
+            if now - self.last_line >= PLAIN_STEP_INTERVAL:
+                self.last_line = now
+                err_console.print(f"onnxshrink:   still working ({self.current}), {_clock(now - self.begun)} elapsed",
+                                  markup=False, highlight=False)
+
+    def close(self) -> None:
+        self.stopped.set()
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        if task == "search":  # shrink's trials have their own row (trial)
+            return
+        if self.bar is not None:
+            if task not in self.tasks:
+                self.tasks[task] = self.bar.add_task(task, total=total or None, eta="")
+            self.bar.update(self.tasks[task], completed=done, total=total or None)
+        elif self.plain:
+            self._plain_step(task, done, total)
+
+    def _plain_step(self, task: str, done: int, total: int) -> None:
+        self.current = task
+        now = time.monotonic()
+        start = self.started.setdefault(task, now)
+        if now - self.last_line < PLAIN_STEP_INTERVAL:
+            return
+        self.last_line = now
+        left = (now - start) * (total - done) / done if done and total and done < total else None
+        err_console.print(f"onnxshrink:   {task} {done}/{total or '?'}, {_clock(now - start)} in this step"
+                          + (f", about {_clock(left)} left in it" if left is not None else ""),
+                          markup=False, highlight=False)
+
+    def trial(self, status: Any) -> None:
+        head = f"trial {status.index}/{status.planned}"
+        if self.bar is not None:
+            if "trials" not in self.tasks:
+                self.tasks["trials"] = self.bar.add_task("trials", total=status.planned, eta="")
+            done = status.index if status.result is not None else status.index - 1
+            self.bar.update(self.tasks["trials"], description=f"{head}: {status.doing}", completed=done,
+                            total=status.planned, eta=_left(status))
+            if status.result is not None:
+                self.bar.console.print(f"  {head}: {status.result}", markup=False, highlight=False)
+        elif self.plain:
+            what = status.result if status.result is not None else status.doing
+            self.current = f"{head}: {status.doing}"
+            err_console.print(f"onnxshrink: {head}: {what} ({_clock(status.elapsed)} elapsed, {_left(status)})",
+                              markup=False, highlight=False)
+            self.last_line = time.monotonic()
+
+
 @contextlib.contextmanager
-def progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """A progress callback ``(task, done, total)``: a rich bar on a terminal,
-    nothing when quiet or when stderr is not a TTY."""
+def progress_bar(quiet: bool, plain: bool = False) -> Iterator[Progress]:
+    """The command's :class:`Progress`: a rich bar on a terminal; when stderr
+    is not a TTY, plain lines if ``plain`` (shrink's long search), else
+    nothing; nothing at all when quiet."""
     if not show_progress(quiet):
-        yield lambda task, done, total: None
+        progress = Progress(plain=plain and not quiet)
+        try:
+            yield progress
+        finally:
+            progress.close()
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
 
-    tasks: dict[str, Any] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as bar:
-
-        def update(task: str, done: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = bar.add_task(task, total=total or None)
-            bar.update(tasks[task], completed=done, total=total or None)
-
-        yield update
+    with RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.fields[eta]}"), console=err_console, transient=True) as bar:
+        yield Progress(bar)
 
 
 def human_bytes(n: float | None) -> str:

@@ -35,6 +35,7 @@ from onnxshrink.errors import UsageError
 from onnxshrink.fileio import outputs_together, write_bytes_atomic
 from onnxshrink.model import save_model
 from onnxshrink.pipeline import ShrinkOptions, shrink
+from onnxshrink.search.options import DEFAULT_TIME_BUDGET
 from onnxshrink.recipes import Recipe, builtin_recipes, load_recipe, recipe_for
 from onnxshrink.report import render_html
 from onnxshrink.validation import AGREEMENT_BASIS, Gate, accuracy_gate_basis, parse_state
@@ -100,6 +101,7 @@ def shrink_command(
     weight_bits: Annotated[str, typer.Option("--weight-bits", help="Allowed weight widths among 2,3,4,8, e.g. 4,8 or 3,4,8: weight-only quantization with a per-layer width chosen under the gate, the most sensitive layers wider or float (default 8: static int8).")] = "8",
     max_latency_ratio: Annotated[Optional[float], typer.Option("--max-latency-ratio", help="Require the output, in its default load form, to run within this many times the original's latency (1 thread, batch 1); also searches channel pruning, and static int8 beside --weight-bits widths.")] = None,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Time each candidate and the output against the original (1 thread, batch 1); --no-latency skips it (and the preference for a candidate no slower than the original).")] = True,
+    time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds the search may spend (0: no limit); candidates whose estimated cost does not fit are skipped, and the report says so.")] = DEFAULT_TIME_BUDGET,
     report_html: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here.")] = None,
     state: StateOption = None,
     json_path: JsonOption = None,
@@ -123,15 +125,17 @@ def shrink_command(
                             target=target)
     options = ShrinkOptions(recipe=chosen, gate=Gate(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop),
                             target_ratio=target_ratio, weight_bits=_widths(weight_bits), state=parse_state(state),
-                            max_latency_ratio=max_latency_ratio, measure_latency=latency)
+                            max_latency_ratio=max_latency_ratio, measure_latency=latency,
+                            time_budget=time_budget if time_budget != 0 else None)
     basis = None
     if max_accuracy_drop is None and options.effective_gate.max_accuracy_drop is not None:
         # The recipe's own accuracy gate: how it is measured on this data is decided in one place
         # (without labels: against the original model's own answers).
         basis = accuracy_gate_basis(eval_data if eval_data is not None else calib, explicit=False)
     calib_data = _calibration(source, chosen, calib, eval_data, quiet)
-    with progress_bar(quiet) as progress:
-        result = shrink(source, calib_data, options, eval_data=eval_data, model_name=str(model), progress=progress)
+    with progress_bar(quiet, plain=True) as progress:
+        result = shrink(source, calib_data, options, eval_data=eval_data, model_name=str(model), progress=progress,
+                        on_trial=progress.trial)
     result.report["original_bytes"] = model.stat().st_size
     result.report["ratio"] = round(model.stat().st_size / max(result.report["output_bytes"], 1), 4)
     result.report["output"] = str(output)
@@ -158,6 +162,10 @@ def shrink_command(
                           f"{AGREEMENT_BASIS} on the {final.checked_on}: {changed.get('points', 0.0):.2f}% of them "
                           f"changed (output '{changed.get('output')}')"
                           + ("; closed loop" if final.closed_loop else ""), markup=False)
+        for note in result.report["notes"]:
+            console.print(f"note: {note}", markup=False, soft_wrap=True)
+        for skipped in result.report["skipped"]:
+            console.print(f"skipped: {skipped['mode']}: {skipped['reason']}", markup=False, soft_wrap=True)
         say_written(json_path)
         say_written(report_html, "HTML report")
         for warning in result.report["warnings"]:

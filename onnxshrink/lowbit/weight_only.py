@@ -117,6 +117,7 @@ def quantize_weights(
     name: str = "model",
     layer_stats: dict[str, LayerInputStats] | None = None,
     measure_latency: bool = True,
+    codes_cache: dict | None = None,
 ) -> WeightOnlyResult:
     """Quantize the weights of a copy of ``model`` as ``options`` say; ``model``
     is not changed.
@@ -130,12 +131,15 @@ def quantize_weights(
     with ``options.gate_floor`` a result that fails the default floor is
     refused (GateFailed, exit 1). ``layer_stats`` (from
     :func:`collect_weight_statistics` on the same model and data) skips
-    collecting them again, for sweeps over bits and rounding. With
-    ``measure_latency`` the result, as written (DequantizeLinear before each
-    weight), is timed against ``model`` (the report's ``latency``; a slower
-    one gets a warning naming the faster load forms of a packed copy).
-    Raises UsageError for options the data cannot serve and
-    UnsupportedModelError when the opset cannot be raised.
+    collecting them again, for sweeps over bits and rounding. ``codes_cache``
+    (a dict the caller keeps, with the same ``layer_stats``) carries each
+    weight's codes from one call to the next, keyed by its values, width,
+    grid and rounding: a sweep over per-layer widths rounds each weight at
+    each width once. With ``measure_latency`` the result, as written
+    (DequantizeLinear before each weight), is timed against ``model`` (the
+    report's ``latency``; a slower one gets a warning naming the faster load
+    forms of a packed copy). Raises UsageError for options the data cannot
+    serve and UnsupportedModelError when the opset cannot be raised.
     """
     progress = progress or (lambda task, done, total: None)
     if options.rounding == "gptq" and calib is None and layer_stats is None:
@@ -154,7 +158,8 @@ def quantize_weights(
         stats, samples = _statistics(work, targets, calib, options, progress)
     planned = []
     for done, target in enumerate(targets, 1):
-        planned.append((target, *_quantize_one(target, _block(target, options), options, stats.get(target.name))))
+        planned.append((target, *_cached_quantize_one(target, _block(target, options), options, stats.get(target.name),
+                                                      codes_cache)))
         progress("quantizing weights", done, len(targets))
     names = UniqueNames(work)
     for target, codes, scales, _ in planned:
@@ -211,6 +216,22 @@ def _statistics(model: onnx.ModelProto, targets: list[WeightTarget], calib: Any,
     stats = collect_layer_inputs(model, uses, batches, ("hessian",), progress=progress, total_batches=len(batches),
                                  rows_per_feature=ROWS_PER_FEATURE)
     return stats, sum(len(b) for b in batches)
+
+
+def _cached_quantize_one(target: WeightTarget, block: int | None, options: WeightOnlyOptions,
+                         stats: LayerInputStats | None, cache: dict | None):
+    if cache is None:
+        return _quantize_one(target, block, options, stats)
+    import hashlib
+
+    w = target.ref.array()
+    key = (target.name, target.bits, block, options.rounding, options.sparsity, options.block_size, options.damp,
+           stats is not None and stats.hessian is not None, w.dtype.str, w.shape,
+           hashlib.sha256(np.ascontiguousarray(w).tobytes()).hexdigest())
+    if key not in cache:
+        cache[key] = _quantize_one(target, block, options, stats)
+    codes, scales, record = cache[key]
+    return codes.copy(), scales.copy(), dataclasses.replace(record)
 
 
 def _quantize_one(target: WeightTarget, block: int | None, options: WeightOnlyOptions,

@@ -61,6 +61,7 @@ def prune_model(
     layer_stats: dict[str, LayerInputStats] | None = None,
     scan_cache: dict | None = None,
     measure_latency: bool = True,
+    deadline: float | None = None,
 ) -> PruneResult:
     """Prune a copy of ``model`` as ``options`` say; ``model`` is not changed.
 
@@ -72,7 +73,10 @@ def prune_model(
     model and data) skips collecting them again, for sweeps. ``scan_cache``
     (a dict the caller keeps) carries a searched target's sensitivity scan and
     measured allocations to later calls on the same model and data with other
-    targets (shrink's trials), keyed by the options apart from the target. Raises
+    targets (shrink's trials), keyed by the options apart from the target.
+    ``deadline`` (a ``time.perf_counter()`` value) bounds a searched
+    unstructured or N:M target: when the sensitivity scan, estimated from its
+    first pass, would not end by then, nothing is pruned and a note says so. Raises
     UsageError for options the data cannot serve and GateFailed when the
     final validation fails its gate.
     """
@@ -135,7 +139,8 @@ def prune_model(
                             if f.name not in ("sparsity", "max_accuracy_drop", "min_cosine"))
                 scan = scan_cache.setdefault(key, SensitivityScan())
             work, records, _, search = search_sparsity(work, reference, options, method, batches, check_data,
-                                                       targets=(targets, stats), progress=progress, scan=scan)
+                                                       targets=(targets, stats), progress=progress, scan=scan,
+                                                       deadline=deadline)
             notes.extend(step["skipped"] for step in search if step.get("skipped"))
         else:
             records = prune_unstructured(targets, stats, options, method)

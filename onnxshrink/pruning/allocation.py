@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -53,7 +54,9 @@ class OutputChecker:
 
     def __init__(self, reference: onnx.ModelProto, data: Any, batch_size: int = 64, limit: int | None = None,
                  state: tuple[tuple[str, str], ...] = ()):
+        start = time.perf_counter()
         self.kept = KeptReference(reference, data, state=state, batch_size=batch_size, limit=limit)
+        self.run_seconds = time.perf_counter() - start  # about one run of the reference over the data
         self.batches: list[Batch] = self.kept.batches or []
         self.labels = np.concatenate([b.labels for b in self.batches]) if self.kept.labelled else None
 
@@ -134,15 +137,19 @@ class SensitivityScan:
         self.scale: dict[str, float] = {}
         self.measured: dict[tuple, dict[str, float]] = {}
         self.lowest_errors: dict[str, float] = {}  # local error of each layer at its lowest level
+        self.first_pass_seconds = 0.0  # the time pruning every layer at its lowest level took
 
 
 def _scan(scan: SensitivityScan, model: onnx.ModelProto, reference: onnx.ModelProto, target_list: list[PruneTarget],
           stats: dict[str, LayerInputStats], originals: dict[str, np.ndarray], levels: dict[str, tuple[float, ...]],
           options: PruneOptions, method: str, n_m: tuple[int, int] | None, batches: list[Batch] | None,
-          checker: OutputChecker, progress: Callable[[str, int, int], None]) -> str | None:
+          checker: OutputChecker, progress: Callable[[str, int, int], None],
+          deadline: float | None = None) -> str | None:
     """Fill ``scan``: every layer pruned alone at each level, its local error,
     and a probe of how far that error reaches the outputs. Returns why nothing
-    is prunable under the options' target (the scan then stops early), or None."""
+    is prunable under the options' target, or why the scan would not end by
+    ``deadline`` (a ``time.perf_counter()`` value; estimated from the first
+    pass over the layers), and stops there; else None."""
     arrays, errors, scale = scan.arrays, scan.errors, scan.scale
     total_work = sum(len(v) - 1 for v in levels.values())
     done = 0
@@ -160,13 +167,25 @@ def _scan(scan: SensitivityScan, model: onnx.ModelProto, reference: onnx.ModelPr
     # Every layer at its lowest level first (kept for later calls with other targets): when
     # none of them alone meets the target, no allocation can (each prunes at least one layer
     # that far), and the scan stops here; a later, looser target takes it up again.
-    for t in target_list:
-        if len(levels[t.name]) > 1 and t.name not in scan.lowest_errors:
-            scan.lowest_errors[t.name] = prune_at(t, 1)
+    first_pass = time.perf_counter()
+    fresh = [t for t in target_list if len(levels[t.name]) > 1 and t.name not in scan.lowest_errors]
+    for t in fresh:
+        scan.lowest_errors[t.name] = prune_at(t, 1)
+    if fresh:
+        scan.first_pass_seconds = time.perf_counter() - first_pass
     done = len(scan.lowest_errors)
-    single, why = _first_single(scan, model, target_list, levels, arrays, originals, checker, options)
+    single, why = _first_single(scan, model, target_list, levels, arrays, originals, checker, options, deadline)
     if single is None:
         return why
+    if deadline is not None:
+        # The rest of the scan is the first pass again at every other level, one probe run per
+        # layer and the search's runs (each about a run of the check data).
+        rest = (scan.first_pass_seconds * (max(len(v) for v in levels.values()) - 2)
+                + checker.run_seconds * (len(target_list) + SEARCH_STEPS))
+        if time.perf_counter() + rest > deadline:
+            return (f"pruning skipped: its sensitivity scan and search would take about {rest:.0f} s more "
+                    f"(a first pass over the {len(target_list)} layers took {scan.first_pass_seconds:.0f} s), "
+                    f"past the time budget")
     for t in target_list:
         errs = [0.0] + ([scan.lowest_errors[t.name]] if len(levels[t.name]) > 1 else [])
         errs += [prune_at(t, i) for i in range(2, len(levels[t.name]))]
@@ -192,19 +211,25 @@ def _scan(scan: SensitivityScan, model: onnx.ModelProto, reference: onnx.ModelPr
 def _first_single(scan: SensitivityScan, model: onnx.ModelProto, target_list: list[PruneTarget],
                   levels: dict[str, tuple[float, ...]], arrays: dict[tuple[str, int], np.ndarray],
                   originals: dict[str, np.ndarray], checker: OutputChecker,
-                  options: PruneOptions) -> tuple[dict[str, int] | None, str | None]:
+                  options: PruneOptions, deadline: float | None = None) -> tuple[dict[str, int] | None, str | None]:
     """The first allocation pruning one layer alone at its lowest level that meets
     the target, the least disturbed layer first (usually the first: one run, and
     none when measured before), or None and why nothing is prunable under it.
-    Deterministic whatever ``scan`` already measured."""
+    Deterministic whatever ``scan`` already measured, unless ``deadline`` (a
+    ``time.perf_counter()`` value) passes before a layer is found."""
     candidates = sorted((t for t in target_list if len(levels[t.name]) > 1),
                         key=lambda t: (scan.lowest_errors[t.name], t.name))
     if not candidates:
         return None, "no layer weight can be pruned in this pattern"
     found = None
-    for t in candidates:
+    for k, t in enumerate(candidates):
         choice = {u.name: (1 if u.name == t.name else 0) for u in target_list}
         key = tuple(sorted(choice.items()))
+        if key not in scan.measured and deadline is not None and time.perf_counter() > deadline:
+            _assemble(model, target_list, {}, arrays, originals)
+            tried = f"none of the first {k} of {len(candidates)} layers pruned alone meets the target, and " if k else ""
+            return None, f"pruning skipped: {tried}the time budget ran out before {'the rest' if k else 'any layer'} " \
+                         "could be measured"
         if key not in scan.measured:
             _assemble(model, target_list, choice, arrays, originals)
             scan.measured[key] = checker.measure(model)
@@ -230,6 +255,7 @@ def search_sparsity(
     targets: tuple[list[PruneTarget], dict[str, LayerInputStats]] | None,
     progress: Callable[[str, int, int], None],
     scan: "SensitivityScan | None" = None,
+    deadline: float | None = None,
 ) -> tuple[onnx.ModelProto, list, list[dict[str, Any]], list[dict[str, Any]]]:
     """The most-pruned model meeting the options' target, its per-tensor
     records, channel groups and the search steps. ``targets`` are tensors of
@@ -249,11 +275,11 @@ def search_sparsity(
     nothing_prunable = None
     if not scan.scanned:
         nothing_prunable = _scan(scan, model, reference, target_list, stats, originals, levels, options, method, n_m,
-                                 batches, checker, progress)
+                                 batches, checker, progress, deadline)
     single = None
     if not nothing_prunable:  # this target's own check (the scan may have been made under another)
         single, nothing_prunable = _first_single(scan, model, target_list, levels, scan.arrays, originals, checker,
-                                                 options)
+                                                 options, deadline)
     if nothing_prunable:
         records = [TensorPruning(t.name, t.op_type, list(originals[t.name].shape), int(originals[t.name].size),
                                  int(np.count_nonzero(originals[t.name] == 0)),

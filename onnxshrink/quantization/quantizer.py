@@ -143,6 +143,7 @@ def quantize_model(
     progress: Progress | None = None,
     name: str = "model",
     measure_latency: bool = True,
+    deadline: float | None = None,
 ) -> QuantizeResult:
     """Quantize ``model`` to int8 QDQ form; ``model`` itself is not changed.
 
@@ -154,8 +155,9 @@ def quantize_model(
     again. With ``options.latency_guard`` the result is timed against
     ``model`` (the report's ``latency``) unless ``measure_latency`` is False
     (a caller that times it itself). Raises GateFailed when the target cannot
-    be met or, without one, the result fails the default floor (see
-    :func:`onnxshrink.quantization.check.final_check`),
+    be met (or ``deadline``, a ``time.perf_counter()`` value, passes during
+    the accuracy-aware search) or, without one, the result fails the default
+    floor (see :func:`onnxshrink.quantization.check.final_check`),
     UnsupportedModelError for models that cannot be quantized.
     """
     if options.dynamic:
@@ -195,7 +197,7 @@ def quantize_model(
         if data is None:
             raise UsageError("the accuracy-aware mode needs --eval data (the calibration reader can be read only once)")
         qmodel, plan, records, keep, search_log, target = accuracy_aware(
-            prepared, source, options, data, keep, build, progress)
+            prepared, source, options, data, keep, build, progress, deadline)
 
     drop_inferred_value_info(qmodel, model)  # shape inference's and the opset converter's
     left_float = dict(plan.left_float)

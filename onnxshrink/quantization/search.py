@@ -11,6 +11,7 @@ the evaluation data.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable
 
 import onnx
@@ -76,22 +77,33 @@ def meets(score: Score, options: Any) -> bool:
     return True
 
 
+def _out_of_time(deadline: float | None, what: str) -> None:
+    if deadline is not None and time.perf_counter() > deadline:
+        from onnxshrink.errors import GateFailed
+
+        raise GateFailed(f"the accuracy-aware search ran out of its time budget {what}; nothing written")
+
+
 def sensitivities(candidates: list[str], build_only: Callable[[str], onnx.ModelProto], probe: Evaluator,
-                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, float]:
-    """1 - output cosine when each candidate node alone is quantized."""
+                  progress: Callable[[str, int, int], None] | None = None,
+                  deadline: float | None = None) -> dict[str, float]:
+    """1 - output cosine when each candidate node alone is quantized (GateFailed
+    once ``deadline``, a ``time.perf_counter()`` value, has passed)."""
     result = {}
     for k, name in enumerate(candidates):
+        _out_of_time(deadline, f"while measuring sensitivities ({k} of {len(candidates)} nodes)")
         result[name] = 1.0 - probe.score(build_only(name)).cosine
         if progress:
             progress("measuring sensitivity", k + 1, len(candidates))
     return result
 
 
-def accuracy_aware(prepared, source, options, data, keep: dict[str, str], build, progress=None):
+def accuracy_aware(prepared, source, options, data, keep: dict[str, str], build, progress=None, deadline=None):
     """Put nodes back in float, most sensitive first, until the target holds.
 
     Returns (model, plan, records, keep, log, target); raises GateFailed when
-    the target needs every node in float."""
+    the target needs every node in float, or when ``deadline`` (a
+    ``time.perf_counter()`` value) passes first."""
     from onnxshrink.errors import GateFailed
 
     target = {"min_cosine": options.min_cosine, "max_accuracy_drop": options.max_accuracy_drop,
@@ -105,9 +117,11 @@ def accuracy_aware(prepared, source, options, data, keep: dict[str, str], build,
     candidates = [n for n, p in plan.nodes.items() if p.rule.output != "shared"]
     probe = Evaluator(prepared.model, data, max_samples=256, state=options.state)
     everything = frozenset(candidates) | frozenset(keep)
-    sens = sensitivities(candidates, lambda n: build(prepared, source, options, everything - {n})[0], probe, progress)
+    sens = sensitivities(candidates, lambda n: build(prepared, source, options, everything - {n})[0], probe, progress,
+                         deadline)
     order = sorted(candidates, key=lambda n: -sens[n])
     for k in range(1, len(order)):
+        _out_of_time(deadline, f"with {k - 1} nodes kept in float")
         chosen = order[:k]
         trial = dict(keep)
         trial.update({n: f"kept in float by the accuracy-aware search (sensitivity {sens[n]:.2e})" for n in chosen})

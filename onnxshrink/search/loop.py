@@ -19,6 +19,13 @@ multiply-adds in any form) and, where weight-only widths were asked for with
 a latency bound, static int8 (integer kernels). Each family of candidates is
 tried from its most aggressive share down and stops at its first that passes
 the gate: a milder share of it would be no faster.
+
+Real models (:func:`search`'s tail): after the recipe's candidates, a static
+int8 recipe also tries weight-only GPTQ at 4 or 8 bits per layer, and plain
+weight-only int8 always runs last: the floor the winner is compared with,
+and the fallback when nothing else passed. Candidates that cannot help or do
+not fit in ``ShrinkOptions.time_budget`` are skipped, each with its reason
+(:mod:`onnxshrink.search.schedule`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import time
 from onnxshrink.errors import GateFailed
 from onnxshrink.search.budget import budget, used
 from onnxshrink.search.options import ShrinkOptions
+from onnxshrink.search.schedule import Schedule, Skipped
 from onnxshrink.search.stages import prune_stage, quantize_and_check, weights_digest
 from onnxshrink.search.trial import Candidate, SearchInputs, SearchState, Trial
 
@@ -41,16 +49,29 @@ SLACK_FRACTION = 0.6
 BOLDER_MIN_GAIN = 0.95
 # Budget shares of the latency candidates (channel pruning, static int8), most aggressive first.
 LATENCY_BUDGET_SHARES = (1.0, 0.75, 0.5, 0.25)
+# Pruning's sensitivity scan must end within this part of the time budget:
+# quantization, validation and the weight-only floor need the rest.
+PRUNE_TIME_SHARE = 0.5
+# The width of the plain weight-only candidate every lossy search is compared with.
+FLOOR_BITS = 8
+# The widths of the weight-only GPTQ candidate tried after a static int8 recipe's.
+MIXED_WIDTHS = (4, 8)
 
 
 @dataclasses.dataclass
 class SearchResult:
     """The winning trial and every trial run, in order; ``searching`` is False
-    when the recipe fixed what to do (one candidate, no budget shares)."""
+    when the recipe fixed what to do (one candidate, no budget shares).
+    ``skipped`` are the candidates not run and why; ``floor`` is the plain
+    weight-only int8 trial the winner was compared with (None when not run);
+    ``notes`` say what the comparison found."""
 
     chosen: Trial
     trials: list[Trial]
     searching: bool
+    skipped: list[Skipped] = dataclasses.field(default_factory=list)
+    floor: Trial | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def candidates(inputs: SearchInputs) -> tuple[list[Candidate], bool]:
@@ -95,6 +116,15 @@ def fast_enough(trial: Trial, options: ShrinkOptions) -> bool:
     return latency.within(bound) if bound is not None else not latency.slower
 
 
+def _wants_floor(inputs: SearchInputs) -> bool:
+    """Whether the weight-only candidates apply: a recipe that quantizes to
+    8-bit static int8 (mixed precision already is weight-only) with a gate,
+    and no sparsity the user fixed (they would not prune as asked)."""
+    recipe = inputs.options.recipe
+    fixed = recipe.prune is not None and recipe.prune.get("sparsity") is not None
+    return recipe.quantize is not None and not inputs.options.mixed_precision and inputs.gate.active and not fixed
+
+
 def accepted(trial: Trial, options: ShrinkOptions) -> bool:
     """Whether a trial with a model meets every objective: the gate, the size
     ratio if one is asked for, and the latency bound if one is asked for
@@ -105,7 +135,9 @@ def accepted(trial: Trial, options: ShrinkOptions) -> bool:
 def run_trial(inputs: SearchInputs, state: SearchState, candidate: Candidate, index: int) -> Trial:
     """Prune as ``candidate`` says, then quantize within what is left of the
     budget, validate, time and pack; or, when the pruned weights and the
-    quantization are those of the last trial, reuse its outcome."""
+    quantization are those of the last trial, reuse its outcome. A
+    weight-only candidate skips pruning and quantizes every weight at its
+    width."""
     start = time.perf_counter()
     pruned = prune_stage(inputs, state, candidate)
     seconds = {"prune": time.perf_counter() - start}
@@ -113,57 +145,146 @@ def run_trial(inputs: SearchInputs, state: SearchState, candidate: Candidate, in
     # trial whose pruning lands where the previous one did (a bolder budget the search
     # could not use) gets that trial's outcome instead of quantizing the same model again.
     key = weights_digest(pruned.model)
-    reused = state.last is not None and state.last[0] == (key, candidate.quantize)
+    plain = candidate.weight_only_bits is None and candidate.weight_bits is None  # the recipe's quantization
+    reused = plain and state.last is not None and state.last[0] == (key, candidate.quantize)
     if reused:
         outcome = state.last[1]
     else:
         outcome = quantize_and_check(inputs, state, pruned, budget(inputs.gate) - pruned.used, candidate)
-        state.last = ((key, candidate.quantize), outcome)
+        if plain:
+            state.last = ((key, candidate.quantize), outcome)
         seconds.update(outcome.seconds)
-    trial = Trial(index, candidate, outcome, key, pruned.pattern, reused, seconds)
+    trial = Trial(index, candidate, outcome, key, pruned.pattern, reused, seconds, pruned_sparsity=pruned.sparsity)
     if outcome.failed is None:
         options = inputs.options
         trial.ratio = inputs.original_bytes / max(outcome.size, 1)
         trial.accuracy_drop = used(outcome.validation, inputs.gate) if inputs.gate.active else 0.0
-        trial.gate_passed = outcome.validation.passed and \
+        trial.gate_passed = bool(outcome.validation.passed) and \
             (options.target_ratio is None or trial.ratio >= options.target_ratio)
         trial.passed = accepted(trial, options)
     return trial
 
 
+def _floor_note(chosen: Trial, floor: Trial, gate) -> str | None:
+    """What to say when the chosen model agrees less with the original than plain weight-only int8 does."""
+    if floor.failed is not None or not gate.active or chosen is floor:
+        return None
+    mine, theirs = used(chosen.outcome.validation, gate), used(floor.outcome.validation, gate)
+    if mine <= theirs + 1e-9:
+        return None
+    what = "accuracy points lost" if gate.max_accuracy_drop is not None else "1 - output cosine"
+    return (f"the chosen model agrees less with the original than plain weight-only int8 would "
+            f"({what}: {mine:.4g} vs {theirs:.4g}); weight-only int8 would be {floor.ratio:.1f}x smaller "
+            f"against {chosen.ratio:.1f}x")
+
+
+def _prefer_floor(chosen: Trial | None, floor: Trial, gate) -> bool:
+    """Weight-only int8 replaces the recipe's winner when it passes and is
+    clearly smaller (as the bolder candidate must be: static int8 that could
+    quantize nothing, its layers in If/Loop bodies, stays the original's size),
+    or no larger and no less accurate; or when nothing else passed."""
+    if not floor.passed:
+        return False
+    if chosen is None:
+        return True
+    no_less_accurate = not gate.active or used(floor.outcome.validation, gate) <= used(chosen.outcome.validation, gate)
+    return floor.outcome.size < (1.0 if no_less_accurate else BOLDER_MIN_GAIN) * chosen.outcome.size or \
+        (no_less_accurate and floor.outcome.size == chosen.outcome.size)
+
+
+def _better(new: Trial, old: Trial | None, gate) -> bool:
+    """Whether a passing ``new`` should replace ``old``: accuracy is given up
+    only for a real gain, so a less accurate ``new`` must be clearly smaller
+    (resnet at 0.2 pt: 1.7 % smaller for one sample more lost), a no less
+    accurate one only smaller."""
+    if not new.passed:
+        return False
+    if old is None:
+        return True
+    less_accurate = used(new.outcome.validation, gate) > used(old.outcome.validation, gate)
+    return new.outcome.size < (BOLDER_MIN_GAIN if less_accurate else 1.0) * old.outcome.size
+
+
+class _Runner:
+    """Runs, skips and numbers the search's trials, reporting each through the schedule."""
+
+    def __init__(self, inputs: SearchInputs, planned: int):
+        self.inputs, self.planned = inputs, planned
+        self.state = SearchState()
+        self.schedule = Schedule(inputs.options.time_budget, inputs.on_trial)
+        if inputs.options.time_budget is not None:
+            self.state.deadline = self.schedule.start + inputs.options.time_budget
+            self.state.prune_deadline = self.schedule.start + PRUNE_TIME_SHARE * inputs.options.time_budget
+        self.number = 0
+
+    def attempt(self, candidate: Candidate, index: int, later: list[Candidate], *, first: bool = False,
+                always: bool = False) -> Trial | None:
+        """Run ``candidate`` unless it cannot help or does not fit in the time
+        budget (then None, and it is recorded as skipped). The first trial and
+        those that must run (``always``) are never skipped."""
+        self.number += 1
+        schedule = self.schedule
+        reason = None
+        if not first and not always:
+            reason = schedule.cannot_help(candidate) or schedule.over_budget(candidate)
+        if reason is not None:
+            schedule.skip(candidate, reason, self.number, self.planned, later)
+            return None
+        schedule.starting(candidate, self.number, self.planned, later)
+        trial = run_trial(self.inputs, self.state, candidate, index)
+        schedule.finished(trial, self.number, self.planned, later)
+        return trial
+
+
 def search(inputs: SearchInputs) -> SearchResult:
     """Try the candidates in order and return the winner with every trial run.
+
+    After the recipe's candidates (and the bolder one), a winner slower than
+    asked gives way to the latency families (:func:`latency_families`);
+    weight-only GPTQ with 4- or 8-bit layers may then replace the winner when
+    it is clearly smaller (static int8 recipes, as time allows), and plain
+    weight-only int8 always runs last: the floor the winner is compared with,
+    and the fallback. Candidates that cannot help or do not fit in the time
+    budget are skipped (``SearchResult.skipped``, each with its reason).
     Raises GateFailed (exit 1) when no candidate is accepted."""
     gate, options, progress = inputs.gate, inputs.options, inputs.progress
-    state = SearchState()
     tried, searching = candidates(inputs)
+    extra = _wants_floor(inputs) and options.target_ratio is None
+    mixed = Candidate(0.0, weight_bits=MIXED_WIDTHS) if extra else None
+    floor_candidate = Candidate(0.0, weight_only_bits=FLOOR_BITS) if _wants_floor(inputs) else None
+    tail = [c for c in (mixed, floor_candidate) if c is not None]
+    runner = _Runner(inputs, len(tried) + len(tail))
+    schedule = runner.schedule
     trials: list[Trial] = []
     chosen = None
-    for i, candidate in enumerate(tried):
-        progress("search", i, len(tried))
-        trial = run_trial(inputs, state, candidate, i)
+    queue = list(tried)
+    while queue:
+        candidate = queue.pop(0)
+        progress("search", len(trials), len(tried))
+        trial = runner.attempt(candidate, len(trials), queue + tail, first=not trials)
+        if trial is None:
+            continue
         trials.append(trial)
         if trial.passed:
             chosen = trial
             break
         if trial.gate_passed and options.target_ratio is None:
             break  # too slow: a milder share of the same sparsity runs no faster
+    runner.planned -= len(queue)  # not needed: an earlier candidate passed
     if (chosen is not None and options.target_ratio is None and chosen.candidate == tried[0]
             and used(chosen.outcome.validation, gate) < SLACK_FRACTION * budget(gate)):
         # The first candidate left much of the budget unused: try pruning with all of it.
-        trial = run_trial(inputs, state, Candidate(1.0), len(trials))
-        if trial.failed is None:
+        runner.planned += 1
+        trial = runner.attempt(Candidate(1.0), len(trials), tail)
+        if trial is not None and trial.failed is None:
             trials.append(trial)
-            # Accuracy is given up only for a real gain: the bolder candidate must be
-            # clearly smaller, or no less accurate (resnet at 0.2 pt: 1.7 % smaller for one sample more lost).
-            less_accurate = used(trial.outcome.validation, gate) > used(chosen.outcome.validation, gate)
-            if trial.passed and trial.outcome.size < (BOLDER_MIN_GAIN if less_accurate else 1.0) * chosen.outcome.size:
+            if _better(trial, chosen, gate):
                 chosen = trial
     if chosen is None or not fast_enough(chosen, options):
         # A trial already run may be fast enough (the bolder one was chosen but is slower): the
         # smallest of those; else the latency families.
         ready = [t for t in trials if t.gate_passed and fast_enough(t, options)]
-        faster = min(ready, key=lambda t: t.outcome.size) if ready else _faster(inputs, state, trials)
+        faster = min(ready, key=lambda t: t.outcome.size) if ready else _faster(inputs, runner, trials, tail)
         if faster is None and chosen is not None:
             # None is fast enough: a trial both smaller and faster than the winner still beats it.
             faster = min((t for t in trials if t.gate_passed and _dominates(t, chosen)),
@@ -171,14 +292,39 @@ def search(inputs: SearchInputs) -> SearchResult:
         if faster is not None:
             chosen = faster
         searching = searching or len(trials) > 1
+    notes: list[str] = []
+    if mixed is not None:
+        trial = runner.attempt(mixed, len(trials), tail[1:])
+        if trial is not None and trial.failed is None:
+            trials.append(trial)
+            if _better(trial, chosen, gate):
+                chosen = trial
+    floor = None
+    if floor_candidate is not None:
+        # Plain weight-only int8: the floor the chosen model is held to, and the fallback. It always
+        # runs (seconds of quantization, one validation and one pack) so that no result hides it.
+        floor = runner.attempt(floor_candidate, len(trials), [], always=True)
+        if _prefer_floor(chosen, floor, gate):
+            if chosen is not None:
+                notes.append(f"plain weight-only int8 passes the gate and is smaller ({floor.ratio:.1f}x against "
+                             f"{chosen.ratio:.1f}x) than the recipe's best candidate: it is kept instead")
+            else:
+                notes.append("no candidate of the recipe passed the gate; plain weight-only int8 did and is kept")
+            trials.append(floor)
+            chosen = floor
+        elif chosen is not None:
+            note = _floor_note(chosen, floor, gate)
+            if note:
+                notes.append(note)
     progress("search", len(trials), len(trials))
     if chosen is None:
-        raise GateFailed(f"no candidate passed the gate after {len(trials)} tries ({_why(trials[-1], options)}); "
-                         "nothing written")
-    return SearchResult(chosen, trials, searching)
+        last = trials[-1] if trials else floor
+        raise GateFailed(f"no candidate passed the gate after {len(trials) + (floor is not None and floor not in trials)} "
+                         f"tries ({_why(last, options)}); nothing written")
+    return SearchResult(chosen, trials, searching, schedule.skipped, floor, notes)
 
 
-def _faster(inputs: SearchInputs, state: SearchState, trials: list[Trial]) -> Trial | None:
+def _faster(inputs: SearchInputs, runner: "_Runner", trials: list[Trial], tail: list[Candidate]) -> Trial | None:
     """The latency families (appending their trials to ``trials``): the first
     trial that passes the gate and is fast enough; None when none is. Runs
     only when some trial passed the gate but was too slow: when none passed
@@ -187,11 +333,16 @@ def _faster(inputs: SearchInputs, state: SearchState, trials: list[Trial]) -> Tr
     if not any(t.gate_passed for t in trials):
         return None
     for family in latency_families(inputs):
-        for candidate in family:
+        runner.planned += len(family)
+        for k, candidate in enumerate(family):
             inputs.progress("search", len(trials), len(trials) + 1)
-            trial = run_trial(inputs, state, candidate, len(trials))
+            trial = runner.attempt(candidate, len(trials), family[k + 1:] + tail)
+            if trial is None:
+                runner.planned -= 1
+                continue
             trials.append(trial)
             if trial.gate_passed:
+                runner.planned -= len(family) - k - 1
                 if fast_enough(trial, options):
                     return trial
                 break  # the family's most aggressive passing share is its fastest

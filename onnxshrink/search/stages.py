@@ -30,6 +30,9 @@ WEIGHT_RANGE_BITS = (4, 6, 8)
 # onnxruntime's blocked (NCHWc) Conv kernels work on 8 or 16 channels at a time,
 # and digits_cnn pruned to 13/25/50 channels ran 1.04x its original where 16/24/40 ran 0.81x.
 LATENCY_CHANNEL_MULTIPLE = 8
+# The accuracy-aware static int8 search (float nodes put back one by one) may
+# use at most this part of the time budget: the weight-only candidates follow.
+AWARE_TIME_SHARE = 0.25
 
 
 @dataclasses.dataclass
@@ -42,7 +45,8 @@ class Pruned:
     layers: dict[str, dict[str, Any]]
     used: float = 0.0
     pattern: str | None = None
-    steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # pruning's own search
+    sparsity: float | None = None  # fraction of the prunable weights zeroed; None: not pruned
 
 
 def packed_size(model: onnx.ModelProto) -> tuple[int, bytes]:
@@ -154,7 +158,8 @@ def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) 
         state.prune_stats = collect_statistics(model, inputs.calib, prune_options, progress=inputs.progress)
     # The sensitivity scan and measured allocations are the same for every trial: only the target differs.
     result = prune_model(model, prune_options, calib=inputs.calib, eval_data=inputs.check, progress=inputs.progress,
-                         layer_stats=state.prune_stats, scan_cache=state.prune_scans, measure_latency=False)
+                         layer_stats=state.prune_stats, scan_cache=state.prune_scans, measure_latency=False,
+                         deadline=state.prune_deadline)
     model = result.model
     summary = result.report.to_dict()
     channels = prune_options.pattern == "channel"
@@ -173,10 +178,12 @@ def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) 
     spent = used(checked if checked is not None else
                  compare_models(inputs.original, model, inputs.check, gate=Gate(), measure_latency=False,
                                 state=inputs.options.state), gate)
-    return Pruned(model, stages, layers, spent, prune_options.pattern, result.report.search)
+    return Pruned(model, stages, layers, spent, prune_options.pattern, steps=result.report.search,
+                  sparsity=result.report.weight_sparsity)
 
 
-def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, reshaped: bool = False):
+def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, reshaped: bool = False,
+                    weight_bits: tuple[int, ...] | None = None):
     """Weight-only quantization with GPTQ rounding: every weight at the narrowest
     width; while that fails the gate, the most sensitive (largest estimated
     output error) are promoted to the next width, as few as the gate allows
@@ -189,21 +196,24 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     from onnxshrink.lowbit import WeightOnlyOptions, collect_weight_statistics, quantize_weights
 
     original, gate, calib, check = inputs.original, inputs.gate, inputs.calib, inputs.check
-    widths = tuple(sorted(set(inputs.options.weight_bits)))
+    widths = tuple(sorted(set(weight_bits or inputs.options.weight_bits)))
     # The search checks every mix against the gate itself: no floor inside.
     base_options = WeightOnlyOptions(bits=widths[0], rounding="gptq", gate_floor=False, state=inputs.options.state)
-    if reshaped:
+    if reshaped:  # channel-pruned: other shapes, other statistics
         stats = collect_weight_statistics(model, calib, base_options, progress=inputs.progress)
     else:
         if state.weight_stats is None:
-            state.weight_stats = collect_weight_statistics(inputs.base, calib, base_options, progress=inputs.progress)
+            # Pruning's statistics of the same base model hold the same Hessians (stats/ collects both).
+            state.weight_stats = state.prune_stats if state.prune_stats else \
+                collect_weight_statistics(inputs.base, calib, base_options, progress=inputs.progress)
         stats = state.weight_stats
 
     def quantized(promoted: list[str], to: int, rest: int, kept_float: tuple[str, ...] = ()):
         layer_bits: dict[str, int | None] = {name: to for name in promoted}
         layer_bits.update({name: None for name in kept_float})
         opts = dataclasses.replace(base_options, bits=rest, layer_bits=layer_bits)
-        return quantize_weights(model, opts, calib=calib, layer_stats=stats, measure_latency=False)
+        return quantize_weights(model, opts, calib=calib, layer_stats=stats, measure_latency=False,
+                                codes_cache=state.weight_codes)
 
     def fewest(count: int, make, best):
         """Bisection on how many of the ranked names get the better treatment:
@@ -241,50 +251,91 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     return fewest(len(names), lambda k: quantized(names, wide, wide, tuple(names[:k])), all_float)
 
 
-def static_int8(inputs: SearchInputs, model: onnx.ModelProto, remaining: float):
-    """Static int8 QDQ within what is left of the budget. Unless the recipe fixes
-    it, weight codes are first tried in a narrow range (fewer distinct levels
-    pack smaller and still run in int8 kernels), widening until the final model
-    passes the gate against the original. None when not even full int8 does."""
+def static_int8(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, remaining: float):
+    """Static int8 QDQ, held to the gate against the original. Unless the recipe
+    fixes it, weight codes are first tried in a narrow range (fewer distinct
+    levels pack smaller and still run in int8 kernels), widening until the
+    model passes: each range costs one calibration, one build and one check.
+    Only when plain int8 misses the gate at every range are the most sensitive
+    nodes kept in float (the accuracy-aware search, within ``remaining`` of the
+    budget and until the time budget runs out). None when nothing passes."""
     from onnxshrink.quantization import QuantizeOptions, quantize_model
 
     settings, gate = inputs.options.recipe.quantize, inputs.gate
     ranges = (settings["weight_range_bits"],) if "weight_range_bits" in settings else WEIGHT_RANGE_BITS
-    targets = sub_gate(gate, remaining) if gate.active else {}
-    for bits in ranges:
-        # The search checks the result against the gate itself: no floor inside.
-        options = QuantizeOptions(**{**settings, "weight_range_bits": bits}, **targets, gate_floor=False,
-                                  state=inputs.options.state)
-        try:
-            q = quantize_model(model, inputs.calib, options, eval_data=inputs.check, progress=inputs.progress,
-                               measure_latency=False)
-        except GateFailed:
-            continue
-        if not gate.active or len(ranges) == 1 or \
-                compare_models(inputs.original, q.model, inputs.check, gate=gate, measure_latency=False,
-                               state=inputs.options.state).passed:
+    # The search checks the result against the gate itself: no floor inside.
+    fixed = {"gate_floor": False, "state": inputs.options.state}
+    if not gate.active:
+        return quantize_model(model, inputs.calib, QuantizeOptions(**{**settings, "weight_range_bits": ranges[0]},
+                                                                   **fixed),
+                              eval_data=inputs.check, progress=inputs.progress, measure_latency=False)
+    for k, bits in enumerate(ranges):
+        if k and state.deadline is not None and time.perf_counter() > state.deadline:
+            return None  # out of time: the weight-only candidates that follow are the fallback
+        # quantize_model's own check (against the pruned model, for its report) runs on one
+        # calibration batch: the gate is measured just below, against the original, on the check data.
+        q = quantize_model(model, inputs.calib, QuantizeOptions(**{**settings, "weight_range_bits": bits}, **fixed),
+                           eval_data=inputs.calib[:1], progress=inputs.progress, measure_latency=False)
+        if compare_models(inputs.original, q.model, inputs.check, gate=gate, measure_latency=False,
+                          state=inputs.options.state).passed:
             return q
+    if state.deadline is not None and time.perf_counter() > state.deadline:
+        return None
+    options = QuantizeOptions(**{**settings, "weight_range_bits": ranges[-1]}, **sub_gate(gate, remaining))
+    deadline = state.deadline
+    if inputs.options.time_budget is not None:  # one node's build and check per layer: a bounded share of the time
+        deadline = min(deadline, time.perf_counter() + AWARE_TIME_SHARE * inputs.options.time_budget)
+    try:
+        q = quantize_model(model, inputs.calib, options, eval_data=inputs.check, progress=inputs.progress,
+                           deadline=deadline)
+    except GateFailed:
+        return None
+    if compare_models(inputs.original, q.model, inputs.check, gate=gate, measure_latency=False).passed:
+        return q
     return None
+
+
+def weight_only(inputs: SearchInputs, model: onnx.ModelProto, bits: int):
+    """Plain weight-only quantization at ``bits`` (round to nearest, the
+    default granularity): no calibration, seconds even on large models."""
+    from onnxshrink.lowbit import WeightOnlyOptions, quantize_weights
+
+    return quantize_weights(model, WeightOnlyOptions(bits=bits, gate_floor=False, state=inputs.options.state),
+                            measure_latency=False)
 
 
 def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned, remaining: float,
                        candidate: Candidate = Candidate(None)) -> Outcome:
     """The rest of a trial after pruning: quantize within ``remaining`` of the
-    budget (as the options say, or static int8 when the candidate says so),
-    validate the model in its default load form against the original, time
-    it against the original, pack."""
+    budget (as the options say; static int8 when the candidate says
+    ``quantize="int8"``; with its ``weight_only_bits``, plain weight-only
+    quantization at that width; with its ``weight_bits``, weight-only GPTQ
+    with a width per layer among those), validate the model in its default
+    load form against the original, time it against the original, pack."""
     options = inputs.options
     recipe = options.recipe
     model, stages, layers = pruned.model, pruned.stages, pruned.layers
     widths: dict[int, int] = {}
     range_bits = None
     start = time.perf_counter()
-    if recipe.quantize is not None and options.mixed_precision and candidate.quantize != "int8":
-        chosen = mixed_precision(inputs, state, model, reshaped=pruned.pattern == "channel")
+    weight_only_bits, weight_bits = candidate.weight_only_bits, candidate.weight_bits
+    if weight_only_bits is not None:
+        chosen = weight_only(inputs, model, weight_only_bits)
+        model = chosen.model
+        count = sum(1 for w in chosen.report.weights if w.bits)
+        widths = {weight_only_bits: count}
+        stages.append(Stage("quantize", model, f"weight-only int{weight_only_bits}: {count} weights, no pruning"))
+        for w in chosen.report.weights:
+            layers.setdefault(w.name, {"name": w.name, "sparsity": w.sparsity}).update(
+                {"quant_error": w.relative_error, "bits": w.bits})
+    elif recipe.quantize is not None and candidate.quantize != "int8" and \
+            (options.mixed_precision or weight_bits is not None):
+        allowed = weight_bits or options.weight_bits
+        chosen = mixed_precision(inputs, state, model, reshaped=pruned.pattern == "channel", weight_bits=allowed)
         if chosen is None:
             return Outcome(failed="no mix of weight widths meets the gate")
         model = chosen.model
-        widths = {bits: sum(1 for w in chosen.report.weights if w.bits == bits) for bits in sorted(set(options.weight_bits))}
+        widths = {bits: sum(1 for w in chosen.report.weights if w.bits == bits) for bits in sorted(set(allowed))}
         from onnxshrink.lowbit.weight_only import KEPT_FLOAT
 
         left_float = sum(1 for why in chosen.report.skipped.values() if why == KEPT_FLOAT)
@@ -294,10 +345,10 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
             entry = layers.setdefault(w.name, {"name": w.name, "sparsity": w.sparsity})
             entry.update({"quant_error": w.relative_error, "bits": w.bits})
     elif recipe.quantize is not None:
-        q = static_int8(inputs, model, remaining)
+        q = static_int8(inputs, state, model, remaining)
         if q is None:
             # Pruning left too little of the budget: this candidate fails, a milder one follows.
-            return Outcome(failed="quantization within the remaining budget")
+            return Outcome(failed="static int8 missed the gate (at every weight code range, or when time ran out)")
         errors = quantization_errors(model, q.model)
         model = q.model
         range_bits = q.report.weight_range_bits

@@ -38,11 +38,18 @@ class Candidate:
     ``quantize`` overrides how the options quantize (None: as they say;
     ``"int8"``: static int8 QDQ even when weight-only widths were asked for,
     a candidate of the latency search).
+    ``weight_only_bits`` (8) tries plain weight-only quantization at that
+    width instead of the recipe's pruning and quantization: the floor the
+    recipe's candidates are measured against, and the fallback.
+    ``weight_bits`` tries weight-only GPTQ with a width per layer among
+    those (as ``--weight-bits``) instead of the recipe's static int8.
     """
 
     prune_budget_share: float | None
     pattern: str | None = None
     quantize: str | None = None
+    weight_only_bits: int | None = None
+    weight_bits: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass
@@ -106,6 +113,8 @@ class Trial:
     ``gate_passed`` is the quality gate and the size ratio; ``passed`` that
     and the latency objective (a bound, else not slower than the original
     beyond the noise, when the search asks for it) together.
+    ``pruned_sparsity`` is the fraction of prunable weights pruning zeroed
+    (None when the trial did not prune).
     """
 
     index: int
@@ -119,12 +128,24 @@ class Trial:
     accuracy_drop: float = 0.0
     gate_passed: bool = False
     passed: bool = False
+    pruned_sparsity: float | None = None
 
     @property
     def failed(self) -> str | None:
         return self.outcome.failed
 
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    @property
+    def seconds_after_prune(self) -> float:
+        """Wall time of quantize, validate and pack (what every trial runs anew)."""
+        return sum(v for k, v in self.seconds.items() if k != "prune")
+
     def search_entry(self, chosen: "Trial | None") -> dict[str, Any]:
+        from onnxshrink.search.schedule import describe  # schedule imports this module
+
         """This trial as a row of the report's ``search`` list (docs/json.md):
         ``accuracy_drop`` is the share of the gate's budget used (accuracy
         points, or 1 - cosine under a cosine gate); the metrics themselves are
@@ -142,7 +163,8 @@ class Trial:
                 "min_sample_cosine": min((m["min_sample_cosine"] for m in outputs), default=None),
                 "latency_ratio": None if self.outcome.latency is None else round(self.outcome.latency.ratio, 3),
                 "passed": self.passed, "chosen": chosen is not None and self.candidate == chosen.candidate,
-                "reused": self.reused, "failed": self.failed}
+                "reused": self.reused, "failed": self.failed, "mode": describe(self.candidate),
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +184,7 @@ class SearchInputs:
     checked_on: str = "eval data"  # names ``check`` in the reports
     # Times a candidate (in the form it loads in) against the original; None: latency is not measured.
     measure: Callable[[onnx.ModelProto], Latency] | None = None
+    on_trial: Callable[[Any], None] = lambda status: None  # receives a schedule.TrialProgress
 
 
 @dataclasses.dataclass
@@ -171,13 +194,20 @@ class SearchState:
 
     ``prune_stats`` are the layer input statistics of the base model for
     pruning, ``weight_stats`` its layer Hessians for weight-only (GPTQ)
-    quantization; ``prune_scans`` carries pruning's sensitivity scans and
+    quantization (pruning's when it collected them: the same Hessians),
+    ``weight_codes`` each weight's GPTQ codes per width (``quantize_weights(codes_cache=...)``);
+    ``prune_scans`` carries pruning's sensitivity scans and
     measured allocations (``prune_model(scan_cache=...)``); ``last`` is the
     last trial's pruned-weights digest and outcome (only the last: models are
-    large, and repeats come right after each other).
+    large, and repeats come right after each other). ``deadline`` is when the
+    time budget runs out (a ``time.perf_counter()`` value; None: no limit),
+    ``prune_deadline`` when pruning's sensitivity scan must be done.
     """
 
     prune_stats: dict[str, LayerInputStats] | None = None
     weight_stats: dict[str, LayerInputStats] | None = None
     prune_scans: dict = dataclasses.field(default_factory=dict)
+    weight_codes: dict = dataclasses.field(default_factory=dict)
     last: tuple[str, Outcome] | None = None
+    deadline: float | None = None
+    prune_deadline: float | None = None

@@ -1,0 +1,203 @@
+"""The shrink search's schedule: candidates skipped with their reason, estimates
+in the progress lines, the time budget, and the weight-only int8 floor."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import MODELS, run_cli
+from onnxshrink.search import Candidate, Outcome, Trial
+from onnxshrink.search.schedule import Schedule, TrialProgress
+
+MLP = MODELS / "digits_mlp.onnx"
+CALIB = MODELS / "digits_mlp.calib.npz"
+EVAL = MODELS / "digits_mlp.eval.npz"
+
+
+def _trial(share, sparsity, seconds, index=0, weight_only_bits=None):
+    return Trial(index, Candidate(share, weight_only_bits=weight_only_bits), Outcome(failed="not measured"), "d",
+                 seconds=seconds, pruned_sparsity=sparsity)
+
+
+def test_a_smaller_pruning_share_after_one_that_removed_nothing_cannot_help():
+    schedule = Schedule(None, lambda status: None)
+    schedule.runs.append(_trial(0.75, 0.0, {"prune": 3.0, "quantize": 1.0}))
+    why = schedule.cannot_help(Candidate(0.5))
+    assert why is not None and "removed 0%" in why and "75%" in why
+    # No pruning at all, a bolder share and the weight-only floor are still worth running.
+    assert schedule.cannot_help(Candidate(0.0)) is None
+    assert schedule.cannot_help(Candidate(1.0)) is None
+    assert schedule.cannot_help(Candidate(0.0, weight_only_bits=8)) is None
+    # A share that did prune says nothing about smaller ones.
+    other = Schedule(None, lambda status: None)
+    other.runs.append(_trial(0.75, 0.4, {"prune": 3.0}))
+    assert other.cannot_help(Candidate(0.5)) is None
+
+
+def test_estimates_come_from_the_trials_run_and_decide_what_fits_the_budget():
+    now = [0.0]
+    schedule = Schedule(60.0, lambda status: None, clock=lambda: now[0])
+    assert schedule.estimate(Candidate(0.5)) is None and schedule.over_budget(Candidate(0.5)) is None
+    first = _trial(0.75, 0.3, {"prune": 40.0, "quantize": 8.0, "validate": 1.0, "pack": 1.0})
+    schedule.runs.append(first)
+    # A later pruning trial reuses the scan: part of the first trial's pruning, and all of what follows it.
+    assert schedule.estimate(Candidate(0.5)) == pytest.approx(0.5 * 40.0 + 10.0)
+    assert schedule.estimate(Candidate(0.0)) == pytest.approx(10.0)
+    assert schedule.remaining([Candidate(0.5), Candidate(0.0)]) == pytest.approx(40.0)
+    now[0] = 50.0  # 10 s of 60 left: the pruning trial does not fit, no pruning (10 s) does
+    why = schedule.over_budget(Candidate(0.5))
+    assert why is not None and why.startswith("time budget") and "10s of 1m00s left" in why
+    assert schedule.over_budget(Candidate(0.0)) is None
+    # Once a later pruning trial was measured, it is the estimate.
+    schedule.runs.append(_trial(0.5, 0.2, {"prune": 4.0, "quantize": 8.0, "validate": 1.0, "pack": 1.0}, index=1))
+    assert schedule.estimate(Candidate(0.25)) == pytest.approx(4.0 + 10.0)
+
+
+def test_skipped_candidates_are_reported_with_their_reason(tmp_path):
+    """A time budget the first trial already spends: the other candidates are
+    skipped and named in the report and the summary; the weight-only int8 floor
+    still runs, and the result passes the gate."""
+    out, report = tmp_path / "m.onnxz", tmp_path / "r.json"
+    result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--eval", EVAL, "--max-accuracy-drop", "1.0",
+                     "--time-budget", "0.001", "--json", report)
+    assert result.returncode == 0, result.stderr
+    r = json.loads(report.read_text())
+    assert r["skipped"] and all(s["reason"].startswith("time budget") for s in r["skipped"])
+    assert len(r["search"]) == 1  # the first trial ran; what followed it did not fit
+    assert all(f"skipped: {s['mode']}: {s['reason']}" in result.stdout.replace("\n", " ") for s in r["skipped"][:1])
+    assert r["weight_only_int8"]["passed"] and r["passed"]
+    # The first trial's pruning could not finish its scan in the budget either, and says so.
+    assert "pruning skipped" in r["stages"][2]["note"] and "time budget" in r["stages"][2]["note"]
+
+
+def test_piped_progress_is_a_plain_line_per_trial_with_an_estimate(tmp_path):
+    result = run_cli("shrink", MLP, "-o", tmp_path / "m.onnxz", "--calib", CALIB, "--eval", EVAL,
+                     "--max-accuracy-drop", "1.0")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("onnxshrink: trial ")]
+    assert lines[0].startswith("onnxshrink: trial 1/") and "estimate after the first trial" in lines[0]
+    assert "elapsed" in lines[0]
+    # Each trial has a start and an end line; after the first, the time left is estimated.
+    assert len(lines) >= 4 and all("elapsed" in line for line in lines)
+    assert any("left at most" in line for line in lines[1:])
+    assert not any(c in result.stderr for c in "━╸") and "weight-only int8" in result.stderr
+    quiet = run_cli("shrink", MLP, "-o", tmp_path / "q.onnxz", "--calib", CALIB, "--eval", EVAL,
+                    "--max-accuracy-drop", "1.0", "-q")
+    assert quiet.returncode == 0 and quiet.stderr.strip() == ""
+
+
+def test_the_result_is_never_less_accurate_than_weight_only_int8_without_saying_so(tmp_path):
+    """The report holds the plain weight-only int8 trial; when the chosen model
+    used more of the gate than it, a note says so (and names both sizes)."""
+    report = tmp_path / "r.json"
+    result = run_cli("shrink", MODELS / "digits_cnn.onnx", "-o", tmp_path / "m.onnxz", "--calib",
+                     MODELS / "digits_cnn.calib.npz", "--eval", MODELS / "digits_cnn.eval.npz",
+                     "--max-accuracy-drop", "1.0", "--json", report)
+    assert result.returncode == 0, result.stderr
+    r = json.loads(report.read_text())
+    floor = r["weight_only_int8"]
+    chosen_drop = next(row["accuracy_drop"] for row in r["search"] if row["chosen"])
+    floor_drop = floor["budget_used"]
+    noted = [n for n in r["notes"] if "agrees less with the original than plain weight-only int8" in n]
+    assert bool(noted) == (chosen_drop > floor_drop + 1e-4)
+    if noted:
+        assert f"{floor['ratio']:.1f}x" in noted[0] and f"note: {noted[0]}" in result.stdout.replace("\n", " ")
+    else:  # not less accurate: weight-only int8 is kept only when no larger
+        assert r["ratio"] >= floor["ratio"] or r["stages"][-2]["note"].startswith("weight-only int8")
+
+
+def _weights_in_an_if() -> onnx.ModelProto:
+    """x [N, 64] -> If(sum(x) > -1e9) then Relu(x @ A) else Relu(x @ B): every layer weight in a branch."""
+    rng = np.random.default_rng(0)
+
+    def branch(name: str) -> onnx.GraphProto:
+        w = numpy_helper.from_array(rng.normal(0, 0.2, (64, 64)).astype(np.float32), f"{name}_w")
+        return helper.make_graph([helper.make_node("MatMul", ["x", f"{name}_w"], [f"{name}_mm"]),
+                                  helper.make_node("Relu", [f"{name}_mm"], [f"{name}_y"])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, None)], [w])
+
+    low = numpy_helper.from_array(np.array(-1e9, np.float32), "low")
+    nodes = [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+             helper.make_node("Greater", ["total", "low"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch("then"), else_branch=branch("other"))]
+    graph = helper.make_graph(nodes, "if_model", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], [low])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_weight_only_int8_is_kept_when_static_int8_cannot_reach_the_weights():
+    """Static int8 leaves layers inside If bodies float (the model stays its
+    size); plain weight-only int8 reaches them, passes the gate and is kept
+    (the time budget leaves no room for the GPTQ candidate, which would also win)."""
+    from onnxshrink.pipeline import ShrinkOptions, shrink
+    from onnxshrink.recipes import load_recipe
+    from onnxshrink.validation import Gate
+
+    model = _weights_in_an_if()
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.normal(size=(8, 64)).astype(np.float32)} for _ in range(4)]
+    options = ShrinkOptions(load_recipe("cnn-default"), gate=Gate(min_cosine=0.99), time_budget=0.001)
+    r = shrink(model, calib, options).report
+    assert r["search"][0]["ratio"] < 1.2  # static int8: nothing reached
+    assert any(s["mode"].startswith("weight-only GPTQ") and s["reason"].startswith("time budget") for s in r["skipped"])
+    assert r["weight_only_int8"]["passed"] and r["stages"][-2]["note"].startswith("weight-only int8: 2 weights")
+    assert any("plain weight-only int8 passes the gate and is smaller" in n for n in r["notes"])
+    assert r["ratio"] == pytest.approx(r["weight_only_int8"]["ratio"], rel=0.05) and r["ratio"] > 2.5
+    assert [row["chosen"] for row in r["search"]].count(True) == 1 and r["search"][-1]["chosen"]
+
+
+def test_a_prune_search_that_cannot_end_in_time_prunes_nothing_and_says_so():
+    from onnxshrink.pruning import PruneOptions, prune_model
+
+    model = onnx.load(str(MLP))
+    result = prune_model(model, PruneOptions(min_cosine=0.99), calib=str(CALIB), eval_data=str(EVAL),
+                         deadline=time.perf_counter())
+    assert result.report.weight_sparsity == 0.0 and not result.modified
+    assert any("pruning skipped" in n and "time budget" in n for n in result.report.notes)
+    unbounded = prune_model(model, PruneOptions(min_cosine=0.99), calib=str(CALIB), eval_data=str(EVAL))
+    assert unbounded.report.weight_sparsity > 0
+
+
+def test_trial_progress_reaches_the_library_callback():
+    from onnxshrink.pipeline import ShrinkOptions, shrink
+    from onnxshrink.recipes import load_recipe
+    from onnxshrink.validation import Gate
+
+    seen: list[TrialProgress] = []
+    options = ShrinkOptions(load_recipe("cnn-default"), gate=Gate(min_cosine=0.99), time_budget=None)
+    shrink(onnx.load(str(MLP)), str(CALIB), options, eval_data=str(EVAL), on_trial=seen.append)
+    starts = [s for s in seen if s.result is None]
+    ends = [s for s in seen if s.result is not None]
+    assert starts and len(starts) == len(ends) and starts[0].index == 1 and starts[0].remaining is None
+    assert all(e.remaining is not None and e.elapsed >= 0 for e in ends)
+    assert ends[-1].doing == "weight-only int8, no pruning" and ends[-1].index == ends[-1].planned
+
+
+def test_the_terminal_bar_shows_the_trial_what_it_tries_and_the_time_left():
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TextColumn
+
+    from onnxshrink.cli._common import Progress
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200)
+    with RichProgress(TextColumn("{task.description}"), TextColumn("{task.fields[eta]}"), console=console) as bar:
+        progress = Progress(bar)
+        progress.trial(TrialProgress(1, 4, "no pruning, then quantize", 0.0, None))
+        row = bar.tasks[0]
+        assert row.description == "trial 1/4: no pruning, then quantize" and row.completed == 0
+        assert row.fields["eta"] == "estimate after the first trial"
+        progress.trial(TrialProgress(1, 4, "no pruning, then quantize", 75.0, 130.0, "4.1x smaller, passed the gate"))
+        assert row.completed == 1 and row.fields["eta"] == "about 2m10s left at most"
+        progress("search", 1, 4)  # the library's own count of trials does not fight the trial row
+        assert len(bar.tasks) == 1 and row.completed == 1
+    assert "trial 1/4: 4.1x smaller, passed the gate" in out.getvalue()
