@@ -119,9 +119,12 @@ def fast_enough(trial: Trial, options: ShrinkOptions) -> bool:
 def _wants_floor(inputs: SearchInputs) -> bool:
     """Whether the weight-only candidates apply: a recipe that quantizes to
     8-bit static int8 (mixed precision already is weight-only) with a gate,
-    and no sparsity the user fixed (they would not prune as asked)."""
+    and no sparsity or weight code range the user fixed (they would not
+    prune or quantize as asked)."""
     recipe = inputs.options.recipe
-    fixed = recipe.prune is not None and recipe.prune.get("sparsity") is not None
+    # A sparsity or a weight code range the recipe fixes: it asked for that, not for the search's choice.
+    fixed = (recipe.prune is not None and recipe.prune.get("sparsity") is not None) or \
+        (recipe.quantize is not None and "weight_range_bits" in recipe.quantize)
     return recipe.quantize is not None and not inputs.options.mixed_precision and inputs.gate.active and not fixed
 
 

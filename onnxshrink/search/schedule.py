@@ -16,7 +16,7 @@ import dataclasses
 import time
 from typing import Any, Callable
 
-from onnxshrink.search.trial import Candidate, Trial
+from onnxshrink.search.trial import Candidate, Trial, describe
 
 # A later trial's pruning (sensitivity scan and statistics cached) is estimated
 # at this fraction of the first trial's until one has been measured.
@@ -55,25 +55,6 @@ class Skipped:
     def report_entry(self) -> dict[str, Any]:
         return {"prune_budget_share": self.candidate.prune_budget_share, "mode": describe(self.candidate),
                 "reason": self.reason}
-
-
-def describe(candidate: Candidate) -> str:
-    """What a candidate tries, in words."""
-    if candidate.pattern is not None or candidate.quantize is not None:
-        share = candidate.prune_budget_share or 0.0
-        pruning = (f"{candidate.pattern} pruning within {100 * share:.0f}% of the gate's budget" if share and candidate.pattern
-                   else "no pruning" if not share else f"pruning within {100 * share:.0f}% of the gate's budget")
-        return f"{pruning}, then {'static int8' if candidate.quantize == 'int8' else 'quantize'} (for latency)"
-    if candidate.weight_only_bits is not None:
-        return f"weight-only int{candidate.weight_only_bits}, no pruning"
-    if candidate.weight_bits is not None:
-        return f"weight-only GPTQ, each layer at {' or '.join(map(str, candidate.weight_bits))} bits, no pruning"
-    share = candidate.prune_budget_share
-    if share is None:
-        return "as the recipe says"
-    if share == 0:
-        return "no pruning, then quantize"
-    return f"pruning within {100 * share:.0f}% of the gate's budget, then quantize"
 
 
 def minutes(seconds: float) -> str:

@@ -52,6 +52,25 @@ class Candidate:
     weight_bits: tuple[int, ...] | None = None
 
 
+def describe(candidate: Candidate) -> str:
+    """What a candidate tries, in words."""
+    if candidate.pattern is not None or candidate.quantize is not None:
+        share = candidate.prune_budget_share or 0.0
+        pruning = (f"{candidate.pattern} pruning within {100 * share:.0f}% of the gate's budget" if share and candidate.pattern
+                   else "no pruning" if not share else f"pruning within {100 * share:.0f}% of the gate's budget")
+        return f"{pruning}, then {'static int8' if candidate.quantize == 'int8' else 'quantize'} (for latency)"
+    if candidate.weight_only_bits is not None:
+        return f"weight-only int{candidate.weight_only_bits}, no pruning"
+    if candidate.weight_bits is not None:
+        return f"weight-only GPTQ, each layer at {' or '.join(map(str, candidate.weight_bits))} bits, no pruning"
+    share = candidate.prune_budget_share
+    if share is None:
+        return "as the recipe says"
+    if share == 0:
+        return "no pruning, then quantize"
+    return f"pruning within {100 * share:.0f}% of the gate's budget, then quantize"
+
+
 @dataclasses.dataclass
 class Stage:
     """One stage's model as the trial left it, for the report's stage table."""
@@ -144,7 +163,6 @@ class Trial:
         return sum(v for k, v in self.seconds.items() if k != "prune")
 
     def search_entry(self, chosen: "Trial | None") -> dict[str, Any]:
-        from onnxshrink.search.schedule import describe  # schedule imports this module
 
         """This trial as a row of the report's ``search`` list (docs/json.md):
         ``accuracy_drop`` is the share of the gate's budget used (accuracy
