@@ -171,3 +171,23 @@ def test_bundled_model_validates_against_itself(name):
     assert all(m["cosine"] > 0.999999 and m["agreement"] == 1.0 for m in report.outputs.values())
     assert report.samples >= 500
     assert report.accuracy["reference"] >= 0.9
+
+
+def test_validate_on_data_without_a_threshold_holds_the_default_floor(tmp_path, mlp_path, mlp_data):
+    """With --data and no threshold the verdict is the default floor (every output keeps 98 %
+    of the reference's answers): the same model passes, a broken one fails with exit 1;
+    --no-gate measures only (passed null, exit 0); random inputs give no verdict."""
+    same = run_cli("validate", mlp_path, mlp_path, "--data", mlp_data, "--json", tmp_path / "same.json")
+    assert same.returncode == 0, same.stderr
+    saved = json.loads((tmp_path / "same.json").read_text())
+    assert saved["passed"] is True and saved["gate"] == {"min_agreement": 0.98}
+    bad = tmp_path / "bad.onnx"
+    onnx.save(_perturbed(tiny_mlp(), 1.0), bad)
+    broken = run_cli("validate", mlp_path, bad, "--data", mlp_data, "--json", tmp_path / "bad.json")
+    assert broken.returncode == 1 and "keeps" in broken.stderr + broken.stdout
+    assert json.loads((tmp_path / "bad.json").read_text())["passed"] is False
+    measured = run_cli("validate", mlp_path, bad, "--data", mlp_data, "--no-gate", "--json", tmp_path / "m.json")
+    assert measured.returncode == 0, measured.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["passed"] is None
+    random = run_cli("validate", mlp_path, mlp_path, "--json", tmp_path / "r.json")
+    assert random.returncode == 0 and json.loads((tmp_path / "r.json").read_text())["passed"] is None

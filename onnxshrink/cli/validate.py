@@ -31,7 +31,7 @@ from onnxshrink.report.metrics import (
     latency_text,
     latency_verdict,
 )
-from onnxshrink.validation import Gate, accuracy_gate_basis, flip_text, parse_state
+from onnxshrink.validation import DEFAULT_FLOOR, Gate, accuracy_gate_basis, flip_text, parse_state
 
 SCHEMA = "onnxshrink.validate/1"
 
@@ -46,6 +46,7 @@ def validate_command(
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Fail (exit 1) if accuracy drops by more than this many points.")] = None,
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Fail (exit 1) if any output keeps less than this fraction of the reference's answers (no labels needed).")] = None,
     shape: Annotated[Optional[list[str]], typer.Option("--shape", help="Symbolic dims for synthetic inputs: NAME=1x3x224x224.")] = None,
+    no_gate: Annotated[bool, typer.Option("--no-gate", help="Without a threshold, measure only: no verdict (by default, with --data, every output must keep 98% of the reference's answers).")] = False,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure median single-thread latency.")] = True,
     state: StateOption = None,
     json_path: JsonOption = None,
@@ -67,6 +68,8 @@ def validate_command(
                          "fidelity only and give no verdict)")
     if max_accuracy_drop is not None:
         accuracy_gate_basis(data, explicit=True)
+    if not gate.active and data is not None and not no_gate:
+        gate = DEFAULT_FLOOR  # a verdict on real data by default: quantize's floor
     report = onnxshrink.validate(reference, candidate, data, reference_outputs=reference_outputs, gate=gate,
                                  shapes=parse_shapes(shape), measure_latency=latency, state=parse_state(state))
     if report.synthetic_inputs and not quiet:
