@@ -137,16 +137,23 @@ def test_a_table_also_read_by_another_op_stays_with_that_op(ids):
 
 
 def test_weight_only_auto_granularity_blocks_matmul_and_gather_below_8_bits():
+    """Blocks of 32 along the input features below 8 bits, for MatMul/Gemm/Gather weights
+    with more than 128 input features; a narrower channel is already a short block."""
     rng = np.random.default_rng(2)
     model = _embedding_model()
+    wide = numpy_helper.from_array(rng.normal(size=(256, 8)).astype(np.float32), "wide_w")
+    model.graph.initializer.append(wide)
+    model.graph.node.append(helper.make_node("MatMul", ["wide_x", "wide_w"], ["wide_y"], name="wide"))
+    model.graph.input.append(helper.make_tensor_value_info("wide_x", TensorProto.FLOAT, [1, 256]))
+    model.graph.output.append(helper.make_tensor_value_info("wide_y", TensorProto.FLOAT, None))
     conv_w = numpy_helper.from_array(rng.normal(size=(4, 2, 3, 3)).astype(np.float32), "conv_w")
     conv = helper.make_node("Conv", ["img", "conv_w"], ["c"], name="conv")
     model.graph.initializer.append(conv_w)
     model.graph.node.append(conv)
     model.graph.input.append(helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, 2, 6, 6]))
     model.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
-    for bits, want in ((4, {"word": 32, "pos": 32, "w": 32, "conv_w": None}),
-                       (8, {"word": None, "pos": None, "w": None, "conv_w": None})):
+    for bits, want in ((4, {"word": None, "pos": None, "w": None, "conv_w": None, "wide_w": 32}),
+                       (8, {"word": None, "pos": None, "w": None, "conv_w": None, "wide_w": None})):
         result = quantize_weights(model, WeightOnlyOptions(bits=bits, min_size=0))
         blocks = {}
         for n in result.model.graph.node:
@@ -155,7 +162,8 @@ def test_weight_only_auto_granularity_blocks_matmul_and_gather_below_8_bits():
                 blocks[n.output[0]] = attrs.get("block_size")
         assert blocks == want, bits
         granularity = {w.name: w.granularity for w in result.report.weights}
-        assert granularity["conv_w"] == "channel" and granularity["w"] == ("block:32" if bits == 4 else "channel")
+        assert granularity["conv_w"] == granularity["w"] == "channel"
+        assert granularity["wide_w"] == ("block:32" if bits == 4 else "channel")
 
 
 def _if_model() -> onnx.ModelProto:

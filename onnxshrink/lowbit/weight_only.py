@@ -100,7 +100,9 @@ def weight_targets(model: onnx.ModelProto, options: WeightOnlyOptions) -> tuple[
 
 
 def _block(target: WeightTarget, options: WeightOnlyOptions) -> int | None:
-    return options.block_for(target.bits, (u.op_type for u in target.uses))
+    dims = target.ref.tensor.dims
+    in_features = int(dims[target.in_axis]) if len(dims) > target.in_axis else None
+    return options.block_for(target.bits, (u.op_type for u in target.uses), in_features)
 
 
 def _model_opset_need(targets: list[WeightTarget], options: WeightOnlyOptions) -> int:
