@@ -322,8 +322,11 @@ def search(inputs: SearchInputs) -> SearchResult:
     progress("search", len(trials), len(trials))
     if chosen is None:
         last = trials[-1] if trials else floor
+        why = _why(last, options)
+        if floor is not None and last is not floor:  # the mildest candidate says most about the gate
+            why += f"; plain weight-only int8: {_why(floor, options)}"
         raise GateFailed(f"no candidate passed the gate after {len(trials) + (floor is not None and floor not in trials)} "
-                         f"tries ({_why(last, options)}); nothing written")
+                         f"tries ({why}); nothing written")
     return SearchResult(chosen, trials, searching, schedule.skipped, floor, notes)
 
 
