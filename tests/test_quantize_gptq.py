@@ -127,3 +127,20 @@ def test_weight_rounding_is_checked(tmp_path):
                 "--weight-rounding", "best")
     assert p.returncode == 2 and "--weight-rounding" in p.stderr and "Traceback" not in p.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_layers_past_the_hessian_budget_round_to_nearest_and_small_runs_still_work(monkeypatch):
+    from onnxshrink.quantization import weight_rounding
+
+    # digits_mlp: fc1 reads 64 features (32 KiB of Hessian), w2 256 (512 KiB), fc3 128 (128 KiB)
+    monkeypatch.setattr(weight_rounding, "HESSIAN_BUDGET_BYTES", 200 << 10)
+    monkeypatch.setattr(weight_rounding, "RUN_BYTES", 1)  # one sample per onnxruntime run
+    result = quantize_model(onnx.load(f"{MLP}.onnx"), f"{MLP}.calib.npz", FAST)
+    rounding = {n["name"]: n["weight"]["rounding"] for n in result.report.nodes if n["weight"]}
+    assert sorted(rounding.values()) == ["gptq", "gptq", "nearest"], rounding
+    nearest = dequantized_weights(quantize_model(onnx.load(f"{MLP}.onnx"), f"{MLP}.calib.npz",
+                                                 dataclasses.replace(FAST, weight_rounding="nearest")).model)
+    codes = dequantized_weights(result.model)
+    assert np.array_equal(codes["w2"][0], nearest["w2"][0])
+    assert not np.array_equal(codes["fc1.weight"][0], nearest["fc1.weight"][0])
+    assert all(int(np.abs(c.astype(np.int32)).max()) <= 64 for c, _ in codes.values())
