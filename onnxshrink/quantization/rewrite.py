@@ -231,7 +231,7 @@ def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_c
         q = quantize_weight(weight, scale, axis, levels)
         rounding = "nearest"
         if rounder is not None:
-            codes, rounding = rounder.codes(use, weight, q.scale, axis, levels)
+            codes, rounding = rounder.codes(use, weight, q.scale, axis, levels, q.values)
             q = QuantizedWeight(codes, q.scale, axis)
         q_name = names(f"{use.weight.name}_quantized")
         s_name, z_name = names(f"{use.weight.name}_scale"), names(f"{use.weight.name}_zero_point")

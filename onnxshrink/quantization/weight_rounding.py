@@ -26,7 +26,7 @@ import onnx
 from onnxshrink.data import Batch, NpzData, iter_batches, model_inputs
 from onnxshrink.quantization.options import WEIGHT_ROUNDINGS  # noqa: F401  (re-exported)
 from onnxshrink.roles import WeightUse, weight_uses
-from onnxshrink.runtime import capture
+from onnxshrink.runtime import capture, release_memory
 from onnxshrink.stats.layer_inputs import (
     HESSIAN_MAX_FEATURES,
     ROWS_PER_FEATURE,
@@ -36,7 +36,7 @@ from onnxshrink.stats.layer_inputs import (
     layer_layout,
     weight_matrices,
 )
-from onnxshrink.stats.rounding import gptq_round, output_error
+from onnxshrink.stats.rounding import gptq_round, rounding_error
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
 # Damping of the Hessian diagonal (a fraction of its mean), as GPTQ's reference code.
@@ -75,8 +75,10 @@ def layer_statistics(model: onnx.ModelProto, types: dict[str, int], data: Any, b
     batches: Iterable = iter_batches(data, specs, chunk if isinstance(data, NpzData) else batch_size)
     if not fixed_batch:
         batches = _split(batches, chunk)
-    return collect_layer_inputs(model, uses, batches, ("hessian",), progress=progress,
-                                rows_per_feature=ROWS_PER_FEATURE / parts, min_rows=-(-4096 // parts))
+    stats = collect_layer_inputs(model, uses, batches, ("hessian",), progress=progress,
+                                 rows_per_feature=ROWS_PER_FEATURE / parts, min_rows=-(-4096 // parts))
+    release_memory()  # the capture session's arena, before the model is built
+    return stats
 
 
 def _within_budget(uses: list[WeightUse]) -> list[WeightUse]:
@@ -123,11 +125,6 @@ def _split(batches: Iterable[Batch], size: int) -> Iterator[Batch]:
                         reset=None if batch.reset is None else batch.reset[part])
 
 
-def nearest_codes(weight: np.ndarray, steps: np.ndarray, levels: int) -> np.ndarray:
-    """``round(w / step)`` clipped to [-levels, levels], as int8 (zeros stay 0)."""
-    return np.clip(np.rint(weight.astype(np.float32) / steps.astype(np.float32)), -levels, levels).astype(np.int8)
-
-
 class WeightRounder:
     """Rounds int8 weights by GPTQ on ``stats`` (weight name -> its input
     statistics), remembering each result: a quantize run builds the model
@@ -138,34 +135,33 @@ class WeightRounder:
         self.stats = stats
         self._done: dict[tuple, tuple[np.ndarray, str]] = {}
 
-    def codes(self, use: WeightUse, weight: np.ndarray, scale: np.ndarray, axis: int | None,
-              levels: int) -> tuple[np.ndarray, str]:
-        """(int8 codes of ``weight`` with ``scale`` per channel along ``axis``
-        (or one), within [-levels, levels]; "gptq" or "nearest", the rounding used)."""
-        steps = np.broadcast_to(scale if axis is None else
-                                scale.reshape([-1 if d == axis else 1 for d in range(weight.ndim)]), weight.shape)
-        nearest = nearest_codes(weight, steps, levels)
+    def codes(self, use: WeightUse, weight: np.ndarray, scale: np.ndarray, axis: int | None, levels: int,
+              nearest: np.ndarray) -> tuple[np.ndarray, str]:
+        """(int8 codes of ``weight`` (float32) with ``scale`` per channel along
+        ``axis`` (or one), within [-levels, levels]; "gptq" or "nearest", the
+        rounding used). ``nearest`` are its codes rounded to nearest, what a
+        layer without a Hessian keeps."""
         stats = self.stats.get(use.weight.name)
         if stats is None or stats.hessian is None or stats.layout.shape != tuple(weight.shape) \
-                or stats.layout.op_type != use.op_type:
+                or stats.layout.op_type != use.op_type or axis not in (None, use.out_axis):
             return nearest, "nearest"
-        key = (use.weight.name, axis, levels, scale.tobytes(), weight.tobytes())
+        # The weight of one name is the same all run long (alpha folded in: shape and scale tell it apart).
+        key = (use.weight.name, axis, levels, scale.tobytes(), float(np.abs(weight).sum(dtype=np.float64)))
         if key not in self._done:
-            self._done[key] = self._gptq(use, stats, weight, steps, nearest, levels)
+            self._done[key] = self._gptq(use, stats, weight, scale, axis, nearest, levels)
         codes, how = self._done[key]
         return codes.copy(), how
 
     @staticmethod
-    def _gptq(use: WeightUse, stats: LayerInputStats, weight: np.ndarray, steps: np.ndarray, nearest: np.ndarray,
-              levels: int) -> tuple[np.ndarray, str]:
+    def _gptq(use: WeightUse, stats: LayerInputStats, weight: np.ndarray, scale: np.ndarray, axis: int | None,
+              nearest: np.ndarray, levels: int) -> tuple[np.ndarray, str]:
         layout = stats.layout
-        wm = weight_matrices(weight.astype(np.float64), layout, use)
-        sm = weight_matrices(steps.astype(np.float32).astype(np.float64), layout, use)
-        swept = gptq_round(wm, sm, stats.hessian, -levels, levels, keep_zero=weight_matrices(weight == 0, layout, use),
-                           damp=DAMP)
-        codes = from_matrices(swept, layout, use).astype(np.int8)
-        nm = weight_matrices(nearest.astype(np.float64), layout, use) * sm
-        gm = swept * sm
-        if output_error(wm, gm, stats.hessian) <= output_error(wm, nm, stats.hessian):
-            return codes, "gptq"
-        return nearest, "nearest"
+        # One step per row of the matrix view: per-channel scales are per output channel (its rows).
+        steps = (scale.astype(np.float64).reshape(layout.groups, layout.rows, 1) if axis is not None
+                 else np.full((1, 1, 1), float(scale), np.float64))
+        wm = weight_matrices(weight, layout, use)
+        swept = gptq_round(wm, steps, stats.hessian, -levels, levels, keep_zero=wm == 0, damp=DAMP, dtype=np.int8)
+        if rounding_error(wm, swept, steps, stats.hessian) > rounding_error(
+                wm, weight_matrices(nearest, layout, use), steps, stats.hessian):
+            return nearest, "nearest"
+        return np.ascontiguousarray(from_matrices(swept, layout, use)), "gptq"
