@@ -169,11 +169,15 @@ def test_statistics_from_two_runs_merge_into_the_same_model():
     first = calibrate(prepared.model, names, data[:2])
     second = calibrate(prepared.model, names, data[2:])
     merged = CalibrationStats.from_dict(first.merge(second).to_dict())
-    # Saved statistics hold no layer input means: no bias correction from them (and a note saying so).
-    exact = dataclasses.replace(FAST, bias_correction=False)
+    # Saved statistics hold no layer input means or Hessians: no bias correction and no GPTQ rounding
+    # from them (and a note saying so for each).
+    exact = dataclasses.replace(FAST, bias_correction=False, weight_rounding="nearest")
     one_run = quantize_model(model, data, exact)
     two_runs = quantize_model(model, merged, exact)
-    assert any("bias correction skipped" in w for w in quantize_model(model, merged, FAST).report.warnings)
+    from_saved = quantize_model(model, merged, FAST).report
+    assert any("bias correction skipped" in w for w in from_saved.warnings)
+    assert any("GPTQ weight rounding skipped" in w for w in from_saved.warnings)
+    assert from_saved.weight_rounding == "nearest"
     assert merged.samples == 64
     a, b = initializers(one_run.model), initializers(two_runs.model)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

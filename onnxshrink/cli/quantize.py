@@ -67,6 +67,7 @@ def quantize_command(
     weight_range_bits: Annotated[int, typer.Option("--weight-range-bits", help="Static int8: weight codes use this many bits of range (8 = all that --target allows; 6 packs smaller, same int8 kernels).")] = QuantizeOptions.weight_range_bits,
     bias_correction: Annotated[bool, typer.Option("--bias-correction/--no-bias-correction", help="Static int8: lower each Conv/Gemm bias by the mean output shift its weight rounding causes on the calibration data.")] = QuantizeOptions.bias_correction,
     target: Annotated[str, typer.Option("--target", help=TARGET_HELP)] = QuantizeOptions.target,
+    weight_rounding: Annotated[str, typer.Option("--weight-rounding", help="Static int8: 'gptq' (default: each rounding error is spread over the layer's other inputs through the inverse Hessian of its --calib inputs; same scales and code bound) or 'nearest'. --dynamic always rounds to nearest.")] = QuantizeOptions.weight_rounding,
     shapes: Annotated[Optional[list[str]], typer.Option("--shape", help="Symbolic dims of the random check inputs (--dynamic without --eval): NAME=1x3x224x224.")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Quantize only the weights (int8/int4 behind DequantizeLinear); activations stay float; --calib optional.")] = False,
     bits: Annotated[int, typer.Option("--bits", help="With --weights-only: 8 or 4 bits per weight (3 or 2: fewer levels in int4 storage, smaller once packed).")] = WeightOnlyOptions.bits,
@@ -114,6 +115,7 @@ def quantize_command(
         max_accuracy_drop=max_accuracy_drop, dynamic=dynamic, latency_guard=latency_guard,
         fold_constants=fold_constants, batch_size=batch_size, weight_range_bits=weight_range_bits,
         bias_correction=bias_correction, target=target, gate_floor=gate_floor, state=states,
+        weight_rounding=weight_rounding,
         shapes=tuple((name, tuple(dims)) for name, dims in parse_shapes(shapes).items()),
     )
     if dynamic and calib is not None:

@@ -9,6 +9,7 @@ from onnxshrink.errors import UsageError
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 ACTIVATION_TYPES = ("uint8", "int8")
+WEIGHT_ROUNDINGS = ("gptq", "nearest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,12 @@ class QuantizeOptions:
     (``--dynamic`` without ``--eval``), as ``((name, (dim, ...)), ...)``.
     ``bias_correction`` lowers each Conv/Gemm bias by the mean output shift its
     weight rounding causes on the calibration data (see
-    :mod:`onnxshrink.quantization.bias_correction`).
+    :mod:`onnxshrink.quantization.bias_correction`). ``weight_rounding`` is how
+    static int8 weights get their codes: ``gptq`` (the default) spreads each
+    rounding error over the layer's other inputs through the inverse Hessian of
+    its calibration inputs, on the same scales and code bound
+    (:mod:`onnxshrink.quantization.weight_rounding`); ``nearest`` rounds each
+    weight alone. Dynamic quantization has no data and always rounds to nearest.
     """
 
     method: str = "minmax"
@@ -70,6 +76,7 @@ class QuantizeOptions:
     target: str = DEFAULT_TARGET
     gate_floor: bool = True
     state: tuple[tuple[str, str], ...] = ()
+    weight_rounding: str = "gptq"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -89,6 +96,8 @@ class QuantizeOptions:
         if not 2 <= self.weight_range_bits <= 8:
             raise UsageError(f"--weight-range-bits must lie in 2..8 (codes within the int8 range), got {self.weight_range_bits}")
         check_target(self.target)
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise UsageError(f"--weight-rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}, got '{self.weight_rounding}'")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
         if self.dynamic and self.accuracy_aware:

@@ -28,6 +28,7 @@ from onnxshrink.quantization.embeddings import quantize_embeddings
 from onnxshrink.quantization.rewrite import NodeRecord, apply_plan, compute_params
 from onnxshrink.quantization.rules import RULES
 from onnxshrink.quantization.stats import CalibrationStats
+from onnxshrink.quantization.weight_rounding import WeightRounder, layer_statistics
 
 Progress = Callable[[str, int, int], None]
 
@@ -64,6 +65,24 @@ class StatisticsSource:
         self.rereadable = isinstance(data, (str, os.PathLike, list, tuple, NpzData))
         self.input_means: dict[str, np.ndarray] = {}  # per-channel means of layer inputs, for bias correction
         self.bias_correction_skipped: str | None = None
+        self.gptq_skipped: str | None = None
+        self._rounder: WeightRounder | None = None
+
+    def rounder(self) -> WeightRounder | None:
+        """GPTQ rounding on the layer input Hessians of the float model, collected
+        once (one more pass over the data); None when ``options.weight_rounding``
+        is nearest or the data cannot be read again (with a note)."""
+        if self.options.weight_rounding != "gptq":
+            return None
+        if self._rounder is None and self.gptq_skipped is None:
+            if not self.rereadable:
+                self.gptq_skipped = ("GPTQ weight rounding skipped (weights rounded to nearest): it needs the "
+                                     "calibration data once more, which saved statistics and one-shot readers "
+                                     "cannot give; pass a path or a list of batches")
+                return None
+            self._rounder = WeightRounder(layer_statistics(self.prepared.model, self.prepared.types, self.data,
+                                                           self.options.batch_size, self.progress))
+        return self._rounder
 
     def bias_input_means(self, plan: Plan) -> dict[str, np.ndarray]:
         """Node name -> per-channel mean of its input, for every node of ``plan``
@@ -116,7 +135,8 @@ def build(prepared: Prepared, source: StatisticsSource, options: QuantizeOptions
     params = compute_params(plan, stats, prepared.model.graph, options.method, options.activations, options.percentile)
     model, records = apply_plan(prepared.model, plan, params, per_channel=options.per_channel,
                                  weight_levels=weight_levels(options.weight_range_bits, options.target),
-                                 bias_input_means=source.bias_input_means(plan) if options.bias_correction else None)
+                                 bias_input_means=source.bias_input_means(plan) if options.bias_correction else None,
+                                 rounder=source.rounder())
     tables, tables_left = quantize_embeddings(model, exclude_nodes=frozenset(options.exclude_nodes),
                                               exclude_ops=frozenset(options.exclude_ops))
     records.extend(NodeRecord(**r) for r in tables)
@@ -213,6 +233,8 @@ def quantize_model(
         warnings.append(slowdown_warning(model, qmodel, one_input(model, data, dict(options.shapes) or None), lat))
     if source.bias_correction_skipped:
         warnings.append(source.bias_correction_skipped)
+    if source.gptq_skipped:
+        warnings.append(source.gptq_skipped)
     in_subgraphs = sum(1 for why in left_float.values() if why == IN_SUBGRAPH)
     if in_subgraphs:
         warnings.append(f"{in_subgraphs} layers inside If/Loop/Scan bodies stay float (static int8 needs activation "
@@ -228,6 +250,7 @@ def quantize_model(
     report = QuantizeReport(
         mode="static", method=options.method, activations=options.activations, per_channel=options.per_channel,
         weight_range_bits=options.weight_range_bits, cpu_target=options.target,
+        weight_rounding="nearest" if source.gptq_skipped else options.weight_rounding,
         weight_code_max=weight_levels(options.weight_range_bits, options.target),
         nodes=[r.to_dict() for r in records], left_float=left_float,
         size_bytes={"original": serialized_size(model), "quantized": serialized_size(qmodel)},

@@ -35,6 +35,7 @@ class QuantizeReport:
     weight_range_bits: int = 8
     cpu_target: str = DEFAULT_TARGET  # QuantizeOptions.target: the CPU the model is written for
     weight_code_max: int = INT8_WEIGHT_LIMITS[DEFAULT_TARGET]  # int8 weight codes lie in [-this, this]
+    weight_rounding: str = "nearest"  # "gptq" or "nearest" (QuantizeOptions.weight_rounding, as applied)
 
     @property
     def size_ratio(self) -> float:

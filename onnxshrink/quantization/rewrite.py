@@ -23,6 +23,7 @@ from onnxshrink.model import producers
 from onnxshrink.quantization import bias_correction
 from onnxshrink.quantization.params import (
     QuantParams,
+    QuantizedWeight,
     activation_params,
     fit_bias,
     quantize_bias,
@@ -33,6 +34,7 @@ from onnxshrink.quantization.plan import NodePlan, Plan
 from onnxshrink.quantization.prepare import node_attribute, constant_value, remove_unused_initializers
 from onnxshrink.quantization.ranges import activation_range
 from onnxshrink.quantization.stats import CalibrationStats
+from onnxshrink.quantization.weight_rounding import WeightRounder
 
 
 @dataclasses.dataclass
@@ -84,12 +86,15 @@ def compute_params(plan: Plan, stats: CalibrationStats, graph: onnx.GraphProto, 
 
 def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams], *,
                per_channel: bool, weight_levels: int,
-               bias_input_means: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, list[NodeRecord]]:
+               bias_input_means: dict[str, np.ndarray] | None = None,
+               rounder: WeightRounder | None = None) -> tuple[onnx.ModelProto, list[NodeRecord]]:
     """A new model with ``plan`` written in; ``model`` is not changed. Weight codes
     lie in [-``weight_levels``, ``weight_levels``] (64 keeps x86 CPUs without VNNI
     exact, fewer levels pack smaller: :func:`params.weight_levels`);
     ``bias_input_means`` (node name -> per-channel mean of its input) turns on bias
-    correction for those nodes (:mod:`onnxshrink.quantization.bias_correction`)."""
+    correction for those nodes (:mod:`onnxshrink.quantization.bias_correction`), which
+    sees the final codes; ``rounder`` rounds weights by GPTQ where it has their
+    layer's Hessian (:mod:`onnxshrink.quantization.weight_rounding`), else to nearest."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -164,7 +169,7 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams
         weight_record = None
         if p.weight is not None:
             weight_record = _quantize_weight_input(graph, p, params, names, head, weight_cache, per_channel,
-                                                   weight_levels, (bias_input_means or {}).get(node.name))
+                                                   weight_levels, (bias_input_means or {}).get(node.name), rounder)
         output_record = None
         if p.output_quantized:
             target = p.output_name
@@ -201,7 +206,7 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams
 
 
 def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_channel: bool, levels: int,
-                           input_mean: np.ndarray | None = None) -> dict:
+                           input_mean: np.ndarray | None = None, rounder: WeightRounder | None = None) -> dict:
     """Replace the node's weight (and bias) by int8 (int32) initializers behind DequantizeLinear;
     with ``input_mean`` the bias is lowered by the mean output shift of the weight's rounding."""
     node, use = p.node, p.weight
@@ -224,6 +229,10 @@ def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_c
             fitted = fit_bias(np.broadcast_to(scale, bias.shape), bias, input_scale)
             scale = fitted if axis is not None else np.float32(fitted.max()).reshape(())
         q = quantize_weight(weight, scale, axis, levels)
+        rounding = "nearest"
+        if rounder is not None:
+            codes, rounding = rounder.codes(use, weight, q.scale, axis, levels, q.values)
+            q = QuantizedWeight(codes, q.scale, axis)
         q_name = names(f"{use.weight.name}_quantized")
         s_name, z_name = names(f"{use.weight.name}_scale"), names(f"{use.weight.name}_zero_point")
         graph.initializer.append(numpy_helper.from_array(q.values, q_name))
@@ -233,13 +242,13 @@ def _quantize_weight_input(graph, p: NodePlan, params, names, head, cache, per_c
         attrs = {"axis": axis} if axis is not None else {}
         head.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out],
                                      name=names(f"{use.weight.name}_DequantizeLinear"), **attrs))
-        cache[key] = (dq_out, q.scale, q.values)
-    dq_out, scale, codes = cache[key]
+        cache[key] = (dq_out, q.scale, q.values, rounding)
+    dq_out, scale, codes, rounding = cache[key]
     node.input[use.input_index] = dq_out
     if node.op_type == "Gemm":
         _set_attr(node, "alpha", 1.0)
     record = {"type": "int8", "symmetric": True, "axis": axis, "channels": int(scale.size),
-              "scale_min": float(scale.min()), "scale_max": float(scale.max())}
+              "scale_min": float(scale.min()), "scale_max": float(scale.max()), "rounding": rounding}
     shift = None
     if bias is not None and input_mean is not None:
         view = scale if axis is None else scale.reshape([-1 if d == axis else 1 for d in range(weight.ndim)])

@@ -273,8 +273,9 @@ def collect_layer_inputs(
     *,
     progress: Callable[[str, int, int], None] | None = None,
     total_batches: int = 0,
-    rows_per_feature: int | None = None,
+    rows_per_feature: float | None = None,
     finish: bool = True,
+    min_rows: int = 4096,
 ) -> dict[str, LayerInputStats]:
     """Run ``model`` over ``batches`` once and return, per weight name, the
     statistics of that weight's input (uses of a shared weight are summed).
@@ -284,7 +285,7 @@ def collect_layer_inputs(
     Only main-graph Conv/Gemm/MatMul uses with a float input get statistics;
     others are left out of the result (callers fall back to magnitude).
     With ``rows_per_feature``, each batch contributes at most
-    ``max(4096, rows_per_feature * F)`` rows per layer (sampled). ``model``
+    ``max(min_rows, rows_per_feature * F)`` rows per layer (sampled). ``model``
     is not modified.
     """
     unknown = set(want) - set(STATISTICS)
@@ -323,7 +324,7 @@ def collect_layer_inputs(
             x = batch.inputs[name] if name in main_inputs else values[name]
             if x.dtype.kind != "f":
                 raise UnsupportedModelError(f"layer input '{name}' of weight '{use.weight.name}' is {x.dtype}, not float")
-            cap = None if rows_per_feature is None else max(4096, rows_per_feature * layout.features)
+            cap = None if rows_per_feature is None else max(min_rows, int(np.ceil(rows_per_feature * layout.features)))
             _accumulate(stats[use.weight.name], x, use, layout, want, cap)
         done += 1
         if progress is not None:
