@@ -144,3 +144,22 @@ def test_layers_past_the_hessian_budget_round_to_nearest_and_small_runs_still_wo
     assert np.array_equal(codes["w2"][0], nearest["w2"][0])
     assert not np.array_equal(codes["fc1.weight"][0], nearest["fc1.weight"][0])
     assert all(int(np.abs(c.astype(np.int32)).max()) <= 64 for c, _ in codes.values())
+
+
+def test_auto_rounds_by_gptq_below_the_size_limit_and_says_when_it_does_not(monkeypatch):
+    """--weight-rounding auto (the default): GPTQ on a bundled model; above the size limit
+    nearest, with a warning that names the limit; gptq forces it whatever the size."""
+    import onnxshrink.quantization.quantizer as quantizer
+
+    model, calib = onnx.load(f"{MLP}.onnx"), f"{MLP}.calib.npz"
+    auto = quantize_model(model, calib, FAST)
+    assert auto.report.weight_rounding == "gptq" and not any("GPTQ" in w for w in auto.report.warnings)
+    monkeypatch.setattr(quantizer, "GPTQ_AUTO_MAX_BYTES", 1024)
+    big = quantize_model(model, calib, FAST)
+    assert big.report.weight_rounding == "nearest"
+    assert any("GPTQ weight rounding skipped" in w and "above 0 MiB" in w for w in big.report.warnings)
+    nearest = quantize_model(model, calib, dataclasses.replace(FAST, weight_rounding="nearest"))
+    assert big.model.SerializeToString() == nearest.model.SerializeToString()
+    forced = quantize_model(model, calib, dataclasses.replace(FAST, weight_rounding="gptq"))
+    assert forced.report.weight_rounding == "gptq"
+    assert forced.model.SerializeToString() == auto.model.SerializeToString()

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
-from onnxshrink.model import serialized_size
+from onnxshrink.model import data_bytes, serialized_size
 from onnxshrink.runtime import release_memory
 from onnxshrink.data import NpzData
 from onnxshrink.errors import UsageError
@@ -18,7 +18,7 @@ from onnxshrink.latency import as_validation_ms, time_result
 from onnxshrink.quantization import bias_correction
 from onnxshrink.quantization.calibrate import calibrate
 from onnxshrink.quantization.check import final_check
-from onnxshrink.quantization.options import QuantizeOptions
+from onnxshrink.quantization.options import GPTQ_AUTO_MAX_BYTES, QuantizeOptions
 from onnxshrink.quantization.params import weight_levels
 from onnxshrink.quantization.plan import IN_SUBGRAPH, Plan, make_plan
 from onnxshrink.quantization.prepared import Prepared, prepare_model
@@ -72,9 +72,16 @@ class StatisticsSource:
         """GPTQ rounding on the layer input Hessians of the float model, collected
         once (one more pass over the data); None when ``options.weight_rounding``
         is nearest or the data cannot be read again (with a note)."""
-        if self.options.weight_rounding != "gptq":
+        if self.options.weight_rounding == "nearest":
             return None
         if self._rounder is None and self.gptq_skipped is None:
+            weights = data_bytes(self.prepared.model)
+            if self.options.weight_rounding == "auto" and weights > GPTQ_AUTO_MAX_BYTES:
+                self.gptq_skipped = (f"GPTQ weight rounding skipped (weights rounded to nearest) on "
+                                     f"{weights / 2**20:.0f} MiB of weights, above {GPTQ_AUTO_MAX_BYTES >> 20} MiB: "
+                                     "its Hessian pass costs another pass over the data and memory; "
+                                     "--weight-rounding gptq asks for it anyway")
+                return None
             if not self.rereadable:
                 self.gptq_skipped = ("GPTQ weight rounding skipped (weights rounded to nearest): it needs the "
                                      "calibration data once more, which saved statistics and one-shot readers "
@@ -250,7 +257,7 @@ def quantize_model(
     report = QuantizeReport(
         mode="static", method=options.method, activations=options.activations, per_channel=options.per_channel,
         weight_range_bits=options.weight_range_bits, cpu_target=options.target,
-        weight_rounding="nearest" if source.gptq_skipped else options.weight_rounding,
+        weight_rounding="nearest" if source.gptq_skipped or options.weight_rounding == "nearest" else "gptq",
         weight_code_max=weight_levels(options.weight_range_bits, options.target),
         nodes=[r.to_dict() for r in records], left_float=left_float,
         size_bytes={"original": serialized_size(model), "quantized": serialized_size(qmodel)},
