@@ -285,3 +285,42 @@ def _same_figures(a: dict, b: dict) -> None:
                 assert value == pytest.approx(b[name][key], rel=1e-9, abs=1e-12), (name, key)
             else:
                 assert value == b[name][key], (name, key)
+
+
+def _yolo_head(rng: np.random.Generator, boxes: list[tuple[float, float, float, float, int]], anchors: int = 400,
+               classes: int = 3) -> np.ndarray:
+    """A [1, 4 + classes, anchors] YOLO-style output: background anchors with low scores and
+    small boxes, and the given (cx, cy, w, h, class) boxes on the first anchors at score 0.9."""
+    out = np.zeros((1, 4 + classes, anchors), np.float32)
+    out[0, :4] = rng.uniform(2, 300, size=(4, anchors))
+    out[0, 4:] = rng.uniform(0, 0.1, size=(classes, anchors))
+    for k, (cx, cy, w, h, c) in enumerate(boxes):
+        out[0, :4, k] = (cx, cy, w, h)
+        out[0, 4 + c, k] = 0.9
+    return out
+
+
+def test_a_detector_head_is_compared_by_its_detections():
+    """A YOLO-style [N, 4 + C, A] output is a detector's: its agreement is the F1 of the
+    detections its program would keep, where cosine hardly moves."""
+    from onnxshrink.validation import kinds
+    from onnxshrink.validation.metrics import OutputStats
+
+    rng = np.random.default_rng(0)
+    boxes = [(50, 50, 20, 20, 0), (150, 80, 40, 30, 1), (220, 200, 30, 60, 2)]
+    ref = _yolo_head(rng, boxes)
+    assert kinds.classify(ref, "output0") == kinds.DETECTIONS
+    assert kinds.classify(np.moveaxis(ref, 1, 2).copy(), "output0") == kinds.DETECTIONS
+    same = OutputStats()
+    same.add(ref, ref.copy())
+    assert same.result()["agreement"] == 1.0
+    moved = ref.copy()
+    moved[0, 0, 1] += 30  # one box slides off its place (IoU < 0.5), another changes class
+    moved[0, 4 + 1, 2], moved[0, 4 + 0, 2] = 0.0, 0.9
+    stats = OutputStats()
+    stats.add(ref, moved)
+    result = stats.result()
+    assert result["kind"] == kinds.DETECTIONS and result["cosine"] > 0.99
+    assert result["agreement"] == pytest.approx(2 * 1 / 6)
+    # A feature map of the same rank is not a detector's output.
+    assert kinds.classify(rng.uniform(-1, 1, size=(1, 16, 400)).astype(np.float32)) == kinds.DENSE

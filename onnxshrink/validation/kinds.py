@@ -16,6 +16,10 @@ with the original model without labels:
   normalisation): each sample's nearest neighbour among the other samples
   (a [N, T, D] output is mean-pooled over the tokens an input named like
   ``attention_mask`` keeps, as sentence encoders' programs do);
+* ``detections`` [N, 4 + C, A] or [N, A, 4 + C] (a YOLO-style head: boxes
+  in pixels and class scores per anchor): the detections its program keeps
+  (score above 0.25, NMS per class), matched at IoU 0.5 with the same class,
+  as F1 (:mod:`onnxshrink.validation.detections`);
 * ``exact`` (integers, booleans, strings): element by element;
 * ``dense`` (box regressions, feature maps, anything else): no answer to
   compare, only cosine and the per-sample minimum.
@@ -28,11 +32,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxshrink.validation.detections import layout_axis
+
 CLASS_SCORES = "class_scores"
 SEQUENCE_SCORES = "sequence_scores"
 PROBABILITIES = "probabilities"
 EMBEDDING = "embedding"
 EXACT = "exact"
+DETECTIONS = "detections"
 DENSE = "dense"
 
 # What "agreement" counts for each kind (the report's wording).
@@ -43,6 +50,7 @@ AGREEMENT = {
     PROBABILITIES: "intersection over union of the decisions above 0.5",
     EMBEDDING: "nearest neighbour among the other samples unchanged (near-ties aside), per sample",
     EXACT: "elements equal",
+    DETECTIONS: "detections kept (score above 0.25, NMS per class) matched at IoU 0.5 with the same class, as F1",
     DENSE: None,
 }
 
@@ -98,6 +106,8 @@ def classify(array: np.ndarray, name: str = "", producer: str | None = None) -> 
         return EMBEDDING
     if a.ndim == 2 and a.shape[-1] > 1:
         return CLASS_SCORES
+    if layout_axis(a) is not None:
+        return DETECTIONS
     if a.ndim == 3 and (a.shape[-1] >= VOCABULARY_MIN or "logit" in lowered):
         return SEQUENCE_SCORES
     return DENSE

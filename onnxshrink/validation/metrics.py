@@ -17,6 +17,7 @@ import numpy as np
 
 from onnxshrink.errors import DataError
 from onnxshrink.validation import kinds
+from onnxshrink.validation.detections import batch_counts, layout_axis
 
 # Embedding outputs keep this many samples' vectors for the nearest-neighbour check.
 MAX_NEIGHBOUR_SAMPLES = 2048
@@ -112,6 +113,7 @@ class OutputStats:
         self.background: int | None = None  # sequence scores: the class dropped when decoding
         self.ref_vectors: list[np.ndarray] = []  # embeddings: one pooled vector per sample
         self.cand_vectors: list[np.ndarray] = []
+        self.detection_batches = 0  # detections: batches whose boxes were compared
 
     def add(self, ref: Any, cand: Any, samples: int | None = None, inputs: dict[str, np.ndarray] | None = None) -> None:
         """One batch of both models' values of this output; ``samples`` is the
@@ -150,6 +152,13 @@ class OutputStats:
             self.total += int((rd | cd).sum())
             self.decisions_same += int((rd == cd).sum())
             self.decisions += int(rd.size)
+        elif self.kind == kinds.DETECTIONS:
+            axis = layout_axis(ref)
+            if axis is not None and kinds.sample_axis(ref.shape, samples) == 0:
+                found, in_ref, in_cand = batch_counts(ref.astype(np.float64), cand.astype(np.float64), axis)
+                self.same += 2 * found
+                self.total += in_ref + in_cand
+                self.detection_batches += 1
         elif self.kind == kinds.EMBEDDING:
             room = MAX_NEIGHBOUR_SAMPLES - len(self.ref_vectors)
             if room > 0:
@@ -256,6 +265,8 @@ class OutputStats:
             extra = {"nearest_neighbour_unchanged": strict, f"neighbour_top{NEIGHBOURS_K}_overlap": overlap}
         elif kind == kinds.EXACT and self.total:
             agreement = self.same / self.total
+        elif kind == kinds.DETECTIONS and self.detection_batches:
+            agreement = self.same / self.total if self.total else 1.0
         if self.nonfinite and agreement is not None:
             agreement = min(agreement, 1.0 - self.nonfinite / max(self.count, 1))
         return {
