@@ -27,8 +27,9 @@ def layout_axis(a: np.ndarray) -> int | None:
     """The axis of a 3-D output that holds the 4 box values and the class
     scores, when the output looks like a YOLO head: that axis 5 to 4 +
     MAX_CLASSES long, the other (anchors) at least MIN_ANCHORS and 8 times
-    longer, boxes non-negative and not all within [0, 1] (pixels), scores in
-    [0, 1]. None otherwise."""
+    longer, box sizes non-negative (centres may lie a little outside the
+    image) and not all within [0, 1] (pixels), scores in [0, 1]. None
+    otherwise."""
     if a.ndim != 3 or a.dtype.kind != "f":
         return None
     for axis in (1, 2):
@@ -37,7 +38,7 @@ def layout_axis(a: np.ndarray) -> int | None:
             continue
         rows = np.moveaxis(a, axis, -1)
         boxes, scores = rows[..., :4], rows[..., 4:]
-        if boxes.min() >= 0 and boxes.max() > 1 and scores.min() >= 0 and scores.max() <= 1:
+        if boxes[..., 2:].min() >= 0 and boxes.max() > 1 and scores.min() >= 0 and scores.max() <= 1:
             return axis
     return None
 
