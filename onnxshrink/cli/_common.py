@@ -165,6 +165,18 @@ def print_metrics(report: Mapping[str, Any], validation: Optional[Mapping[str, A
         console.print(f"{label}: {value}", markup=False, style="red" if tone == "bad" else None)
 
 
+def check_accuracy_flag(max_accuracy_drop: float | None, eval_data: Path | None) -> None:
+    """``--max-accuracy-drop`` given: it needs ``--eval`` data with labels, checked
+    before any work (exit 2); see :func:`onnxshrink.validation.accuracy_gate_basis`."""
+    if max_accuracy_drop is None:
+        return
+    if eval_data is None:
+        raise UsageError("--max-accuracy-drop is measured on labelled eval data: give --eval DATA, or --min-cosine X")
+    from onnxshrink.validation import accuracy_gate_basis
+
+    accuracy_gate_basis(eval_data, explicit=True)
+
+
 def parse_shapes(shapes: list[str] | None) -> dict[str, list[int]]:
     """``name=1x3x224x224`` strings to a dict of dims."""
     result: dict[str, list[int]] = {}

@@ -13,21 +13,21 @@ from onnxshrink.cli._common import (
     OutputOption,
     QuietOption,
     StateOption,
+    check_accuracy_flag,
     console,
     declare_files,
     err_console,
-    progress_bar,
     print_metrics,
+    progress_bar,
     reports_errors,
     say_written,
     summary_table,
     write_json,
 )
 from onnxshrink.data import NpzData
-from onnxshrink.errors import UsageError
 from onnxshrink.fileio import outputs_together
 from onnxshrink.pruning import PruneOptions, PruneReport, prune_model
-from onnxshrink.validation import accuracy_gate_basis, parse_state
+from onnxshrink.validation import parse_state
 
 _D = PruneOptions.__dataclass_fields__  # defaults live in PruneOptions only
 SCHEMA = "onnxshrink.prune/1"
@@ -69,11 +69,7 @@ def prune_command(
         state=parse_state(state),
     )
     declare_files({"MODEL": model, "--calib": calib, "--eval": eval_data}, {"-o": output, "--json": json_path})
-    if max_accuracy_drop is not None:
-        if eval_data is None:
-            raise UsageError("--max-accuracy-drop is measured on labelled eval data: give --eval DATA, "
-                             "or --min-cosine X")
-        accuracy_gate_basis(eval_data, explicit=True)
+    check_accuracy_flag(max_accuracy_drop, eval_data)
     source = onnxshrink.load(model)
     with progress_bar(quiet) as progress:
         result = prune_model(source, options, calib=NpzData(calib) if calib else None,

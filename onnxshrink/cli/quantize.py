@@ -11,13 +11,14 @@ from onnxshrink.cli._common import (
     JsonOption,
     QuietOption,
     StateOption,
+    check_accuracy_flag,
     console,
     declare_files,
     err_console,
     human_bytes,
     parse_shapes,
-    progress_bar,
     print_metrics,
+    progress_bar,
     reports_errors,
     say_written,
     summary_table,
@@ -29,7 +30,7 @@ from onnxshrink.fileio import outputs_together
 from onnxshrink.model import load_model, save_model
 from onnxshrink.lowbit import WeightOnlyOptions, quantize_weights
 from onnxshrink.quantization import METHODS, QuantizeOptions, QuantizeReport, quantize_model
-from onnxshrink.validation import accuracy_gate_basis, parse_state
+from onnxshrink.validation import parse_state
 
 # Shared with `shrink --target`.
 TARGET_HELP = (f"CPU the int8 model will run on: {', '.join(TARGETS)}. The default x86-avx2 runs exactly on every CPU "
@@ -81,11 +82,7 @@ def quantize_command(
 ) -> None:
     """Quantize MODEL to int8 (QDQ): int8 per-channel weights, calibrated activations, integer kernels in onnxruntime."""
     declare_files({"MODEL": model, "--calib": calib, "--eval": eval_data}, {"-o": output, "--json": json_path})
-    if max_accuracy_drop is not None:
-        if eval_data is None:
-            raise UsageError("--max-accuracy-drop is measured on labelled eval data: give --eval DATA, "
-                             "or --min-cosine X")
-        accuracy_gate_basis(eval_data, explicit=True)
+    check_accuracy_flag(max_accuracy_drop, eval_data)
     states = parse_state(state)
     if weights_only:
         if dynamic:

@@ -17,6 +17,7 @@ from onnxshrink.cli._common import (
     OutputOption,
     QuietOption,
     StateOption,
+    check_accuracy_flag,
     console,
     declare_files,
     err_console,
@@ -113,11 +114,7 @@ def shrink_command(
                   {"-o": output, "--json": json_path, "--report": report_html})
     if max_accuracy_drop is not None and min_cosine is not None:
         raise UsageError("give one gate: --max-accuracy-drop or --min-cosine, not both")
-    if max_accuracy_drop is not None:
-        if eval_data is None:
-            raise UsageError("--max-accuracy-drop is measured on labelled eval data: give --eval DATA, "
-                             "or --min-cosine X")
-        accuracy_gate_basis(eval_data, explicit=True)
+    check_accuracy_flag(max_accuracy_drop, eval_data)
     source = onnxshrink.load(model)
     chosen = load_recipe(recipe_for(source) if recipe == "auto" else recipe)
     chosen = with_overrides(chosen, sparsity=sparsity, pattern=pattern, prune_method=prune_method,

@@ -19,7 +19,6 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
-from onnxshrink.latency import as_validation_ms, time_result
 from onnxshrink.model import serialized_size
 from onnxshrink.quantization.check import final_check
 from onnxshrink.quantization.options import QuantizeOptions
@@ -115,11 +114,7 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
     remove_unused(out)
     drop_inferred_value_info(out, model)
     release_memory()  # the per-weight temporaries of a large model
-    validation = final_check(model, out, eval_data, options, "eval data")
-    latency = None
-    if options.latency_guard and measure_latency:
-        latency = time_result(model, out, eval_data, shapes=dict(options.shapes) or None)
-        validation.latency_ms = as_validation_ms(latency)
+    validation, latency = final_check(model, out, eval_data, options, "eval data", measure_latency)
     warnings = [] if eval_data is not None else ["no --eval data: the final metrics use random inputs, which check "
                                                  "numerical fidelity only (no verdict)"]
     in_subgraphs = sum(1 for why in left_float.values() if why == IN_SUBGRAPH_DYNAMIC)

@@ -14,7 +14,6 @@ from onnxshrink.model import data_bytes, serialized_size
 from onnxshrink.runtime import release_memory
 from onnxshrink.data import NpzData
 from onnxshrink.errors import UsageError
-from onnxshrink.latency import as_validation_ms, time_result
 from onnxshrink.quantization import bias_correction
 from onnxshrink.quantization.calibrate import calibrate
 from onnxshrink.quantization.check import final_check
@@ -230,11 +229,8 @@ def quantize_model(
     left_float = dict(plan.left_float)
     left_float.update(keep)
     data = eval_data if eval_data is not None else _as_data_for_validation(calib)
-    validation = final_check(model, qmodel, data, options, "eval data" if eval_data is not None else "calibration data")
-    latency = None
-    if options.latency_guard and measure_latency:
-        latency = time_result(model, qmodel, data, shapes=dict(options.shapes) or None)
-        validation.latency_ms = as_validation_ms(latency)
+    validation, latency = final_check(model, qmodel, data, options,
+                                      "eval data" if eval_data is not None else "calibration data", measure_latency)
     lat = validation.latency_ms
     if records and latency is not None and latency.slower:  # beyond the noise: then say why
         warnings.append(slowdown_warning(model, qmodel, one_input(model, data, dict(options.shapes) or None), lat))
