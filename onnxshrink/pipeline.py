@@ -72,7 +72,7 @@ def _latency_probe(original: onnx.ModelProto, feed: dict, form: str, rounds: int
     return lambda candidate: compare_latency(original, candidate, feed, form=form, rounds=rounds)
 
 
-def _floor_entry(floor: Trial | None, gate: Gate) -> dict[str, Any] | None:
+def _floor_entry(floor: Trial | None) -> dict[str, Any] | None:
     """The plain weight-only int8 trial the result was compared with, for the report."""
     if floor is None:
         return None
@@ -169,7 +169,7 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
         "search": [t.search_entry(chosen) for t in found.trials],
         "prune_search": outcome.prune_steps,
         "skipped": [s.report_entry() for s in found.skipped],
-        "weight_only_int8": _floor_entry(found.floor, gate),
+        "weight_only_int8": _floor_entry(found.floor),
         "notes": list(found.notes),
         "final": outcome.validation.to_dict(),
         "max_latency_ratio": options.latency_bound,
