@@ -23,7 +23,7 @@ from onnxshrink.report.layers import layer_rows
 from onnxshrink.search import SearchInputs, ShrinkOptions, Trial, search
 from onnxshrink.search.schedule import TrialProgress
 from onnxshrink.search.stages import deployed, packed_size
-from onnxshrink.validation import Gate, ValidationReport, compare_models
+from onnxshrink.validation import ValidationReport, compare_models
 
 Progress = Callable[[str, int, int], None]
 # The chosen output is timed again with more rounds: it is the figure the report gives.
