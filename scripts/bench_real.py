@@ -259,18 +259,22 @@ def json_file(doc: Path, section: str) -> Path:
 
 
 def merged(doc: Path, section: str, rows: list[dict], info: dict) -> list[dict]:
-    """``rows`` with the rows of the models they lack taken from the JSON of an earlier run (each keeps
-    the date it was measured), in the corpus's order."""
+    """``rows`` with the (model, configuration) rows they lack taken from the JSON of an earlier run (each
+    keeps the date it was measured), in the corpus's and the configurations' order: re-running one
+    configuration of one model replaces only that row."""
     path = json_file(doc, section)
     if not path.exists():
         return rows
     old = json.loads(path.read_text())
-    fresh = {r["model"] for r in rows}
+    fresh = {(r["model"], r["configuration"]) for r in rows}
     for r in rows:
         r.setdefault("date", info["date"])
-    kept = [dict(r, date=r.get("date", old["machine"]["date"])) for r in old["rows"] if r["model"] not in fresh]
+    kept = [dict(r, date=r.get("date", old["machine"]["date"])) for r in old["rows"]
+            if (r["model"], r["configuration"]) not in fresh]
     order = {e.name: i for i, e in enumerate(rc.MODELS)}
-    return sorted(kept + rows, key=lambda r: order.get(r["model"], len(order)))
+    configs = {c: i for i, c in enumerate(["fp32"] + CONFIGS + EXTRA_CONFIGS)}
+    return sorted(kept + rows, key=lambda r: (order.get(r["model"], len(order)),
+                                              configs.get(r["configuration"], len(configs))))
 
 
 def write(doc: Path, rows: list[dict], info: dict, done: list[str], section: str = "") -> None:
