@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from onnxshrink.census import count_layers
 from onnxshrink.errors import GateFailed
 from onnxshrink.search.budget import budget, sub_gate, used
+from onnxshrink.search.conv_int8 import static_int8_convs
 from onnxshrink.search.trial import Candidate, Outcome, SearchInputs, SearchState, Stage
 from onnxshrink.validation import Gate, compare_models
 
@@ -328,9 +329,17 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
         for w in chosen.report.weights:
             layers.setdefault(w.name, {"name": w.name, "sparsity": w.sparsity}).update(
                 {"quant_error": w.relative_error, "bits": w.bits})
-    elif recipe.quantize is not None and candidate.quantize != "int8" and \
-            (options.mixed_precision or weight_bits is not None):
+    elif recipe.quantize is not None and (options.mixed_precision or weight_bits is not None) and \
+            (candidate.quantize != "int8" or weight_bits is not None):
         allowed = weight_bits or options.weight_bits
+        convs = ""
+        if candidate.quantize == "int8":  # Conv layers in static int8 first (onnxshrink.search.conv_int8)
+            found = static_int8_convs(inputs, state, model, allowed)
+            if found is None:
+                return Outcome(failed="static int8 of the Conv layers missed the gate at every code range")
+            model, range_bits = found[0].model, found[1]
+            convs = f"Conv layers in static int8, codes in [-{found[0].report.weight_code_max}, " \
+                    f"{found[0].report.weight_code_max}]; "
         chosen = mixed_precision(inputs, state, model, reshaped=pruned.pattern == "channel", weight_bits=allowed)
         if chosen is None:
             return Outcome(failed="no mix of weight widths meets the gate")
@@ -339,7 +348,8 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
         from onnxshrink.lowbit.weight_only import KEPT_FLOAT
 
         left_float = sum(1 for why in chosen.report.skipped.values() if why == KEPT_FLOAT)
-        stages.append(Stage("quantize", model, "weights: " + ", ".join(f"{n} at {b} bits" for b, n in widths.items())
+        stages.append(Stage("quantize", model, convs + "weights: " +
+                            ", ".join(f"{n} at {b} bits" for b, n in widths.items())
                             + (f", {left_float} left float" if left_float else "")))
         for w in chosen.report.weights:
             entry = layers.setdefault(w.name, {"name": w.name, "sparsity": w.sparsity})

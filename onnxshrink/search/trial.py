@@ -37,7 +37,8 @@ class Candidate:
     ``pattern`` overrides the recipe's pruning pattern (None: the recipe's);
     ``quantize`` overrides how the options quantize (None: as they say;
     ``"int8"``: static int8 QDQ even when weight-only widths were asked for,
-    a candidate of the latency search).
+    a candidate of the latency search; with ``weight_bits`` too, only the Conv
+    layers in static int8, the others weight-only at those widths).
     ``weight_only_bits`` (8) tries plain weight-only quantization at that
     width instead of the recipe's pruning and quantization: the floor the
     recipe's candidates are measured against, and the fallback.
@@ -58,6 +59,9 @@ def describe(candidate: Candidate) -> str:
         share = candidate.prune_budget_share or 0.0
         pruning = (f"{candidate.pattern} pruning within {100 * share:.0f}% of the gate's budget" if share and candidate.pattern
                    else "no pruning" if not share else f"pruning within {100 * share:.0f}% of the gate's budget")
+        if candidate.quantize == "int8" and candidate.weight_bits is not None:
+            widths = " or ".join(map(str, candidate.weight_bits))
+            return f"{pruning}, then the Conv layers in static int8 and the other weights at {widths} bits"
         return f"{pruning}, then {'static int8' if candidate.quantize == 'int8' else 'quantize'} (for latency)"
     if candidate.weight_only_bits is not None:
         return f"weight-only int{candidate.weight_only_bits}, no pruning"
