@@ -30,6 +30,7 @@ from onnxshrink.quantization.prepared import prepare_model
 from onnxshrink.quantization.report import QuantizeReport, QuantizeResult
 from onnxshrink.quantization.slowdown import one_input, slowdown_warning
 from onnxshrink.quantization.rewrite import _Names
+from onnxshrink.quantization.subgraph_weights import computed_float_warning, quantize_subgraph_weights
 from onnxshrink.roles import weight_uses
 from onnxshrink.runtime import release_memory
 
@@ -111,6 +112,10 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
                                               exclude_ops=frozenset(options.exclude_ops))
     records.extend(tables)
     left_float.update(tables_left)
+    branch_layers, computed_float = quantize_subgraph_weights(out, exclude_nodes=frozenset(options.exclude_nodes),
+                                                              exclude_ops=frozenset(options.exclude_ops))
+    records.extend(branch_layers)
+    left_float.update(computed_float)
     remove_unused(out)
     drop_inferred_value_info(out, model)
     release_memory()  # the per-weight temporaries of a large model
@@ -121,6 +126,8 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
     if in_subgraphs:
         warnings.append(f"{in_subgraphs} layers inside If/Loop/Scan bodies stay float; quantize --weights-only "
                         "reaches their weights")
+    if computed_float_warning(left_float):
+        warnings.append(computed_float_warning(left_float))
     if not records:
         warnings.append("no MatMul, Gemm or embedding Gather could be quantized")
     sizes = {"original": serialized_size(model), "quantized": serialized_size(out)}
