@@ -44,15 +44,15 @@ def quantize_subgraph_weights(model: onnx.ModelProto, *, exclude_nodes: frozense
     main graph are left as they are."""
     # By output name: protobuf hands out a new wrapper for each access, so node identity cannot tell.
     inside = {out for graph, depth in iter_graphs(model.graph) if depth for node in graph.node for out in node.output
-              if out}
+              if out}  # (every output: an LSTM may leave Y unnamed)
     targets, _ = weight_targets(model, WeightOnlyOptions(bits=8, granularity="channel", min_size=min_size,
                                                         gate_floor=False))
     names = UniqueNames(model)
-    records: list[dict[str, Any]] = []
+    records: dict[str, dict[str, Any]] = {}  # one per layer, an LSTM's W and R together
     computed_float: dict[str, str] = {}
     for target in targets:
         uses = target.uses
-        if not all(u.node.output and u.node.output[0] in inside for u in uses):
+        if not all(any(o in inside for o in u.node.output if o) for u in uses):
             continue
         if any(u.op_type in exclude_ops or u.node.name in exclude_nodes for u in uses):
             continue
@@ -60,14 +60,14 @@ def quantize_subgraph_weights(model: onnx.ModelProto, *, exclude_nodes: frozense
         codes, scales = quantize_nearest(target.ref.array(), grid)
         dequantize_in_graph(target.ref, codes, scales, grid, names)
         for use in uses:
-            label = use.node.name or f"{use.op_type} writing '{use.node.output[0]}'"
+            label = use.node.name or f"{use.op_type} writing '{next(o for o in use.node.output if o)}'"
             computed_float[label] = IN_SUBGRAPH_WEIGHTS
-            records.append({"name": label, "op_type": use.op_type, "kernel": KERNEL, "inputs": {}, "output": None,
+            records.setdefault(label, {"name": label, "op_type": use.op_type, "kernel": KERNEL, "inputs": {}, "output": None,
                             "weight": {"type": "int8", "symmetric": True, "axis": target.out_axis,
                                        "channels": int(scales.size), "scale_min": float(scales.min()),
                                        "scale_max": float(scales.max())},
                             "fused": None})
-    return records, computed_float
+    return list(records.values()), computed_float
 
 
 def computed_float_warning(left_float: dict[str, str]) -> str | None:
