@@ -113,7 +113,7 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
     records.extend(tables)
     left_float.update(tables_left)
     branch_layers, computed_float = quantize_subgraph_weights(out, exclude_nodes=frozenset(options.exclude_nodes),
-                                                              exclude_ops=frozenset(options.exclude_ops))
+                                                              exclude_ops=frozenset(options.exclude_ops), levels=levels)
     records.extend(branch_layers)
     left_float.update(computed_float)
     remove_unused(out)

@@ -149,7 +149,9 @@ def build(prepared: Prepared, source: StatisticsSource, options: QuantizeOptions
     records.extend(NodeRecord(**r) for r in tables)
     plan.left_float.update(tables_left)
     branch_layers, computed_float = quantize_subgraph_weights(model, exclude_nodes=frozenset(options.exclude_nodes),
-                                                              exclude_ops=frozenset(options.exclude_ops))
+                                                              exclude_ops=frozenset(options.exclude_ops),
+                                                              levels=weight_levels(options.weight_range_bits,
+                                                                                   options.target))
     records.extend(NodeRecord(**r) for r in branch_layers)
     plan.left_float.update(computed_float)
     remove_unused(model)  # the float weights (Constant nodes among them) the Q/DQ rewrite replaced
