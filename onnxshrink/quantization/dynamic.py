@@ -35,8 +35,8 @@ from onnxshrink.roles import weight_uses
 from onnxshrink.runtime import release_memory
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
-IN_SUBGRAPH_DYNAMIC = ("inside an If/Loop/Scan body: dynamic quantization rewrites the main graph's MatMul/Gemm; "
-                       "quantize --weights-only reaches these weights")
+IN_SUBGRAPH_DYNAMIC = ("inside an If/Loop/Scan body: dynamic quantization rewrites the main graph's MatMul/Gemm, "
+                       "and its weight stays float (excluded, under 256 elements, or also read in the main graph)")
 
 
 def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_data: Any = None, name: str = "model",
@@ -124,8 +124,8 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
                                                  "numerical fidelity only (no verdict)"]
     in_subgraphs = sum(1 for why in left_float.values() if why == IN_SUBGRAPH_DYNAMIC)
     if in_subgraphs:
-        warnings.append(f"{in_subgraphs} layers inside If/Loop/Scan bodies stay float; quantize --weights-only "
-                        "reaches their weights")
+        warnings.append(f"{in_subgraphs} layers inside If/Loop/Scan bodies stay float, weights included (excluded, "
+                        "under 256 elements, or also read in the main graph)")
     if computed_float_warning(left_float):
         warnings.append(computed_float_warning(left_float))
     if not records:

@@ -33,7 +33,8 @@ from onnxshrink.roles import WeightUse, weight_uses
 
 FLOAT = onnx.TensorProto.FLOAT
 IN_SUBGRAPH = ("inside an If/Loop/Scan body: static int8 needs activation ranges there, which onnxruntime does "
-               "not output; quantize --weights-only reaches these weights")
+               "not output, and its weight stays float (excluded, under 256 elements, or also read in the main "
+               "graph)")
 
 
 def subgraph_layers(model: onnx.ModelProto, why: str = IN_SUBGRAPH) -> dict[str, str]:

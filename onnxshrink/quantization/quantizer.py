@@ -247,8 +247,8 @@ def quantize_model(
         warnings.append(source.gptq_skipped)
     in_subgraphs = sum(1 for why in left_float.values() if why == IN_SUBGRAPH)
     if in_subgraphs:
-        warnings.append(f"{in_subgraphs} layers inside If/Loop/Scan bodies stay float (static int8 needs activation "
-                        "ranges there); quantize --weights-only reaches their weights")
+        warnings.append(f"{in_subgraphs} layers inside If/Loop/Scan bodies stay float, weights included (excluded, "
+                        "under 256 elements, or also read in the main graph)")
     computed_float = computed_float_warning(left_float)
     if computed_float:
         warnings.append(computed_float)
