@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxshrink.cleanup import remove_unused
-from onnxshrink.graphs import iter_graphs
+from onnxshrink.graphs import all_tensors, iter_graphs
 from onnxshrink.model import opset_version, tensor_array
 
 # Ops that move or reshape data without computing new values: folding them
@@ -54,7 +54,9 @@ class BranchFoldResult:
 @dataclasses.dataclass
 class _Scope:
     graph: onnx.GraphProto
-    values: dict[str, np.ndarray]
+    # Constants by name: TensorProtos read into arrays only when a foldable node reads them
+    # (a large model's other weights are never copied).
+    values: dict[str, onnx.TensorProto | np.ndarray]
     # Values this pass wrote, by content: only those, as they precede every later reader
     # (a constant the exporter placed further down the graph would not).
     by_content: dict[tuple, str] = dataclasses.field(default_factory=dict)
@@ -70,7 +72,7 @@ def fold_branch_constants(model: onnx.ModelProto) -> BranchFoldResult:
     work.CopyFrom(model)
     folder = _Folder(work)
     main_inputs = {vi.name for vi in work.graph.input}
-    root = _Scope(work.graph, {t.name: tensor_array(t) for t in work.graph.initializer if t.name not in main_inputs})
+    root = _Scope(work.graph, {t.name: t for t in work.graph.initializer if t.name not in main_inputs})
     root.values.update(_constant_nodes(work.graph))
     folder.walk_children(work.graph, [root])
     for offset, constant in enumerate(root.hoisted):
@@ -86,12 +88,10 @@ def fold_branch_constants(model: onnx.ModelProto) -> BranchFoldResult:
 
 
 def _tensor_bytes(model: onnx.ModelProto) -> int:
-    from onnxshrink.graphs import all_tensors
-
     return sum(t.ByteSize() for t, _ in all_tensors(model))
 
 
-def _constant_nodes(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+def _constant_nodes(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto | np.ndarray]:
     values = {}
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
@@ -101,10 +101,10 @@ def _constant_nodes(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return values
 
 
-def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | np.ndarray | None:
     for attr in node.attribute:
         if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-            return tensor_array(attr.t)
+            return attr.t
         if attr.name == "value_float":
             return np.array(attr.f, np.float32)
         if attr.name == "value_floats":
@@ -126,7 +126,7 @@ def _content_key(array: np.ndarray) -> tuple:
 
 class _Folder:
     def __init__(self, model: onnx.ModelProto):
-        from onnxshrink.lowbit.dequantize import UniqueNames
+        from onnxshrink.lowbit.dequantize import UniqueNames  # here: onnxshrink.lowbit imports this module
 
         self.model = model
         self.opset = opset_version(model)
@@ -142,7 +142,7 @@ class _Folder:
                     self.walk(sub, scopes)
 
     def walk(self, graph: onnx.GraphProto, outer: list[_Scope]) -> None:
-        scope = _Scope(graph, {t.name: tensor_array(t) for t in graph.initializer})
+        scope = _Scope(graph, {t.name: t for t in graph.initializer})
         scope.values.update(_constant_nodes(graph))
         scopes = [*outer, scope]
         index = 0
@@ -166,8 +166,11 @@ class _Folder:
 
     def _lookup(self, name: str, scopes: list[_Scope]) -> tuple[int, np.ndarray] | None:
         for level in range(len(scopes) - 1, -1, -1):
-            if name in scopes[level].values:
-                return level, scopes[level].values[name]
+            values = scopes[level].values
+            if name in values:
+                if isinstance(values[name], onnx.TensorProto):
+                    values[name] = tensor_array(values[name])
+                return level, values[name]
         return None
 
     def _try_fold(self, node: onnx.NodeProto, scopes: list[_Scope],
