@@ -133,6 +133,15 @@ class _Folder:
         self.names = UniqueNames(model)
         self.folded = 0
         self.shared = 0
+        self.source: dict[str, str] = {}  # hoisted value -> the weight it was computed from
+
+    def _source_of(self, node: onnx.NodeProto, found: list) -> str:
+        """The name of the largest input of ``node`` (through earlier folds, the
+        exporter's weight), which names what is folded from it: reports then say
+        'decoder.rnn.weight_ih_folded', not 'Unsqueeze_6_output_0'."""
+        sizes = [(a.nbytes if a is not None else -1, i) for i, (_, a) in enumerate(found)]
+        name = node.input[max(sizes)[1] if sizes else 0]
+        return self.source.get(name, name)
 
     def walk_children(self, graph: onnx.GraphProto, scopes: list[_Scope]) -> None:
         for node in graph.node:
@@ -207,7 +216,8 @@ class _Folder:
                 target.values[name] = array
                 target.by_content.setdefault(key, name)
                 continue
-            new = self.names.value(name)
+            new = self.names.value(f"{self._source_of(node, found)}_folded")
+            self.source[new] = self._source_of(node, found)
             target.hoisted.append(_constant(new, array, self.names.node(f"{new}_folded")))
             target.values[new] = array
             target.by_content[key] = new
