@@ -42,7 +42,7 @@ class Census:
 
 def count_layers(model: onnx.ModelProto) -> Census:
     """How many layers of ``model`` read quantized and float weights (see the module docstring)."""
-    inside = {n.output[0] for g, depth in iter_graphs(model.graph) if depth for n in g.node if n.output}
+    inside = {_key(n) for g, depth in iter_graphs(model.graph) if depth for n in g.node if _key(n)}
     integer_constants = {ref.name for ref in iter_weights(model) if ref.tensor.data_type not in FLOAT_TYPES}
     dequantized: set[str] = set()
     for graph, _ in iter_graphs(model.graph):
@@ -58,7 +58,12 @@ def count_layers(model: onnx.ModelProto) -> Census:
             if reads or node.op_type in INTEGER_KERNELS or (node.op_type.startswith("QLinear")
                                                             and node.op_type[7:] in LAYER_INPUTS):
                 quantized += 1
-                quantized_inside += bool(node.output and node.output[0] in inside)
-    floats = {u.node.output[0] for u in [*weight_uses(model, include_recurrent=True), *embedding_uses(model)]
-              if u.node.output and u.weight.tensor.data_type in FLOAT_TYPES}
+                quantized_inside += _key(node) in inside
+    floats = {_key(u.node) for u in [*weight_uses(model, include_recurrent=True), *embedding_uses(model)]
+              if _key(u.node) and u.weight.tensor.data_type in FLOAT_TYPES}
     return Census(quantized, len(floats), quantized_inside, len(floats & inside))
+
+
+def _key(node: onnx.NodeProto) -> str:
+    """A node's first named output: an LSTM may leave Y unnamed and write only Y_h."""
+    return next((o for o in node.output if o), "")

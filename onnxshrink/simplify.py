@@ -17,6 +17,7 @@ import io
 
 import onnx
 
+from onnxshrink.branch_folding import fold_branch_constants
 from onnxshrink.model import INLINE_LIMIT_BYTES, data_bytes
 from onnxshrink.provenance import NameMap, restore_names
 
@@ -40,7 +41,17 @@ class SimplifyResult:
 
 
 def simplify(model: onnx.ModelProto) -> SimplifyResult:
-    """Constant-fold ``model`` with onnxsim; ``model`` itself is not changed."""
+    """Constant-fold ``model`` with onnxsim, then the weight plumbing inside its
+    If/Loop/Scan bodies, which onnxsim leaves (:mod:`onnxshrink.branch_folding`);
+    ``model`` itself is not changed."""
+    result = _onnxsim(model)
+    folded = fold_branch_constants(result.model)
+    if not folded.modified:
+        return result
+    return dataclasses.replace(result, model=folded.model, modified=True)
+
+
+def _onnxsim(model: onnx.ModelProto) -> SimplifyResult:
     before = len(model.graph.node)
     if data_bytes(model) > INLINE_LIMIT_BYTES:  # ByteSize() itself raises over 2 GB
         return SimplifyResult(model, False, before, before, "model too large for onnxsim (over 1.8 GB)")

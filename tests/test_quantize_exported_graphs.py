@@ -19,6 +19,7 @@ from onnxshrink.lowbit import WeightOnlyOptions, quantize_weights
 from onnxshrink.model import iter_graphs
 from onnxshrink.quantization import QuantizeOptions, quantize_model
 from onnxshrink.quantization.plan import IN_SUBGRAPH
+from onnxshrink.quantization.subgraph_weights import IN_SUBGRAPH_WEIGHTS
 
 FAST = QuantizeOptions(latency_guard=False)
 
@@ -190,16 +191,38 @@ def _if_model() -> onnx.ModelProto:
     return model
 
 
-def test_static_int8_says_plainly_it_left_subgraph_weights(tmp_path):
+def test_static_int8_stores_subgraph_weights_in_int8_and_says_they_compute_in_float(tmp_path):
     data = tmp_path / "d.npz"
     rng = np.random.default_rng(4)
     np.savez(data, x=rng.normal(size=(8, 1, 32)).astype(np.float32), x_sum=rng.normal(size=8).astype(np.float32))
-    result = quantize_model(_if_model(), str(data), QuantizeOptions())  # latency measured: no slowdown claimed
-    assert not [w for w in result.report.warnings if "slower" in w]
+    source = _if_model()
+    result = quantize_model(source, str(data), FAST)
+    assert result.report.left_float["then_matmul"] == IN_SUBGRAPH_WEIGHTS
+    assert result.report.left_float["else_matmul"] == IN_SUBGRAPH_WEIGHTS
+    assert result.modified and {n["name"] for n in result.report.nodes} == {"then_matmul", "else_matmul"}
+    assert any(w.startswith("2 layers inside If/Loop/Scan bodies have int8 weights") for w in result.report.warnings)
+    dynamic = quantize_model(source, None, QuantizeOptions(dynamic=True, latency_guard=False))
+    assert {n["name"] for n in dynamic.report.nodes} == {"then_matmul", "else_matmul"}
+    assert dynamic.report.left_float["then_matmul"] == IN_SUBGRAPH_WEIGHTS
+    for branch in [g for g, depth in iter_graphs(result.model.graph) if depth]:
+        codes = [a.t.data_type for n in branch.node if n.op_type == "Constant" for a in n.attribute]
+        assert codes == [TensorProto.INT8]
+    assert _dead_constants(result.model) == []
+    assert result.model.ByteSize() <= 0.5 * source.ByteSize()  # 4 KB of float weights -> 1 KB of codes + scales
+    feed = {"x": rng.normal(size=(4, 32)).astype(np.float32)}
+    for x_sum in (1.0, -1.0):  # both branches
+        feed["x_sum"] = np.array(x_sum, np.float32)
+        assert _cosine(_run(source, feed), _run(result.model, feed)) > 0.9999
+
+
+def test_static_int8_says_plainly_which_subgraph_weights_it_left(tmp_path):
+    data = tmp_path / "d.npz"
+    rng = np.random.default_rng(4)
+    np.savez(data, x=rng.normal(size=(8, 1, 32)).astype(np.float32), x_sum=rng.normal(size=8).astype(np.float32))
+    result = quantize_model(_if_model(), str(data), QuantizeOptions(latency_guard=False, exclude_nodes=("then_matmul",)))
+    assert result.report.left_float["else_matmul"] == IN_SUBGRAPH_WEIGHTS
     assert result.report.left_float["then_matmul"] == IN_SUBGRAPH
-    assert result.report.left_float["else_matmul"] == IN_SUBGRAPH
-    assert not result.modified and not result.report.nodes
-    assert any("2 layers inside If/Loop/Scan bodies stay float" in w for w in result.report.warnings)
+    assert any("1 layers inside If/Loop/Scan bodies stay float" in w for w in result.report.warnings)
 
 
 def test_weight_only_reaches_subgraph_weights():
@@ -242,7 +265,7 @@ def test_layer_counts_come_from_the_written_model(tmp_path, ids):
     rng = np.random.default_rng(4)
     np.savez(data, x=rng.normal(size=(8, 1, 32)).astype(np.float32), x_sum=rng.normal(size=8).astype(np.float32))
     static = quantize_model(source, str(data), FAST).model
-    assert count_layers(static).text() == "0 layers quantized, 2 left float (2 of them inside If/Loop/Scan bodies)"
+    assert count_layers(static) == Census(2, 0, 2, 0)  # int8 weights behind DequantizeLinear in both branches
     assert count_layers(quantize_weights(source, WeightOnlyOptions(bits=8)).model) == Census(2, 0, 2, 0)
     embedded = quantize_model(_embedding_model(), str(ids), FAST).model  # two Gathers on int8, one MatMul via DQ
     assert count_layers(embedded) == Census(3, 0, 0, 0)

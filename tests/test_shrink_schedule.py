@@ -131,15 +131,29 @@ def _weights_in_an_if() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def _main_graph_lstm() -> onnx.ModelProto:
+    """x [N, 64] -> one LSTM step (sequence of 1, batch N) -> [N, 64]: its W and R are the layer weights."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.2, (1, 256, 64)).astype(np.float32), "W")
+    r = numpy_helper.from_array(rng.normal(0, 0.2, (1, 256, 64)).astype(np.float32), "R")
+    axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
+    nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["seq"]),
+             helper.make_node("LSTM", ["seq", "W", "R"], ["", "h"], hidden_size=64, name="lstm"),
+             helper.make_node("Squeeze", ["h", "axes"], ["y"])]
+    graph = helper.make_graph(nodes, "lstm_model", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], [w, r, axes])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def test_weight_only_int8_is_kept_when_static_int8_cannot_reach_the_weights():
-    """Static int8 leaves layers inside If bodies float (the model stays its
-    size); plain weight-only int8 reaches them, passes the gate and is kept
+    """Static int8 has no int8 LSTM, so the layer stays float (the model stays its
+    size); plain weight-only int8 reaches its W and R, passes the gate and is kept
     (the time budget leaves no room for the GPTQ candidate, which would also win)."""
     from onnxshrink.pipeline import ShrinkOptions, shrink
     from onnxshrink.recipes import load_recipe
     from onnxshrink.validation import Gate
 
-    model = _weights_in_an_if()
+    model = _main_graph_lstm()
     rng = np.random.default_rng(1)
     calib = [{"x": rng.normal(size=(8, 64)).astype(np.float32)} for _ in range(4)]
     options = ShrinkOptions(load_recipe("cnn-default"), gate=Gate(min_cosine=0.99), time_budget=0.001)
@@ -150,6 +164,24 @@ def test_weight_only_int8_is_kept_when_static_int8_cannot_reach_the_weights():
     assert any("plain weight-only int8 passes the gate and is smaller" in n for n in r["notes"])
     assert r["ratio"] == pytest.approx(r["weight_only_int8"]["ratio"], rel=0.05) and r["ratio"] > 2.5
     assert [row["chosen"] for row in r["search"]].count(True) == 1 and r["search"][-1]["chosen"]
+
+
+def test_static_int8_in_shrink_stores_the_weights_inside_if_bodies_and_counts_them():
+    """Every layer weight in an If branch: the static candidate stores them in int8
+    (the layers compute in float there), and the stage says so from the written model."""
+    from onnxshrink.pipeline import ShrinkOptions, shrink
+    from onnxshrink.recipes import load_recipe
+    from onnxshrink.validation import Gate
+
+    model = _weights_in_an_if()
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.normal(size=(8, 64)).astype(np.float32)} for _ in range(4)]
+    options = ShrinkOptions(load_recipe("cnn-default"), gate=Gate(min_cosine=0.99), time_budget=0.001)
+    r = shrink(model, calib, options).report
+    assert r["search"][0]["ratio"] > 2.5 and r["search"][0]["chosen"]  # was 1.0x: nothing reached
+    quantize = next(s for s in r["stages"] if s["name"] == "quantize")
+    assert quantize["note"].startswith("int8, weight codes in") and quantize["note"].endswith(
+        "; 2 layers quantized, 0 left float")
 
 
 def test_a_prune_search_that_cannot_end_in_time_prunes_nothing_and_says_so():

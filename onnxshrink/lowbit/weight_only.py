@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
+from onnxshrink.branch_folding import fold_branch_constants
 from onnxshrink.cleanup import drop_inferred_value_info, growth_warning, remove_unused
 from onnxshrink.data import NpzData
 from onnxshrink.errors import GateFailed, UsageError
@@ -146,8 +147,11 @@ def quantize_weights(
     progress = progress or (lambda task, done, total: None)
     if options.rounding == "gptq" and calib is None and layer_stats is None:
         raise UsageError("--rounding gptq needs calibration data: give --calib DATA (an .npz of model inputs)")
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    # Weights an exporter rearranges inside If/Loop bodies (an LSTM's gates) become constants first.
+    work = fold_branch_constants(model).model
+    if work is model:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
     opset_before = opset_version(work)
     targets, skipped = weight_targets(work, options)
     need = _model_opset_need(targets, options)

@@ -30,12 +30,13 @@ from onnxshrink.quantization.prepared import prepare_model
 from onnxshrink.quantization.report import QuantizeReport, QuantizeResult
 from onnxshrink.quantization.slowdown import one_input, slowdown_warning
 from onnxshrink.quantization.rewrite import _Names
+from onnxshrink.quantization.subgraph_weights import computed_float_warning, quantize_subgraph_weights
 from onnxshrink.roles import weight_uses
 from onnxshrink.runtime import release_memory
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
-IN_SUBGRAPH_DYNAMIC = ("inside an If/Loop/Scan body: dynamic quantization rewrites the main graph's MatMul/Gemm; "
-                       "quantize --weights-only reaches these weights")
+IN_SUBGRAPH_DYNAMIC = ("inside an If/Loop/Scan body: dynamic quantization rewrites the main graph's MatMul/Gemm, "
+                       "and its weight stays float (excluded, under 256 elements, or also read in the main graph)")
 
 
 def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_data: Any = None, name: str = "model",
@@ -111,6 +112,10 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
                                               exclude_ops=frozenset(options.exclude_ops))
     records.extend(tables)
     left_float.update(tables_left)
+    branch_layers, computed_float = quantize_subgraph_weights(out, exclude_nodes=frozenset(options.exclude_nodes),
+                                                              exclude_ops=frozenset(options.exclude_ops), levels=levels)
+    records.extend(branch_layers)
+    left_float.update(computed_float)
     remove_unused(out)
     drop_inferred_value_info(out, model)
     release_memory()  # the per-weight temporaries of a large model
@@ -119,8 +124,10 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
                                                  "numerical fidelity only (no verdict)"]
     in_subgraphs = sum(1 for why in left_float.values() if why == IN_SUBGRAPH_DYNAMIC)
     if in_subgraphs:
-        warnings.append(f"{in_subgraphs} layers inside If/Loop/Scan bodies stay float; quantize --weights-only "
-                        "reaches their weights")
+        warnings.append(f"{in_subgraphs} layers inside If/Loop/Scan bodies stay float, weights included (excluded, "
+                        "under 256 elements, or also read in the main graph)")
+    if computed_float_warning(left_float):
+        warnings.append(computed_float_warning(left_float))
     if not records:
         warnings.append("no MatMul, Gemm or embedding Gather could be quantized")
     sizes = {"original": serialized_size(model), "quantized": serialized_size(out)}

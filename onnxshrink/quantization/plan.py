@@ -33,15 +33,16 @@ from onnxshrink.roles import WeightUse, weight_uses
 
 FLOAT = onnx.TensorProto.FLOAT
 IN_SUBGRAPH = ("inside an If/Loop/Scan body: static int8 needs activation ranges there, which onnxruntime does "
-               "not output; quantize --weights-only reaches these weights")
+               "not output, and its weight stays float (excluded, under 256 elements, or also read in the main "
+               "graph)")
 
 
 def subgraph_layers(model: onnx.ModelProto, why: str = IN_SUBGRAPH) -> dict[str, str]:
     """Nodes inside If/Loop/Scan bodies that read a layer weight (recurrent ones
     included), by name (or op and output, for nameless ones), each with ``why``."""
-    inside = {n.output[0] for sub, depth in iter_graphs(model.graph) if depth for n in sub.node if n.output}
-    return {(u.node.name or f"{u.node.op_type} writing '{u.node.output[0]}'"): why
-            for u in weight_uses(model, include_recurrent=True) if u.node.output and u.node.output[0] in inside}
+    inside = {o for sub, depth in iter_graphs(model.graph) if depth for n in sub.node for o in n.output if o}
+    named = [(u, next((o for o in u.node.output if o), "")) for u in weight_uses(model, include_recurrent=True)]
+    return {(u.node.name or f"{u.node.op_type} writing '{out}'"): why for u, out in named if out in inside}
 
 
 @dataclasses.dataclass

@@ -11,6 +11,7 @@ from typing import Any
 
 import onnx
 
+from onnxshrink.branch_folding import fold_branch_constants
 from onnxshrink.cleanup import remove_unused
 from onnxshrink.quantization import prepare
 
@@ -45,6 +46,11 @@ def prepare_model(model: onnx.ModelProto, name: str = "model", *, fold_constants
             notes["constants_folded"] = True
         if origins:
             notes["origins"] = origins
+        # onnxsim leaves If/Loop bodies alone: an LSTM's weights sliced into gates there become constants.
+        branches = fold_branch_constants(work)
+        work = branches.model
+        if branches.nodes_folded:
+            notes["subgraph_nodes_folded"] = branches.nodes_folded
     prepare.name_nodes(work.graph)
     notes["identities_removed"] = prepare.remove_identities(work)
     notes["batchnorms_folded"] = prepare.fold_batch_norms(work.graph)

@@ -20,6 +20,7 @@ from onnxshrink.quantization.check import final_check
 from onnxshrink.quantization.options import GPTQ_AUTO_MAX_BYTES, QuantizeOptions
 from onnxshrink.quantization.params import weight_levels
 from onnxshrink.quantization.plan import IN_SUBGRAPH, Plan, make_plan
+from onnxshrink.quantization.subgraph_weights import computed_float_warning, quantize_subgraph_weights
 from onnxshrink.quantization.prepared import Prepared, prepare_model
 from onnxshrink.quantization.slowdown import one_input, slowdown_warning
 from onnxshrink.quantization.report import QuantizeReport, QuantizeResult
@@ -147,6 +148,12 @@ def build(prepared: Prepared, source: StatisticsSource, options: QuantizeOptions
                                               exclude_ops=frozenset(options.exclude_ops))
     records.extend(NodeRecord(**r) for r in tables)
     plan.left_float.update(tables_left)
+    branch_layers, computed_float = quantize_subgraph_weights(model, exclude_nodes=frozenset(options.exclude_nodes),
+                                                              exclude_ops=frozenset(options.exclude_ops),
+                                                              levels=weight_levels(options.weight_range_bits,
+                                                                                   options.target))
+    records.extend(NodeRecord(**r) for r in branch_layers)
+    plan.left_float.update(computed_float)
     remove_unused(model)  # the float weights (Constant nodes among them) the Q/DQ rewrite replaced
     release_memory()  # the per-weight temporaries of a large model
     return model, plan, records
@@ -240,8 +247,11 @@ def quantize_model(
         warnings.append(source.gptq_skipped)
     in_subgraphs = sum(1 for why in left_float.values() if why == IN_SUBGRAPH)
     if in_subgraphs:
-        warnings.append(f"{in_subgraphs} layers inside If/Loop/Scan bodies stay float (static int8 needs activation "
-                        "ranges there); quantize --weights-only reaches their weights")
+        warnings.append(f"{in_subgraphs} layers inside If/Loop/Scan bodies stay float, weights included (excluded, "
+                        "under 256 elements, or also read in the main graph)")
+    computed_float = computed_float_warning(left_float)
+    if computed_float:
+        warnings.append(computed_float)
     if not records:
         warnings.append("no node could be quantized; the model is unchanged apart from the preparation passes")
     grew = growth_warning(serialized_size(model), serialized_size(qmodel), "the int8 model")
