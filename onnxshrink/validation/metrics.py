@@ -203,7 +203,7 @@ class OutputStats:
     def _regions(self, ref: np.ndarray, cand: np.ndarray, samples: int) -> None:
         """A batch of probability maps: their regions matched, and the pixels
         above the threshold (a detail: pixels move where regions hold)."""
-        if not regions.map_layout(ref) or kinds.sample_axis(ref.shape, samples) != 0:
+        if not regions.map_shape(ref.shape) or kinds.sample_axis(ref.shape, samples) != 0:
             return
         found, in_ref, in_cand = regions.batch_counts(ref, np.clip(np.nan_to_num(cand), 0.0, 1.0))
         self.map_batches += 1

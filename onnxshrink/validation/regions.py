@@ -62,11 +62,12 @@ def map_layout(a: np.ndarray) -> bool:
     [N, 1, H, W] or [N, H, W], float, every value in [0, 1], H and W at least
     :data:`MIN_MAP_SIDE`. Sequences [N, T, C] (rows that are distributions,
     or no input image the map's size) are told apart by kinds.classify."""
-    if a.dtype.kind != "f" or a.ndim not in (3, 4) or (a.ndim == 4 and a.shape[1] != 1):
-        return False
-    if min(a.shape[-2:]) < MIN_MAP_SIDE:
-        return False
-    return bool(a.min() >= 0.0 and a.max() <= 1.0)
+    return map_shape(a.shape) and a.dtype.kind == "f" and bool(a.min() >= 0.0 and a.max() <= 1.0)
+
+
+def map_shape(shape: tuple[int, ...]) -> bool:
+    """[N, 1, H, W] or [N, H, W] with H and W at least :data:`MIN_MAP_SIDE`."""
+    return len(shape) in (3, 4) and (len(shape) == 3 or shape[1] == 1) and min(shape[-2:]) >= MIN_MAP_SIDE
 
 
 def label(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
