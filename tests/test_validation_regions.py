@@ -195,3 +195,38 @@ def test_a_softmax_map_over_classes_stays_sequence_scores():
     rows = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     assert kinds.classify(rows.astype(np.float32), "y", "Softmax", {"x": np.zeros((2, 3, 64, 96))}) \
         == kinds.SEQUENCE_SCORES
+
+
+def _matched_by_every_pair(ref: np.ndarray, cand: np.ndarray) -> int:
+    """Greedy one-to-one matching over the IoU of every pair of grown boxes, best first."""
+    grow = np.array([-regions.MARGIN, -regions.MARGIN, regions.MARGIN, regions.MARGIN])
+    a, b = ref + grow, cand + grow
+    inter = np.prod(np.clip(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]),
+                            0, None), axis=2)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
+    iou = inter / (area(a)[:, None] + area(b)[None, :] - inter)
+    used_r, used_c = set(), set()
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
+        i, j = divmod(int(flat), iou.shape[1])
+        if iou[i, j] < regions.MATCH_IOU:
+            break
+        if i not in used_r and j not in used_c:
+            used_r.add(i)
+            used_c.add(j)
+    return len(used_r)
+
+
+def test_matching_only_near_pairs_finds_what_every_pair_finds():
+    """Only boxes that can reach IoU 0.5 are compared (a noisy map has thousands):
+    the matches are those of comparing every pair."""
+    def boxes(k):
+        corner = RNG.integers(0, 60, (k, 2))
+        return np.hstack([corner, corner + RNG.integers(1, 30, (k, 2))])
+
+    for _ in range(300):
+        n, m = (int(v) for v in RNG.integers(0, 30, 2))
+        ref = boxes(n)
+        near = ref[:m // 2] + RNG.integers(-3, 4, (min(m // 2, n), 4))
+        near[:, 2:] = np.maximum(near[:, 2:], near[:, :2] + 1)
+        cand = np.vstack([near, boxes(m - len(near))])
+        assert regions.matched(ref, cand) == (_matched_by_every_pair(ref, cand) if n and m else 0)

@@ -35,6 +35,8 @@ in about 0.3 s on one core).
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 # DB's binarisation threshold (PP-OCR, rapidocr): a region's extent is read
@@ -52,6 +54,7 @@ MIN_MEAN = 0.5
 # box where its program puts it (DB grows a box by 0.75 x its short side).
 MARGIN = 2
 MATCH_IOU = 0.5
+PAIRS_AT_ONCE = 1 << 22
 # A map: at least this many pixels a side (a per-image score grid of a few
 # cells is class scores, not a map to read regions from).
 MIN_MAP_SIDE = 32
@@ -175,28 +178,66 @@ def regions(maps: np.ndarray) -> list[np.ndarray]:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` [n, 4] with every box of ``b`` [m, 4] (x1, y1, x2, y2)."""
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+    """IoU of each box of ``a`` [k, 4] with the box of ``b`` [k, 4] in the same row (x1, y1, x2, y2)."""
+    lo = np.maximum(a[:, :2], b[:, :2])
+    hi = np.minimum(a[:, 2:], b[:, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    union = np.prod(a[:, 2:] - a[:, :2], axis=1) + np.prod(b[:, 2:] - b[:, :2], axis=1) - inter
+    return inter / np.maximum(union, 1e-12)
+
+
+def _near_pairs(ref: np.ndarray, cand: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(original's box, candidate's box) index pairs that may reach IoU 0.5, a
+    few million at a time. Such boxes overlap and neither is more than twice
+    as long as the other along either axis (else their intersection is under
+    half the longer one's area), so along one axis the candidate starts at
+    most twice the original's length before it and before its end: a range
+    of the candidates sorted by start, on the axis where the ranges are
+    shorter. A page of text has a few pairs per box, not every pair."""
+    best = None
+    for axis in (0, 1):
+        order = np.argsort(cand[:, axis], kind="stable")
+        starts = cand[order, axis]
+        length = ref[:, axis + 2] - ref[:, axis]
+        first = np.searchsorted(starts, ref[:, axis] - 2 * length, side="left")
+        count = np.maximum(np.searchsorted(starts, ref[:, axis + 2], side="left") - first, 0)
+        if best is None or count.sum() < best[2].sum():
+            best = (order, first, count)
+    order, first, count = best
+    ends = np.cumsum(count)
+    lo = 0
+    while lo < len(ref):
+        hi = max(int(np.searchsorted(ends, ends[lo] - count[lo] + PAIRS_AT_ONCE, side="right")), lo + 1)
+        c = count[lo:hi]
+        i = np.repeat(np.arange(lo, hi), c)
+        j = np.repeat(first[lo:hi] - np.cumsum(c) + c, c) + np.arange(int(c.sum()))
+        yield i, order[j]
+        lo = hi
 
 
 def matched(ref: np.ndarray, cand: np.ndarray) -> int:
     """How many candidate boxes match one of the original's one to one at IoU
-    >= MATCH_IOU, the best overlaps first."""
+    >= MATCH_IOU (boxes grown by MARGIN), the best overlaps first."""
     if not len(ref) or not len(cand):
         return 0
     grow = np.array([-MARGIN, -MARGIN, MARGIN, MARGIN])
-    iou = _iou(ref + grow, cand + grow)
-    order = np.argsort(-iou, axis=None, kind="stable")
-    order = order[iou.ravel()[order] >= MATCH_IOU]
+    ref, cand = ref + grow, cand + grow
+    rows, cols, values = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    for i, j in _near_pairs(ref, cand):
+        overlap = np.ones(len(i), bool)
+        for axis in (0, 1):  # cheap one-axis tests first: the boxes overlap on both axes
+            overlap &= (cand[j, axis] < ref[i, axis + 2]) & (cand[j, axis + 2] > ref[i, axis])
+        i, j = i[overlap], j[overlap]
+        iou = _iou(ref[i], cand[j])
+        keep = iou >= MATCH_IOU
+        rows.append(i[keep])
+        cols.append(j[keep])
+        values.append(iou[keep])
+    i, j, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(values)
     used_r, used_c = np.zeros(len(ref), bool), np.zeros(len(cand), bool)
-    for i, j in zip(*np.divmod(order, iou.shape[1])):
-        if not used_r[i] and not used_c[j]:
-            used_r[i] = used_c[j] = True
+    for k in np.lexsort((j, i, -v)):
+        if not used_r[i[k]] and not used_c[j[k]]:
+            used_r[i[k]] = used_c[j[k]] = True
     return int(used_r.sum())
 
 
