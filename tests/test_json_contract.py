@@ -130,3 +130,24 @@ def test_rows_are_well_formed():
         assert len(paths) == len(set(paths)), f"{name}: a path documented twice"
     with pytest.raises(ValueError, match="unknown type"):
         json_contract.parse("## `onnxshrink.x/1`\n\n| `a` | strnig | | stable | |\n")
+
+
+def test_a_probability_map_report_matches_docs_json_md(tmp_path, documented):
+    """A text detector's map (here a sigmoid of a blurred page, as large as the page) is
+    reported with its regions' counts, each documented."""
+    from test_validation_regions import _blurred_pages, _map_model
+    import numpy as np
+    import onnx
+
+    onnx.save(_map_model(12.0, 0.5), tmp_path / "ref.onnx")
+    onnx.save(_map_model(12.0, 0.4), tmp_path / "cand.onnx")
+    np.savez(tmp_path / "eval.npz", x=_blurred_pages(3))
+    path = tmp_path / "v.json"
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "ref.onnx"), str(tmp_path / "cand.onnx"),
+                                      "--data", str(tmp_path / "eval.npz"), "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(path.read_text())
+    outputs = report["outputs"] if "outputs" in report else report["validation"]["outputs"]
+    assert outputs["map"]["kind"] == "probability_map" and outputs["map"]["regions_original"] > 0
+    problems = json_contract.check(report, documented[report["schema"]], report["schema"], "onnxshrink validate")
+    assert not problems, "\n".join(problems)

@@ -3,6 +3,7 @@
 * :mod:`~onnxshrink.validation.gate`: :class:`Gate`, what an accuracy gate is measured against, verdicts;
 * :mod:`~onnxshrink.validation.kinds`: what kind of answer an output gives (class scores, sequences, ...);
 * :mod:`~onnxshrink.validation.metrics`: one output's running comparison and its kind's agreement;
+* :mod:`~onnxshrink.validation.regions`: regions read from a probability map (text detectors, segmentation);
 * :mod:`~onnxshrink.validation.stateful`: state pairs and the closed loop stateful models run in;
 * :mod:`~onnxshrink.validation.compare`: :func:`compare_models` and its :class:`ValidationReport`;
 * :mod:`~onnxshrink.validation.reference`: the reference's outputs kept for searches that measure many candidates.

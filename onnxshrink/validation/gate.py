@@ -3,8 +3,8 @@
 An accuracy gate (``max_accuracy_drop``, in points) is measured against the
 data's ``labels`` when it has them. Without labels it is measured against the
 original model's own answers: at most that many percent of them may change
-(per output kind: top-1 classes, class sequences, decisions, nearest
-neighbours; see :mod:`onnxshrink.validation.kinds`). A flag the user gave on
+(per output kind: top-1 classes, class sequences, decisions, a map's regions,
+nearest neighbours; see :mod:`onnxshrink.validation.kinds`). A flag the user gave on
 unlabelled data is refused before any work (they asked for accuracy); a
 recipe's gate is measured the label-free way and the report says so.
 """

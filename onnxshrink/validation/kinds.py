@@ -9,9 +9,14 @@ with the original model without labels:
   top-1 class per position along the last axis; per sample, that sequence
   decoded as CTC's best path (repeats merged, the class the reference
   predicts most, CTC's blank, dropped);
-* ``probabilities`` (every value in [0, 1], rows not distributions: a
-  one-value detector, multi-label scores, a probability map): the decisions
-  at 0.5, compared as the intersection over union of the positive ones;
+* ``probability_map`` [N, 1, H, W] or [N, H, W] (every value in [0, 1],
+  H and W at least 32 and an input's height and width, or a half, quarter or
+  eighth of them: a text detector's or a segmentation model's map): the
+  regions its program reads, boxes matched at IoU 0.5, as F1
+  (:mod:`onnxshrink.validation.regions`);
+* ``probabilities`` (every value in [0, 1], rows not distributions, not a
+  map: a one-value detector, multi-label scores): the decisions at 0.5,
+  compared as the intersection over union of the positive ones;
 * ``embedding`` [N, D] or [N, T, D] (named like one, or made by a
   normalisation): each sample's nearest neighbour among the other samples
   (a [N, T, D] output is mean-pooled over the tokens an input named like
@@ -32,11 +37,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxshrink.validation import regions
 from onnxshrink.validation.detections import layout_axis
 
 CLASS_SCORES = "class_scores"
 SEQUENCE_SCORES = "sequence_scores"
 PROBABILITIES = "probabilities"
+PROBABILITY_MAP = "probability_map"
 EMBEDDING = "embedding"
 EXACT = "exact"
 DETECTIONS = "detections"
@@ -48,6 +55,9 @@ AGREEMENT = {
     SEQUENCE_SCORES: "decoded sequence unchanged (top-1 per position, repeats merged, the most frequent class "
                      "dropped as CTC's blank), per sample",
     PROBABILITIES: "intersection over union of the decisions above 0.5",
+    PROBABILITY_MAP: (f"regions of the map (above {regions.THRESHOLD}, dilated 2x2, 8-connected; boxes at least "
+                      f"{regions.MIN_SIDE} pixels a side with mean probability at least {regions.MIN_MEAN}) matched one "
+                      f"to one at box IoU {regions.MATCH_IOU} (boxes grown {regions.MARGIN} pixels), as F1"),
     EMBEDDING: "nearest neighbour among the other samples unchanged (near-ties aside), per sample",
     EXACT: "elements equal",
     DETECTIONS: "detections kept (score above 0.25, NMS per class) matched at IoU 0.5 with the same class, as F1",
@@ -88,9 +98,28 @@ def _rows_are_distributions(a: np.ndarray) -> bool:
     return False
 
 
-def classify(array: np.ndarray, name: str = "", producer: str | None = None) -> str:
+def _image_sized(shape: tuple[int, ...], inputs: dict[str, np.ndarray] | None) -> bool:
+    """An input is an image the map covers: its height and width (the last two
+    axes, or the two before a last axis of 1 to 4 channels) are the map's
+    times 1, 2, 4 or 8, the same factor for both."""
+    h, w = shape[-2:]
+    for array in (inputs or {}).values():
+        dims = np.shape(array)
+        spatial = [dims[-2:]] if len(dims) >= 3 else []
+        if len(dims) >= 4 and 1 <= dims[-1] <= 4:
+            spatial.append(dims[-3:-1])
+        for ih, iw in spatial:
+            if any(ih == h * f and iw == w * f for f in (1, 2, 4, 8)):
+                return True
+    return False
+
+
+def classify(array: np.ndarray, name: str = "", producer: str | None = None,
+             inputs: dict[str, np.ndarray] | None = None) -> str:
     """The kind of one output from the reference's values (see the module
-    docstring), its name and the op type that produces it (None: unknown)."""
+    docstring), its name, the op type that produces it (None: unknown) and
+    the batch's ``inputs`` (a probability map is one only beside the image
+    it covers; None: unknown, no map)."""
     a = np.asarray(array)
     if a.dtype.kind not in "fc":
         return EXACT
@@ -101,7 +130,7 @@ def classify(array: np.ndarray, name: str = "", producer: str | None = None) -> 
     if _rows_are_distributions(a) or (producer in ("Softmax", "LogSoftmax") and a.shape[-1] > 1):
         return {2: CLASS_SCORES, 3: SEQUENCE_SCORES}.get(a.ndim, PROBABILITIES if a.min() >= 0 else DENSE)
     if a.min() >= 0.0 and a.max() <= 1.0:
-        return PROBABILITIES
+        return PROBABILITY_MAP if regions.map_layout(a) and _image_sized(a.shape, inputs) else PROBABILITIES
     if named_embedding and a.ndim in (2, 3):
         return EMBEDDING
     if a.ndim == 2 and a.shape[-1] > 1:

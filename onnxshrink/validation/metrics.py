@@ -17,6 +17,7 @@ import numpy as np
 
 from onnxshrink.errors import DataError
 from onnxshrink.validation import kinds
+from onnxshrink.validation import regions
 from onnxshrink.validation.detections import batch_counts, layout_axis
 
 # Embedding outputs keep this many samples' vectors for the nearest-neighbour check.
@@ -114,6 +115,9 @@ class OutputStats:
         self.ref_vectors: list[np.ndarray] = []  # embeddings: one pooled vector per sample
         self.cand_vectors: list[np.ndarray] = []
         self.detection_batches = 0  # detections: batches whose boxes were compared
+        self.map_batches = 0  # probability maps: batches whose regions were compared
+        self.regions = [0, 0, 0]  # probability maps: regions matched, the original's, the candidate's
+        self.pixels_same = self.pixels = 0  # probability maps: pixels above the threshold in both / in either
 
     def add(self, ref: Any, cand: Any, samples: int | None = None, inputs: dict[str, np.ndarray] | None = None) -> None:
         """One batch of both models' values of this output; ``samples`` is the
@@ -126,7 +130,7 @@ class OutputStats:
             return
         samples = samples if samples is not None else (ref.shape[0] if ref.ndim else 1)
         if self.kind is None:
-            self.kind = kinds.classify(ref, self.name, self.producer)
+            self.kind = kinds.classify(ref, self.name, self.producer, inputs)
         if ref.dtype.kind not in "biuf" or cand.dtype.kind not in "biuf":
             # Strings (and the like) either match or not: each element is 1 where
             # they do, so cosine and errors count the mismatches.
@@ -152,6 +156,8 @@ class OutputStats:
             self.total += int((rd | cd).sum())
             self.decisions_same += int((rd == cd).sum())
             self.decisions += int(rd.size)
+        elif self.kind == kinds.PROBABILITY_MAP:
+            self._regions(ref, cand, samples)
         elif self.kind == kinds.DETECTIONS:
             axis = layout_axis(ref)
             if axis is not None and kinds.sample_axis(ref.shape, samples) == 0:
@@ -193,6 +199,18 @@ class OutputStats:
         self.min_sample_cosine = min(self.min_sample_cosine, float(per_sample.min(initial=1.0)))
         self.sample_cosine_sum += float(per_sample.sum())
         self.samples += len(per_sample)
+
+    def _regions(self, ref: np.ndarray, cand: np.ndarray, samples: int) -> None:
+        """A batch of probability maps: their regions matched, and the pixels
+        above the threshold (a detail: pixels move where regions hold)."""
+        if not regions.map_shape(ref.shape) or kinds.sample_axis(ref.shape, samples) != 0:
+            return
+        found, in_ref, in_cand = regions.batch_counts(ref, np.clip(np.nan_to_num(cand), 0.0, 1.0))
+        self.map_batches += 1
+        self.regions = [self.regions[0] + found, self.regions[1] + in_ref, self.regions[2] + in_cand]
+        rp, cp = ref > regions.THRESHOLD, cand > regions.THRESHOLD
+        self.pixels_same += int(np.count_nonzero(rp & cp))
+        self.pixels += int(np.count_nonzero(rp | cp))
 
     def _top1(self, r: np.ndarray, c: np.ndarray) -> None:
         """Top-1 along the last (class) axis: per sample for class scores; per
@@ -265,6 +283,11 @@ class OutputStats:
             extra = {"nearest_neighbour_unchanged": strict, f"neighbour_top{NEIGHBOURS_K}_overlap": overlap}
         elif kind == kinds.EXACT and self.total:
             agreement = self.same / self.total
+        elif kind == kinds.PROBABILITY_MAP and self.map_batches:
+            found, in_ref, in_cand = self.regions
+            agreement = 2 * found / (in_ref + in_cand) if in_ref + in_cand else 1.0
+            extra = {"regions_matched": found, "regions_original": in_ref, "regions_candidate": in_cand,
+                     "pixel_iou": self.pixels_same / self.pixels if self.pixels else 1.0}
         elif kind == kinds.DETECTIONS and self.detection_batches:
             agreement = self.same / self.total if self.total else 1.0
         if self.nonfinite and agreement is not None:
