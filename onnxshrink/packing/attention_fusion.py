@@ -64,6 +64,9 @@ def fuse_attention(model: onnx.ModelProto, shapes: Shapes) -> int:
         ordered.append(node)
         if index in at:
             ordered.append(at[index])
+    # Constant nodes only the fused nodes read (the scale, the head shapes) go with them.
+    reads = {name for node in ordered if id(node) not in drop for name in node.input} | outputs
+    drop.update(id(node) for node in ordered if node.op_type == "Constant" and not set(node.output) & reads)
     _remove(graph, ordered, drop)
     stale = {node.output[0] for _, node in fused}  # their shape changed from 4-D to 3-D
     kept = [v for v in graph.value_info if v.name not in stale]

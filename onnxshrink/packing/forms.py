@@ -111,7 +111,8 @@ def _auto_plan(model: onnx.ModelProto) -> tuple[dict[str, str], frozenset[str]]:
     """Which weight-only MatMul/Gemm weights ``"auto"`` runs faster than on the
     4-bit kernel, while the weights in memory stay within ``AUTO_MEMORY_SHARE``
     of their float32 bytes (codes and scales as they are, float32 for the others):
-    first, smallest first, 4-bit weights whose kernel block would be under
+    first, smallest first, 4-bit weights of ``NATIVE_MIN_ELEMENTS`` to
+    ``NATIVE_FAST_ELEMENTS`` whose kernel block would be under
     ``WIDE_BELOW_BLOCK`` go on the 8-bit kernel (twice their code bytes); then
     weights of ``NATIVE_MIN_ELEMENTS`` to ``NATIVE_FAST_ELEMENTS``, smallest first,
     run as float32. Returns the float32 ones (by DequantizeLinear output name,
@@ -147,7 +148,7 @@ def _auto_plan(model: onnx.ModelProto) -> tuple[dict[str, str], frozenset[str]]:
     held = {name: size for _, name, size, _ in layers}
     wide: set[str] = set()
     for count, name, size, block in sorted(layers):
-        if 0 < block < WIDE_BELOW_BLOCK and in_memory + size <= budget:
+        if 0 < block < WIDE_BELOW_BLOCK and count < NATIVE_FAST_ELEMENTS and in_memory + size <= budget:
             in_memory += size
             held[name] = 2 * size
             wide.add(name)
