@@ -8,14 +8,16 @@ around them into the kernels (:mod:`onnxshrink.packing.kernel_fusion`) and
 leaves the rest as packed: the least memory. ``"float"`` expands every
 quantized weight to float32 (:mod:`onnxshrink.packing.materialize`).
 ``"auto"`` is native for layers of at least ``NATIVE_MIN_ELEMENTS`` weights,
-except that layers below ``NATIVE_FAST_ELEMENTS``, smallest first, run as
-float32 as long as the model's weights in memory stay within
-``AUTO_MEMORY_SHARE`` of their float32 bytes; it expands the remaining
-weight-only weights (Conv, smaller layers, shapes the kernels refuse) to
-float32, and keeps static int8 QDQ as packed for onnxruntime's integer
-kernels: low-bit memory, and the fastest form measured per layer size
-(docs/speed.md). Every choice is a function of the model's shapes, so the
-same packed model always loads the same way.
+except that for layers below ``NATIVE_FAST_ELEMENTS``, smallest first, as long
+as the model's weights in memory stay within ``AUTO_MEMORY_SHARE`` of their
+float32 bytes, 4-bit codes in kernel blocks under ``WIDE_BELOW_BLOCK`` first
+run on the 8-bit kernel, then such layers run as float32; it expands the
+remaining weight-only weights (Conv, smaller layers, shapes the kernels
+refuse) to float32, keeps static int8 QDQ as packed for onnxruntime's integer
+kernels, and runs unmasked attention heads as one MultiHeadAttention node
+(:mod:`onnxshrink.packing.attention_fusion`): low-bit memory, and the fastest
+form measured per layer size (docs/speed.md). Every choice is a function of
+the model's shapes, so the same packed model always loads the same way.
 """
 
 from __future__ import annotations
