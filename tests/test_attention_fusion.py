@@ -130,3 +130,14 @@ def test_deployed_digits_transformer_runs_its_heads_fused():
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
     (y_auto,) = _run(deployed, x)
     assert np.abs(y_auto - ref).max() <= 0.05 * np.abs(ref).max()
+
+
+def test_softmax_default_axis_before_opset_13_is_not_the_last():
+    """Before opset 13 a Softmax without ``axis`` normalises from axis 1: not attention's."""
+    model = attention_model()
+    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+    del softmax.attribute[:]
+    model.opset_import[0].version = 12
+    assert _fused(model)[1] == 0
+    model.opset_import[0].version = 13
+    assert _fused(model)[1] == 1

@@ -44,9 +44,11 @@ def fuse_attention(model: onnx.ModelProto, shapes: Shapes) -> int:
     position = {id(node): index for index, node in enumerate(nodes)}
     drop: set[int] = set()
     fused: list[tuple[int, onnx.NodeProto]] = []
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    default_axis = -1 if opset >= 13 else 1  # before opset 13 Softmax's axis defaulted to 1
     for softmax in nodes:
         if softmax.op_type != "Softmax" or softmax.domain not in ("", "ai.onnx") \
-                or _attr(softmax, "axis", -1) not in (-1, 3):
+                or _attr(softmax, "axis", default_axis) not in (-1, 3):
             continue
         match = _match(graph, softmax, producers, readers, outputs, shapes)
         if match is None or drop & {id(n) for n in match[0]}:
