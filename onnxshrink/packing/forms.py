@@ -150,14 +150,17 @@ def _auto_plan(model: onnx.ModelProto) -> tuple[dict[str, str], frozenset[str]]:
     held = {name: size for _, name, size, _ in layers}
     wide: set[str] = set()
     for count, name, size, block in sorted(layers):
-        if 0 < block < WIDE_BELOW_BLOCK and count < NATIVE_FAST_ELEMENTS and in_memory + size <= budget:
-            in_memory += size
-            held[name] = 2 * size
-            wide.add(name)
+        if not (0 < block < WIDE_BELOW_BLOCK and count < NATIVE_FAST_ELEMENTS):
+            continue
+        if in_memory + size > budget:
+            break
+        in_memory += size
+        held[name] = 2 * size
+        wide.add(name)
     chosen: dict[str, str] = {}
     for count, name, _, _ in sorted(layers):
         if count >= NATIVE_FAST_ELEMENTS or in_memory - held[name] + 4 * count > budget:
-            continue
+            break
         in_memory += 4 * count - held[name]
         wide.discard(name)
         chosen[name] = (f"{count} weights: float32 runs faster than the low-bit kernel at this size, and the "
