@@ -178,8 +178,11 @@ def deploy(packed: Path, out: Path, mode: str = "auto") -> str:
     onnx.save(model, str(out))
     counts: dict[str, int] = {}
     for f in forms:
-        counts[f.form] = counts.get(f.form, 0) + 1
-    return ", ".join(f"{n} {FORM_ABBREV[k]}" for k, n in counts.items())
+        kind = FORM_ABBREV[f.form] + (f" {f.bits}-bit" if f.form == "matmulnbits" else "")
+        counts[kind] = counts.get(kind, 0) + 1
+    text = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    heads = sum(n.op_type == "MultiHeadAttention" for n in model.graph.node)
+    return text + (f"; {heads} attention layers on MultiHeadAttention" if heads else "")
 
 
 def bench_model(name: str, src: Path, calib: Path, evals: Path, work: Path, gate: list[str], rounds: int,

@@ -159,23 +159,53 @@ def chain_of_small_layers(layers: int = 8, width: int = 64) -> onnx.ModelProto:
     return _model(nodes, inits, [_x(("batch", width))], [_y()])
 
 
-def test_auto_runs_small_layers_float_within_the_memory_share():
-    """Eight 64x64 layers: native is slower at this size, but float32 for all
-    would take 4x the memory; auto floats the first (by name) that fit in the
-    share, and the weights in memory stay within it."""
+def _in_memory(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) or 4 * int(np.prod(t.dims)) for t in model.graph.initializer)
+
+
+def test_auto_widens_small_layers_to_the_8_bit_kernel_within_the_memory_share():
+    """Eight 64x64 layers in scale blocks of 32: the 4-bit kernel is slowest at
+    this size and float32 for all would take 4x the memory; auto runs the same
+    codes on the 8-bit kernel, smallest first, while the weights in memory stay
+    within the share (here all eight, leaving no room for a float32 layer)."""
     model = chain_of_small_layers()
     deployed, forms = deployed_model(model, "auto")
-    kinds = [f.form for f in forms]
-    floats = [f for f in forms if f.form == "float"]
-    assert 0 < len(floats) < len(forms) and kinds.count("matmulnbits") == len(forms) - len(floats)
-    assert all("float32 runs faster" in f.note for f in floats)
+    assert [(f.form, f.bits, f.block_size) for f in forms] == [("matmulnbits", 8, 32)] * 8
+    assert all("4-bit codes on the 8-bit kernel" in f.note for f in forms)
+    assert all(_attr_of(n, "bits") == 8 for n in deployed.graph.node if n.op_type == "MatMulNBits")
     float32_bytes = sum(4 * 64 * 64 for _ in forms)
-    in_memory = sum(len(t.raw_data) or 4 * int(np.prod(t.dims)) for t in deployed.graph.initializer)
-    assert in_memory <= AUTO_MEMORY_SHARE * float32_bytes * 1.05  # scales' bytes are in both estimates
+    assert _in_memory(deployed) <= AUTO_MEMORY_SHARE * float32_bytes * 1.05  # scales' bytes are in both estimates
     assert deployed_model(model, "auto")[0].SerializeToString() == deployed.SerializeToString()  # deterministic
     x = RNG.normal(0, 1, (1, 64)).astype(np.float32)
     (y,), (ref,) = _run(deployed, x), _run(model, x)
     assert np.abs(y - ref).max() <= 0.05 * np.abs(ref).max()
+    (native,) = _run(deployed_model(model, "native")[0], x)
+    assert np.abs(y - native).max() <= 0.05 * np.abs(ref).max()  # 4- and 8-bit kernels: the same weights
+
+
+def test_auto_runs_a_small_layer_float_beside_a_large_one():
+    """A 64x64 layer beside a 256x256 one: the large one stays on the 4-bit
+    kernel (not widened: its memory is what the share is for), the small one
+    fits in the share as float32, and the weights in memory stay within it."""
+    inits = _int4_weight("w0", 64, 256) + _int4_weight("w1", 256, 256) + _int4_weight("w2", 256, 64)
+    nodes = [_dq("w0"), helper.make_node("MatMul", ["x", "w0"], ["h0"]),
+             _dq("w1"), helper.make_node("MatMul", ["h0", "w1"], ["h1"]),
+             _dq("w2"), helper.make_node("MatMul", ["h1", "w2"], ["y"])]
+    model = _model(nodes, inits, [_x(("batch", 64))], [_y()])
+    deployed, forms = deployed_model(model, "auto")
+    kinds = {f.weight: (f.form, f.bits) for f in forms}
+    assert kinds["w1"] == ("matmulnbits", 4)
+    floats = [f for f in forms if f.form == "float"]
+    assert floats and all("float32 runs faster" in f.note for f in floats)
+    float32_bytes = 4 * (64 * 256 * 2 + 256 * 256)
+    assert _in_memory(deployed) <= AUTO_MEMORY_SHARE * float32_bytes * 1.05
+    x = RNG.normal(0, 1, (1, 64)).astype(np.float32)
+    (y,), (ref,) = _run(deployed, x), _run(model, x)
+    assert np.abs(y - ref).max() <= 0.05 * np.abs(ref).max()
+
+
+def _attr_of(node: onnx.NodeProto, name: str):
+    return next(helper.get_attribute_value(a) for a in node.attribute if a.name == name)
 
 
 def test_auto_keeps_large_layers_native():

@@ -170,6 +170,18 @@ def test_zero_points_are_packed_for_the_kernel(codes):
     check_matmul(matmul_model(codes=codes, zero_point=True))
 
 
+@pytest.mark.parametrize("codes, zero_point", [("int4", False), ("int4", True), ("uint4", True), ("int8", False)])
+@pytest.mark.parametrize("block", [0, 32])
+def test_4_bit_codes_on_the_8_bit_kernel(codes, zero_point, block):
+    """``wide``: the same codes and scales on the 8-bit kernel (faster at small
+    blocks, docs/speed.md) compute what DequantizeLinear's weights do, within the
+    same bound; 8-bit codes are already there."""
+    model = matmul_model(k=64, n=48, m=8, codes=codes, block=block, zero_point=zero_point)
+    form = check_matmul(model, wide=frozenset({"w"}))
+    assert form["bits"] == 8 and form["block_size"] == (32 if block else 64)
+    assert ("8-bit kernel" in form["note"]) == codes.endswith("4")
+
+
 def test_gemm_with_bias_either_layout():
     for trans_b in (0, 1):
         model = matmul_model(op="Gemm", trans_b=trans_b, bias=True, block=32 if trans_b else 0)

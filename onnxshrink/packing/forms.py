@@ -8,14 +8,16 @@ around them into the kernels (:mod:`onnxshrink.packing.kernel_fusion`) and
 leaves the rest as packed: the least memory. ``"float"`` expands every
 quantized weight to float32 (:mod:`onnxshrink.packing.materialize`).
 ``"auto"`` is native for layers of at least ``NATIVE_MIN_ELEMENTS`` weights,
-except that layers below ``NATIVE_FAST_ELEMENTS``, smallest first, run as
-float32 as long as the model's weights in memory stay within
-``AUTO_MEMORY_SHARE`` of their float32 bytes; it expands the remaining
-weight-only weights (Conv, smaller layers, shapes the kernels refuse) to
-float32, and keeps static int8 QDQ as packed for onnxruntime's integer
-kernels: low-bit memory, and the fastest form measured per layer size
-(docs/speed.md). Every choice is a function of the model's shapes, so the
-same packed model always loads the same way.
+except that for layers below ``NATIVE_FAST_ELEMENTS``, smallest first, as long
+as the model's weights in memory stay within ``AUTO_MEMORY_SHARE`` of their
+float32 bytes, 4-bit codes in kernel blocks under ``WIDE_BELOW_BLOCK`` first
+run on the 8-bit kernel, then such layers run as float32; it expands the
+remaining weight-only weights (Conv, smaller layers, shapes the kernels
+refuse) to float32, keeps static int8 QDQ as packed for onnxruntime's integer
+kernels, and runs unmasked attention heads as one MultiHeadAttention node
+(:mod:`onnxshrink.packing.attention_fusion`): low-bit memory, and the fastest
+form measured per layer size (docs/speed.md). Every choice is a function of
+the model's shapes, so the same packed model always loads the same way.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from onnx import TensorProto
 from onnxshrink.errors import UsageError
 from onnxshrink.packing.materialize import (AUTO_MAX_FLOAT_BYTES, constant_values, float_bytes, graphs,
                                             integer_kernel_inputs, materialize_float, name_reads, quantized_weights)
+from onnxshrink.packing.attention_fusion import fuse_attention
 from onnxshrink.packing.kernel_fusion import fuse_around_matmul_nbits, value_shapes
-from onnxshrink.packing.native import LayerForm, to_native
+from onnxshrink.packing.native import LayerForm, kernel_block, to_native
 
 MATERIALIZE_MODES = ("auto", "native", "float", "qdq")
 # materialize="auto" runs layers with fewer weights than this as float32: at
@@ -42,6 +45,11 @@ NATIVE_FAST_ELEMENTS = 32768
 # ... so "auto" runs such layers as float32 while the model's weights in memory (native,
 # float and static codes together) stay within this share of their float32 bytes.
 AUTO_MEMORY_SHARE = 1 / 3
+# MatMulNBits' 4-bit kernel with blocks under this many rows of K (K = 64, or scales in
+# blocks of 32/64) cost +1.5 to +2.7 us a call at 8 rows where the 8-bit kernel on the
+# same codes cost +1.0 to +1.3 (64x64, 64x128, 64x192; at blocks of 128 both +1.0; at 1
+# row both +0.4): "auto" widens those codes first while the memory share allows.
+WIDE_BELOW_BLOCK = 128
 
 
 def check_mode(materialize: str) -> str:
@@ -60,11 +68,13 @@ def materialize(model: onnx.ModelProto, mode: str) -> list[LayerForm]:
     why: dict[str, str] = {}
     if mode in ("native", "auto"):
         shapes = value_shapes(model) if census else {}
-        keep = _faster_in_float(model) if mode == "auto" else {}
-        done, why = to_native(model, min_elements=NATIVE_MIN_ELEMENTS if mode == "auto" else 0, keep=keep)
+        keep, wide = _auto_plan(model) if mode == "auto" else ({}, frozenset())
+        done, why = to_native(model, min_elements=NATIVE_MIN_ELEMENTS if mode == "auto" else 0, keep=keep, wide=wide)
         forms.update((f.weight, f) for f in done)
         if done:
             fuse_around_matmul_nbits(model, shapes)
+        if mode == "auto":
+            fuse_attention(model, shapes)
     made: list[str] = []
     if mode == "float":
         made = materialize_float(model)
@@ -99,45 +109,72 @@ def deployed_model(model: onnx.ModelProto, mode: str = "auto") -> tuple[onnx.Mod
     return copy, materialize(copy, mode)
 
 
-def _faster_in_float(model: onnx.ModelProto) -> dict[str, str]:
-    """The weight-only MatMul/Gemm weights ``"auto"`` runs as float32 though the
-    kernels could take them (by DequantizeLinear output name, with the reason):
-    those of ``NATIVE_MIN_ELEMENTS`` to ``NATIVE_FAST_ELEMENTS`` weights, smallest
-    first, while the weights in memory stay within ``AUTO_MEMORY_SHARE`` of
-    their float32 bytes (codes and scales as they are, float32 for the others)."""
+def _auto_plan(model: onnx.ModelProto) -> tuple[dict[str, str], frozenset[str]]:
+    """Which weight-only MatMul/Gemm weights ``"auto"`` runs faster than on the
+    4-bit kernel, while the weights in memory stay within ``AUTO_MEMORY_SHARE``
+    of their float32 bytes (codes and scales as they are, float32 for the others):
+    first, smallest first, 4-bit weights of ``NATIVE_MIN_ELEMENTS`` to
+    ``NATIVE_FAST_ELEMENTS`` whose kernel block would be under
+    ``WIDE_BELOW_BLOCK`` go on the 8-bit kernel (twice their code bytes); then
+    weights of ``NATIVE_MIN_ELEMENTS`` to ``NATIVE_FAST_ELEMENTS``, smallest first,
+    run as float32. Returns the float32 ones (by DequantizeLinear output name,
+    with the reason) and the 8-bit ones."""
     from onnxshrink.model import data_bytes
 
     reads = name_reads(model)
     codes_bytes = float32_bytes = 0
-    small: list[tuple[int, str, int]] = []  # (weights, name, code bytes)
+    layers: list[tuple[int, str, int, int]] = []  # (weights, name, code bytes, kernel block or 0: not 4-bit)
     for depth, graph in enumerate(graphs(model.graph)):  # the main graph first: subgraphs' layers stay as they are
-        readers: dict[str, set[str]] = {}
+        readers: dict[str, list[onnx.NodeProto]] = {}
         for node in graph.node:
             for name in node.input:
-                readers.setdefault(name, set()).add(node.op_type)
+                readers.setdefault(name, []).append(node)
         weight_only = {q.name for q, _ in quantized_weights(graph, reads, weight_only=True)}
         for q, nodes in quantized_weights(graph, reads, weight_only=False):
             count = int(np.prod(q.dims, dtype=np.int64))
-            size = (count + 1) // 2 if q.data_type in (TensorProto.INT4, TensorProto.UINT4) else count
+            four = q.data_type in (TensorProto.INT4, TensorProto.UINT4)
+            size = (count + 1) // 2 if four else count
             codes_bytes += size
             float32_bytes += 4 * count
-            if q.name in weight_only and len(nodes) == 1 and NATIVE_MIN_ELEMENTS <= count < NATIVE_FAST_ELEMENTS \
-                    and readers.get(nodes[0].output[0], set()) <= {"MatMul", "Gemm"} and depth == 0:
-                small.append((count, nodes[0].output[0], size))
+            users = readers.get(nodes[0].output[0], []) if len(nodes) == 1 else []
+            if q.name in weight_only and depth == 0 and users and count >= NATIVE_MIN_ELEMENTS \
+                    and {n.op_type for n in users} <= {"MatMul", "Gemm"} and len(q.dims) == 2:
+                block = _kernel_block(q, nodes[0], users) if four else 0
+                layers.append((count, nodes[0].output[0], size, block))
     total = data_bytes(model)
     # The weights' float32 bytes: everything but the codes as it is, the codes expanded.
     budget = AUTO_MEMORY_SHARE * (total - codes_bytes + float32_bytes)
     # Now: the weights below NATIVE_MIN_ELEMENTS and the other weight-only ones load as float32 anyway;
     # counting them as codes makes the estimate low by their few bytes.
     in_memory = total
-    chosen: dict[str, str] = {}
-    for count, name, size in sorted(small):
-        if in_memory - size + 4 * count > budget:
+    held = {name: size for _, name, size, _ in layers}
+    wide: set[str] = set()
+    for count, name, size, block in sorted(layers):
+        if not (0 < block < WIDE_BELOW_BLOCK and count < NATIVE_FAST_ELEMENTS):
+            continue
+        if in_memory + size > budget:
             break
-        in_memory += 4 * count - size
+        in_memory += size
+        held[name] = 2 * size
+        wide.add(name)
+    chosen: dict[str, str] = {}
+    for count, name, _, _ in sorted(layers):
+        if count >= NATIVE_FAST_ELEMENTS or in_memory - held[name] + 4 * count > budget:
+            break
+        in_memory += 4 * count - held[name]
+        wide.discard(name)
         chosen[name] = (f"{count} weights: float32 runs faster than the low-bit kernel at this size, and the "
                         f"weights stay within {AUTO_MEMORY_SHARE:.2f} of their float32 bytes")
-    return chosen
+    return chosen, frozenset(wide)
+
+
+def _kernel_block(q: onnx.TensorProto, dq: onnx.NodeProto, users: list[onnx.NodeProto]) -> int:
+    """The MatMulNBits block ``q`` would get (0 when its readers disagree on its layout)."""
+    k_axes = {1 if n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute) else 0 for n in users}
+    if len(k_axes) != 1:
+        return 0
+    dq_block = next((a.i for a in dq.attribute if a.name == "block_size"), 0)
+    return kernel_block(int(q.dims[k_axes.pop()]), int(dq_block))
 
 
 def _census(model: onnx.ModelProto) -> dict[str, tuple[tuple[str, ...], bool]]:

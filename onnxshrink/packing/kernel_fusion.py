@@ -146,6 +146,7 @@ def _fold_reshape_pairs(graph: onnx.GraphProto, shapes: Shapes) -> None:
     drop: set[int] = set()
     added: list[onnx.TensorProto] = []
     taken = {t.name for t in graph.initializer} | {o for node in nodes for o in node.output}
+    reshaped: set[str] = set()
     for node in nodes:
         if node.op_type != "MatMulNBits":
             continue
@@ -172,8 +173,12 @@ def _fold_reshape_pairs(graph: onnx.GraphProto, shapes: Shapes) -> None:
             name = _fresh(taken, f"{pre.input[1]}_rows")
             added.append(numpy_helper.from_array(np.asarray(target, np.int64), name))
             pre.input[1] = name
+            reshaped.add(pre.output[0])
     _remove(graph, nodes, drop)
     graph.initializer.extend(added)
+    kept = [v for v in graph.value_info if v.name not in reshaped]  # their recorded shape is the old one
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
 
 
 def _is_shape(dims: list[int | None] | None, target: list[int]) -> bool:

@@ -88,11 +88,13 @@ class _Weight:
 
 
 def to_native(model: onnx.ModelProto, *, min_elements: int = 0, accuracy_level: int = ACCURACY_LEVEL,
-              per_channel_block: int = PER_CHANNEL_BLOCK, keep: dict[str, str] | None = None
-              ) -> tuple[list[LayerForm], dict[str, str]]:
+              per_channel_block: int = PER_CHANNEL_BLOCK, keep: dict[str, str] | None = None,
+              wide: frozenset[str] = frozenset()) -> tuple[list[LayerForm], dict[str, str]]:
     """Rewrite, in place, every weight-only quantized MatMul/Gemm/Gather of at
     least ``min_elements`` weights that onnxruntime's low-bit kernels can run,
-    but those ``keep`` names (DequantizeLinear outputs, with the reason).
+    but those ``keep`` names (DequantizeLinear outputs, with the reason); the
+    4-bit MatMul/Gemm weights named in ``wide`` run on the 8-bit kernel (the
+    same codes and scales, twice the bytes).
     Returns the forms of the rewritten weights and, for weight-only weights
     left as they were, the reason by weight name. Weights of static QDQ
     patterns (a consumer also reads a dequantized activation) are not touched
@@ -113,7 +115,7 @@ def to_native(model: onnx.ModelProto, *, min_elements: int = 0, accuracy_level: 
                 skipped[out] = f"{size} weights: under {min_elements}, the kernel's fixed cost outweighs its saving"
                 continue
             try:
-                done.append(_rewrite(w, accuracy_level, per_channel_block, names))
+                done.append(_rewrite(w, accuracy_level, per_channel_block, names, out in wide))
                 drop.update(n for n in w.dq.input if n)
                 drop.update(w.replaced)
             except _NotNative as e:
@@ -168,14 +170,14 @@ def _weights(graph: onnx.GraphProto, reads: Counter) -> list[_Weight]:
     return found
 
 
-def _rewrite(w: _Weight, level: int, per_channel_block: int, names: _Names) -> LayerForm:
+def _rewrite(w: _Weight, level: int, per_channel_block: int, names: _Names, wide: bool = False) -> LayerForm:
     ops = tuple(sorted({n.op_type for n in w.consumers}))
     if any(n.domain not in _DEFAULT_DOMAINS for n in w.consumers):
         raise _NotNative("read by a non-ONNX-domain node")
     if ops == ("Gather",):
         return _to_gather(w, names)
     if set(ops) <= {"MatMul", "Gemm"}:
-        return _to_matmul(w, ops, level, per_channel_block, names)
+        return _to_matmul(w, ops, level, per_channel_block, names, wide)
     raise _NotNative(f"read by {'/'.join(ops)}: no onnxruntime low-bit kernel")
 
 
@@ -216,16 +218,27 @@ def _block_along_k(dq_block: int) -> int:
     return min(b, _MAX_BLOCK)
 
 
+def kernel_block(k: int, dq_block: int, per_channel_block: int = PER_CHANNEL_BLOCK) -> int:
+    """The MatMulNBits block a weight of ``k`` rows along K gets: for per-channel or
+    per-tensor scales (``dq_block`` 0) the next power of two >= k up to
+    ``per_channel_block``, else the largest power of two dividing ``dq_block``
+    (0 when that is under 16: the kernels take no such block)."""
+    if dq_block == 0:
+        return min(max(16, 1 << (k - 1).bit_length()), per_channel_block)
+    b = dq_block & -dq_block
+    return min(b, _MAX_BLOCK) if b >= 16 else 0
+
+
 def _per_block(values: np.ndarray, shape: tuple[int, int], k_axis: int, axis: int, dq_block: int, per_channel_block: int
                ) -> tuple[np.ndarray, int]:
     """``values`` (a DequantizeLinear scale or zero point for a weight of
     ``shape``) as one value per (output channel, kernel block): (N, k_blocks) and the block."""
     k, n = shape[k_axis], shape[1 - k_axis]
     if values.ndim == 0 or (values.size == 1 and dq_block == 0):
-        block = min(max(16, 1 << (k - 1).bit_length()), per_channel_block)
+        block = kernel_block(k, 0, per_channel_block)
         return np.full((n, -(-k // block)), values.reshape(()), values.dtype), block
     if dq_block == 0 and axis != k_axis and values.shape == (n,):
-        block = min(max(16, 1 << (k - 1).bit_length()), per_channel_block)
+        block = kernel_block(k, 0, per_channel_block)
         return np.repeat(values.reshape(n, 1), -(-k // block), axis=1), block
     if dq_block > 0 and axis == k_axis and values.ndim == 2:
         per_n = values if k_axis == 1 else values.T  # (N, ceil(K / dq_block))
@@ -252,7 +265,7 @@ def _pack_rows(u: np.ndarray, bits: int, block: int, pad: np.ndarray) -> np.ndar
 
 
 def _to_matmul(w: _Weight, ops: tuple[str, ...], level: int, per_channel_block: int,
-               names: _Names) -> LayerForm:
+               names: _Names, wide: bool = False) -> LayerForm:
     out = w.dq.output[0]
     k_axes = set()
     biases: list = []  # per consumer: None (MatMul) or the Gemm, then its bias
@@ -271,6 +284,9 @@ def _to_matmul(w: _Weight, ops: tuple[str, ...], level: int, per_channel_block: 
         raise _NotNative("read with both layouts (transB 0 and 1)")
     k_axis = k_axes.pop()
     bits, signed = _BITS[w.codes.data_type]
+    # 4-bit codes are 8-bit codes too: u = q + 128 (or q, with its zero points) dequantizes to the same weights.
+    widened = wide and bits == 4
+    bits = 8 if widened else bits
     q, scale, zp, axis, dq_block = _params(w)
     k, n = q.shape[k_axis], q.shape[1 - k_axis]
     biases = [None if node is None else _gemm_bias(w.graph, node, out, n) for node in biases]
@@ -305,8 +321,9 @@ def _to_matmul(w: _Weight, ops: tuple[str, ...], level: int, per_channel_block: 
     w.graph.initializer.extend(inits)
     _remove_node(w.graph, w.dq)
     padded = f"; K {k} padded to {-(-k // block) * block}" if k % block else ""
+    codes = "; 4-bit codes on the 8-bit kernel (faster below blocks of 128)" if widened else ""
     return LayerForm(out, ops, "matmulnbits", bits, block, level,
-                     f"{'per-channel' if dq_block == 0 else f'block {dq_block}'} scales{padded}")
+                     f"{'per-channel' if dq_block == 0 else f'block {dq_block}'} scales{padded}{codes}")
 
 
 def _gemm_bias(graph: onnx.GraphProto, node: onnx.NodeProto, weight: str, n: int) -> str | np.ndarray | None:
