@@ -24,8 +24,11 @@ from conftest import ROOT
 # 0.05, not 0: the child writes 'ready' just before it calls main(), and a signal in that gap
 # (before main's handler is in place) is Python's own traceback, outside the command's reach.
 DELAYS = (0.05, 0.4, 0.9, 1.5)
-START = ("import sys, onnxshrink.cli, onnxshrink.packing; sys.stderr.write('ready\\n'); sys.stderr.flush(); "
-         "onnxshrink.cli.main()")
+# Each child first takes Ctrl-C as a terminal's process would: a parent started in the background by
+# a non-interactive shell (a CI runner's job) ignores SIGINT, and an exec'd child inherits that.
+DEFAULT_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+START = (DEFAULT_SIGINT + "import sys, onnxshrink.cli, onnxshrink.packing; sys.stderr.write('ready\\n'); "
+         "sys.stderr.flush(); onnxshrink.cli.main()")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,7 @@ def test_sigint_leaves_no_output(big_model, tmp_path, command):
 # one does not: the child sends itself SIGINT on the Nth call into onnxshrink.packing (or fileio,
 # the writer), so the signal lands inside the command's own work every time.
 SELF_INTERRUPT = (
+    DEFAULT_SIGINT + "\n"
     "import os, signal, sys, onnxshrink.cli, onnxshrink.packing\n"
     "N = int(os.environ['ONNXSHRINK_TEST_NTH_CALL']); seen = [0]\n"
     "def hook(frame, event, arg):\n"
