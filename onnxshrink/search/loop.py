@@ -20,7 +20,12 @@ a latency bound, static int8 (integer kernels). Each family of candidates is
 tried from its most aggressive share down and stops at its first that passes
 the gate: a milder share of it would be no faster.
 
-Real models (:func:`search`'s tail): after the recipe's candidates, a static
+Real models: before pruning, static int8 of the unpruned model is checked at
+the widest weight code range; when it misses the gate, the pruning
+candidates are skipped (pruning only adds error) and the weight-only GPTQ
+candidate runs before the unpruned static int8 one (whose accuracy-aware
+search gets the time left). Otherwise (:func:`search`'s tail), after the
+recipe's candidates, a static
 int8 recipe also tries weight-only GPTQ at 4 or 8 bits per layer, and plain
 weight-only int8 always runs last: the floor the winner is compared with,
 and the fallback when nothing else passed. Candidates that cannot help or do
@@ -195,8 +200,8 @@ def _floor_size_note(chosen: Trial, floor: Trial) -> str | None:
     if floor.failed is not None or chosen is floor or chosen.outcome.size <= floor.outcome.size:
         return None
     why = "it fails the gate" if not floor.passed else "it agrees less with the original for too little gain"
-    return (f"the chosen model ({chosen.ratio:.1f}x smaller) is larger than plain weight-only int8 would be "
-            f"({floor.ratio:.1f}x), which is not kept: {why}")
+    return (f"the search's best candidate ({chosen.ratio:.1f}x smaller, before any float16 storage) is larger than "
+            f"plain weight-only int8 would be ({floor.ratio:.1f}x), which is not kept: {why}")
 
 
 def _prefer_floor(chosen: Trial | None, floor: Trial, gate) -> bool:
@@ -289,6 +294,15 @@ def search(inputs: SearchInputs) -> SearchResult:
                 queue.remove(candidate)
                 runner.number += 1
                 schedule.skip(candidate, reason, runner.number, runner.planned, queue + tail)
+            if mixed is not None:
+                # Weight-only keeps activations float, where static int8 failed: it gets the time
+                # first, and the accuracy-aware static int8 (float nodes put back) what is left.
+                tail.remove(mixed)
+                trial = runner.attempt(mixed, len(trials), queue + tail, first=True)
+                mixed = None
+                trials.append(trial)
+                if trial.passed:
+                    chosen = trial
     while queue:
         candidate = queue.pop(0)
         progress("search", len(trials), len(tried))
@@ -297,7 +311,8 @@ def search(inputs: SearchInputs) -> SearchResult:
             continue
         trials.append(trial)
         if trial.passed:
-            chosen = trial
+            if _better(trial, chosen, gate):
+                chosen = trial
             break
         if trial.gate_passed and options.target_ratio is None:
             break  # too slow: a milder share of the same sparsity runs no faster
