@@ -20,7 +20,12 @@ a latency bound, static int8 (integer kernels). Each family of candidates is
 tried from its most aggressive share down and stops at its first that passes
 the gate: a milder share of it would be no faster.
 
-Real models (:func:`search`'s tail): after the recipe's candidates, a static
+Real models: before pruning, static int8 of the unpruned model is checked at
+the widest weight code range; when it misses the gate, the pruning
+candidates are skipped (pruning only adds error) and the weight-only GPTQ
+candidate runs before the unpruned static int8 one (whose accuracy-aware
+search gets the time left). Otherwise (:func:`search`'s tail), after the
+recipe's candidates, a static
 int8 recipe also tries weight-only GPTQ at 4 or 8 bits per layer, and plain
 weight-only int8 always runs last: the floor the winner is compared with,
 and the fallback when nothing else passed. Candidates that cannot help or do
@@ -38,7 +43,7 @@ from onnxshrink.search.budget import budget, used
 from onnxshrink.search.options import ShrinkOptions
 from onnxshrink.search.schedule import Schedule, Skipped
 from onnxshrink.search.conv_int8 import weight_only_conv_weights
-from onnxshrink.search.stages import deployed, prune_stage, quantize_and_check, weights_digest
+from onnxshrink.search.stages import deployed, prune_stage, quantize_and_check, static_int8_probe, weights_digest
 from onnxshrink.search.trial import Candidate, SearchInputs, SearchState, Trial
 
 # Fractions of the accuracy (or cosine) budget given to pruning, most aggressive first.
@@ -133,6 +138,14 @@ def _wants_floor(inputs: SearchInputs) -> bool:
     return recipe.quantize is not None and not inputs.options.mixed_precision and inputs.gate.active and not fixed
 
 
+def _wants_probe(inputs: SearchInputs, tried: list[Candidate]) -> bool:
+    """Whether the search first checks static int8 on the unpruned model: when
+    the recipe's candidates prune (within shares of a gate) before static int8."""
+    options = inputs.options
+    return (inputs.gate.active and options.recipe.quantize is not None and not options.mixed_precision
+            and options.target_ratio is None and any(c.prune_budget_share for c in tried))
+
+
 def accepted(trial: Trial, options: ShrinkOptions) -> bool:
     """Whether a trial with a model meets every objective: the gate, the size
     ratio if one is asked for, and the latency bound if one is asked for
@@ -184,6 +197,16 @@ def _floor_note(chosen: Trial, floor: Trial, gate) -> str | None:
     return (f"the chosen model agrees less with the original than plain weight-only int8 would "
             f"({what}: {mine:.4g} vs {theirs:.4g}); weight-only int8 would be {floor.ratio:.1f}x smaller "
             f"against {chosen.ratio:.1f}x")
+
+
+def _floor_size_note(chosen: Trial, floor: Trial) -> str | None:
+    """What to say when the chosen model is larger than plain weight-only int8,
+    which was not kept (it failed the gate, or gave up accuracy for too little)."""
+    if floor.failed is not None or chosen is floor or chosen.outcome.size <= floor.outcome.size:
+        return None
+    why = "it fails the gate" if not floor.passed else "it agrees less with the original for too little gain"
+    return (f"the search's best candidate ({chosen.ratio:.1f}x smaller, before any float16 storage) is larger than "
+            f"plain weight-only int8 would be ({floor.ratio:.1f}x), which is not kept: {why}")
 
 
 def _prefer_floor(chosen: Trial | None, floor: Trial, gate) -> bool:
@@ -266,6 +289,25 @@ def search(inputs: SearchInputs) -> SearchResult:
     trials: list[Trial] = []
     chosen = None
     queue = list(tried)
+    if _wants_probe(inputs, tried):
+        progress("static int8 of the unpruned model", 0, 1)
+        if not static_int8_probe(inputs, runner.state):
+            # Pruning only adds error: no pruned model passes where the unpruned one does not.
+            reason = ("static int8 of the unpruned model misses the gate at the widest weight code range: "
+                      "pruning cannot make it pass")
+            for candidate in [c for c in queue if c.prune_budget_share]:
+                queue.remove(candidate)
+                runner.number += 1
+                schedule.skip(candidate, reason, runner.number, runner.planned, queue + tail)
+            if mixed is not None:
+                # Weight-only keeps activations float, where static int8 failed: it gets the time
+                # first, and the accuracy-aware static int8 (float nodes put back) what is left.
+                tail.remove(mixed)
+                trial = runner.attempt(mixed, len(trials), queue + tail, first=True)
+                mixed = None
+                trials.append(trial)
+                if trial.passed:
+                    chosen = trial
     while queue:
         candidate = queue.pop(0)
         progress("search", len(trials), len(tried))
@@ -274,7 +316,8 @@ def search(inputs: SearchInputs) -> SearchResult:
             continue
         trials.append(trial)
         if trial.passed:
-            chosen = trial
+            if _better(trial, chosen, gate):
+                chosen = trial
             break
         if trial.gate_passed and options.target_ratio is None:
             break  # too slow: a milder share of the same sparsity runs no faster
@@ -337,7 +380,7 @@ def search(inputs: SearchInputs) -> SearchResult:
             trials.append(floor)
             chosen = floor
         elif chosen is not None:
-            note = _floor_note(chosen, floor, gate)
+            note = _floor_note(chosen, floor, gate) or _floor_size_note(chosen, floor)
             if note:
                 notes.append(note)
     progress("search", len(trials), len(trials))

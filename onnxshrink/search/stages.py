@@ -34,6 +34,9 @@ LATENCY_CHANNEL_MULTIPLE = 8
 # The accuracy-aware static int8 search (float nodes put back one by one) may
 # use at most this part of the time budget: the weight-only candidates follow.
 AWARE_TIME_SHARE = 0.25
+# The original's outputs on the gate's data, kept for the search's many gate
+# checks, up to this many bytes (beyond, it is run again with each check).
+KEPT_REFERENCE_BYTES = 256 << 20
 
 
 @dataclasses.dataclass
@@ -126,6 +129,20 @@ def weights_digest(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
+def gate_passes(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto) -> bool:
+    """Whether ``model`` (as it loads) passes the gate against the original on
+    the gate's data, as :func:`compare_models` judges it, with the original's
+    outputs run once per search and kept (:class:`KeptReference`): the
+    search's range, width and placement checks each cost one run of the
+    candidate only, not two runs."""
+    from onnxshrink.validation.reference import KeptReference
+
+    if state.reference is None:
+        state.reference = KeptReference(inputs.original, inputs.check, state=inputs.options.state,
+                                        cache_bytes=KEPT_REFERENCE_BYTES)
+    return not state.reference.measure(model).failures(inputs.gate)
+
+
 def deployed(inputs: SearchInputs, model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` in the form the output loads in by default: a packed output's
     weight-only layers as ``unpack``/``session`` put them (MatMulNBits at
@@ -190,13 +207,16 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     output error) are promoted to the next width, as few as the gate allows
     (bisection on their number), the rest stay a width below. When even all at
     the widest fail, the most sensitive stay float instead, again as few as
-    the gate allows. The layer Hessians come from the unpruned model
-    and are reused by every trial, but for a model whose layers channel
+    the gate allows, and then the least sensitive of the others go down to
+    the narrowest width, as many as the gate allows. A bisection that runs
+    past the time budget stops at the best mix it has. The layer Hessians
+    come from the unpruned model and are reused by every trial, but for a model whose layers channel
     pruning ``reshaped`` (collected for it alone). Returns the WeightOnlyResult,
     or None when no mix passes the gate."""
     from onnxshrink.lowbit import WeightOnlyOptions, collect_weight_statistics, quantize_weights
+    from onnxshrink.lowbit.weight_only import KEPT_FLOAT
 
-    original, gate, calib, check = inputs.original, inputs.gate, inputs.calib, inputs.check
+    calib = inputs.calib
     widths = tuple(sorted(set(weight_bits or inputs.options.weight_bits)))
     # The search checks every mix against the gate itself: no floor inside.
     base_options = WeightOnlyOptions(bits=widths[0], rounding="gptq", gate_floor=False, state=inputs.options.state)
@@ -220,7 +240,7 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
         """Bisection on how many of the ranked names get the better treatment:
         the smallest count whose model passes; ``best`` is ``make(count)``, which passes."""
         lo, hi = 0, count  # lo fails, hi passes
-        while hi - lo > 1:
+        while hi - lo > 1 and not out_of_time():
             mid = (lo + hi) // 2
             candidate = make(mid)
             if passes(candidate):
@@ -229,9 +249,34 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
                 lo = mid
         return best
 
+    def most(count: int, make, best):
+        """How many of the ranked names (from the least sensitive) get the
+        cheaper treatment: the largest count whose model passes, found by
+        doubling from one (the gate often allows few: then a check or two)
+        and then bisection; ``best`` is ``make(0)``, which passes."""
+        lo, hi = 0, count + 1  # lo passes, hi fails
+        step = 1
+        while lo + step < hi and not out_of_time():
+            candidate = make(lo + step)
+            if not passes(candidate):
+                hi = lo + step
+                break
+            lo, best, step = lo + step, candidate, 2 * step
+        while hi - lo > 1 and not out_of_time():
+            mid = (lo + hi) // 2
+            candidate = make(mid)
+            if passes(candidate):
+                lo, best = mid, candidate
+            else:
+                hi = mid
+        return best
+
+    def out_of_time() -> bool:
+        """Past the time budget: a bisection stops at the best mix it has (one that passes)."""
+        return state.deadline is not None and time.perf_counter() > state.deadline
+
     def passes(result) -> bool:
-        return bool(compare_models(original, deployed(inputs, result.model), check, gate=gate, measure_latency=False,
-                                   state=inputs.options.state).passed)
+        return gate_passes(inputs, state, deployed(inputs, result.model))
 
     first = quantized([], widths[0], widths[0])
     if passes(first):
@@ -245,21 +290,31 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
             return fewest(len(names), lambda k: quantized(names[:k], upper, lower), every)
     if not names:
         return None
-    wide = widths[-1]
+    wide, narrow = widths[-1], widths[0]
     all_float = quantized([], wide, wide, tuple(names))
     if not passes(all_float):
         return None
-    return fewest(len(names), lambda k: quantized(names, wide, wide, tuple(names[:k])), all_float)
+    kept = fewest(len(names), lambda k: quantized(names, wide, wide, tuple(names[:k])), all_float)
+    floats = tuple(n for n, why in kept.report.skipped.items() if why == KEPT_FLOAT)
+    rest = [n for n in names if n not in floats]
+    if narrow == wide or not rest:
+        return kept
+    # The few most sensitive stay float; the least sensitive of the others may
+    # still do at the narrowest width: as many as the gate allows (bisection).
+    return most(len(rest), lambda j: quantized(rest[:len(rest) - j], wide, narrow, floats), kept)
 
 
 def static_int8(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, remaining: float):
     """Static int8 QDQ, held to the gate against the original. Unless the recipe
-    fixes it, weight codes are first tried in a narrow range (fewer distinct
-    levels pack smaller and still run in int8 kernels), widening until the
-    model passes: each range costs one calibration, one build and one check.
-    Only when plain int8 misses the gate at every range are the most sensitive
-    nodes kept in float (the accuracy-aware search, within ``remaining`` of the
-    budget and until the time budget runs out). None when nothing passes."""
+    fixes it, weight codes are tried in the widest range first: when that
+    misses the gate a narrower one would too (it only adds weight error), so
+    no time goes to them. When it passes, narrower ranges (fewer distinct
+    levels pack smaller and still run in int8 kernels) are tried from the
+    narrowest up and the first that passes wins, else the widest: each range
+    costs one calibration, one build and one check. Only when plain int8
+    misses the gate at the widest range are the most sensitive nodes kept in
+    float (the accuracy-aware search, within ``remaining`` of the budget and
+    until the time budget runs out). None when nothing passes."""
     from onnxshrink.quantization import QuantizeOptions, quantize_model
 
     settings, gate = inputs.options.recipe.quantize, inputs.gate
@@ -270,16 +325,26 @@ def static_int8(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto
         return quantize_model(model, inputs.calib, QuantizeOptions(**{**settings, "weight_range_bits": ranges[0]},
                                                                    **fixed),
                               eval_data=inputs.check, progress=inputs.progress, measure_latency=False)
-    for k, bits in enumerate(ranges):
-        if k and state.deadline is not None and time.perf_counter() > state.deadline:
-            return None  # out of time: the weight-only candidates that follow are the fallback
+
+    def at(bits: int):
+        if bits == ranges[-1] and state.widest is not None and state.widest[0] is model:
+            return state.widest[1]  # the probe's (static_int8_probe), on this very model
         # quantize_model's own check (against the pruned model, for its report) runs on one
-        # calibration batch: the gate is measured just below, against the original, on the check data.
-        q = quantize_model(model, inputs.calib, QuantizeOptions(**{**settings, "weight_range_bits": bits}, **fixed),
-                           eval_data=inputs.calib[:1], progress=inputs.progress, measure_latency=False)
-        if compare_models(inputs.original, q.model, inputs.check, gate=gate, measure_latency=False,
-                          state=inputs.options.state).passed:
-            return q
+        # calibration batch: the gate is measured by gate_passes, against the original, on the check data.
+        return quantize_model(model, inputs.calib, QuantizeOptions(**{**settings, "weight_range_bits": bits}, **fixed),
+                              eval_data=inputs.calib[:1], progress=inputs.progress, measure_latency=False,
+                              cache=state.quantize_cache)
+
+    widest = at(ranges[-1])
+    if gate_passes(inputs, state, widest.model):
+        for bits in ranges[:-1]:
+            if state.deadline is not None and time.perf_counter() > state.deadline:
+                break  # out of time: the widest range passed
+            q = at(bits)
+            if gate_passes(inputs, state, q.model):
+                return q
+        return widest
+    del widest
     if state.deadline is not None and time.perf_counter() > state.deadline:
         return None
     options = QuantizeOptions(**{**settings, "weight_range_bits": ranges[-1]}, **sub_gate(gate, remaining))
@@ -288,12 +353,29 @@ def static_int8(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto
         deadline = min(deadline, time.perf_counter() + AWARE_TIME_SHARE * inputs.options.time_budget)
     try:
         q = quantize_model(model, inputs.calib, options, eval_data=inputs.check, progress=inputs.progress,
-                           deadline=deadline)
+                           deadline=deadline, cache=state.quantize_cache)
     except GateFailed:
         return None
-    if compare_models(inputs.original, q.model, inputs.check, gate=gate, measure_latency=False).passed:
+    if gate_passes(inputs, state, q.model):
         return q
     return None
+
+
+def static_int8_probe(inputs: SearchInputs, state: SearchState) -> bool:
+    """Whether static int8 of the base (unpruned) model at the widest weight
+    code range passes the gate: when it does not, no pruned model will with
+    static int8 (pruning only adds error), and the search spends its time on
+    the weight-only candidates instead. The result is kept for the unpruned
+    candidate (:func:`static_int8` reuses it)."""
+    from onnxshrink.quantization import QuantizeOptions, quantize_model
+
+    settings = inputs.options.recipe.quantize
+    bits = settings.get("weight_range_bits", WEIGHT_RANGE_BITS[-1])
+    options = QuantizeOptions(**{**settings, "weight_range_bits": bits}, gate_floor=False, state=inputs.options.state)
+    q = quantize_model(inputs.base, inputs.calib, options, eval_data=inputs.calib[:1], progress=inputs.progress,
+                       measure_latency=False, cache=state.quantize_cache)
+    state.widest = (inputs.base, q)
+    return gate_passes(inputs, state, q.model)
 
 
 def weight_only(inputs: SearchInputs, model: onnx.ModelProto, bits: int):
@@ -342,7 +424,8 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
                     f"{found[0].report.weight_code_max}]; "
         chosen = mixed_precision(inputs, state, model, reshaped=pruned.pattern == "channel", weight_bits=allowed)
         if chosen is None:
-            return Outcome(failed="no mix of weight widths meets the gate")
+            return Outcome(failed="no mix of weight widths meets the gate",
+                           seconds={"quantize": time.perf_counter() - start})
         model = chosen.model
         widths = {bits: sum(1 for w in chosen.report.weights if w.bits == bits) for bits in sorted(set(allowed))}
         from onnxshrink.lowbit.weight_only import KEPT_FLOAT
@@ -358,7 +441,8 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
         q = static_int8(inputs, state, model, remaining)
         if q is None:
             # Pruning left too little of the budget: this candidate fails, a milder one follows.
-            return Outcome(failed="static int8 missed the gate (at every weight code range, or when time ran out)")
+            return Outcome(failed="static int8 missed the gate (at every weight code range, or when time ran out)",
+                           seconds={"quantize": time.perf_counter() - start})
         errors = quantization_errors(model, q.model)
         model = q.model
         range_bits = q.report.weight_range_bits
