@@ -281,8 +281,7 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     first = quantized([], widths[0], widths[0])
     if passes(first):
         return first
-    ranked = sorted((w for w in first.report.weights if w.bits),
-                    key=lambda w: -(w.output_error if w.output_error is not None else w.relative_error))
+    ranked = sorted((w for w in first.report.weights if w.bits), key=lambda w: -_error(w))
     names = [w.name for w in ranked]
     for lower, upper in zip(widths, widths[1:]):
         every = quantized(names, upper, upper)
@@ -294,7 +293,11 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     all_float = quantized([], wide, wide, tuple(names))
     if not passes(all_float):
         return None
-    kept = fewest(len(names), lambda k: quantized(names, wide, wide, tuple(names[:k])), all_float)
+    # Which stay float: the most output error at the widest width per byte a float layer
+    # costs first, so that the gate is met by keeping small layers float where it can be.
+    at_wide = {w.name: w for w in every.report.weights if w.bits}
+    by_cost = sorted(names, key=lambda n: -_error(at_wide[n]) / max(at_wide[n].bytes_before, 1))
+    kept = fewest(len(by_cost), lambda k: quantized(names, wide, wide, tuple(by_cost[:k])), all_float)
     floats = tuple(n for n, why in kept.report.skipped.items() if why == KEPT_FLOAT)
     rest = [n for n in names if n not in floats]
     if narrow == wide or not rest:
@@ -302,6 +305,11 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     # The few most sensitive stay float; the least sensitive of the others may
     # still do at the narrowest width: as many as the gate allows (bisection).
     return most(len(rest), lambda j: quantized(rest[:len(rest) - j], wide, narrow, floats), kept)
+
+
+def _error(record) -> float:
+    """A weight's estimated layer output error (its relative weight error without a Hessian)."""
+    return record.output_error if record.output_error is not None else record.relative_error
 
 
 def static_int8(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, remaining: float):
