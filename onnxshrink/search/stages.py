@@ -283,6 +283,7 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
         return first
     ranked = sorted((w for w in first.report.weights if w.bits), key=lambda w: -_error(w))
     names = [w.name for w in ranked]
+    every = first  # all at the widest width, once the loop below has tried it
     for lower, upper in zip(widths, widths[1:]):
         every = quantized(names, upper, upper)
         if passes(every):
