@@ -46,24 +46,34 @@ class ShrinkResult:
         return self.packed if self.packed is not None else self.model.SerializeToString()
 
 
+# Every float tensor, weights kept float by the search included, is tried as float16 first.
+FLOAT16_ALL_BELOW = 1 << 62
+
+
 def _float16_small(chosen: Trial, inputs: SearchInputs) -> Trial | None:
-    """The chosen candidate packed with its small float tensors as float16,
-    if that is smaller and the model as it unpacks, in its default load form,
-    still passes the gate."""
+    """The chosen candidate packed with its float tensors as float16, if that
+    is smaller and the model as it unpacks, in its default load form, still
+    passes the gate: first every float tensor (layer weights the search kept
+    float too: float16 holds them far closer than int8 codes), else the small
+    ones only (biases, norms)."""
     from onnxshrink.packing import PackOptions, load_packed, pack_model
 
-    result = pack_model(chosen.outcome.model, PackOptions(float16_small=True))
-    stored = [t.name for t in result.report.tensors if t.stored_as == "float16"]
-    if not stored or len(result.data) >= chosen.outcome.size:
-        return None
-    restored = load_packed(result.data)
-    validation = compare_models(inputs.original, deployed(inputs, restored), inputs.check, gate=inputs.gate,
-                                measure_latency=False, state=inputs.options.state, checked_on=inputs.checked_on)
-    if not validation.passed:
-        return None
-    outcome = dataclasses.replace(chosen.outcome, model=restored, packed=result.data, size=len(result.data),
-                                  validation=validation, float16=stored)
-    return dataclasses.replace(chosen, outcome=outcome)
+    tried: set[tuple[str, ...]] = set()
+    for below in (FLOAT16_ALL_BELOW, PackOptions.float16_small_below):
+        result = pack_model(chosen.outcome.model, PackOptions(float16_small=True, float16_small_below=below))
+        stored = [t.name for t in result.report.tensors if t.stored_as == "float16"]
+        if not stored or len(result.data) >= chosen.outcome.size or tuple(stored) in tried:
+            continue
+        tried.add(tuple(stored))
+        restored = load_packed(result.data)
+        validation = compare_models(inputs.original, deployed(inputs, restored), inputs.check, gate=inputs.gate,
+                                    measure_latency=False, state=inputs.options.state, checked_on=inputs.checked_on)
+        if not validation.passed:
+            continue
+        outcome = dataclasses.replace(chosen.outcome, model=restored, packed=result.data, size=len(result.data),
+                                      validation=validation, float16=stored)
+        return dataclasses.replace(chosen, outcome=outcome)
+    return None
 
 
 def _latency_probe(original: onnx.ModelProto, feed: dict, form: str, rounds: int = 5
@@ -147,7 +157,7 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
     warnings = [w for w in [latency.slower_text() if latency is not None else None] if w]
     if recipe.pack:
         float16 = outcome.float16
-        note = (f"{len(float16)} small float tensors stored as float16 (gate checked on the unpacked model), "
+        note = (f"{len(float16)} float tensors stored as float16 (gate checked on the unpacked model), "
                 "the rest lossless") if float16 else "lossless"
         stages.append({"name": "pack", "bytes": outcome.size, "packed_bytes": outcome.size, "note": note})
     report = {

@@ -163,3 +163,32 @@ def test_auto_rounds_by_gptq_below_the_size_limit_and_says_when_it_does_not(monk
     forced = quantize_model(model, calib, dataclasses.replace(FAST, weight_rounding="gptq"))
     assert forced.report.weight_rounding == "gptq"
     assert forced.model.SerializeToString() == auto.model.SerializeToString()
+
+
+def test_a_prepared_cache_gives_the_same_models_and_calibrates_once(monkeypatch):
+    """quantize_model(cache=...) on the same model object and data reuses the
+    preparation, calibration and Hessians: the models are byte-identical to
+    uncached runs at each weight code range, and the data is read for them once."""
+    import onnxshrink.quantization.quantizer as quantizer
+    from onnxshrink.quantization.quantizer import PreparedCache
+
+    model = onnx.load(str(MODELS / "digits_cnn.onnx"))
+    calib = str(CNN) + ".calib.npz"
+    plain = {bits: quantize_model(model, calib, QuantizeOptions(weight_range_bits=bits, gate_floor=False),
+                                  measure_latency=False).model.SerializeToString() for bits in (8, 4)}
+    calls = []
+    real = quantizer.calibrate
+    monkeypatch.setattr(quantizer, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = PreparedCache()
+    first = None
+    for bits in (8, 4, 6):
+        q = quantize_model(model, calib, QuantizeOptions(weight_range_bits=bits, gate_floor=False),
+                           measure_latency=False, cache=cache)
+        if bits in plain:
+            assert q.model.SerializeToString() == plain[bits]
+        first = len(calls) if first is None else first
+    assert first >= 1 and len(calls) == first  # the later ranges read no data
+    other = onnx.ModelProto()
+    other.CopyFrom(model)  # another model object: prepared and calibrated anew
+    quantize_model(other, calib, QuantizeOptions(gate_floor=False), measure_latency=False, cache=cache)
+    assert len(calls) > first

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from conftest import MODELS, run_cli
 from onnxshrink.errors import UsageError
@@ -315,3 +315,36 @@ def test_search_trials_are_typed_and_report_the_same_json_shape():
                for row, t in zip(rows, found.trials))
     assert all(row["latency_ratio"] is None and row["quantize"] == "as asked" for row in rows)  # not timed
     assert [row["chosen"] for row in rows].count(True) == 1 and rows[0]["prune_budget_share"] == 0.75
+
+
+def test_layers_left_float_go_float16_too_when_the_gate_holds():
+    """The float16 pass tries every float tensor first, layer weights above the
+    small-tensor limit included (what the search keeps float), and keeps it
+    only when the unpacked model still passes the gate."""
+    from onnxshrink.pipeline import _float16_small
+    from onnxshrink.recipes import load_recipe
+    from onnxshrink.search import Candidate, Outcome, SearchInputs, Trial
+    from onnxshrink.search.options import ShrinkOptions
+    from onnxshrink.search.stages import packed_size
+    from onnxshrink.validation import Gate
+
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.normal(0, 0.05, (256, 512)).astype(np.float32), "W")  # 131072 > 65536 elements
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "wide",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 512])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    check = [{"x": rng.normal(size=(16, 256)).astype(np.float32)}]
+    size, packed = packed_size(model)
+
+    def attempt(gate):
+        options = ShrinkOptions(load_recipe("cnn-default"), gate=gate, measure_latency=False)
+        inputs = SearchInputs(model, model.ByteSize(), model, options, gate, check, check, lambda *a: None)
+        trial = Trial(0, Candidate(0.0), Outcome(model=model, packed=packed, size=size), "d")
+        return _float16_small(trial, inputs)
+
+    halved = attempt(Gate(min_cosine=0.9999))
+    assert halved is not None and halved.outcome.float16 == ["W"] and halved.outcome.size < 0.6 * size
+    restored = numpy_helper.to_array(halved.outcome.model.graph.initializer[0])
+    assert (restored.astype(np.float16).astype(np.float32) == restored).all()
+    assert attempt(Gate(min_cosine=1.0)) is None  # float16 moves the outputs: not under an exact gate

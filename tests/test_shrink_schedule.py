@@ -233,3 +233,56 @@ def test_the_terminal_bar_shows_the_trial_what_it_tries_and_the_time_left():
         progress("search", 1, 4)  # the library's own count of trials does not fight the trial row
         assert len(bar.tasks) == 1 and row.completed == 1
     assert "trial 1/4: 4.1x smaller, passed the gate" in out.getvalue()
+
+
+def _outlier_mlp() -> tuple[onnx.ModelProto, list[dict[str, np.ndarray]]]:
+    """x [N, 32] -> Relu(x @ A) @ B, calibrated on data with one huge input value:
+    static int8's activation step then rounds every ordinary input to zero (it
+    misses any cosine gate), while weight-only int8 leaves activations alone."""
+    rng = np.random.default_rng(3)
+    a = numpy_helper.from_array(rng.normal(0, 0.3, (32, 64)).astype(np.float32), "A")
+    b = numpy_helper.from_array(rng.normal(0, 0.3, (64, 16)).astype(np.float32), "B")
+    nodes = [helper.make_node("MatMul", ["x", "A"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "B"], ["y"])]
+    graph = helper.make_graph(nodes, "outlier_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], [a, b])
+    calib = [{"x": rng.normal(size=(16, 32)).astype(np.float32)} for _ in range(3)]
+    calib[0]["x"][0, 0] = 1e5
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), calib
+
+
+def test_pruning_trials_are_skipped_when_static_int8_of_the_unpruned_model_misses_the_gate():
+    """Pruning only adds error: when static int8 fails the gate without it, the
+    pruned candidates are skipped with that reason (no sensitivity scan is paid
+    for) and a weight-only candidate is kept."""
+    from onnxshrink.pipeline import ShrinkOptions, shrink
+    from onnxshrink.recipes import load_recipe
+    from onnxshrink.validation import Gate
+
+    model, calib = _outlier_mlp()
+    rng = np.random.default_rng(4)
+    check = [{"x": rng.normal(size=(32, 32)).astype(np.float32)}]
+    options = ShrinkOptions(load_recipe("cnn-default"), gate=Gate(min_cosine=0.999), measure_latency=False)
+    r = shrink(model, calib, options, eval_data=check).report
+    skipped = [s for s in r["skipped"] if "static int8 of the unpruned model misses the gate" in s["reason"]]
+    assert sorted(s["prune_budget_share"] for s in skipped) == [0.25, 0.5, 0.75]
+    assert all(row["prune_budget_share"] in (0.0, None) or row["mode"].startswith("weight-only")
+               for row in r["search"])
+    assert r["passed"] and r["ratio"] > 2.5
+    chosen = next(row for row in r["search"] if row["chosen"])
+    assert chosen["mode"].startswith("weight-only")
+
+
+def test_pruning_trials_still_run_when_static_int8_of_the_unpruned_model_passes():
+    from onnxshrink.pipeline import ShrinkOptions, shrink
+    from onnxshrink.recipes import load_recipe
+    from onnxshrink.validation import Gate
+
+    model, calib = _outlier_mlp()
+    calib[0]["x"][0, 0] = 1.0  # no outlier: static int8 holds the gate
+    rng = np.random.default_rng(4)
+    check = [{"x": rng.normal(size=(32, 32)).astype(np.float32)}]
+    options = ShrinkOptions(load_recipe("cnn-default"), gate=Gate(min_cosine=0.99), measure_latency=False)
+    r = shrink(model, calib, options, eval_data=check).report
+    assert not any("unpruned model misses" in s["reason"] for s in r["skipped"])
+    assert r["search"][0]["prune_budget_share"] == 0.75

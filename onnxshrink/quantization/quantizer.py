@@ -131,6 +131,31 @@ class StatisticsSource:
         return self.stats
 
 
+class PreparedCache:
+    """The preparation and calibration statistics (GPTQ's layer Hessians
+    included) of the last model quantized, kept for the next
+    :func:`quantize_model` call on the same model object and data with the
+    same preparation and calibration options: a search that tries several
+    weight code ranges or targets on one model calibrates it once. Only the
+    last model is kept (models are large)."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._kept: tuple[onnx.ModelProto, Any, Prepared, StatisticsSource] | None = None
+
+    def get(self, model: onnx.ModelProto, calib: Any, options: QuantizeOptions, name: str,
+            progress: Progress | None) -> tuple[Prepared, StatisticsSource]:
+        key = (id(model), id(calib), name, options.fold_constants, options.method, options.batch_size,
+               options.weight_rounding, options.bias_correction)
+        if self._kept is None or self._key != key or self._kept[0] is not model or self._kept[1] is not calib:
+            self._kept = None  # the previous model's statistics go before the next are made
+            prepared = prepare_model(model, name, fold_constants=options.fold_constants)
+            self._key, self._kept = key, (model, calib, prepared, StatisticsSource(prepared, calib, options, progress))
+        _, _, prepared, source = self._kept
+        source.progress = progress
+        return prepared, source
+
+
 def build(prepared: Prepared, source: StatisticsSource, options: QuantizeOptions,
           keep_float: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, Plan, list]:
     """The quantized model for one placement (``keep_float`` nodes stay float)."""
@@ -177,6 +202,7 @@ def quantize_model(
     name: str = "model",
     measure_latency: bool = True,
     deadline: float | None = None,
+    cache: PreparedCache | None = None,
 ) -> QuantizeResult:
     """Quantize ``model`` to int8 QDQ form; ``model`` itself is not changed.
 
@@ -191,7 +217,10 @@ def quantize_model(
     be met (or ``deadline``, a ``time.perf_counter()`` value, passes during
     the accuracy-aware search) or, without one, the result fails the default
     floor (see :func:`onnxshrink.quantization.check.final_check`),
-    UnsupportedModelError for models that cannot be quantized.
+    UnsupportedModelError for models that cannot be quantized. ``cache``
+    (a :class:`PreparedCache` the caller keeps) reuses the preparation and
+    calibration statistics of the previous call on the same ``model`` object
+    and ``calib``.
     """
     if options.dynamic:
         from onnxshrink.quantization.dynamic import quantize_dynamic
@@ -199,8 +228,11 @@ def quantize_model(
         return quantize_dynamic(model, options, eval_data=eval_data, name=name, measure_latency=measure_latency)
     if calib is None:
         raise UsageError("static quantization needs calibration data (--calib DATA), or use --dynamic")
-    prepared = prepare_model(model, name, fold_constants=options.fold_constants)
-    source = StatisticsSource(prepared, calib, options, progress)
+    if cache is not None:
+        prepared, source = cache.get(model, calib, options, name, progress)
+    else:
+        prepared = prepare_model(model, name, fold_constants=options.fold_constants)
+        source = StatisticsSource(prepared, calib, options, progress)
 
     keep: dict[str, str] = {}
     qmodel, plan, records = build(prepared, source, options)

@@ -20,7 +20,12 @@ a latency bound, static int8 (integer kernels). Each family of candidates is
 tried from its most aggressive share down and stops at its first that passes
 the gate: a milder share of it would be no faster.
 
-Real models (:func:`search`'s tail): after the recipe's candidates, a static
+Real models: before pruning, static int8 of the unpruned model is checked at
+the widest weight code range; when it misses the gate, the pruning
+candidates are skipped (pruning only adds error) and the weight-only GPTQ
+candidate runs before the unpruned static int8 one (whose accuracy-aware
+search gets the time left). Otherwise (:func:`search`'s tail), after the
+recipe's candidates, a static
 int8 recipe also tries weight-only GPTQ at 4 or 8 bits per layer, and plain
 weight-only int8 always runs last: the floor the winner is compared with,
 and the fallback when nothing else passed. Candidates that cannot help or do
@@ -38,7 +43,9 @@ from onnxshrink.search.budget import budget, used
 from onnxshrink.search.options import ShrinkOptions
 from onnxshrink.search.schedule import Schedule, Skipped
 from onnxshrink.search.conv_int8 import weight_only_conv_weights
-from onnxshrink.search.stages import deployed, prune_stage, quantize_and_check, weights_digest
+from onnxshrink.search.floor import BOLDER_MIN_GAIN, FLOOR_BITS, floor_note, floor_size_note, prefer_floor, wants_floor
+from onnxshrink.search.quantizers import deployed, static_int8_probe
+from onnxshrink.search.stages import prune_stage, quantize_and_check, weights_digest
 from onnxshrink.search.trial import Candidate, SearchInputs, SearchState, Trial
 
 # Fractions of the accuracy (or cosine) budget given to pruning, most aggressive first.
@@ -46,15 +53,11 @@ PRUNE_BUDGET_SHARES = (0.75, 0.5, 0.25, 0.0)
 # When the first passing candidate used less than this fraction of the budget,
 # one bolder candidate (pruning gets the whole budget) is tried as well.
 SLACK_FRACTION = 0.6
-# ... and it replaces that candidate only if it is this much smaller, when it is also less accurate.
-BOLDER_MIN_GAIN = 0.95
 # Budget shares of the latency candidates (channel pruning, static int8), most aggressive first.
 LATENCY_BUDGET_SHARES = (1.0, 0.75, 0.5, 0.25)
 # Pruning's sensitivity scan must end within this part of the time budget:
 # quantization, validation and the weight-only floor need the rest.
 PRUNE_TIME_SHARE = 0.5
-# The width of the plain weight-only candidate every lossy search is compared with.
-FLOOR_BITS = 8
 # The widths of the weight-only GPTQ candidate tried after a static int8 recipe's.
 MIXED_WIDTHS = (4, 8)
 # A --weight-bits winner whose weights load as float32 (Conv) gives way to its Conv layers in
@@ -121,16 +124,12 @@ def fast_enough(trial: Trial, options: ShrinkOptions) -> bool:
     return latency.within(bound) if bound is not None else not latency.slower
 
 
-def _wants_floor(inputs: SearchInputs) -> bool:
-    """Whether the weight-only candidates apply: a recipe that quantizes to
-    8-bit static int8 (mixed precision already is weight-only) with a gate,
-    and no sparsity or weight code range the user fixed (they would not
-    prune or quantize as asked)."""
-    recipe = inputs.options.recipe
-    # A sparsity or a weight code range the recipe fixes: it asked for that, not for the search's choice.
-    fixed = (recipe.prune is not None and recipe.prune.get("sparsity") is not None) or \
-        (recipe.quantize is not None and "weight_range_bits" in recipe.quantize)
-    return recipe.quantize is not None and not inputs.options.mixed_precision and inputs.gate.active and not fixed
+def _wants_probe(inputs: SearchInputs, tried: list[Candidate]) -> bool:
+    """Whether the search first checks static int8 on the unpruned model: when
+    the recipe's candidates prune (within shares of a gate) before static int8."""
+    options = inputs.options
+    return (inputs.gate.active and options.recipe.quantize is not None and not options.mixed_precision
+            and options.target_ratio is None and any(c.prune_budget_share for c in tried))
 
 
 def accepted(trial: Trial, options: ShrinkOptions) -> bool:
@@ -171,33 +170,6 @@ def run_trial(inputs: SearchInputs, state: SearchState, candidate: Candidate, in
             (options.target_ratio is None or trial.ratio >= options.target_ratio)
         trial.passed = accepted(trial, options)
     return trial
-
-
-def _floor_note(chosen: Trial, floor: Trial, gate) -> str | None:
-    """What to say when the chosen model agrees less with the original than plain weight-only int8 does."""
-    if floor.failed is not None or not gate.active or chosen is floor:
-        return None
-    mine, theirs = used(chosen.outcome.validation, gate), used(floor.outcome.validation, gate)
-    if mine <= theirs + 1e-9:
-        return None
-    what = "accuracy points lost" if gate.max_accuracy_drop is not None else "1 - output cosine"
-    return (f"the chosen model agrees less with the original than plain weight-only int8 would "
-            f"({what}: {mine:.4g} vs {theirs:.4g}); weight-only int8 would be {floor.ratio:.1f}x smaller "
-            f"against {chosen.ratio:.1f}x")
-
-
-def _prefer_floor(chosen: Trial | None, floor: Trial, gate) -> bool:
-    """Weight-only int8 replaces the recipe's winner when it passes and is
-    clearly smaller (as the bolder candidate must be: static int8 that could
-    quantize nothing, its layers in If/Loop bodies, stays the original's size),
-    or no larger and no less accurate; or when nothing else passed."""
-    if not floor.passed:
-        return False
-    if chosen is None:
-        return True
-    no_less_accurate = not gate.active or used(floor.outcome.validation, gate) <= used(chosen.outcome.validation, gate)
-    return floor.outcome.size < (1.0 if no_less_accurate else BOLDER_MIN_GAIN) * chosen.outcome.size or \
-        (no_less_accurate and floor.outcome.size == chosen.outcome.size)
 
 
 def _better(new: Trial, old: Trial | None, gate) -> bool:
@@ -257,15 +229,34 @@ def search(inputs: SearchInputs) -> SearchResult:
     Raises GateFailed (exit 1) when no candidate is accepted."""
     gate, options, progress = inputs.gate, inputs.options, inputs.progress
     tried, searching = candidates(inputs)
-    extra = _wants_floor(inputs) and options.target_ratio is None
+    extra = wants_floor(inputs) and options.target_ratio is None
     mixed = Candidate(0.0, weight_bits=MIXED_WIDTHS) if extra else None
-    floor_candidate = Candidate(0.0, weight_only_bits=FLOOR_BITS) if _wants_floor(inputs) else None
+    floor_candidate = Candidate(0.0, weight_only_bits=FLOOR_BITS) if wants_floor(inputs) else None
     tail = [c for c in (mixed, floor_candidate) if c is not None]
     runner = _Runner(inputs, len(tried) + len(tail))
     schedule = runner.schedule
     trials: list[Trial] = []
     chosen = None
     queue = list(tried)
+    if _wants_probe(inputs, tried):
+        progress("static int8 of the unpruned model", 0, 1)
+        if not static_int8_probe(inputs, runner.state):
+            # Pruning only adds error: no pruned model passes where the unpruned one does not.
+            reason = ("static int8 of the unpruned model misses the gate at the widest weight code range: "
+                      "pruning cannot make it pass")
+            for candidate in [c for c in queue if c.prune_budget_share]:
+                queue.remove(candidate)
+                runner.number += 1
+                schedule.skip(candidate, reason, runner.number, runner.planned, queue + tail)
+            if mixed is not None:
+                # Weight-only keeps activations float, where static int8 failed: it gets the time
+                # first, and the accuracy-aware static int8 (float nodes put back) what is left.
+                tail.remove(mixed)
+                trial = runner.attempt(mixed, len(trials), queue + tail, first=True)
+                mixed = None
+                trials.append(trial)
+                if trial.passed:
+                    chosen = trial
     while queue:
         candidate = queue.pop(0)
         progress("search", len(trials), len(tried))
@@ -274,7 +265,8 @@ def search(inputs: SearchInputs) -> SearchResult:
             continue
         trials.append(trial)
         if trial.passed:
-            chosen = trial
+            if _better(trial, chosen, gate):
+                chosen = trial
             break
         if trial.gate_passed and options.target_ratio is None:
             break  # too slow: a milder share of the same sparsity runs no faster
@@ -328,7 +320,7 @@ def search(inputs: SearchInputs) -> SearchResult:
         # Plain weight-only int8: the floor the chosen model is held to, and the fallback. It always
         # runs (seconds of quantization, one validation and one pack) so that no result hides it.
         floor = runner.attempt(floor_candidate, len(trials), [], always=True)
-        if _prefer_floor(chosen, floor, gate):
+        if prefer_floor(chosen, floor, gate):
             if chosen is not None:
                 notes.append(f"plain weight-only int8 passes the gate and is smaller ({floor.ratio:.1f}x against "
                              f"{chosen.ratio:.1f}x) than the recipe's best candidate: it is kept instead")
@@ -337,7 +329,7 @@ def search(inputs: SearchInputs) -> SearchResult:
             trials.append(floor)
             chosen = floor
         elif chosen is not None:
-            note = _floor_note(chosen, floor, gate)
+            note = floor_note(chosen, floor, gate) or floor_size_note(chosen, floor)
             if note:
                 notes.append(note)
     progress("search", len(trials), len(trials))

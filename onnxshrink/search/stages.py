@@ -17,23 +17,17 @@ import onnx
 from onnx import numpy_helper
 
 from onnxshrink.census import count_layers
-from onnxshrink.errors import GateFailed
 from onnxshrink.search.budget import budget, sub_gate, used
 from onnxshrink.search.conv_int8 import static_int8_convs
+from onnxshrink.search.quantizers import (  # noqa: F401  (WEIGHT_RANGE_BITS, deployed, static_int8_probe: re-exported)
+    WEIGHT_RANGE_BITS, deployed, mixed_precision, static_int8, static_int8_probe, weight_only)
 from onnxshrink.search.trial import Candidate, Outcome, SearchInputs, SearchState, Stage
 from onnxshrink.validation import Gate, compare_models
 
-# Ranges tried for static int8 weight codes, narrowest first (4: codes in [-7, 7]); each
-# also within the CPU target's bound, so the "8" step is [-64, 64] unless the recipe's
-# quantize target is x86-vnni or arm (onnxshrink.cpu_targets).
-WEIGHT_RANGE_BITS = (4, 6, 8)
 # Channel pruning for latency keeps a multiple of this many channels per group:
 # onnxruntime's blocked (NCHWc) Conv kernels work on 8 or 16 channels at a time,
 # and digits_cnn pruned to 13/25/50 channels ran 1.04x its original where 16/24/40 ran 0.81x.
 LATENCY_CHANNEL_MULTIPLE = 8
-# The accuracy-aware static int8 search (float nodes put back one by one) may
-# use at most this part of the time budget: the weight-only candidates follow.
-AWARE_TIME_SHARE = 0.25
 
 
 @dataclasses.dataclass
@@ -126,18 +120,6 @@ def weights_digest(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
-def deployed(inputs: SearchInputs, model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` in the form the output loads in by default: a packed output's
-    weight-only layers as ``unpack``/``session`` put them (MatMulNBits at
-    accuracy level 4 quantizes activations too, so the gate is measured on
-    that); an unpacked output as written."""
-    from onnxshrink.packing.forms import changes, deployed_model
-
-    if not inputs.options.recipe.pack or not changes(model, "auto"):
-        return model
-    return deployed_model(model)[0]
-
-
 def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) -> Pruned:
     """Prune the base model with the candidate's share of the budget (None: as
     the recipe says) and measure how much of the budget that used."""
@@ -183,128 +165,6 @@ def prune_stage(inputs: SearchInputs, state: SearchState, candidate: Candidate) 
                   sparsity=result.report.weight_sparsity)
 
 
-def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, reshaped: bool = False,
-                    weight_bits: tuple[int, ...] | None = None):
-    """Weight-only quantization with GPTQ rounding: every weight at the narrowest
-    width; while that fails the gate, the most sensitive (largest estimated
-    output error) are promoted to the next width, as few as the gate allows
-    (bisection on their number), the rest stay a width below. When even all at
-    the widest fail, the most sensitive stay float instead, again as few as
-    the gate allows. The layer Hessians come from the unpruned model
-    and are reused by every trial, but for a model whose layers channel
-    pruning ``reshaped`` (collected for it alone). Returns the WeightOnlyResult,
-    or None when no mix passes the gate."""
-    from onnxshrink.lowbit import WeightOnlyOptions, collect_weight_statistics, quantize_weights
-
-    original, gate, calib, check = inputs.original, inputs.gate, inputs.calib, inputs.check
-    widths = tuple(sorted(set(weight_bits or inputs.options.weight_bits)))
-    # The search checks every mix against the gate itself: no floor inside.
-    base_options = WeightOnlyOptions(bits=widths[0], rounding="gptq", gate_floor=False, state=inputs.options.state)
-    if reshaped:  # channel-pruned: other shapes, other statistics
-        stats = collect_weight_statistics(model, calib, base_options, progress=inputs.progress)
-    else:
-        if state.weight_stats is None:
-            # Pruning's statistics of the same base model hold the same Hessians (stats/ collects both).
-            state.weight_stats = state.prune_stats if state.prune_stats else \
-                collect_weight_statistics(inputs.base, calib, base_options, progress=inputs.progress)
-        stats = state.weight_stats
-
-    def quantized(promoted: list[str], to: int, rest: int, kept_float: tuple[str, ...] = ()):
-        layer_bits: dict[str, int | None] = {name: to for name in promoted}
-        layer_bits.update({name: None for name in kept_float})
-        opts = dataclasses.replace(base_options, bits=rest, layer_bits=layer_bits)
-        return quantize_weights(model, opts, calib=calib, layer_stats=stats, measure_latency=False,
-                                codes_cache=state.weight_codes)
-
-    def fewest(count: int, make, best):
-        """Bisection on how many of the ranked names get the better treatment:
-        the smallest count whose model passes; ``best`` is ``make(count)``, which passes."""
-        lo, hi = 0, count  # lo fails, hi passes
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            candidate = make(mid)
-            if passes(candidate):
-                hi, best = mid, candidate
-            else:
-                lo = mid
-        return best
-
-    def passes(result) -> bool:
-        return bool(compare_models(original, deployed(inputs, result.model), check, gate=gate, measure_latency=False,
-                                   state=inputs.options.state).passed)
-
-    first = quantized([], widths[0], widths[0])
-    if passes(first):
-        return first
-    ranked = sorted((w for w in first.report.weights if w.bits),
-                    key=lambda w: -(w.output_error if w.output_error is not None else w.relative_error))
-    names = [w.name for w in ranked]
-    for lower, upper in zip(widths, widths[1:]):
-        every = quantized(names, upper, upper)
-        if passes(every):
-            return fewest(len(names), lambda k: quantized(names[:k], upper, lower), every)
-    if not names:
-        return None
-    wide = widths[-1]
-    all_float = quantized([], wide, wide, tuple(names))
-    if not passes(all_float):
-        return None
-    return fewest(len(names), lambda k: quantized(names, wide, wide, tuple(names[:k])), all_float)
-
-
-def static_int8(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, remaining: float):
-    """Static int8 QDQ, held to the gate against the original. Unless the recipe
-    fixes it, weight codes are first tried in a narrow range (fewer distinct
-    levels pack smaller and still run in int8 kernels), widening until the
-    model passes: each range costs one calibration, one build and one check.
-    Only when plain int8 misses the gate at every range are the most sensitive
-    nodes kept in float (the accuracy-aware search, within ``remaining`` of the
-    budget and until the time budget runs out). None when nothing passes."""
-    from onnxshrink.quantization import QuantizeOptions, quantize_model
-
-    settings, gate = inputs.options.recipe.quantize, inputs.gate
-    ranges = (settings["weight_range_bits"],) if "weight_range_bits" in settings else WEIGHT_RANGE_BITS
-    # The search checks the result against the gate itself: no floor inside.
-    fixed = {"gate_floor": False, "state": inputs.options.state}
-    if not gate.active:
-        return quantize_model(model, inputs.calib, QuantizeOptions(**{**settings, "weight_range_bits": ranges[0]},
-                                                                   **fixed),
-                              eval_data=inputs.check, progress=inputs.progress, measure_latency=False)
-    for k, bits in enumerate(ranges):
-        if k and state.deadline is not None and time.perf_counter() > state.deadline:
-            return None  # out of time: the weight-only candidates that follow are the fallback
-        # quantize_model's own check (against the pruned model, for its report) runs on one
-        # calibration batch: the gate is measured just below, against the original, on the check data.
-        q = quantize_model(model, inputs.calib, QuantizeOptions(**{**settings, "weight_range_bits": bits}, **fixed),
-                           eval_data=inputs.calib[:1], progress=inputs.progress, measure_latency=False)
-        if compare_models(inputs.original, q.model, inputs.check, gate=gate, measure_latency=False,
-                          state=inputs.options.state).passed:
-            return q
-    if state.deadline is not None and time.perf_counter() > state.deadline:
-        return None
-    options = QuantizeOptions(**{**settings, "weight_range_bits": ranges[-1]}, **sub_gate(gate, remaining))
-    deadline = state.deadline
-    if inputs.options.time_budget is not None:  # one node's build and check per layer: a bounded share of the time
-        deadline = min(deadline, time.perf_counter() + AWARE_TIME_SHARE * inputs.options.time_budget)
-    try:
-        q = quantize_model(model, inputs.calib, options, eval_data=inputs.check, progress=inputs.progress,
-                           deadline=deadline)
-    except GateFailed:
-        return None
-    if compare_models(inputs.original, q.model, inputs.check, gate=gate, measure_latency=False).passed:
-        return q
-    return None
-
-
-def weight_only(inputs: SearchInputs, model: onnx.ModelProto, bits: int):
-    """Plain weight-only quantization at ``bits`` (round to nearest, the
-    default granularity): no calibration, seconds even on large models."""
-    from onnxshrink.lowbit import WeightOnlyOptions, quantize_weights
-
-    return quantize_weights(model, WeightOnlyOptions(bits=bits, gate_floor=False, state=inputs.options.state),
-                            measure_latency=False)
-
-
 def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned, remaining: float,
                        candidate: Candidate = Candidate(None)) -> Outcome:
     """The rest of a trial after pruning: quantize within ``remaining`` of the
@@ -342,7 +202,8 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
                     f"{found[0].report.weight_code_max}]; "
         chosen = mixed_precision(inputs, state, model, reshaped=pruned.pattern == "channel", weight_bits=allowed)
         if chosen is None:
-            return Outcome(failed="no mix of weight widths meets the gate")
+            return Outcome(failed="no mix of weight widths meets the gate",
+                           seconds={"quantize": time.perf_counter() - start})
         model = chosen.model
         widths = {bits: sum(1 for w in chosen.report.weights if w.bits == bits) for bits in sorted(set(allowed))}
         from onnxshrink.lowbit.weight_only import KEPT_FLOAT
@@ -358,7 +219,8 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
         q = static_int8(inputs, state, model, remaining)
         if q is None:
             # Pruning left too little of the budget: this candidate fails, a milder one follows.
-            return Outcome(failed="static int8 missed the gate (at every weight code range, or when time ran out)")
+            return Outcome(failed="static int8 missed the gate (at every weight code range, or when time ran out)",
+                           seconds={"quantize": time.perf_counter() - start})
         errors = quantization_errors(model, q.model)
         model = q.model
         range_bits = q.report.weight_range_bits

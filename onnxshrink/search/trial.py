@@ -21,6 +21,7 @@ import onnx
 
 from onnxshrink.data import Batch
 from onnxshrink.latency import Latency
+from onnxshrink.quantization.quantizer import PreparedCache
 from onnxshrink.search.options import ShrinkOptions
 from onnxshrink.stats.layer_inputs import LayerInputStats
 from onnxshrink.validation import Gate, ValidationReport
@@ -224,6 +225,12 @@ class SearchState:
     large, and repeats come right after each other). ``deadline`` is when the
     time budget runs out (a ``time.perf_counter()`` value; None: no limit),
     ``prune_deadline`` when pruning's sensitivity scan must be done.
+    ``reference`` keeps the original's outputs on the gate's data for the
+    search's gate checks (made at the first, :func:`onnxshrink.search.stages.gate_passes`);
+    ``widest`` the base model and its static int8 at the widest weight code range
+    (:func:`onnxshrink.search.stages.static_int8_probe`); ``quantize_cache`` the
+    preparation and calibration statistics of the last model static int8 quantized
+    (reused across its weight code ranges and the accuracy-aware search).
     """
 
     prune_stats: dict[str, LayerInputStats] | None = None
@@ -233,3 +240,6 @@ class SearchState:
     last: tuple[str, Outcome] | None = None
     deadline: float | None = None
     prune_deadline: float | None = None
+    reference: Any = None
+    widest: tuple[onnx.ModelProto, Any] | None = None
+    quantize_cache: PreparedCache = dataclasses.field(default_factory=PreparedCache)
