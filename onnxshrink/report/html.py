@@ -104,7 +104,7 @@ def trials_section(report: Mapping[str, Any]) -> str:
     kept = next((r for r in rows if r.get("chosen")), None)
     if kept and kept.get("size_bytes") and report.get("float16_tensors") \
             and report.get("output_bytes") != kept["size_bytes"]:
-        intro += (f" Its small float tensors were then stored as float16 and the gate checked again: the output is "
+        intro += (f" Some of its float tensors were then stored as float16 and the gate checked again: the output is "
                   f"{binary_bytes(report['output_bytes'])}.")
     chart = scatter_chart(points, x="x", y="y", x_label="packed size", y_label=y_label, limit=limit,
                           limit_label=limit_label, x_text=binary_bytes, y_text=fmt,
@@ -256,7 +256,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     basis = f"{acc['labelled']} labelled samples" if acc.get("labelled") else f"{final.get('samples', 0)} samples"
     warnings = "".join(f'<p class="fail">warning: {esc(w)}</p>' for w in report.get("warnings") or [])
     float16 = report.get("float16_tensors") or []
-    f16 = (f'<section id="float16"><h2>Stored as float16</h2><p class="muted">Small float tensors stored as float16 '
+    f16 = (f'<section id="float16"><h2>Stored as float16</h2><p class="muted">Float tensors stored as float16 '
            f'in the container (lossy; the gate was checked on the model as it unpacks):</p><p class="name">'
            f'{esc(", ".join(float16))}</p></section>') if float16 else ""
     recipe = (report.get("recipe") or {}).get("name", "")
