@@ -89,18 +89,24 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
         return quantize_weights(model, opts, calib=calib, layer_stats=stats, measure_latency=False,
                                 codes_cache=state.weight_codes)
 
-    def fewest(count: int, make, best):
-        """Bisection on how many of the ranked names get the better treatment:
-        the smallest count whose model passes; ``best`` is ``make(count)``, which passes."""
-        lo, hi = 0, count  # lo fails, hi passes
-        while hi - lo > 1 and not out_of_time():
-            mid = (lo + hi) // 2
+    def bisect_counts(failing: int, passing: int, make, best):
+        """Bisection between a count of the ranked names whose model fails and
+        one whose model passes (``best``, which is ``make(passing)``): the
+        passing count nearest the failing one, and its model; at the time
+        budget it stops with the best found so far."""
+        while abs(passing - failing) > 1 and not out_of_time():
+            mid = (failing + passing) // 2
             candidate = make(mid)
             if passes(candidate):
-                hi, best = mid, candidate
+                passing, best = mid, candidate
             else:
-                lo = mid
+                failing = mid
         return best
+
+    def fewest(count: int, make, best):
+        """How many of the ranked names get the better treatment: the smallest
+        count whose model passes; ``best`` is ``make(count)``, which passes."""
+        return bisect_counts(0, count, make, best)
 
     def most(count: int, make, best):
         """How many of the ranked names (from the least sensitive) get the
@@ -115,14 +121,7 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
                 hi = lo + step
                 break
             lo, best, step = lo + step, candidate, 2 * step
-        while hi - lo > 1 and not out_of_time():
-            mid = (lo + hi) // 2
-            candidate = make(mid)
-            if passes(candidate):
-                lo, best = mid, candidate
-            else:
-                hi = mid
-        return best
+        return bisect_counts(hi, lo, make, best)
 
     def out_of_time() -> bool:
         """Past the time budget: a bisection stops at the best mix it has (one that passes)."""
