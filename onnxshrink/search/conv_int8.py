@@ -15,6 +15,7 @@ it passes the gate and is measured faster and lighter (:mod:`onnxshrink.search.l
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import onnx
@@ -28,12 +29,32 @@ LOW_BIT_KERNEL_OPS = ("MatMul", "Gemm", "Gather")
 CONV_RANGE_BITS = (4, 6, 8)
 
 
-def weight_only_conv_weights(model: onnx.ModelProto) -> int:
-    """How many weight-only weights of ``model`` feed a Conv (and so load as float32)."""
+@dataclasses.dataclass(frozen=True)
+class Footprint:
+    """What a model holds once loaded in its default form: ``share`` is its
+    weight bytes over the original's, ``float_convs`` how many of its
+    weight-only weights feed a Conv (and so load as float32)."""
+
+    share: float
+    float_convs: int
+
+    @property
+    def heavy(self) -> bool:
+        """Above the default load form's memory share (a third of the original's weight bytes)
+        because of Conv weights: its low-bit weights do not stay low-bit."""
+        from onnxshrink.packing.forms import AUTO_MEMORY_SHARE
+
+        return self.share > AUTO_MEMORY_SHARE and self.float_convs > 0
+
+
+def footprint(model: onnx.ModelProto, original: onnx.ModelProto) -> Footprint:
+    """``model``'s :class:`Footprint`, from one copy of it in its default load form."""
+    from onnxshrink.model import data_bytes
     from onnxshrink.packing.forms import deployed_model
 
-    _, forms = deployed_model(model)
-    return sum(1 for f in forms if f.form == "float" and "Conv" in f.op_types)
+    loaded, forms = deployed_model(model)
+    return Footprint(data_bytes(loaded) / max(data_bytes(original), 1),
+                     sum(1 for f in forms if f.form == "float" and "Conv" in f.op_types))
 
 
 def static_int8_convs(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, widths: tuple[int, ...]):

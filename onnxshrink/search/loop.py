@@ -42,9 +42,9 @@ from onnxshrink.errors import GateFailed
 from onnxshrink.search.budget import budget, used
 from onnxshrink.search.options import ShrinkOptions
 from onnxshrink.search.schedule import Schedule, Skipped
-from onnxshrink.search.conv_int8 import weight_only_conv_weights
+from onnxshrink.search.conv_int8 import footprint
 from onnxshrink.search.floor import BOLDER_MIN_GAIN, FLOOR_BITS, floor_note, floor_size_note, prefer_floor, wants_floor
-from onnxshrink.search.quantizers import deployed, static_int8_probe
+from onnxshrink.search.quantizers import static_int8_probe
 from onnxshrink.search.stages import prune_stage, quantize_and_check, weights_digest
 from onnxshrink.search.trial import Candidate, SearchInputs, SearchState, Trial
 
@@ -299,8 +299,9 @@ def search(inputs: SearchInputs) -> SearchResult:
             trials.append(trial)
             if _better(trial, chosen, gate):
                 chosen = trial
-    if chosen is not None and options.mixed_precision and inputs.calib and \
-            _heavy(inputs, chosen) and weight_only_conv_weights(chosen.outcome.model):
+    mine = footprint(chosen.outcome.model, inputs.original) \
+        if chosen is not None and options.mixed_precision and inputs.calib else None
+    if mine is not None and mine.heavy:
         # Its low-bit weights do not stay low-bit in memory, its Conv weights loading as float32 (no
         # low-bit Conv kernel): the same pruning with the Conv layers in static int8
         # (onnxshrink.search.conv_int8) replaces it when measured lighter and no slower.
@@ -310,10 +311,11 @@ def search(inputs: SearchInputs) -> SearchResult:
         trial = runner.attempt(convs, len(trials), tail)
         if trial is not None and trial.failed is None:
             trials.append(trial)
-            if _lighter(inputs, trial, chosen):
+            theirs = footprint(trial.outcome.model, inputs.original)
+            if _lighter(trial, chosen, theirs.share, mine.share):
                 notes.append(f"the Conv layers run in static int8 (integer kernels) rather than as float32 "
-                             f"weights: {_memory_share(inputs, trial):.2f}x of the original's weight bytes in "
-                             f"memory against {_memory_share(inputs, chosen):.2f}x")
+                             f"weights: {theirs.share:.2f}x of the original's weight bytes in "
+                             f"memory against {mine.share:.2f}x")
                 chosen = trial
     floor = None
     if floor_candidate is not None:
@@ -368,31 +370,17 @@ def _faster(inputs: SearchInputs, runner: "_Runner", trials: list[Trial], tail: 
     return None
 
 
-def _memory_share(inputs: SearchInputs, trial: Trial) -> float:
-    """The weight bytes ``trial``'s model holds in its default load form, over the original's."""
-    from onnxshrink.model import data_bytes
-
-    return data_bytes(deployed(inputs, trial.outcome.model)) / max(data_bytes(inputs.original), 1)
-
-
-def _heavy(inputs: SearchInputs, trial: Trial) -> bool:
-    """Whether ``trial``'s model holds more than the default load form's memory share (a third of
-    the original's weight bytes) once loaded: its low-bit weights do not stay low-bit."""
-    from onnxshrink.packing.forms import AUTO_MEMORY_SHARE
-
-    return _memory_share(inputs, trial) > AUTO_MEMORY_SHARE
-
-
-def _lighter(inputs: SearchInputs, trial: Trial, other: Trial) -> bool:
+def _lighter(trial: Trial, other: Trial, share: float, other_share: float) -> bool:
     """Whether a passing ``trial`` should replace ``other`` for what it holds
-    in memory: lighter in its load form, no slower than the original (or
-    than ``other``) and at most a little larger on disk."""
+    in memory (``share`` against ``other_share`` of the original's weight
+    bytes): lighter in its load form, no slower than the original (or than
+    ``other``) and at most a little larger on disk."""
     if not trial.passed or trial.outcome.size * CONV_INT8_MIN_GAIN > other.outcome.size:
         return False
     a, b = trial.outcome.latency, other.outcome.latency
     if a is not None and b is not None and a.slower and a.ratio > b.ratio:
         return False
-    return _memory_share(inputs, trial) < _memory_share(inputs, other)
+    return share < other_share
 
 
 def _dominates(trial: Trial, other: Trial) -> bool:
