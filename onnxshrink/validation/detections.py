@@ -80,13 +80,19 @@ def matched(ref: tuple[np.ndarray, np.ndarray], cand: tuple[np.ndarray, np.ndarr
     if not len(rb) or not len(cb):
         return 0
     iou = np.where(rc[:, None] == cc[None, :], _iou(rb, cb), 0.0)
-    used_r, used_c = np.zeros(len(rb), bool), np.zeros(len(cb), bool)
-    for flat in np.argsort(-iou, axis=None, kind="stable"):
-        i, j = divmod(int(flat), iou.shape[1])
-        if iou[i, j] < MATCH_IOU:
-            break
-        if not used_r[i] and not used_c[j]:
-            used_r[i] = used_c[j] = True
+    i, j = np.nonzero(iou >= MATCH_IOU)
+    return one_to_one(i, j, iou[i, j])
+
+
+def one_to_one(i: np.ndarray, j: np.ndarray, iou: np.ndarray) -> int:
+    """How many of the candidate pairs (original's box ``i[k]``, candidate's
+    box ``j[k]``, overlap ``iou[k]``) are kept one to one, the best overlaps
+    first (ties in order of ``i``, then ``j``)."""
+    used_r = np.zeros(int(i.max(initial=-1)) + 1, bool)
+    used_c = np.zeros(int(j.max(initial=-1)) + 1, bool)
+    for k in np.lexsort((j, i, -iou)):
+        if not used_r[i[k]] and not used_c[j[k]]:
+            used_r[i[k]] = used_c[j[k]] = True
     return int(used_r.sum())
 
 

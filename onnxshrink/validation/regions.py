@@ -42,6 +42,8 @@ from typing import Iterator
 
 import numpy as np
 
+from onnxshrink.validation.detections import one_to_one
+
 # DB's binarisation threshold (PP-OCR, rapidocr): a region's extent is read
 # where its program reads it. The maps are bimodal (regions near 1,
 # background near 0): what lies between 0.3 and 0.5 is a region's blurred
@@ -236,12 +238,7 @@ def matched(ref: np.ndarray, cand: np.ndarray) -> int:
         rows.append(i[keep])
         cols.append(j[keep])
         values.append(iou[keep])
-    i, j, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(values)
-    used_r, used_c = np.zeros(len(ref), bool), np.zeros(len(cand), bool)
-    for k in np.lexsort((j, i, -v)):
-        if not used_r[i[k]] and not used_c[j[k]]:
-            used_r[i[k]] = used_c[j[k]] = True
-    return int(used_r.sum())
+    return one_to_one(np.concatenate(rows), np.concatenate(cols), np.concatenate(values))
 
 
 def batch_counts(ref: np.ndarray, cand: np.ndarray) -> tuple[int, int, int]:
