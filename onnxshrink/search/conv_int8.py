@@ -20,8 +20,8 @@ import time
 
 import onnx
 
+from onnxshrink.search.quantizers import gate_passes
 from onnxshrink.search.trial import SearchInputs, SearchState
-from onnxshrink.validation import compare_models
 
 # The op types onnxruntime runs on low-bit weights itself: left to the weight-only widths.
 LOW_BIT_KERNEL_OPS = ("MatMul", "Gemm", "Gather")
@@ -61,7 +61,8 @@ def static_int8_convs(inputs: SearchInputs, state: SearchState, model: onnx.Mode
     """``model`` with its Conv layers (and the activations around them) in
     static int8 QDQ, MatMul/Gemm/Gather left float for the weight-only pass,
     at the narrowest code range from the smallest of ``widths`` up whose model
-    alone passes the gate against the original. Returns (QuantizeResult, range
+    alone passes the gate against the original (one preparation and
+    calibration for every range: the search's ``quantize_cache``). Returns (QuantizeResult, range
     bits), or None when no range passes or time runs out."""
     from onnxshrink.quantization import QuantizeOptions, quantize_model
 
@@ -74,8 +75,7 @@ def static_int8_convs(inputs: SearchInputs, state: SearchState, model: onnx.Mode
         options = QuantizeOptions(**{**settings, "weight_range_bits": bits}, exclude_ops=exclude, gate_floor=False,
                                   state=inputs.options.state)
         q = quantize_model(model, inputs.calib, options, eval_data=inputs.calib[:1], progress=inputs.progress,
-                           measure_latency=False)
-        if compare_models(inputs.original, q.model, inputs.check, gate=inputs.gate, measure_latency=False,
-                          state=inputs.options.state).passed:
+                           measure_latency=False, cache=state.quantize_cache)
+        if gate_passes(inputs, state, q.model):
             return q, bits
     return None
