@@ -236,7 +236,7 @@ def test_record_reference_keeps_the_largest_and_ignores_what_is_not_a_count():
     assert recorded_reference(model) == twelve  # the original's figure, not the intermediate's
     record_reference(model, small)
     assert recorded_reference(model) == twelve and [p.key for p in model.metadata_props] == [REFERENCE_KEY]
-    for bad in ("-5", "12.5", "abc", "9" * 30, ""):
+    for bad in ("-5", "12.5", "abc", "9" * 30, "", "²", " 7"):
         del model.metadata_props[:]
         model.metadata_props.add(key=REFERENCE_KEY, value=bad)
         assert recorded_reference(model) == 0

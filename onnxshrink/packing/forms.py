@@ -146,7 +146,7 @@ def record_reference(model: onnx.ModelProto, reference: onnx.ModelProto) -> None
 def recorded_reference(model: onnx.ModelProto) -> int:
     """The float32 bytes :func:`record_reference` recorded (0: none, or not a count)."""
     value = next((p.value for p in model.metadata_props if p.key == REFERENCE_KEY), "")
-    return int(value) if value.isdigit() and len(value) < 19 else 0
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else 0  # "²" is a digit to isdigit
 
 
 def _auto_plan(model: onnx.ModelProto) -> tuple[dict[str, str], frozenset[str]]:
