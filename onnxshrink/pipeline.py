@@ -132,6 +132,14 @@ def shrink(model: onnx.ModelProto, calib: Any, options: ShrinkOptions, *, eval_d
         origins = simplified.names.origins  # what onnxsim made, under the input's names
         stages.append({"name": "simplify", "bytes": base.ByteSize(), "packed_bytes": None,
                        "note": simplified.fallback_reason or f"{simplified.nodes_before} -> {simplified.nodes_after} nodes"})
+    if recipe.pack:
+        from onnxshrink.packing.forms import record_reference
+
+        if base is original:
+            base = onnx.ModelProto()
+            base.CopyFrom(original)
+        # The default load form bounds memory against the model the user gave (issue 17), not the pruned one.
+        record_reference(base, original)
     calib_batches = read_samples(calib, model_inputs(base), options.calib_samples)
     check = eval_data if eval_data is not None else calib_batches
     form = "default load form" if recipe.pack else "as written"

@@ -12,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxshrink.packing import deployed_model, materialize
-from onnxshrink.packing.forms import AUTO_MEMORY_SHARE, NATIVE_FAST_ELEMENTS
+from onnxshrink.packing.forms import (AUTO_MEMORY_SHARE, NATIVE_FAST_ELEMENTS, REFERENCE_KEY, float32_weight_bytes,
+                                      record_reference, recorded_reference)
 from onnxshrink.packing.kernel_fusion import fuse_around_matmul_nbits, value_shapes
 
 RNG = np.random.default_rng(5)
@@ -202,6 +203,44 @@ def test_auto_runs_a_small_layer_float_beside_a_large_one():
     x = RNG.normal(0, 1, (1, 64)).astype(np.float32)
     (y,), (ref,) = _run(deployed, x), _run(model, x)
     assert np.abs(y - ref).max() <= 0.05 * np.abs(ref).max()
+
+
+def test_auto_bounds_memory_by_the_recorded_original_not_the_pruned_model():
+    """A pruned model (what shrink writes) records its original's float32 bytes:
+    the share is taken of those, so layers the pruned model's own third keeps on
+    the kernel run as float32 (smallest first), and the weights in memory stay
+    within a third of the original's; without the record, nothing changes."""
+    model = chain_of_small_layers()
+    own = float32_weight_bytes(model)
+    assert own >= 8 * 4 * 64 * 64
+    original = chain_of_small_layers(layers=16)  # stands for the unpruned model: twice the weights
+    without = [f.form for f in deployed_model(model, "auto")[1]]
+    record_reference(model, original)
+    assert recorded_reference(model) == float32_weight_bytes(original) > 1.5 * own
+    deployed, forms = deployed_model(model, "auto")
+    assert without == ["matmulnbits"] * 8
+    floats = [f for f in forms if f.form == "float"]
+    assert 0 < len(floats) < 8 and all("the original model's float32 weight bytes" in f.note for f in floats)
+    assert _in_memory(deployed) <= AUTO_MEMORY_SHARE * recorded_reference(model) * 1.05
+    x = RNG.normal(0, 1, (1, 64)).astype(np.float32)
+    (y,), (ref,) = _run(deployed, x), _run(model, x)
+    assert np.abs(y - ref).max() <= 0.05 * np.abs(ref).max()
+
+
+def test_record_reference_keeps_the_largest_and_ignores_what_is_not_a_count():
+    small, large = chain_of_small_layers(layers=2), chain_of_small_layers(layers=6)
+    record_reference(large, chain_of_small_layers(layers=12))  # large was itself made from a larger model
+    twelve = recorded_reference(large)
+    model = chain_of_small_layers(layers=2)
+    record_reference(model, large)
+    assert recorded_reference(model) == twelve  # the original's figure, not the intermediate's
+    record_reference(model, small)
+    assert recorded_reference(model) == twelve and [p.key for p in model.metadata_props] == [REFERENCE_KEY]
+    for bad in ("-5", "12.5", "abc", "9" * 30, "", "²", " 7"):
+        del model.metadata_props[:]
+        model.metadata_props.add(key=REFERENCE_KEY, value=bad)
+        assert recorded_reference(model) == 0
+        assert [f.form for f in deployed_model(model, "auto")[1]] == ["matmulnbits"] * 2
 
 
 def _attr_of(node: onnx.NodeProto, name: str):

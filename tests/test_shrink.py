@@ -240,6 +240,7 @@ def test_bolder_candidate_must_earn_its_accuracy(monkeypatch, bolder_size, bolde
 
 def _search_inputs(gate):
     from onnxshrink.data import model_inputs, read_samples
+    from onnxshrink.packing.forms import record_reference
     from onnxshrink.pipeline import ShrinkOptions
     from onnxshrink.search import SearchInputs
     from onnxshrink.simplify import simplify
@@ -248,6 +249,7 @@ def _search_inputs(gate):
     options = ShrinkOptions(load_recipe("cnn-default"), gate=gate, measure_latency=False)
     original = onnx.load(str(MLP))
     base = simplify(original).model
+    record_reference(base, original)  # as shrink does: the default load form bounds memory against the original
     batches = read_samples(str(CALIB), model_inputs(base), options.calib_samples)
     return SearchInputs(original, original.ByteSize(), base, options, gate, batches, str(EVAL), lambda *a: None)
 

@@ -189,3 +189,37 @@ def test_when_none_is_fast_enough_a_smaller_and_faster_candidate_still_wins():
     else:  # channel pruning came out larger here: then the recipe's winner stays
         assert all(r["size_bytes"] >= chosen["size_bytes"] for r in rows if r["pattern"] == "channel" and r["passed"])
     assert result.report["latency"]["slower"] and result.report["warnings"]
+
+
+def test_shrink_output_loads_within_a_third_of_the_original_not_of_the_pruned_model():
+    """digits_mlp's shrink --weight-bits 4,8 output, channel-pruned (what the
+    search keeps when the unpruned winner runs slower: injected here), has its
+    own float32 weights at about half the original's. It records the
+    original's float32 bytes, so the default load form runs its first layer as
+    float32 (FusedGemm with its Relu: faster at batch 1 than MatMulNBits and a
+    Relu node) with the weights in memory within a third of the original's;
+    without the record both large layers would run on MatMulNBits."""
+    from onnxshrink.model import data_bytes
+    from onnxshrink.packing import deployed_model, load_packed
+    from onnxshrink.packing.forms import recorded_reference
+    from onnxshrink.recipes import recipe_for
+
+    original = onnx.load(f"{MLP}.onnx")
+
+    def channels(model: onnx.ModelProto) -> int:  # the biases' lengths: channel pruning shortens them
+        return sum(int(t.dims[0]) for t in model.graph.initializer if len(t.dims) == 1 and t.data_type == 1)
+
+    def measure(candidate: onnx.ModelProto) -> Latency:
+        return _fixed(0.95 if channels(candidate) < channels(original) else 1.2)
+
+    options = ShrinkOptions(load_recipe(recipe_for(original)), gate=Gate(max_accuracy_drop=1.0), weight_bits=(4, 8))
+    result = shrink(original, f"{MLP}.calib.npz", options, eval_data=f"{MLP}.eval.npz", measure=measure)
+    packed = load_packed(result.packed)
+    pruned = data_bytes(load_packed(result.packed, materialize="float"))
+    assert recorded_reference(packed) == data_bytes(original) > 1.5 * pruned
+    deployed, forms = deployed_model(packed)
+    large = {f.weight: f.form for f in forms if f.form != "float" or "float32 runs faster" in f.note}
+    assert sorted(large.values()) == ["float", "matmulnbits"]
+    assert data_bytes(deployed) <= 0.35 * data_bytes(original)
+    del packed.metadata_props[:]
+    assert sorted(f.form for f in deployed_model(packed)[1] if f.weight in large) == ["matmulnbits"] * 2

@@ -10,14 +10,16 @@ quantized weight to float32 (:mod:`onnxshrink.packing.materialize`).
 ``"auto"`` is native for layers of at least ``NATIVE_MIN_ELEMENTS`` weights,
 except that for layers below ``NATIVE_FAST_ELEMENTS``, smallest first, as long
 as the model's weights in memory stay within ``AUTO_MEMORY_SHARE`` of their
-float32 bytes, 4-bit codes in kernel blocks under ``WIDE_BELOW_BLOCK`` first
-run on the 8-bit kernel, then such layers run as float32; it expands the
+float32 bytes (or of its original's, which ``shrink`` records:
+``REFERENCE_KEY``), 4-bit codes in kernel blocks under ``WIDE_BELOW_BLOCK``
+first run on the 8-bit kernel, then such layers run as float32; it expands the
 remaining weight-only weights (Conv, smaller layers, shapes the kernels
 refuse) to float32, keeps static int8 QDQ as packed for onnxruntime's integer
 kernels, and runs unmasked attention heads as one MultiHeadAttention node
 (:mod:`onnxshrink.packing.attention_fusion`): low-bit memory, and the fastest
 form measured per layer size (docs/speed.md). Every choice is a function of
-the model's shapes, so the same packed model always loads the same way.
+the model's shapes and that record, so the same packed model always loads the
+same way.
 """
 
 from __future__ import annotations
@@ -43,8 +45,14 @@ NATIVE_MIN_ELEMENTS = 4096
 # interleaved, 1 thread, AMD EPYC Zen 4) ...
 NATIVE_FAST_ELEMENTS = 32768
 # ... so "auto" runs such layers as float32 while the model's weights in memory (native,
-# float and static codes together) stay within this share of their float32 bytes.
+# float and static codes together) stay within this share of their float32 bytes, or of
+# the float32 bytes of the model it was made from when it records them (REFERENCE_KEY).
 AUTO_MEMORY_SHARE = 1 / 3
+# metadata_props key: the float32 bytes of the weights of the model ``shrink`` started
+# from. Issue 17 bounds memory against that model; a pruned output's own float32 bytes are
+# fewer (digits_mlp pruned: 0.55x), so a third of them would keep a layer on the low-bit
+# kernel that the bound leaves room to run as float32.
+REFERENCE_KEY = "onnxshrink.reference_float32_bytes"
 # MatMulNBits' 4-bit kernel with blocks under this many rows of K (K = 64, or scales in
 # blocks of 32/64) cost +1.5 to +2.7 us a call at 8 rows where the 8-bit kernel on the
 # same codes cost +1.0 to +1.3 (64x64, 64x128, 64x192; at blocks of 128 both +1.0; at 1
@@ -109,6 +117,38 @@ def deployed_model(model: onnx.ModelProto, mode: str = "auto") -> tuple[onnx.Mod
     return copy, materialize(copy, mode)
 
 
+def float32_weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of ``model``'s weights with every quantized one as float32 (the
+    others as they are): what its weights take in memory unquantized."""
+    from onnxshrink.model import data_bytes
+
+    reads = name_reads(model)
+    codes = expanded = 0
+    for graph in graphs(model.graph):
+        for q, _ in quantized_weights(graph, reads, weight_only=False):
+            count = int(np.prod(q.dims, dtype=np.int64))
+            codes += (count + 1) // 2 if q.data_type in (TensorProto.INT4, TensorProto.UINT4) else count
+            expanded += 4 * count
+    return data_bytes(model) - codes + expanded
+
+
+def record_reference(model: onnx.ModelProto, reference: onnx.ModelProto) -> None:
+    """Record in ``model``'s metadata (in place) the float32 bytes of
+    ``reference``'s weights, the model it is made from, for ``"auto"``'s memory
+    share; a larger figure recorded before (a reference's own reference) stays."""
+    value = max(float32_weight_bytes(reference), recorded_reference(reference), recorded_reference(model))
+    kept = [p for p in model.metadata_props if p.key != REFERENCE_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=REFERENCE_KEY, value=str(value))
+
+
+def recorded_reference(model: onnx.ModelProto) -> int:
+    """The float32 bytes :func:`record_reference` recorded (0: none, or not a count)."""
+    value = next((p.value for p in model.metadata_props if p.key == REFERENCE_KEY), "")
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else 0  # "²" is a digit to isdigit
+
+
 def _auto_plan(model: onnx.ModelProto) -> tuple[dict[str, str], frozenset[str]]:
     """Which weight-only MatMul/Gemm weights ``"auto"`` runs faster than on the
     4-bit kernel, while the weights in memory stay within ``AUTO_MEMORY_SHARE``
@@ -117,12 +157,13 @@ def _auto_plan(model: onnx.ModelProto) -> tuple[dict[str, str], frozenset[str]]:
     ``NATIVE_FAST_ELEMENTS`` whose kernel block would be under
     ``WIDE_BELOW_BLOCK`` go on the 8-bit kernel (twice their code bytes); then
     weights of ``NATIVE_MIN_ELEMENTS`` to ``NATIVE_FAST_ELEMENTS``, smallest first,
-    run as float32. Returns the float32 ones (by DequantizeLinear output name,
-    with the reason) and the 8-bit ones."""
+    run as float32. The budget is a share of the larger of the weights' float32
+    bytes and those of the model ``model`` was made from (:data:`REFERENCE_KEY`).
+    Returns the float32 ones (by DequantizeLinear output name, with the reason)
+    and the 8-bit ones."""
     from onnxshrink.model import data_bytes
 
     reads = name_reads(model)
-    codes_bytes = float32_bytes = 0
     layers: list[tuple[int, str, int, int]] = []  # (weights, name, code bytes, kernel block or 0: not 4-bit)
     for depth, graph in enumerate(graphs(model.graph)):  # the main graph first: subgraphs' layers stay as they are
         readers: dict[str, list[onnx.NodeProto]] = {}
@@ -134,16 +175,16 @@ def _auto_plan(model: onnx.ModelProto) -> tuple[dict[str, str], frozenset[str]]:
             count = int(np.prod(q.dims, dtype=np.int64))
             four = q.data_type in (TensorProto.INT4, TensorProto.UINT4)
             size = (count + 1) // 2 if four else count
-            codes_bytes += size
-            float32_bytes += 4 * count
             users = readers.get(nodes[0].output[0], []) if len(nodes) == 1 else []
             if q.name in weight_only and depth == 0 and users and count >= NATIVE_MIN_ELEMENTS \
                     and {n.op_type for n in users} <= {"MatMul", "Gemm"} and len(q.dims) == 2:
                 block = _kernel_block(q, nodes[0], users) if four else 0
                 layers.append((count, nodes[0].output[0], size, block))
     total = data_bytes(model)
-    # The weights' float32 bytes: everything but the codes as it is, the codes expanded.
-    budget = AUTO_MEMORY_SHARE * (total - codes_bytes + float32_bytes)
+    own = float32_weight_bytes(model)
+    reference = recorded_reference(model)
+    budget = AUTO_MEMORY_SHARE * max(own, reference)
+    of = "the original model's float32 weight bytes" if reference > own else "their float32 bytes"
     # Now: the weights below NATIVE_MIN_ELEMENTS and the other weight-only ones load as float32 anyway;
     # counting them as codes makes the estimate low by their few bytes.
     in_memory = total
@@ -164,7 +205,7 @@ def _auto_plan(model: onnx.ModelProto) -> tuple[dict[str, str], frozenset[str]]:
         in_memory += 4 * count - held[name]
         wide.discard(name)
         chosen[name] = (f"{count} weights: float32 runs faster than the low-bit kernel at this size, and the "
-                        f"weights stay within {AUTO_MEMORY_SHARE:.2f} of their float32 bytes")
+                        f"weights stay within {AUTO_MEMORY_SHARE:.2f} of {of}")
     return chosen, frozenset(wide)
 
 
