@@ -15,7 +15,7 @@ from onnxshrink.packing.codecs import codec_ids, get_codec
 from onnxshrink.packing.codecs.abc import Analysis
 from onnxshrink.packing.codecs.zero_runs import nonzero_positions, run_positions, zero_run_lengths
 
-CODECS = ["raw", "huffman", "rle", "rle+huffman"]
+CODECS = ["raw", "deflate", "huffman", "rle", "rle+huffman"]
 
 
 def laplace_int8(n: int, scale: float = 12.0, zeros: float = 0.0, seed: int = 0) -> np.ndarray:

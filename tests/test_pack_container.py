@@ -168,8 +168,8 @@ def test_inconsistent_entries_are_refused_by_name(changes, message):
 
 def test_unknown_version_is_refused_with_a_clear_message():
     _, header, payloads = split(BLOB)
-    with pytest.raises(PackError, match="unsupported .onnxz version 3"):
-        load_packed(reframe(header, payloads, version=3))
+    with pytest.raises(PackError, match="unsupported .onnxz version 4"):
+        load_packed(reframe(header, payloads, version=4))
 
 
 def test_not_a_container_and_empty_input():

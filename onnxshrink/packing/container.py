@@ -28,12 +28,20 @@ from onnxshrink.errors import PackError
 from onnxshrink.packing.bytereader import ByteReader, i32, u8, u16, u32, u64
 
 MAGIC = b"\x89ONNXZ\r\n"
-VERSION = 2  # the newest version this build reads and writes
-VERSIONS = (1, 2)
-# Codec parameters version 2 added (sub-byte symbols, float16 storage); a
-# container that uses none of them is written as version 1, which older
-# readers still read.
+VERSION = 3  # the newest version this build reads and writes
+VERSIONS = (1, 2, 3)
+# Codec parameters version 2 added (sub-byte symbols, float16 storage) and
+# codecs version 3 added (deflate); a container is written with the lowest
+# version whose features it uses, so older readers still read what they can.
 V2_CODEC_KEYS = frozenset({"symbol_bits", "cast"})
+V3_CODEC_IDS = frozenset({"deflate"})
+
+
+def needed_version(codecs: list[dict[str, Any]]) -> int:
+    """The lowest container version that has every one of these codec configs."""
+    if any(c.get("id") in V3_CODEC_IDS for c in codecs):
+        return 3
+    return 2 if any(V2_CODEC_KEYS & set(c) for c in codecs) else 1
 _PREFIX = struct.Struct("<8sHHB3xQQ")  # magic, version, flags, compression, stored, length
 PREFIX_SIZE = _PREFIX.size + 4  # + CRC32
 NONE, ZLIB, LZMA = 0, 1, 2
@@ -106,7 +114,7 @@ def head(skeleton: bytes, entries: list[Entry]) -> bytes:
     the payloads follow it in entry order. Same inputs give the same bytes."""
     header = b"".join([u64(len(skeleton)), skeleton, u32(len(entries))] + [_entry_bytes(e) for e in entries])
     method, stored = _compress(header)
-    version = 2 if any(V2_CODEC_KEYS & set(e.codec) for e in entries) else 1
+    version = needed_version([e.codec for e in entries])
     prefix = _PREFIX.pack(MAGIC, version, 0, method, len(stored), len(header))
     crc = zlib.crc32(stored, zlib.crc32(prefix))
     return b"".join([prefix, u32(crc), stored])
@@ -181,8 +189,9 @@ def read_layout(read_at: ReadAt, size: int, limits: Limits = Limits()) -> Layout
     count = reader.bounded(reader.u32(), limits.max_entries, "number of tensors")
     entries = [_read_entry(reader, limits) for _ in range(count)]
     reader.expect_end()
-    if version == 1 and any(V2_CODEC_KEYS & set(e.codec) for e in entries):
-        raise PackError("corrupt container: a version 1 file uses codec parameters of version 2")
+    needed = needed_version([e.codec for e in entries])
+    if needed > version:
+        raise PackError(f"corrupt container: a version {version} file uses codecs or parameters of version {needed}")
     total = sum(e.decoded_length for e in entries)
     if total > limits.max_total_bytes:
         raise PackError(f"container declares {total} bytes of tensors, beyond the limit {limits.max_total_bytes}")
