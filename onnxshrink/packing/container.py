@@ -187,7 +187,8 @@ def read_layout(read_at: ReadAt, size: int, limits: Limits = Limits()) -> Layout
     reader = ByteReader(header, "container header")
     skeleton = bytes(reader.take(reader.bounded(reader.u64(), header_len, "model size")))
     count = reader.bounded(reader.u32(), limits.max_entries, "number of tensors")
-    entries = [_read_entry(reader, limits) for _ in range(count)]
+    configs: dict[str, dict[str, Any]] = {}
+    entries = [_read_entry(reader, limits, configs) for _ in range(count)]
     reader.expect_end()
     needed = needed_version([e.codec for e in entries])
     if needed > version:
@@ -224,20 +225,31 @@ def _decompress(method: int, stored: memoryview, length: int) -> bytes:
     return out
 
 
-def _read_entry(r: ByteReader, limits: Limits) -> Entry:
-    ordinal = r.u32()
-    kind = r.u8()
-    name = r.text(r.u16(), "tensor name")
-    data_type = r.i32()
-    ndim = r.bounded(r.u8(), MAX_NDIM, "rank")
-    dims = tuple(r.u64() for _ in range(ndim))
+# An entry's fixed fields, read a group at a time (a model has thousands of entries).
+_ENTRY_START = struct.Struct("<IBH")  # ordinal, kind, name length
+_ENTRY_TYPE = struct.Struct("<iB")  # data_type, rank
+_ENTRY_END = struct.Struct("<QQI")  # decoded length, encoded length, CRC32
+
+
+def _read_entry(r: ByteReader, limits: Limits, configs: dict[str, dict[str, Any]]) -> Entry:
+    """One entry; ``configs`` caches parsed codec configs by their text (each
+    entry still gets its own dict)."""
+    ordinal, kind, name_length = r.fields(_ENTRY_START)
+    name = r.text(name_length, "tensor name")
+    data_type, ndim = r.fields(_ENTRY_TYPE)
+    r.bounded(ndim, MAX_NDIM, "rank")
+    dims = struct.unpack(f"<{ndim}Q", r.take(8 * ndim))
     raw_config = r.text(r.bounded(r.u16(), MAX_CONFIG_BYTES, "codec config size"), "codec config")
-    try:
-        codec = json.loads(raw_config)
-    except ValueError:
-        raise PackError(f"corrupt container: the codec config of tensor '{name}' is not JSON") from None
-    if not isinstance(codec, dict):
-        raise PackError(f"corrupt container: the codec config of tensor '{name}' is not an object")
-    decoded = r.bounded(r.u64(), limits.max_tensor_bytes, f"size of tensor '{name}'")
-    encoded = r.bounded(r.u64(), limits.max_total_bytes, f"encoded size of tensor '{name}'")
-    return Entry(ordinal, kind, name, data_type, dims, codec, decoded, encoded, r.u32())
+    codec = configs.get(raw_config)
+    if codec is None:
+        try:
+            codec = json.loads(raw_config)
+        except ValueError:
+            raise PackError(f"corrupt container: the codec config of tensor '{name}' is not JSON") from None
+        if not isinstance(codec, dict):
+            raise PackError(f"corrupt container: the codec config of tensor '{name}' is not an object")
+        configs[raw_config] = codec
+    decoded, encoded, crc = r.fields(_ENTRY_END)
+    r.bounded(decoded, limits.max_tensor_bytes, f"size of tensor '{name}'")
+    r.bounded(encoded, limits.max_total_bytes, f"encoded size of tensor '{name}'")
+    return Entry(ordinal, kind, name, data_type, dims, dict(codec), decoded, encoded, crc)

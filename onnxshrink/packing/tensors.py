@@ -69,8 +69,10 @@ def tensor_slots(model: onnx.ModelProto) -> list[TensorSlot]:
 
     def walk_nodes(nodes, where: str) -> None:
         for i, node in enumerate(nodes):
-            at = f"{where}/node '{node.name or f'{node.op_type}_{i}'}'"
             for a in node.attribute:
+                if not (a.HasField("t") or a.tensors or a.HasField("g") or a.graphs):
+                    continue  # most attributes hold no tensor: skip naming the node
+                at = f"{where}/node '{node.name or f'{node.op_type}_{i}'}'"
                 if a.HasField("t"):
                     add(a.t, ATTRIBUTE, f"{at} attribute '{a.name}'")
                 for t in a.tensors:
