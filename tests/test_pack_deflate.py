@@ -1,6 +1,7 @@
-"""The ``deflate`` codec: bit-exact round trips through the packer, the
-encoder's choice of it, and refusal of every kind of corrupt or hostile
-deflate payload (too short, too long, trailing bytes, garbage, bombs)."""
+"""The ``deflate`` and ``rle+deflate`` codecs: bit-exact round trips
+through the packer, the encoder's choice of them, and refusal of every kind
+of corrupt or hostile deflate payload (too short, too long, trailing bytes,
+garbage, bombs)."""
 
 from __future__ import annotations
 
@@ -59,15 +60,31 @@ def test_packed_models_round_trip_bit_exactly_through_deflate_and_are_determinis
     assert pack_model(model, PackOptions(codecs=("deflate",), min_tensor_bytes=0)).data == result.data
 
 
-def test_the_default_packer_picks_deflate_on_dense_int8_and_zero_runs_on_sparse():
+def test_zero_runs_through_deflate_round_trip_bit_exactly():
+    rng = np.random.default_rng(4)
+    fp32 = rng.normal(0, 0.05, (64, 80)).astype(np.float32)
+    fp32[rng.random(fp32.shape) < 0.7] = 0
+    fp32[0, :3] = -0.0  # not a zero value: its bytes are not all zero
+    leading = np.zeros(5000, np.int8)
+    leading[[0, 999, 4000]] = [3, -1, 7]  # runs of 255 and more, a value first, a tail
+    model = model_of(("sparse", laplace_int8((300, 200), zeros=0.85)), ("fp32", fp32), ("leading", leading))
+    result = pack_model(model, PackOptions(codecs=("rle+deflate",), min_tensor_bytes=0))
+    assert {e.codec["id"] for e in container.read(result.data).entries} == {"rle+deflate"}
+    assert result.data[8] == 3
+    restored = load_packed(result.data)
+    for before, after in zip(model.graph.initializer, restored.graph.initializer):
+        assert numpy_helper.to_array(after).tobytes() == numpy_helper.to_array(before).tobytes(), before.name
+
+
+def test_the_default_packer_picks_deflate_on_dense_int8_and_its_zero_runs_on_sparse():
     model = model_of(("dense", laplace_int8((512, 512))), ("sparse", laplace_int8((512, 512), zeros=0.8, seed=2)))
     result = pack_model(model)
     codecs = {t.name: t.codec for t in result.report.packed}
-    assert codecs == {"dense": "deflate", "sparse": "rle+huffman"}
-    # Within the speed tolerance of huffman's size, which is what it replaced.
-    huffman = pack_model(model, PackOptions(codecs=("huffman",)))
-    dense = [t for t in result.report.packed if t.name == "dense"][0]
-    assert dense.bytes_after <= 1.01 * [t for t in huffman.report.packed if t.name == "dense"][0].bytes_after + 32
+    assert codecs == {"dense": "deflate", "sparse": "rle+deflate"}
+    # Within the speed tolerance of the lane codecs' sizes, which is what they replace.
+    lanes = {t.name: t.bytes_after for t in pack_model(model, PackOptions(codecs=("huffman", "rle+huffman"))).report.packed}
+    for t in result.report.packed:
+        assert t.bytes_after <= 1.01 * lanes[t.name] + 32, t.name
     assert load_packed(result.data).SerializeToString() == model.SerializeToString()
 
 
@@ -123,13 +140,37 @@ def test_a_deflate_bomb_is_refused_without_inflating_it():
         decode(payload_of(bomb), 1000)
 
 
-def test_a_corrupt_deflate_payload_in_a_container_is_refused():
-    blob = bytearray(pack_model(model_of(("dense", laplace_int8((200, 100))))).data)
-    (entry,) = container.read(bytes(blob)).entries
-    assert entry.codec["id"] == "deflate"
-    blob[len(blob) - entry.encoded_length // 2] ^= 0x10
-    with pytest.raises(PackError, match="corrupt"):
-        load_packed(bytes(blob))
+@pytest.mark.parametrize("zeros, codec", [(0.0, "deflate"), (0.8, "rle+deflate")])
+def test_a_corrupt_deflate_payload_in_a_container_is_refused(zeros, codec):
+    blob = bytes(pack_model(model_of(("w", laplace_int8((200, 100), zeros=zeros)))).data)
+    (entry,) = container.read(blob).entries
+    assert entry.codec["id"] == codec
+    start = len(blob) - entry.encoded_length
+    # Not the last byte: bits after a deflate stream's end code are padding, and the data decodes the same.
+    for at in (start, start + 1, start + 5, len(blob) - entry.encoded_length // 2, len(blob) - 3):
+        for flip in (0x01, 0x10, 0x80):
+            bad = bytearray(blob)
+            bad[at] ^= flip
+            with pytest.raises(PackError, match="corrupt"):
+                load_packed(bytes(bad))
+    with pytest.raises(PackError, match="truncated"):
+        load_packed(blob[:-1])
+
+
+def test_zero_runs_that_do_not_cover_the_tensor_are_refused():
+    runs = np.array([3, 0, 255, 7], np.uint8)  # 4 + 1 + 255 + 8 = 268 values, 3 of them nonzero
+    values = np.array([1, 2, 3], np.uint8)
+    codec = get_codec({"id": "rle+deflate"})
+    for n, tail in ((268, 0), (270, 2)):
+        payload = varint(runs.size) + varint(tail) + payload_of(deflate_plane(runs)) + payload_of(deflate_plane(values))
+        out = codec.decode(ByteReader(payload, "payload"), n)
+        assert np.flatnonzero(out).tolist() == [3, 4, 267] and out[[3, 4, 267]].tolist() == [1, 2, 3]
+    with pytest.raises(PackError, match="corrupt payload"):
+        payload = varint(runs.size) + varint(5) + payload_of(deflate_plane(runs)) + payload_of(deflate_plane(values))
+        codec.decode(ByteReader(payload, "payload"), 270)
+    with pytest.raises(PackError, match="corrupt payload"):  # values for fewer positions than the runs give
+        payload = varint(runs.size) + varint(0) + payload_of(deflate_plane(runs)) + payload_of(deflate_plane(values[:2]))
+        codec.decode(ByteReader(payload, "payload"), 268)
 
 
 def test_a_version_2_file_with_a_deflate_entry_is_refused():

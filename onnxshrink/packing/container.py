@@ -31,10 +31,10 @@ MAGIC = b"\x89ONNXZ\r\n"
 VERSION = 3  # the newest version this build reads and writes
 VERSIONS = (1, 2, 3)
 # Codec parameters version 2 added (sub-byte symbols, float16 storage) and
-# codecs version 3 added (deflate); a container is written with the lowest
+# codecs version 3 added (deflate, rle+deflate); a container is written with the lowest
 # version whose features it uses, so older readers still read what they can.
 V2_CODEC_KEYS = frozenset({"symbol_bits", "cast"})
-V3_CODEC_IDS = frozenset({"deflate"})
+V3_CODEC_IDS = frozenset({"deflate", "rle+deflate"})
 
 
 def needed_version(codecs: list[dict[str, Any]]) -> int:

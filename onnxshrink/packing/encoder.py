@@ -26,7 +26,7 @@ from onnxshrink.packing.codecs import codec_ids, get_codec
 from onnxshrink.packing.codecs.abc import Analysis, Codec
 from onnxshrink.packing.report import TensorReport
 
-DEFAULT_CODECS = ("raw", "deflate", "huffman", "rle", "rle+huffman")
+DEFAULT_CODECS = ("raw", "deflate", "rle+deflate", "huffman", "rle", "rle+huffman")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,8 @@ the lane-parallel numpy decoder of ``huffman`` on a large tensor, and with no
 per-step overhead, which is what dominates on a model of many small tensors
 (digits_resnet int8: 48 MB/s). Sizes are within ~0.1 % of ``huffman``'s
 either way (deflate's code lengths are limited to 15 bits as ours are); the
-encoder prefers it within ``PackOptions.speed_tolerance``.
+encoder prefers it within ``PackOptions.speed_tolerance`` plus
+``speed_slack_bytes`` of the smallest.
 
 Payload: ``word`` times (varint length L, then L bytes of raw deflate that
 inflate to exactly ``n`` bytes: plane b of the values), plane 0 first.
@@ -63,6 +64,12 @@ def inflate_plane(data: bytes | memoryview, n: int, what: str) -> bytes:
     return out
 
 
+def read_plane(reader: ByteReader, n: int) -> bytes:
+    """One deflate plane of ``n`` bytes from ``reader``: varint length, stream."""
+    size = reader.bounded(reader.varint(), reader.remaining, "deflate stream length")
+    return inflate_plane(reader.take(size), n, reader.what)
+
+
 @register_codec
 class Deflate(Codec):
     codec_id = "deflate"
@@ -81,10 +88,7 @@ class Deflate(Codec):
 
     def decode_values(self, reader: ByteReader, nbytes: int) -> DecodeSteps:
         n = self._check_size(reader, nbytes)
-        planes = []
-        for _ in range(self.word):
-            size = reader.bounded(reader.varint(), reader.remaining, "deflate stream length")
-            planes.append(inflate_plane(reader.take(size), n, reader.what))
+        planes = [read_plane(reader, n) for _ in range(self.word)]
         yield []
         if self.word == 1:
             return np.frombuffer(planes[0], dtype=np.uint8)
