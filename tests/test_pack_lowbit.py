@@ -47,8 +47,7 @@ def test_sub_byte_tensors_round_trip_bit_exactly_as_symbols(dtype, codec):
         raw = numpy_helper.from_array(numpy_helper.to_array(typed), f"raw_{n}")
         assert typed.int32_data and raw.HasField("raw_data")
         tensors += [typed, raw]
-    # No slack: these tensors are small, and symbols win by fewer bytes than the default slack.
-    blob = pack_model(model_of(*tensors), PackOptions(codecs=(codec,), min_tensor_bytes=0, speed_slack_bytes=0)).data
+    blob = pack_model(model_of(*tensors), PackOptions(codecs=(codec,), min_tensor_bytes=0)).data
     configs = [e.codec for e in container.read(blob).entries]
     if codec != "rle":  # plain zero runs store a byte per symbol: the packed bytes are smaller
         assert {"id": codec, "word": 1, "symbol_bits": SUB_BYTE[dtype][2]} in configs
