@@ -154,6 +154,8 @@ def rebuilt(**changes) -> bytes:
 @pytest.mark.parametrize("changes, message", [
     ({"codec": {"id": "brotli-11"}}, "unknown codec 'brotli-11'"),
     ({"codec": {"id": "huffman", "word": 5}}, "word width"),
+    ({"codec": {"id": ["deflate"]}}, "a codec config without an id"),
+    ({"codec": {"id": "deflate", "word": 1, "level": 9}}, "unknown parameters"),
     ({"decoded_length": 1 << 40}, "exceeds the limit"),
     ({"decoded_length": 10}, "wrong size"),
     ({"encoded_length": 1 << 40}, "exceeds the limit"),

@@ -31,17 +31,10 @@ MAGIC = b"\x89ONNXZ\r\n"
 VERSION = 3  # the newest version this build reads and writes
 VERSIONS = (1, 2, 3)
 # Codec parameters version 2 added (sub-byte symbols, float16 storage) and
-# codecs version 3 added (deflate, rle+deflate); a container is written with the lowest
-# version whose features it uses, so older readers still read what they can.
+# codecs version 3 added (deflate, rle+deflate); a container is written with
+# the lowest version whose features it uses, so older readers read what they can.
 V2_CODEC_KEYS = frozenset({"symbol_bits", "cast"})
 V3_CODEC_IDS = frozenset({"deflate", "rle+deflate"})
-
-
-def needed_version(codecs: list[dict[str, Any]]) -> int:
-    """The lowest container version that has every one of these codec configs."""
-    if any(c.get("id") in V3_CODEC_IDS for c in codecs):
-        return 3
-    return 2 if any(V2_CODEC_KEYS & set(c) for c in codecs) else 1
 _PREFIX = struct.Struct("<8sHHB3xQQ")  # magic, version, flags, compression, stored, length
 PREFIX_SIZE = _PREFIX.size + 4  # + CRC32
 NONE, ZLIB, LZMA = 0, 1, 2
@@ -49,6 +42,14 @@ MAX_NDIM = 64
 MAX_NAME_BYTES = 65535
 MAX_CONFIG_BYTES = 4096
 _LZMA_MEMLIMIT = 1 << 28  # we write dictionaries of at most 64 MiB
+
+
+def needed_version(codecs: list[dict[str, Any]]) -> int:
+    """The lowest container version that has every one of these codec configs
+    (configs as read from a file: dicts, possibly malformed)."""
+    if any(isinstance(c.get("id"), str) and c["id"] in V3_CODEC_IDS for c in codecs):
+        return 3
+    return 2 if any(V2_CODEC_KEYS & set(c) for c in codecs) else 1
 
 
 @dataclasses.dataclass(frozen=True)
