@@ -40,10 +40,11 @@ def test_pack_prints_a_table_writes_json_and_unpack_restores(model_path, tmp_pat
     packed, report, out = tmp_path / "m.onnxz", tmp_path / "r.json", tmp_path / "back.onnx"
     result = invoke("pack", model_path, "-o", packed, "--json", report)
     assert result.exit_code == 0, result.output
-    assert "w1" in result.output and "huffman" in result.output and "entropy" in result.output
+    assert "w1" in result.output and "entropy" in result.output
     assert digest(model_path) == before
     data = json.loads(report.read_text())
     row = next(t for t in data["tensors"] if t["name"] == "w1")
+    assert row["codec"] in ("deflate", "huffman") and row["codec"] in result.output
     assert {"codec", "bytes_before", "bytes_after", "bits_per_element", "entropy_bytes", "dtype", "shape"} <= set(row)
     assert data["totals"]["container_bytes"] == packed.stat().st_size
     result = invoke("unpack", packed, "-o", out)

@@ -44,12 +44,15 @@ def mixed_model() -> onnx.ModelProto:
 MODEL = mixed_model()
 BLOB = pack_model(MODEL).data
 RLE_BLOB = pack_model(MODEL, PackOptions(codecs=("rle",))).data
+LANES = PackOptions(codecs=("raw", "huffman", "rle+huffman"))  # the codecs decoded through numpy lanes
+LANES_BLOB = pack_model(MODEL, LANES).data
 SMALL = Limits(max_header_bytes=1 << 20, max_entries=64, max_tensor_bytes=1 << 16, max_total_bytes=1 << 18)
 
 
 def test_the_fixture_uses_every_codec():
     codecs = {t.codec for t in pack_model(MODEL).report.packed}
-    assert {"huffman", "rle+huffman", "raw"} <= codecs
+    assert {"deflate", "rle+deflate", "raw"} <= codecs
+    assert {t.codec for t in pack_model(MODEL, LANES).report.packed} == {"huffman", "rle+huffman", "raw"}
     assert {t.codec for t in pack_model(MODEL, PackOptions(codecs=("rle",))).report.packed} == {"rle"}
 
 
@@ -82,13 +85,13 @@ def same_model(restored: onnx.ModelProto) -> bool:
 def test_reframing_an_untouched_header_still_loads():
     _, header, payloads = split(BLOB)
     assert same_model(load_packed(reframe(header, payloads)))
-    assert same_model(load_packed(BLOB)) and same_model(load_packed(RLE_BLOB))
+    assert same_model(load_packed(BLOB)) and same_model(load_packed(RLE_BLOB)) and same_model(load_packed(LANES_BLOB))
 
 
 @FUZZ
 @given(st.data())
 def test_truncated_containers_raise_pack_error(data):
-    blob = data.draw(st.sampled_from([BLOB, RLE_BLOB]))
+    blob = data.draw(st.sampled_from([BLOB, RLE_BLOB, LANES_BLOB]))
     cut = data.draw(st.integers(0, len(blob) - 1))
     with pytest.raises(PackError) as refused:
         load_packed(blob[:cut], SMALL)
@@ -98,7 +101,7 @@ def test_truncated_containers_raise_pack_error(data):
 @FUZZ
 @given(st.data())
 def test_bit_flips_raise_pack_error_or_change_nothing(data):
-    blob = bytearray(data.draw(st.sampled_from([BLOB, RLE_BLOB])))
+    blob = bytearray(data.draw(st.sampled_from([BLOB, RLE_BLOB, LANES_BLOB])))
     for _ in range(data.draw(st.integers(1, 4))):
         blob[data.draw(st.integers(0, len(blob) - 1))] ^= 1 << data.draw(st.integers(0, 7))
     try:
@@ -113,7 +116,7 @@ def test_bit_flips_raise_pack_error_or_change_nothing(data):
 def test_mangled_header_fields_raise_pack_error_or_parse(data):
     """With the header CRC recomputed, the parser itself must hold: any
     exception but PackError (or an allocation beyond SMALL) fails the test."""
-    _, header, payloads = split(data.draw(st.sampled_from([BLOB, RLE_BLOB])))
+    _, header, payloads = split(data.draw(st.sampled_from([BLOB, RLE_BLOB, LANES_BLOB])))
     header = bytearray(header)
     skeleton_end = 8 + struct.unpack("<Q", header[:8])[0]
     for _ in range(data.draw(st.integers(1, 3))):
@@ -129,7 +132,7 @@ def test_mangled_header_fields_raise_pack_error_or_parse(data):
 @FUZZ
 @given(st.data())
 def test_mangled_payloads_raise_pack_error_or_change_nothing(data):
-    _, header, payloads = split(data.draw(st.sampled_from([BLOB, RLE_BLOB])))
+    _, header, payloads = split(data.draw(st.sampled_from([BLOB, RLE_BLOB, LANES_BLOB])))
     payloads = bytearray(payloads)
     for _ in range(data.draw(st.integers(1, 8))):
         payloads[data.draw(st.integers(0, len(payloads) - 1))] = data.draw(st.integers(0, 255))
@@ -151,6 +154,8 @@ def rebuilt(**changes) -> bytes:
 @pytest.mark.parametrize("changes, message", [
     ({"codec": {"id": "brotli-11"}}, "unknown codec 'brotli-11'"),
     ({"codec": {"id": "huffman", "word": 5}}, "word width"),
+    ({"codec": {"id": ["deflate"]}}, "a codec config without an id"),
+    ({"codec": {"id": "deflate", "word": 1, "level": 9}}, "unknown parameters"),
     ({"decoded_length": 1 << 40}, "exceeds the limit"),
     ({"decoded_length": 10}, "wrong size"),
     ({"encoded_length": 1 << 40}, "exceeds the limit"),
@@ -168,8 +173,8 @@ def test_inconsistent_entries_are_refused_by_name(changes, message):
 
 def test_unknown_version_is_refused_with_a_clear_message():
     _, header, payloads = split(BLOB)
-    with pytest.raises(PackError, match="unsupported .onnxz version 3"):
-        load_packed(reframe(header, payloads, version=3))
+    with pytest.raises(PackError, match="unsupported .onnxz version 4"):
+        load_packed(reframe(header, payloads, version=4))
 
 
 def test_not_a_container_and_empty_input():

@@ -91,6 +91,8 @@ FIXTURE_OPTIONS = {
     "v1_rle": (golden_model, PackOptions(codecs=("rle",), min_tensor_bytes=0)),
     "v1_raw": (golden_model, PackOptions(codecs=("raw",))),
     "v2_lowbit": (golden_lowbit_model, PackOptions(min_tensor_bytes=0, float16_small=True)),
+    "v3_deflate": (golden_model, PackOptions(codecs=("deflate",), min_tensor_bytes=0)),
+    "v3_rle_deflate": (golden_model, PackOptions(codecs=("rle+deflate",), min_tensor_bytes=0)),
 }
 
 

@@ -181,9 +181,10 @@ def load_packed(source: str | os.PathLike | bytes | bytearray | memoryview, limi
     with _open_packed(source, limits) as (packed, name):
         _decode_into_model(packed, packed.jobs, name)
     model = packed.model
-    chosen = put_in_form(model, materialize)
-    if forms is not None:
-        forms.extend(chosen)
+    if materialize != "qdq" or forms is not None:  # "qdq" leaves the model as packed
+        chosen = put_in_form(model, materialize)
+        if forms is not None:
+            forms.extend(chosen)
     return model
 
 
@@ -287,8 +288,17 @@ def _decode_into_model(packed: PackedSource, jobs: list[Job], name: str) -> None
     """Decode ``jobs`` (checked) into their skeleton tensors' ``raw_data``, one at a time."""
     with _corrupt_as_pack_error(name):
         for job, out in packed.decoded(jobs):
-            job.tensor.raw_data = out.tobytes()
+            job.tensor.raw_data = _as_bytes(out)
             del out
+
+
+def _as_bytes(out: np.ndarray) -> bytes:
+    """The bytes of ``out`` (uint8, 1-D): the bytes object it views when it
+    views all of one (what inflate returns), else a copy."""
+    base = out.base
+    if isinstance(base, bytes) and len(base) == out.size and out.flags.c_contiguous:
+        return base
+    return out.tobytes()
 
 
 def _write_inline(packed: PackedSource, jobs: list[Job], model: onnx.ModelProto, dst: Path, name: str

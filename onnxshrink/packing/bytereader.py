@@ -37,6 +37,10 @@ class ByteReader:
     def _unpack(self, s: struct.Struct) -> int:
         return s.unpack(self.take(s.size))[0]
 
+    def fields(self, s: struct.Struct) -> tuple:
+        """The next ``s.size`` bytes unpacked by ``s``: several fixed fields in one read."""
+        return s.unpack(self.take(s.size))
+
     def u8(self) -> int:
         return self._unpack(_U8)
 
@@ -54,15 +58,20 @@ class ByteReader:
 
     def varint(self) -> int:
         """An unsigned LEB128 integer of at most 64 bits (10 bytes)."""
+        view, pos, end = self.view, self.pos, len(self.view)
         value = shift = 0
         while True:
-            byte = self.u8()
+            if pos >= end:
+                raise PackError(f"corrupt {self.what}: truncated (wanted 1 bytes, 0 left)")
+            byte = view[pos]
+            pos += 1
             value |= (byte & 0x7F) << shift
             if not byte & 0x80:
                 break
             shift += 7
             if shift >= 64:
                 raise PackError(f"corrupt {self.what}: an integer longer than 64 bits")
+        self.pos = pos
         if value >> 64:
             raise PackError(f"corrupt {self.what}: an integer longer than 64 bits")
         return value

@@ -28,12 +28,13 @@ from onnxshrink.errors import PackError
 from onnxshrink.packing.bytereader import ByteReader, i32, u8, u16, u32, u64
 
 MAGIC = b"\x89ONNXZ\r\n"
-VERSION = 2  # the newest version this build reads and writes
-VERSIONS = (1, 2)
-# Codec parameters version 2 added (sub-byte symbols, float16 storage); a
-# container that uses none of them is written as version 1, which older
-# readers still read.
+VERSION = 3  # the newest version this build reads and writes
+VERSIONS = (1, 2, 3)
+# Codec parameters version 2 added (sub-byte symbols, float16 storage) and
+# codecs version 3 added (deflate, rle+deflate); a container is written with
+# the lowest version whose features it uses, so older readers read what they can.
 V2_CODEC_KEYS = frozenset({"symbol_bits", "cast"})
+V3_CODEC_IDS = frozenset({"deflate", "rle+deflate"})
 _PREFIX = struct.Struct("<8sHHB3xQQ")  # magic, version, flags, compression, stored, length
 PREFIX_SIZE = _PREFIX.size + 4  # + CRC32
 NONE, ZLIB, LZMA = 0, 1, 2
@@ -41,6 +42,14 @@ MAX_NDIM = 64
 MAX_NAME_BYTES = 65535
 MAX_CONFIG_BYTES = 4096
 _LZMA_MEMLIMIT = 1 << 28  # we write dictionaries of at most 64 MiB
+
+
+def needed_version(codecs: list[dict[str, Any]]) -> int:
+    """The lowest container version that has every one of these codec configs
+    (configs as read from a file: dicts, possibly malformed)."""
+    if any(isinstance(c.get("id"), str) and c["id"] in V3_CODEC_IDS for c in codecs):
+        return 3
+    return 2 if any(V2_CODEC_KEYS & set(c) for c in codecs) else 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +115,7 @@ def head(skeleton: bytes, entries: list[Entry]) -> bytes:
     the payloads follow it in entry order. Same inputs give the same bytes."""
     header = b"".join([u64(len(skeleton)), skeleton, u32(len(entries))] + [_entry_bytes(e) for e in entries])
     method, stored = _compress(header)
-    version = 2 if any(V2_CODEC_KEYS & set(e.codec) for e in entries) else 1
+    version = needed_version([e.codec for e in entries])
     prefix = _PREFIX.pack(MAGIC, version, 0, method, len(stored), len(header))
     crc = zlib.crc32(stored, zlib.crc32(prefix))
     return b"".join([prefix, u32(crc), stored])
@@ -179,10 +188,12 @@ def read_layout(read_at: ReadAt, size: int, limits: Limits = Limits()) -> Layout
     reader = ByteReader(header, "container header")
     skeleton = bytes(reader.take(reader.bounded(reader.u64(), header_len, "model size")))
     count = reader.bounded(reader.u32(), limits.max_entries, "number of tensors")
-    entries = [_read_entry(reader, limits) for _ in range(count)]
+    configs: dict[str, dict[str, Any]] = {}
+    entries = [_read_entry(reader, limits, configs) for _ in range(count)]
     reader.expect_end()
-    if version == 1 and any(V2_CODEC_KEYS & set(e.codec) for e in entries):
-        raise PackError("corrupt container: a version 1 file uses codec parameters of version 2")
+    needed = needed_version([e.codec for e in entries])
+    if needed > version:
+        raise PackError(f"corrupt container: a version {version} file uses codecs or parameters of version {needed}")
     total = sum(e.decoded_length for e in entries)
     if total > limits.max_total_bytes:
         raise PackError(f"container declares {total} bytes of tensors, beyond the limit {limits.max_total_bytes}")
@@ -215,20 +226,31 @@ def _decompress(method: int, stored: memoryview, length: int) -> bytes:
     return out
 
 
-def _read_entry(r: ByteReader, limits: Limits) -> Entry:
-    ordinal = r.u32()
-    kind = r.u8()
-    name = r.text(r.u16(), "tensor name")
-    data_type = r.i32()
-    ndim = r.bounded(r.u8(), MAX_NDIM, "rank")
-    dims = tuple(r.u64() for _ in range(ndim))
+# An entry's fixed fields, read a group at a time (a model has thousands of entries).
+_ENTRY_START = struct.Struct("<IBH")  # ordinal, kind, name length
+_ENTRY_TYPE = struct.Struct("<iB")  # data_type, rank
+_ENTRY_END = struct.Struct("<QQI")  # decoded length, encoded length, CRC32
+
+
+def _read_entry(r: ByteReader, limits: Limits, configs: dict[str, dict[str, Any]]) -> Entry:
+    """One entry; ``configs`` caches parsed codec configs by their text (each
+    entry still gets its own dict)."""
+    ordinal, kind, name_length = r.fields(_ENTRY_START)
+    name = r.text(name_length, "tensor name")
+    data_type, ndim = r.fields(_ENTRY_TYPE)
+    r.bounded(ndim, MAX_NDIM, "rank")
+    dims = struct.unpack(f"<{ndim}Q", r.take(8 * ndim))
     raw_config = r.text(r.bounded(r.u16(), MAX_CONFIG_BYTES, "codec config size"), "codec config")
-    try:
-        codec = json.loads(raw_config)
-    except ValueError:
-        raise PackError(f"corrupt container: the codec config of tensor '{name}' is not JSON") from None
-    if not isinstance(codec, dict):
-        raise PackError(f"corrupt container: the codec config of tensor '{name}' is not an object")
-    decoded = r.bounded(r.u64(), limits.max_tensor_bytes, f"size of tensor '{name}'")
-    encoded = r.bounded(r.u64(), limits.max_total_bytes, f"encoded size of tensor '{name}'")
-    return Entry(ordinal, kind, name, data_type, dims, codec, decoded, encoded, r.u32())
+    codec = configs.get(raw_config)
+    if codec is None:
+        try:
+            codec = json.loads(raw_config)
+        except ValueError:
+            raise PackError(f"corrupt container: the codec config of tensor '{name}' is not JSON") from None
+        if not isinstance(codec, dict):
+            raise PackError(f"corrupt container: the codec config of tensor '{name}' is not an object")
+        configs[raw_config] = codec
+    decoded, encoded, crc = r.fields(_ENTRY_END)
+    r.bounded(decoded, limits.max_tensor_bytes, f"size of tensor '{name}'")
+    r.bounded(encoded, limits.max_total_bytes, f"encoded size of tensor '{name}'")
+    return Entry(ordinal, kind, name, data_type, dims, dict(codec), decoded, encoded, crc)

@@ -23,7 +23,7 @@ from onnxshrink.errors import PackError
 from onnxshrink.packing import container, tensors
 from onnxshrink.packing.bytereader import ByteReader
 from onnxshrink.packing.codecs import get_codec
-from onnxshrink.packing.codecs.abc import decode_all
+from onnxshrink.packing.codecs.abc import Codec, decode_all
 from onnxshrink.packing.container import Limits
 
 # Tensors up to this size are decoded together, in groups of up to
@@ -34,12 +34,13 @@ _BATCH_TOTAL_BYTES = 1 << 26
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One entry to decode: its payload's offset in the container and the
-    skeleton tensor it restores."""
+    """One entry to decode: its payload's offset in the container, the
+    skeleton tensor it restores and the codec its config names."""
 
     entry: container.Entry
     offset: int
     tensor: onnx.TensorProto
+    codec: Codec
 
 
 class PackedSource:
@@ -60,7 +61,8 @@ class PackedSource:
             raise PackError("corrupt container: the model graph does not parse") from None
         del layout.skeleton
         slots = tensors.tensor_slots(self.model)
-        self.jobs = [Job(entry, offset, _slot_for(entry, slots, previous))
+        # Codecs are built here, so unknown ones are refused before anything is decoded.
+        self.jobs = [Job(entry, offset, _slot_for(entry, slots, previous), get_codec(entry.codec))
                      for entry, offset, previous in zip(layout.entries, layout.offsets, [None, *layout.entries])]
 
     def decoded(self, jobs: list[Job]) -> Iterator[tuple[Job, np.ndarray]]:
@@ -93,7 +95,7 @@ class PackedSource:
         for job, reader in zip(jobs, readers):
             if reader.remaining != job.entry.encoded_length:
                 raise PackError(f"corrupt container: the payload of tensor '{job.entry.name}' is truncated")
-        steps = [get_codec(j.entry.codec).decode_steps(r, j.entry.decoded_length) for j, r in zip(jobs, readers)]
+        steps = [j.codec.decode_steps(r, j.entry.decoded_length) for j, r in zip(jobs, readers)]
         outs = decode_all(steps)
         for job, reader, out in zip(jobs, readers, outs):
             reader.expect_end()
@@ -114,5 +116,4 @@ def _slot_for(entry: container.Entry, slots: list[tensors.TensorSlot], previous:
         raise PackError(f"corrupt container: tensor '{entry.name}' does not match the graph")
     if tensors.expected_nbytes(entry.data_type, entry.dims) != entry.decoded_length:
         raise PackError(f"corrupt container: tensor '{entry.name}' has the wrong size for its shape")
-    get_codec(entry.codec)  # refuse unknown codecs before decoding anything
     return t

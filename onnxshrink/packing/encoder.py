@@ -26,7 +26,7 @@ from onnxshrink.packing.codecs import codec_ids, get_codec
 from onnxshrink.packing.codecs.abc import Analysis, Codec
 from onnxshrink.packing.report import TensorReport
 
-DEFAULT_CODECS = ("raw", "huffman", "rle", "rle+huffman")
+DEFAULT_CODECS = ("raw", "deflate", "rle+deflate", "huffman", "rle", "rle+huffman")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +34,18 @@ class PackOptions:
     """How to pack.
 
     ``codecs``: the candidates tried on each tensor (the smallest result wins).
-    They are listed fastest to decode first: ``speed_tolerance`` lets an
-    earlier codec win when its output is at most that fraction larger than the
-    smallest (Huffman decodes 30 % faster than zero runs on a half-zero tensor
-    that zero runs code 0.5 % smaller). ``min_tensor_bytes``: smaller tensors
-    stay inline in the graph, which the container compresses as a whole.
+    They are listed fastest to decode first: an earlier codec wins when its
+    output is at most ``speed_tolerance`` (a fraction) larger than the
+    smallest (Huffman decodes 30 % faster than zero runs on a half-zero
+    tensor that zero runs code 0.5 % smaller), and a codec decoded in C
+    (``deflate``, ``rle+deflate``, ``raw``) wins over one decoded through
+    numpy lanes (``huffman``, ``rle+huffman``) when it is at most
+    ``speed_tolerance`` plus ``speed_slack_bytes`` larger: on a tensor of a
+    few hundred bytes deflate's block header costs 10-30 bytes more, while
+    the lanes' fixed cost per step is what made small tensors slow
+    (digits_resnet int8: 20 small tensors took 40 % of its load time).
+    ``min_tensor_bytes``: smaller tensors stay inline in the graph, which the
+    container compresses as a whole.
 
     ``float16_small`` (lossy, off by default): packed float32 tensors of fewer
     than ``float16_small_below`` elements (biases, norms, positional
@@ -51,6 +58,7 @@ class PackOptions:
     codecs: tuple[str, ...] = DEFAULT_CODECS
     min_tensor_bytes: int = 256
     speed_tolerance: float = 0.01
+    speed_slack_bytes: int = 32
     float16_small: bool = False
     float16_small_below: int = 65536
 
@@ -58,8 +66,10 @@ class PackOptions:
         unknown = [c for c in self.codecs if c not in codec_ids()]
         if unknown or not self.codecs:
             raise UsageError(f"unknown codec(s) {unknown or '(none given)'}; choose from {', '.join(codec_ids())}")
-        if self.min_tensor_bytes < 0 or not 0 <= self.speed_tolerance < 1 or self.float16_small_below < 0:
-            raise UsageError("min_tensor_bytes and float16_small_below must be >= 0 and speed_tolerance in [0, 1)")
+        if (self.min_tensor_bytes < 0 or not 0 <= self.speed_tolerance < 1 or self.float16_small_below < 0
+                or self.speed_slack_bytes < 0):
+            raise UsageError("min_tensor_bytes, speed_slack_bytes and float16_small_below must be >= 0 "
+                             "and speed_tolerance in [0, 1)")
 
 
 def encode_tensors(model: onnx.ModelProto, options: PackOptions, sink: BinaryIO,
@@ -158,18 +168,28 @@ def _best_encoding(arr: np.ndarray, params: list[dict[str, Any]], options: PackO
     """The config and payload of the codec to use, and the tensor's entropy bound.
 
     The codec is the first listed (the faster to decode) whose estimated size
-    is within ``options.speed_tolerance`` of the smallest estimate; estimates
-    are exact but for the lane tables (~0.1 %), so only that codec encodes.
-    ``raw`` is only tried with the first parameters (raw symbols would only
-    be larger).
+    is within ``options.speed_tolerance`` of the smallest estimate. If that
+    one decodes through numpy lanes (``Codec.lanes``), the first listed of
+    the others within the tolerance of their own smallest takes its place
+    when that smallest is within the tolerance plus
+    ``options.speed_slack_bytes`` of the overall one: the slack buys out the
+    lanes' fixed cost on small tensors, never a larger codec over a smaller
+    C-decoded one. Estimates are exact but for the lane tables (~0.1 %), so
+    only the chosen codec encodes. ``raw`` is only tried with the first
+    parameters (raw symbols would only be larger).
     """
     analysis = Analysis(arr)
     codecs: list[Codec] = [get_codec({"id": c, **p}) for c in options.codecs
                            for p in (params[:1] if c == "raw" else params)]
     worth = [c for c in codecs if c.worth_trying(analysis)] or codecs
     estimates = [(c.estimate(arr, analysis), c) for c in worth]
-    best = min(e for e, _ in estimates)
-    codec = next(c for e, c in estimates if e <= best * (1 + options.speed_tolerance))
+    codec, best = _first_within(estimates, options.speed_tolerance)
+    if codec.lanes:
+        others = [(e, c) for e, c in estimates if not c.lanes]
+        if others:
+            other, other_best = _first_within(others, options.speed_tolerance)
+            if other_best <= best * (1 + options.speed_tolerance) + options.speed_slack_bytes:
+                codec = other
     payload = codec.encode(arr, analysis)
     raw = get_codec({"id": "raw", **params[0]})
     if "raw" in options.codecs and len(payload) > raw.estimate(arr, analysis):
@@ -179,6 +199,12 @@ def _best_encoding(arr: np.ndarray, params: list[dict[str, Any]], options: PackO
     word = params[-1]["word"]
     entropy = sum(codebook.entropy_bits(h) for h in finest.histograms(word)) / 8
     return codec.get_config(), payload, entropy
+
+
+def _first_within(estimates: list[tuple[int, Codec]], tolerance: float) -> tuple[Codec, int]:
+    """The first codec whose estimate is within ``tolerance`` of the smallest, and that smallest."""
+    best = min(e for e, _ in estimates)
+    return next(c for e, c in estimates if e <= best * (1 + tolerance)), best
 
 
 def quantization_parameters(model: onnx.ModelProto) -> set[str]:

@@ -102,6 +102,9 @@ class Codec(ABC):
     """
 
     codec_id: ClassVar[str]
+    # Whether decoding runs the numpy lane loop (a fixed cost per step that
+    # dominates on small tensors): the encoder trades a few bytes to avoid it.
+    lanes: ClassVar[bool] = False
 
     def __init__(self, word: int = 1, symbol_bits: int = 8, cast: str | None = None):
         if word not in WORDS:

@@ -21,6 +21,7 @@ from onnxshrink.packing.codecs.registry import register_codec
 @register_codec
 class Huffman(Codec):
     codec_id = "huffman"
+    lanes = True
 
     def encode_values(self, data: np.ndarray, a: Analysis) -> bytes:
         return b"".join(stream.encode(p, counts=h) for p, h in zip(a.planes(self.word), a.histograms(self.word)))

@@ -13,4 +13,5 @@ from onnxshrink.packing.codecs.rle import RunLength
 @register_codec
 class RunLengthHuffman(RunLength):
     codec_id = "rle+huffman"
+    lanes = True
     entropy_coded = True
