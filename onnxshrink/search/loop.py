@@ -58,8 +58,10 @@ LATENCY_BUDGET_SHARES = (1.0, 0.75, 0.5, 0.25)
 # Pruning's sensitivity scan must end within this part of the time budget:
 # quantization, validation and the weight-only floor need the rest.
 PRUNE_TIME_SHARE = 0.5
-# The widths of the weight-only GPTQ candidate tried after a static int8 recipe's.
-MIXED_WIDTHS = (4, 8)
+# The widths of the weight-only GPTQ candidate tried after a static int8 recipe's: 6 and 5 are
+# int8 codes with fewer levels (packed smaller, same kernels as 8), so the mix need not jump from
+# 4 to 8 bits.
+MIXED_WIDTHS = (4, 5, 6, 8)
 # A --weight-bits winner whose weights load as float32 (Conv) gives way to its Conv layers in
 # static int8 when that is at most this much larger on disk (1 / 0.85: 18 %): digits_resnet 24.6x
 # against 26.0x for 0.26x of fp32's weight bytes in memory against 1.00x, 0.15x its latency against 1.0x.

@@ -58,7 +58,9 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     """Weight-only quantization with GPTQ rounding: every weight at the narrowest
     width; while that fails the gate, the most sensitive (largest estimated
     output error) are promoted to the next width, as few as the gate allows
-    (bisection on their number), the rest stay a width below. When even all at
+    (bisection on their number), the rest stay a width below; then as many
+    of those as the gate allows go down to each narrower width
+    (:func:`narrower` inside: least error per byte first). When even all at
     the widest fail, the most sensitive stay float instead, again as few as
     the gate allows, and then the least sensitive of the others go down to
     the narrowest width, as many as the gate allows. A bisection that runs
@@ -82,9 +84,11 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
                 collect_weight_statistics(inputs.base, calib, base_options, progress=inputs.progress)
         stats = state.weight_stats
 
-    def quantized(promoted: list[str], to: int, rest: int, kept_float: tuple[str, ...] = ()):
+    def quantized(promoted: list[str], to: int, rest: int, kept_float: tuple[str, ...] = (),
+                  demoted: dict[str, int] | None = None):
         layer_bits: dict[str, int | None] = {name: to for name in promoted}
         layer_bits.update({name: None for name in kept_float})
+        layer_bits.update(demoted or {})
         opts = dataclasses.replace(base_options, bits=rest, layer_bits=layer_bits)
         return quantize_weights(model, opts, calib=calib, layer_stats=stats, measure_latency=False,
                                 codes_cache=state.weight_codes)
@@ -130,16 +134,41 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     def passes(result) -> bool:
         return gate_passes(inputs, state, deployed(inputs, result.model))
 
+    def narrower(promoted: list[str], upper: int, lower: int, best):
+        """Below a passing mix (``promoted`` at ``upper``, the others at
+        ``lower``), layers at ``lower`` go down to each narrower width in
+        turn, narrowest first, as many as the gate allows: those whose
+        estimated error at the narrowest width is least per byte they take
+        first (a model's bytes sit in a few large layers, which often bear
+        fewer bits than the gate's most sensitive layer). ``best`` is the
+        mix, which passes."""
+        at_lower = [n for n in names if n not in set(promoted)]
+        demoted: dict[str, int] = {}
+        for width in (w for w in widths if w < lower):
+            cheap = sorted((n for n in at_lower if n not in demoted),
+                           key=lambda n: _error(at_narrow[n]) / max(at_narrow[n].bytes_before, 1))
+            if not cheap or out_of_time():
+                break
+            fixed = dict(demoted)
+            best = most(len(cheap), lambda j: quantized(promoted, upper, lower,
+                                                        demoted={**fixed, **{n: width for n in cheap[:j]}}), best)
+            demoted.update({n: width for n in cheap if _bits_of(best, n) == width})
+        return best
+
     first = quantized([], widths[0], widths[0])
     if passes(first):
         return first
     ranked = sorted((w for w in first.report.weights if w.bits), key=lambda w: -_error(w))
     names = [w.name for w in ranked]
+    at_narrow = {w.name: w for w in ranked}
     every = first  # all at the widest width, once the loop below has tried it
     for lower, upper in zip(widths, widths[1:]):
         every = quantized(names, upper, upper)
         if passes(every):
-            return fewest(len(names), lambda k: quantized(names[:k], upper, lower), every)
+            count = len(names)
+            mix = fewest(count, lambda k: quantized(names[:k], upper, lower), every)
+            promoted = [n for n in names if _bits_of(mix, n) == upper]
+            return narrower(promoted, upper, lower, mix)
     if not names:
         return None
     wide, narrow = widths[-1], widths[0]
@@ -158,6 +187,11 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     # The few most sensitive stay float; the least sensitive of the others may
     # still do at the narrowest width: as many as the gate allows (bisection).
     return most(len(rest), lambda j: quantized(rest[:len(rest) - j], wide, narrow, floats), kept)
+
+
+def _bits_of(result, name: str) -> int | None:
+    """The width ``result`` gave weight ``name`` (None: float or not quantized)."""
+    return next((w.bits for w in result.report.weights if w.name == name), None)
 
 
 def _error(record) -> float:
