@@ -56,11 +56,11 @@ def deployed(inputs: SearchInputs, model: onnx.ModelProto) -> onnx.ModelProto:
 def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, reshaped: bool = False,
                     weight_bits: tuple[int, ...] | None = None):
     """Weight-only quantization with GPTQ rounding: every weight at the narrowest
-    width; while that fails the gate, the most sensitive (largest estimated
-    output error) are promoted to the next width, as few as the gate allows
-    (bisection on their number), the rest stay a width below; then as many
-    of those as the gate allows go down to each narrower width
-    (:func:`narrower` inside: least error per byte first). When even all at
+    width; while that fails the gate, every weight at the next width, until
+    one passes; from there layers step down to narrower widths, the steps
+    adding least estimated output error per bit saved first, as many as the
+    gate allows (:func:`narrowing_steps`; doubling, then bisection on their
+    number). When even all at
     the widest fail, the most sensitive stay float instead, again as few as
     the gate allows, and then the least sensitive of the others go down to
     the narrowest width, as many as the gate allows. A bisection that runs
@@ -134,41 +134,21 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     def passes(result) -> bool:
         return gate_passes(inputs, state, deployed(inputs, result.model))
 
-    def narrower(promoted: list[str], upper: int, lower: int, best):
-        """Below a passing mix (``promoted`` at ``upper``, the others at
-        ``lower``), layers at ``lower`` go down to each narrower width in
-        turn, narrowest first, as many as the gate allows: those whose
-        estimated error at the narrowest width is least per byte they take
-        first (a model's bytes sit in a few large layers, which often bear
-        fewer bits than the gate's most sensitive layer). ``best`` is the
-        mix, which passes."""
-        at_lower = [n for n in names if n not in set(promoted)]
-        demoted: dict[str, int] = {}
-        for width in (w for w in widths if w < lower):
-            cheap = sorted((n for n in at_lower if n not in demoted),
-                           key=lambda n: _error(at_narrow[n]) / max(at_narrow[n].bytes_before, 1))
-            if not cheap or out_of_time():
-                break
-            fixed = dict(demoted)
-            best = most(len(cheap), lambda j: quantized(promoted, upper, lower,
-                                                        demoted={**fixed, **{n: width for n in cheap[:j]}}), best)
-            demoted.update({n: width for n in cheap if _bits_of(best, n) == width})
-        return best
-
     first = quantized([], widths[0], widths[0])
     if passes(first):
         return first
     ranked = sorted((w for w in first.report.weights if w.bits), key=lambda w: -_error(w))
     names = [w.name for w in ranked]
-    at_narrow = {w.name: w for w in ranked}
+    records = {widths[0]: {w.name: w for w in ranked}}
     every = first  # all at the widest width, once the loop below has tried it
-    for lower, upper in zip(widths, widths[1:]):
-        every = quantized(names, upper, upper)
+    for top in widths[1:]:
+        every = quantized([], top, top)
+        records[top] = {w.name: w for w in every.report.weights if w.bits}
         if passes(every):
-            count = len(names)
-            mix = fewest(count, lambda k: quantized(names[:k], upper, lower), every)
-            promoted = [n for n in names if _bits_of(mix, n) == upper]
-            return narrower(promoted, upper, lower, mix)
+            # From all at ``top`` (which passes), layers step down to narrower widths, the steps
+            # that add the least estimated error per byte they save first, as many as the gate allows.
+            steps = narrowing_steps(names, [w for w in widths if w <= top], records)
+            return most(len(steps), lambda k: quantized([], top, top, demoted=dict(steps[:k])), every)
     if not names:
         return None
     wide, narrow = widths[-1], widths[0]
@@ -189,9 +169,26 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     return most(len(rest), lambda j: quantized(rest[:len(rest) - j], wide, narrow, floats), kept)
 
 
-def _bits_of(result, name: str) -> int | None:
-    """The width ``result`` gave weight ``name`` (None: float or not quantized)."""
-    return next((w.bits for w in result.report.weights if w.name == name), None)
+def narrowing_steps(names: list[str], widths: list[int], records: dict[int, dict]) -> list[tuple[str, int]]:
+    """Every layer's steps from the widest of ``widths`` down to each narrower
+    one, as (name, width) in the order a mix takes them: least estimated
+    output error added per bit saved first (a model's bytes sit in a few
+    large layers, which often bear fewer bits than its most sensitive one).
+    A layer's own steps stay in order (its cost per bit is made
+    non-decreasing down its widths), so any prefix sets each layer to the
+    narrowest width it reached. ``records[w][name]`` holds the layer's
+    quantization record at width w."""
+    order = []
+    for name in names:
+        cost = 0.0
+        down = sorted(widths, reverse=True)
+        for position, (wide, narrow) in enumerate(zip(down, down[1:])):
+            added = max(_error(records[narrow][name]) - _error(records[wide][name]), 0.0)
+            saved = (wide - narrow) * max(records[narrow][name].bytes_before // 4, 1)
+            cost = max(cost, added / saved)
+            order.append((cost, position, name, narrow))
+    order.sort(key=lambda step: (step[0], step[1], step[2]))
+    return [(name, narrow) for _, _, name, narrow in order]
 
 
 def _error(record) -> float:
