@@ -26,7 +26,7 @@ candidates are skipped (pruning only adds error) and the weight-only GPTQ
 candidate runs before the unpruned static int8 one (whose accuracy-aware
 search gets the time left). Otherwise (:func:`search`'s tail), after the
 recipe's candidates, a static
-int8 recipe also tries weight-only GPTQ at 4 or 8 bits per layer, and plain
+int8 recipe also tries weight-only GPTQ at 4 to 8 bits per layer, and plain
 weight-only int8 always runs last: the floor the winner is compared with,
 and the fallback when nothing else passed. Candidates that cannot help or do
 not fit in ``ShrinkOptions.time_budget`` are skipped, each with its reason
@@ -223,7 +223,7 @@ def search(inputs: SearchInputs) -> SearchResult:
 
     After the recipe's candidates (and the bolder one), a winner slower than
     asked gives way to the latency families (:func:`latency_families`);
-    weight-only GPTQ with 4- or 8-bit layers may then replace the winner when
+    weight-only GPTQ with 4- to 8-bit layers may then replace the winner when
     it is clearly smaller (static int8 recipes, as time allows), and plain
     weight-only int8 always runs last: the floor the winner is compared with,
     and the fallback. Candidates that cannot help or do not fit in the time
