@@ -22,6 +22,9 @@ WEIGHT_RANGE_BITS = (4, 6, 8)
 # The accuracy-aware static int8 search (float nodes put back one by one) may
 # use at most this part of the time budget: the weight-only candidates follow.
 AWARE_TIME_SHARE = 0.25
+# The weight-only mix's steps to narrower widths: where the next step fails the gate, it (and
+# its layer's later steps) is left out and the steps after it are tried, at most this many times.
+SKIPPED_STEPS = 3
 # The original's outputs on the gate's data, kept for the search's many gate
 # checks, up to this many bytes (beyond, it is run again with each check).
 KEPT_REFERENCE_BYTES = 256 << 20
@@ -60,7 +63,7 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     one passes; from there layers step down to narrower widths, the steps
     adding least estimated output error per bit saved first, as many as the
     gate allows (:func:`narrowing_steps`; doubling, then bisection on their
-    number). When even all at
+    number; a step that fails is passed over, a few times). When even all at
     the widest fail, the most sensitive stay float instead, again as few as
     the gate allows, and then the least sensitive of the others go down to
     the narrowest width, as many as the gate allows. A bisection that runs
@@ -105,18 +108,19 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
                 passing, best = mid, candidate
             else:
                 failing = mid
-        return best
+        return passing, best
 
     def fewest(count: int, make, best):
         """How many of the ranked names get the better treatment: the smallest
         count whose model passes; ``best`` is ``make(count)``, which passes."""
-        return bisect_counts(0, count, make, best)
+        return bisect_counts(0, count, make, best)[1]
 
     def most(count: int, make, best):
         """How many of the ranked names (from the least sensitive) get the
         cheaper treatment: the largest count whose model passes, found by
         doubling from one (the gate often allows few: then a check or two)
-        and then bisection; ``best`` is ``make(0)``, which passes."""
+        and then bisection; ``best`` is ``make(0)``, which passes. Returns
+        (that count, its model)."""
         lo, hi = 0, count + 1  # lo passes, hi fails
         step = 1
         while lo + step < hi and not out_of_time():
@@ -126,6 +130,26 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
                 break
             lo, best, step = lo + step, candidate, 2 * step
         return bisect_counts(hi, lo, make, best)
+
+    def most_steps(steps: list[tuple[str, int]], top: int, best):
+        """As many of ``steps`` (in order) as the gate allows, from all at
+        ``top`` (``best``, which passes). A gate measured on few samples is
+        not monotone in the steps: where the next step fails, that step and
+        its layer's later ones are left out and the search goes on with the
+        steps after it, up to SKIPPED_STEPS times and within the time budget."""
+        taken: list[tuple[str, int]] = []
+        rest = list(steps)
+        for _ in range(SKIPPED_STEPS + 1):
+            if not rest or out_of_time():
+                break
+            done = list(taken)
+            count, best = most(len(rest), lambda k: quantized([], top, top, demoted=dict(done + rest[:k])), best)
+            taken += rest[:count]
+            if count == len(rest):
+                break
+            failed = rest[count][0]
+            rest = [step for step in rest[count + 1:] if step[0] != failed]
+        return best
 
     def out_of_time() -> bool:
         """Past the time budget: a bisection stops at the best mix it has (one that passes)."""
@@ -148,7 +172,7 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
             # From all at ``top`` (which passes), layers step down to narrower widths, the steps
             # that add the least estimated error per byte they save first, as many as the gate allows.
             steps = narrowing_steps(names, [w for w in widths if w <= top], records)
-            return most(len(steps), lambda k: quantized([], top, top, demoted=dict(steps[:k])), every)
+            return most_steps(steps, top, every)
     if not names:
         return None
     wide, narrow = widths[-1], widths[0]
@@ -166,7 +190,7 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
         return kept
     # The few most sensitive stay float; the least sensitive of the others may
     # still do at the narrowest width: as many as the gate allows (bisection).
-    return most(len(rest), lambda j: quantized(rest[:len(rest) - j], wide, narrow, floats), kept)
+    return most(len(rest), lambda j: quantized(rest[:len(rest) - j], wide, narrow, floats), kept)[1]
 
 
 def narrowing_steps(names: list[str], widths: list[int], records: dict[int, dict]) -> list[tuple[str, int]]:
