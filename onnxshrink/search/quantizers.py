@@ -65,8 +65,8 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     gate allows (:func:`narrowing_steps`; doubling, then bisection on their
     number; a step that fails is passed over, a few times). When even all at
     the widest fail, the most sensitive stay float instead, again as few as
-    the gate allows, and then the least sensitive of the others go down to
-    the narrowest width, as many as the gate allows. A bisection that runs
+    the gate allows, and then the others step down to narrower widths as
+    above. A bisection that runs
     past the time budget stops at the best mix it has. The layer Hessians
     come from the unpruned model and are reused by every trial, but for a model whose layers channel
     pruning ``reshaped`` (collected for it alone). Returns the WeightOnlyResult,
@@ -131,7 +131,7 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
             lo, best, step = lo + step, candidate, 2 * step
         return bisect_counts(hi, lo, make, best)
 
-    def most_steps(steps: list[tuple[str, int]], top: int, best):
+    def most_steps(steps: list[tuple[str, int]], top: int, best, floats: tuple[str, ...] = ()):
         """As many of ``steps`` (in order) as the gate allows, from all at
         ``top`` (``best``, which passes). A gate measured on few samples is
         not monotone in the steps: where the next step fails, that step and
@@ -143,7 +143,7 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
             if not rest or out_of_time():
                 break
             done = list(taken)
-            count, best = most(len(rest), lambda k: quantized([], top, top, demoted=dict(done + rest[:k])), best)
+            count, best = most(len(rest), lambda k: quantized([], top, top, floats, dict(done + rest[:k])), best)
             taken += rest[:count]
             if count == len(rest):
                 break
@@ -188,9 +188,9 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     rest = [n for n in names if n not in floats]
     if narrow == wide or not rest:
         return kept
-    # The few most sensitive stay float; the least sensitive of the others may
-    # still do at the narrowest width: as many as the gate allows (bisection).
-    return most(len(rest), lambda j: quantized(rest[:len(rest) - j], wide, narrow, floats), kept)[1]
+    # The few most sensitive stay float; the others may still step down to narrower
+    # widths, as many as the gate allows.
+    return most_steps(narrowing_steps(rest, list(widths), records), wide, kept, floats)
 
 
 def narrowing_steps(names: list[str], widths: list[int], records: dict[int, dict]) -> list[tuple[str, int]]:
