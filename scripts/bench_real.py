@@ -78,11 +78,13 @@ quantize_dynamic(sys.argv[1], sys.argv[3])
 def command(config: str, model: Path, calib: Path, evaluation: Path, out: Path) -> list[str]:
     """The command line that makes ``out`` for one configuration."""
     osh = [str(Path(sys.executable).with_name("onnxshrink"))]
+    # shrink's JSON report is kept beside its output (OUT.onnxz.json): which widths, trials and notes.
     if config == "shrink":
-        return osh + ["shrink", str(model), "-o", str(out), "--calib", str(calib), "--eval", str(evaluation), "-q"]
+        return osh + ["shrink", str(model), "-o", str(out), "--calib", str(calib), "--eval", str(evaluation), "-q",
+                      "--json", f"{out}.json"]
     if config.startswith("shrink cos"):
         return osh + ["shrink", str(model), "-o", str(out), "--calib", str(calib), "--eval", str(evaluation),
-                      "--min-cosine", config[len("shrink cos"):], "-q"]
+                      "--min-cosine", config[len("shrink cos"):], "-q", "--json", f"{out}.json"]
     if config == "quantize":
         return osh + ["quantize", str(model), "-o", str(out), "--calib", str(calib), "-q"]
     if config in ("w8", "w4"):

@@ -201,8 +201,8 @@ def test_layer_bits_exclude_and_min_size():
 
 
 def test_options_refuse_what_cannot_work():
-    for bad in ({"bits": 5}, {"bits": 1}, {"granularity": "block:1"}, {"granularity": "row"}, {"rounding": "best"},
-                {"layer_bits": {"w": 6}}, {"sparsity": 0.5}):
+    for bad in ({"bits": 7}, {"bits": 1}, {"granularity": "block:1"}, {"granularity": "row"}, {"rounding": "best"},
+                {"layer_bits": {"w": 16}}, {"sparsity": 0.5}):
         with pytest.raises(UsageError):
             WeightOnlyOptions(**bad)
     with pytest.raises(UsageError, match="--calib"):
@@ -255,3 +255,29 @@ def test_three_and_two_bits_use_fewer_int4_levels(bits):
         assert len(np.unique(codes.astype(np.int8))) <= hi - lo + 1
         errors[b] = float(np.abs(_run(q, x)[0] - reference).mean())
     assert errors[bits] > errors[4]
+
+
+@pytest.mark.parametrize("bits", [6, 5])
+def test_six_and_five_bits_use_fewer_int8_levels(bits):
+    """6 and 5 bits are int8 codes in [-2^(b-1), 2^(b-1)-1] at per-channel
+    int8's opset (13, no upgrade to 21); the graph runs, its error lies
+    between 8 and 4 bits', and packed it is smaller than at 8 bits."""
+    from onnxshrink.model import opset_version
+    from onnxshrink.packing import pack_model
+
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(16, 32, 3, 3)).astype(np.float32)
+    x = {"x": rng.normal(size=(1, 32, 6, 6)).astype(np.float32)}
+    reference = _run(_conv_model(w), x)[0]
+    errors, packed = {}, {}
+    for b in (8, bits, 4):
+        q = quantize_weights(_conv_model(w), WeightOnlyOptions(bits=b, min_size=0)).model
+        codes = [numpy_helper.to_array(t) for t in q.graph.initializer if t.name.endswith("_quantized")][0]
+        if b >= 5:
+            assert codes.dtype == np.int8 and opset_version(q) == opset_version(_conv_model(w))
+        lo, hi = -(1 << (b - 1)), (1 << (b - 1)) - 1
+        assert codes.astype(np.int8).min() >= lo and codes.astype(np.int8).max() <= hi
+        errors[b] = float(np.abs(_run(q, x)[0] - reference).mean())
+        packed[b] = len(pack_model(q).data)
+    assert errors[8] < errors[bits] < errors[4]
+    assert packed[bits] < packed[8]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -192,15 +193,40 @@ def test_weight_widths_are_checked_and_three_levels_are_used(tmp_path):
 
     recipe = load_recipe("cnn-default")
     with pytest.raises(UsageError, match="--weight-bits"):
-        ShrinkOptions(recipe, weight_bits=(5, 8))
+        ShrinkOptions(recipe, weight_bits=(7, 8))
     assert ShrinkOptions(recipe, weight_bits=(3, 4, 8)).mixed_precision
     assert not ShrinkOptions(recipe, weight_bits=(8,)).mixed_precision
     out = tmp_path / "m.onnxz"
-    result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--eval", EVAL, "--sparsity", "0.5",
-                     "--weight-bits", "3,4,8", "--max-accuracy-drop", "1.0", "--json", tmp_path / "r.json")
+    # A gate tight enough that no single width passes for every layer and the narrowest does for some.
+    result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--eval", EVAL, "--no-prune",
+                     "--weight-bits", "3,4,8", "--min-cosine", "0.9995", "--json", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     note = json.loads((tmp_path / "r.json").read_text())["stages"][-2]["note"]
-    assert "at 3 bits" in note and "at 4 bits" in note and "at 8 bits" in note
+    counts = {int(b): int(n) for n, b in re.findall(r"(\d+) at (\d+) bits", note)}
+    assert counts.get(3, 0) > 0 and counts.get(4, 0) > 0 and counts.get(8, 0) > 0, note
+
+
+def test_narrowing_steps_take_least_error_per_bit_first_and_keep_each_layer_in_order():
+    """A large layer that bears fewer bits steps down before a small
+    sensitive one; a layer's 8->6 step always comes before its 6->4 step,
+    even where the later step alone would look cheaper."""
+    from onnxshrink.lowbit.report import WeightRecord
+    from onnxshrink.search.quantizers import narrowing_steps
+
+    def rec(name, error, params):
+        return WeightRecord(name=name, op_types=["Conv"], shape=[params], bits=0, granularity="channel",
+                            rounding="gptq", relative_error=error, output_error=error, bytes_before=4 * params,
+                            bytes_after=0, sparsity=0.0, why_nearest=None)
+
+    errors = {"big": {8: 0.001, 6: 0.002, 4: 0.010}, "small": {8: 0.001, 6: 0.050, 4: 0.200},
+              "odd": {8: 0.001, 6: 0.030, 4: 0.031}}  # odd: 6->4 adds almost nothing, 8->6 a lot
+    params = {"big": 100_000, "small": 1_000, "odd": 1_000}
+    records = {w: {n: rec(n, errors[n][w], params[n]) for n in errors} for w in (8, 6, 4)}
+    steps = narrowing_steps(list(errors), [4, 6, 8], records)
+    assert steps[:2] == [("big", 6), ("big", 4)]
+    assert steps.index(("odd", 6)) == steps.index(("odd", 4)) - 1
+    assert steps[-2:] == [("small", 6), ("small", 4)]
+    assert sorted(steps) == sorted((n, w) for n in errors for w in (6, 4))
 
 
 @pytest.mark.parametrize("bolder_size, bolder_drop, expected_share", [

@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 import numpy as np
 
 from onnxshrink.errors import UnsupportedModelError
-from onnxshrink.lowbit.grid import Grid, as_code_array
+from onnxshrink.lowbit.grid import Grid, as_code_array, storage_bits
 from onnxshrink.model import WeightRef, iter_graphs, opset_version
 
 # DequantizeLinear with an ``axis`` (per-channel scales) needs opset 13; int4
@@ -31,7 +31,7 @@ LOW_BIT_IR_VERSION = 10
 
 
 def required_opset(bits: int, block: int | None) -> int:
-    return LOW_BIT_OPSET if bits < 8 or block is not None else PER_CHANNEL_OPSET
+    return LOW_BIT_OPSET if storage_bits(bits) < 8 or block is not None else PER_CHANNEL_OPSET
 
 
 class UniqueNames:

@@ -43,12 +43,15 @@ def code_range(bits: int) -> tuple[int, int]:
 
 
 def code_dtype(bits: int) -> np.dtype:
-    """int8 for 8 bits; int4 for 4 and for 3 and 2 (fewer levels in int4 storage)."""
-    return np.dtype(np.int8) if bits == 8 else np.dtype(ml_dtypes.int4)
+    """int8 for 8 bits and for 6 and 5 (fewer levels in int8 storage); int4
+    for 4 and for 3 and 2 (fewer levels in int4 storage)."""
+    return np.dtype(np.int8) if storage_bits(bits) == 8 else np.dtype(ml_dtypes.int4)
 
 
 def storage_bits(bits: int) -> int:
-    return 8 if bits == 8 else 4
+    """The width of the integer type ``bits``-wide codes are stored in: 8 (int8) from 5 bits up, else 4 (int4).
+    Narrower codes in the same type run on the same kernels; packed, fewer levels take fewer bits."""
+    return 8 if bits >= 5 else 4
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,8 +7,11 @@ import re
 from typing import Iterable, Mapping
 
 from onnxshrink.errors import UsageError
+from onnxshrink.lowbit.grid import storage_bits
 
-BITS = (8, 4, 3, 2)  # 3 and 2: fewer levels, stored as int4 codes (entropy coding packs them smaller)
+# 6 and 5: fewer levels stored as int8 codes, 3 and 2 as int4 codes (entropy coding packs them smaller;
+# they load on the same kernels as 8 and 4 bits)
+BITS = (8, 6, 5, 4, 3, 2)
 ROUNDINGS = ("nearest", "gptq")
 GRANULARITIES = ("auto", "channel", "block:N")
 _BLOCK = re.compile(r"^block:(\d+)$")
@@ -78,14 +81,14 @@ class WeightOnlyOptions:
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
-            raise UsageError(f"--bits must be 8, 4, 3 or 2, got {self.bits}")
+            raise UsageError(f"--bits must be 8, 6, 5, 4, 3 or 2, got {self.bits}")
         if self.granularity != "auto":
             parse_granularity(self.granularity)
         if self.rounding not in ROUNDINGS:
             raise UsageError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got '{self.rounding}'")
         for name, bits in dict(self.layer_bits).items():
             if bits is not None and bits not in BITS:
-                raise UsageError(f"layer_bits['{name}'] must be 8, 4, 3, 2 or None (float), got {bits}")
+                raise UsageError(f"layer_bits['{name}'] must be 8, 6, 5, 4, 3, 2 or None (float), got {bits}")
         if not 0.0 <= self.sparsity < 1.0:
             raise UsageError(f"sparsity is a fraction in [0, 1), got {self.sparsity}")
         if self.sparsity > 0 and self.rounding != "gptq":
@@ -108,7 +111,7 @@ class WeightOnlyOptions:
             return parse_granularity(self.granularity)
         if in_features is not None and in_features <= AUTO_BLOCK_MIN_FEATURES:
             return None
-        return AUTO_BLOCK if bits < 8 and set(op_types) <= AUTO_BLOCK_OPS else None
+        return AUTO_BLOCK if storage_bits(bits) < 8 and set(op_types) <= AUTO_BLOCK_OPS else None
 
     def bits_for(self, name: str) -> int | None:
         """The width of weight ``name``: its override, else ``bits`` (None: stays float)."""

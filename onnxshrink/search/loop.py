@@ -26,7 +26,7 @@ candidates are skipped (pruning only adds error) and the weight-only GPTQ
 candidate runs before the unpruned static int8 one (whose accuracy-aware
 search gets the time left). Otherwise (:func:`search`'s tail), after the
 recipe's candidates, a static
-int8 recipe also tries weight-only GPTQ at 4 or 8 bits per layer, and plain
+int8 recipe also tries weight-only GPTQ at 4 to 8 bits per layer, and plain
 weight-only int8 always runs last: the floor the winner is compared with,
 and the fallback when nothing else passed. Candidates that cannot help or do
 not fit in ``ShrinkOptions.time_budget`` are skipped, each with its reason
@@ -58,8 +58,10 @@ LATENCY_BUDGET_SHARES = (1.0, 0.75, 0.5, 0.25)
 # Pruning's sensitivity scan must end within this part of the time budget:
 # quantization, validation and the weight-only floor need the rest.
 PRUNE_TIME_SHARE = 0.5
-# The widths of the weight-only GPTQ candidate tried after a static int8 recipe's.
-MIXED_WIDTHS = (4, 8)
+# The widths of the weight-only GPTQ candidate tried after a static int8 recipe's: 6 and 5 are
+# int8 codes with fewer levels (packed smaller, same kernels as 8), so the mix need not jump from
+# 4 to 8 bits.
+MIXED_WIDTHS = (4, 5, 6, 8)
 # A --weight-bits winner whose weights load as float32 (Conv) gives way to its Conv layers in
 # static int8 when that is at most this much larger on disk (1 / 0.85: 18 %): digits_resnet 24.6x
 # against 26.0x for 0.26x of fp32's weight bytes in memory against 1.00x, 0.15x its latency against 1.0x.
@@ -221,7 +223,7 @@ def search(inputs: SearchInputs) -> SearchResult:
 
     After the recipe's candidates (and the bolder one), a winner slower than
     asked gives way to the latency families (:func:`latency_families`);
-    weight-only GPTQ with 4- or 8-bit layers may then replace the winner when
+    weight-only GPTQ with 4- to 8-bit layers may then replace the winner when
     it is clearly smaller (static int8 recipes, as time allows), and plain
     weight-only int8 always runs last: the floor the winner is compared with,
     and the fallback. Candidates that cannot help or do not fit in the time

@@ -22,6 +22,9 @@ WEIGHT_RANGE_BITS = (4, 6, 8)
 # The accuracy-aware static int8 search (float nodes put back one by one) may
 # use at most this part of the time budget: the weight-only candidates follow.
 AWARE_TIME_SHARE = 0.25
+# The weight-only mix's steps to narrower widths: where the next step fails the gate, it (and
+# its layer's later steps) is left out and the steps after it are tried, at most this many times.
+SKIPPED_STEPS = 3
 # The original's outputs on the gate's data, kept for the search's many gate
 # checks, up to this many bytes (beyond, it is run again with each check).
 KEPT_REFERENCE_BYTES = 256 << 20
@@ -56,12 +59,14 @@ def deployed(inputs: SearchInputs, model: onnx.ModelProto) -> onnx.ModelProto:
 def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, reshaped: bool = False,
                     weight_bits: tuple[int, ...] | None = None):
     """Weight-only quantization with GPTQ rounding: every weight at the narrowest
-    width; while that fails the gate, the most sensitive (largest estimated
-    output error) are promoted to the next width, as few as the gate allows
-    (bisection on their number), the rest stay a width below. When even all at
+    width; while that fails the gate, every weight at the next width, until
+    one passes; from there layers step down to narrower widths, the steps
+    adding least estimated output error per bit saved first, as many as the
+    gate allows (:func:`narrowing_steps`; doubling, then bisection on their
+    number; a step that fails is passed over, a few times). When even all at
     the widest fail, the most sensitive stay float instead, again as few as
-    the gate allows, and then the least sensitive of the others go down to
-    the narrowest width, as many as the gate allows. A bisection that runs
+    the gate allows, and then the others step down to narrower widths as
+    above. A bisection that runs
     past the time budget stops at the best mix it has. The layer Hessians
     come from the unpruned model and are reused by every trial, but for a model whose layers channel
     pruning ``reshaped`` (collected for it alone). Returns the WeightOnlyResult,
@@ -82,9 +87,11 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
                 collect_weight_statistics(inputs.base, calib, base_options, progress=inputs.progress)
         stats = state.weight_stats
 
-    def quantized(promoted: list[str], to: int, rest: int, kept_float: tuple[str, ...] = ()):
+    def quantized(promoted: list[str], to: int, rest: int, kept_float: tuple[str, ...] = (),
+                  demoted: dict[str, int] | None = None):
         layer_bits: dict[str, int | None] = {name: to for name in promoted}
         layer_bits.update({name: None for name in kept_float})
+        layer_bits.update(demoted or {})
         opts = dataclasses.replace(base_options, bits=rest, layer_bits=layer_bits)
         return quantize_weights(model, opts, calib=calib, layer_stats=stats, measure_latency=False,
                                 codes_cache=state.weight_codes)
@@ -101,18 +108,19 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
                 passing, best = mid, candidate
             else:
                 failing = mid
-        return best
+        return passing, best
 
     def fewest(count: int, make, best):
         """How many of the ranked names get the better treatment: the smallest
         count whose model passes; ``best`` is ``make(count)``, which passes."""
-        return bisect_counts(0, count, make, best)
+        return bisect_counts(0, count, make, best)[1]
 
     def most(count: int, make, best):
         """How many of the ranked names (from the least sensitive) get the
         cheaper treatment: the largest count whose model passes, found by
         doubling from one (the gate often allows few: then a check or two)
-        and then bisection; ``best`` is ``make(0)``, which passes."""
+        and then bisection; ``best`` is ``make(0)``, which passes. Returns
+        (that count, its model)."""
         lo, hi = 0, count + 1  # lo passes, hi fails
         step = 1
         while lo + step < hi and not out_of_time():
@@ -122,6 +130,26 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
                 break
             lo, best, step = lo + step, candidate, 2 * step
         return bisect_counts(hi, lo, make, best)
+
+    def most_steps(steps: list[tuple[str, int]], top: int, best, floats: tuple[str, ...] = ()):
+        """As many of ``steps`` (in order) as the gate allows, from all at
+        ``top`` (``best``, which passes). A gate measured on few samples is
+        not monotone in the steps: where the next step fails, that step and
+        its layer's later ones are left out and the search goes on with the
+        steps after it, up to SKIPPED_STEPS times and within the time budget."""
+        taken: list[tuple[str, int]] = []
+        rest = list(steps)
+        for _ in range(SKIPPED_STEPS + 1):
+            if not rest or out_of_time():
+                break
+            done = list(taken)
+            count, best = most(len(rest), lambda k: quantized([], top, top, floats, dict(done + rest[:k])), best)
+            taken += rest[:count]
+            if count == len(rest):
+                break
+            failed = rest[count][0]
+            rest = [step for step in rest[count + 1:] if step[0] != failed]
+        return best
 
     def out_of_time() -> bool:
         """Past the time budget: a bisection stops at the best mix it has (one that passes)."""
@@ -135,11 +163,16 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
         return first
     ranked = sorted((w for w in first.report.weights if w.bits), key=lambda w: -_error(w))
     names = [w.name for w in ranked]
+    records = {widths[0]: {w.name: w for w in ranked}}
     every = first  # all at the widest width, once the loop below has tried it
-    for lower, upper in zip(widths, widths[1:]):
-        every = quantized(names, upper, upper)
+    for top in widths[1:]:
+        every = quantized([], top, top)
+        records[top] = {w.name: w for w in every.report.weights if w.bits}
         if passes(every):
-            return fewest(len(names), lambda k: quantized(names[:k], upper, lower), every)
+            # From all at ``top`` (which passes), layers step down to narrower widths, the steps
+            # that add the least estimated error per byte they save first, as many as the gate allows.
+            steps = narrowing_steps(names, [w for w in widths if w <= top], records)
+            return most_steps(steps, top, every)
     if not names:
         return None
     wide, narrow = widths[-1], widths[0]
@@ -155,9 +188,31 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     rest = [n for n in names if n not in floats]
     if narrow == wide or not rest:
         return kept
-    # The few most sensitive stay float; the least sensitive of the others may
-    # still do at the narrowest width: as many as the gate allows (bisection).
-    return most(len(rest), lambda j: quantized(rest[:len(rest) - j], wide, narrow, floats), kept)
+    # The few most sensitive stay float; the others may still step down to narrower
+    # widths, as many as the gate allows.
+    return most_steps(narrowing_steps(rest, list(widths), records), wide, kept, floats)
+
+
+def narrowing_steps(names: list[str], widths: list[int], records: dict[int, dict]) -> list[tuple[str, int]]:
+    """Every layer's steps from the widest of ``widths`` down to each narrower
+    one, as (name, width) in the order a mix takes them: least estimated
+    output error added per bit saved first (a model's bytes sit in a few
+    large layers, which often bear fewer bits than its most sensitive one).
+    A layer's own steps stay in order (its cost per bit is made
+    non-decreasing down its widths), so any prefix sets each layer to the
+    narrowest width it reached. ``records[w][name]`` holds the layer's
+    quantization record at width w."""
+    order = []
+    for name in names:
+        cost = 0.0
+        down = sorted(widths, reverse=True)
+        for position, (wide, narrow) in enumerate(zip(down, down[1:])):
+            added = max(_error(records[narrow][name]) - _error(records[wide][name]), 0.0)
+            saved = (wide - narrow) * max(records[narrow][name].bytes_before // 4, 1)
+            cost = max(cost, added / saved)
+            order.append((cost, position, name, narrow))
+    order.sort(key=lambda step: (step[0], step[1], step[2]))
+    return [(name, narrow) for _, _, name, narrow in order]
 
 
 def _error(record) -> float:

@@ -210,7 +210,7 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
 
         left_float = sum(1 for why in chosen.report.skipped.values() if why == KEPT_FLOAT)
         stages.append(Stage("quantize", model, convs + "weights: " +
-                            ", ".join(f"{n} at {b} bits" for b, n in widths.items())
+                            ", ".join(f"{n} at {b} bits" for b, n in widths.items() if n)
                             + (f", {left_float} left float" if left_float else "")))
         for w in chosen.report.weights:
             entry = layers.setdefault(w.name, {"name": w.name, "sparsity": w.sparsity})
