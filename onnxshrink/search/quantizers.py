@@ -24,7 +24,7 @@ WEIGHT_RANGE_BITS = (4, 6, 8)
 AWARE_TIME_SHARE = 0.25
 # The weight-only mix's steps to narrower widths: where the next step fails the gate, it (and
 # its layer's later steps) is left out and the steps after it are tried, at most this many times.
-SKIPPED_STEPS = 3
+SKIPPED_STEPS = 6
 # The original's outputs on the gate's data, kept for the search's many gate
 # checks, up to this many bytes (beyond, it is run again with each check).
 KEPT_REFERENCE_BYTES = 256 << 20
