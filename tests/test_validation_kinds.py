@@ -324,3 +324,27 @@ def test_a_detector_head_is_compared_by_its_detections():
     assert result["agreement"] == pytest.approx(2 * 1 / 6)
     # A feature map of the same rank is not a detector's output.
     assert kinds.classify(rng.uniform(-1, 1, size=(1, 16, 400)).astype(np.float32)) == kinds.DENSE
+
+
+def test_class_probabilities_keep_their_confidence_side_logits_only_their_class():
+    """Softmax class scores: an answer whose top-1 class stays but whose
+    probability crosses 0.5 or 0.9 (where programs fall back or act) counts as
+    changed; plain top-1 agreement is still reported beside it. Logits are
+    compared by their top-1 class alone."""
+    from onnxshrink.validation.metrics import OutputStats
+
+    ref = np.array([[0.55, 0.30, 0.15], [0.92, 0.05, 0.03], [0.40, 0.35, 0.25], [0.70, 0.20, 0.10]])
+    cand = np.array([[0.45, 0.30, 0.25],   # same class, below 0.5 now: changed
+                     [0.88, 0.07, 0.05],   # same class, below 0.9 now: changed
+                     [0.42, 0.33, 0.25],   # same class, same sides: kept
+                     [0.20, 0.70, 0.10]])  # another class: changed
+    stats = OutputStats()
+    stats.add(ref, cand)
+    result = stats.result()
+    assert result["kind"] == kinds.CLASS_SCORES
+    assert result["agreement"] == pytest.approx(1 / 4) and result["top1_agreement"] == pytest.approx(3 / 4)
+    assert "0.5" in result["agreement_of"] and "0.9" in result["agreement_of"]
+    logits = OutputStats()
+    logits.add(np.log(ref) * 3 + 1, np.log(cand) * 3 + 1)  # not distributions: class only
+    assert logits.result()["agreement"] == pytest.approx(3 / 4)
+    assert logits.result()["agreement_of"] == kinds.AGREEMENT[kinds.CLASS_SCORES]

@@ -4,7 +4,10 @@ run (and its name and the op that makes it).
 The kind decides what "the same answer" means when a candidate is compared
 with the original model without labels:
 
-* ``class_scores`` [N, C]: the top-1 class per sample;
+* ``class_scores`` [N, C]: the top-1 class per sample; when the scores are
+  probabilities (each row a distribution), also its probability on the same
+  side of 0.5 and of 0.9 (programs fall back or act on how sure the answer
+  is: magika under 0.5, rapidocr's line classifier above 0.9);
 * ``sequence_scores`` [N, T, C] or [T, N, C] (CTC recognisers, taggers): the
   top-1 class per position along the last axis; per sample, that sequence
   decoded as CTC's best path (repeats merged, the class the reference
@@ -72,6 +75,11 @@ NORMALIZING_OPS = ("LayerNormalization", "LpNormalization", "ReduceL2", "Simplif
 VOCABULARY_MIN = 4096
 DISTRIBUTION_TOLERANCE = 1e-3
 THRESHOLD = 0.5
+# Class probabilities: an answer counts as kept when its top-1 class is, and its probability
+# stays on the same side of each of these (the usual confidence cut-offs).
+CONFIDENCE_THRESHOLDS = (0.5, 0.9)
+CONFIDENT_CLASS_AGREEMENT = ("top-1 class unchanged and its probability on the same side of "
+                             + " and of ".join(map(str, CONFIDENCE_THRESHOLDS)) + ", per sample")
 
 
 def sample_axis(shape: tuple[int, ...], samples: int) -> int | None:
@@ -96,6 +104,14 @@ def _rows_are_distributions(a: np.ndarray) -> bool:
         logsum = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
         return bool(np.all(np.abs(logsum) <= DISTRIBUTION_TOLERANCE))
     return False
+
+
+def is_distribution(a: np.ndarray) -> bool:
+    """Rows along the last axis are probabilities that sum to 1 (softmax, not its log)."""
+    a = np.asarray(a)
+    if a.ndim < 2 or a.shape[-1] < 2 or a.size == 0 or a.min() < 0.0 or a.max() > 1.0:
+        return False
+    return bool(np.all(np.abs(a.reshape(-1, a.shape[-1]).sum(axis=1) - 1.0) <= DISTRIBUTION_TOLERANCE))
 
 
 def _image_sized(shape: tuple[int, ...], inputs: dict[str, np.ndarray] | None) -> bool:

@@ -109,6 +109,8 @@ class OutputStats:
         self.samples = 0
         self.nonfinite = 0
         self.same = self.total = 0  # answers unchanged / answers (per the kind)
+        self.top1_same = 0  # class scores: top-1 class unchanged (confidence aside)
+        self.confidence = False  # class scores that are probabilities: the top-1's confidence counts too
         self.positions_same = self.positions = 0  # sequence scores: top-1 per position
         self.decisions_same = self.decisions = 0  # probabilities: every decision
         self.background: int | None = None  # sequence scores: the class dropped when decoding
@@ -218,7 +220,16 @@ class OutputStats:
         ra, ca = r.argmax(axis=-1), c.argmax(axis=-1)
         if self.kind == kinds.CLASS_SCORES:
             ra, ca = ra.reshape(len(ra), -1), ca.reshape(len(ca), -1)
-            self.same += int((ra == ca).all(axis=1).sum())
+            same = (ra == ca).all(axis=1)
+            self.top1_same += int(same.sum())
+            if kinds.is_distribution(r):
+                # Probabilities: a program also reads how sure the answer is (magika falls back to a
+                # generic label under 0.5, rapidocr rotates a line only above 0.9).
+                self.confidence = True
+                rp, cp = r.max(axis=-1).reshape(len(r), -1), c.max(axis=-1).reshape(len(c), -1)
+                for t in kinds.CONFIDENCE_THRESHOLDS:
+                    same &= ((rp >= t) == (cp >= t)).all(axis=1)
+            self.same += int(same.sum())
             self.total += len(ra)
             return
         self.positions_same += int((ra == ca).sum())
@@ -270,7 +281,7 @@ class OutputStats:
         extra: dict[str, Any] = {}
         top1 = None
         if kind == kinds.CLASS_SCORES and self.total:
-            agreement = top1 = self.same / self.total
+            agreement, top1 = self.same / self.total, self.top1_same / self.total
         elif kind == kinds.SEQUENCE_SCORES and self.total:
             agreement = self.same / self.total
             top1 = self.positions_same / max(self.positions, 1)
@@ -304,7 +315,8 @@ class OutputStats:
             "nonfinite_values": self.nonfinite,
             "kind": kind,
             "agreement": None if agreement is None else round(agreement, 9),
-            "agreement_of": kinds.AGREEMENT[kind] if agreement is not None else None,
+            "agreement_of": (kinds.CONFIDENT_CLASS_AGREEMENT if kind == kinds.CLASS_SCORES and self.confidence
+                             else kinds.AGREEMENT[kind]) if agreement is not None else None,
             **extra,
         }
 
