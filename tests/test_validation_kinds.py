@@ -348,3 +348,26 @@ def test_class_probabilities_keep_their_confidence_side_logits_only_their_class(
     logits.add(np.log(ref) * 3 + 1, np.log(cand) * 3 + 1)  # not distributions: class only
     assert logits.result()["agreement"] == pytest.approx(3 / 4)
     assert logits.result()["agreement_of"] == kinds.AGREEMENT[kinds.CLASS_SCORES]
+
+
+def test_detections_count_a_class_swap_that_only_class_agnostic_nms_shows():
+    """Two boxes on the same place with different classes: NMS per class keeps both, NMS across
+    classes (nudenet's) only the surer. When their scores swap order, a per-class program sees
+    no change, an across-classes one reports the other class: the agreement is the worse."""
+    from onnxshrink.validation.detections import batch_counts, layout_axis
+    from onnxshrink.validation.metrics import OutputStats
+
+    rng = np.random.default_rng(1)
+    ref = _yolo_head(rng, [(100, 100, 40, 40, 0), (101, 100, 40, 40, 1), (250, 250, 30, 30, 2)])
+    ref[0, 4 + 1, 1] = 0.85  # class 1 slightly less sure than class 0 on the same place
+    cand = ref.copy()
+    cand[0, 4 + 0, 0], cand[0, 4 + 1, 1] = 0.84, 0.86  # now class 1 is the surer
+    axis = layout_axis(ref)
+    found, in_ref, in_cand = batch_counts(ref, cand, axis)
+    assert (found, in_ref, in_cand) == (1, 2, 2)  # across classes: the class-0 box became a class-1 box
+    stats = OutputStats()
+    stats.add(ref, cand)
+    assert stats.result()["agreement"] == pytest.approx(0.5)
+    same = OutputStats()
+    same.add(ref, ref.copy())
+    assert same.result()["agreement"] == 1.0

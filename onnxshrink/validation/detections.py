@@ -9,7 +9,11 @@ shrunk detector kept output cosine 0.9992 while 5 of its 22 detections
 changed. So the agreement of such an output is the detections'
 F1: boxes of the candidate matched one to one to the original's at IoU 0.5
 with the same class, ``2 * matched / (original's + candidate's)``, over all
-samples (1.0 when neither finds anything).
+samples (1.0 when neither finds anything). Programs differ in their NMS:
+per class (ultralytics) or across classes (nudenet's ``cv2.dnn.NMSBoxes``,
+where of two overlapping boxes of different classes only the surer one
+stays, so a small change of scores swaps the class it reports): each batch
+is read both ways and counts as the worse of the two.
 """
 
 from __future__ import annotations
@@ -53,9 +57,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
-def detections(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def detections(rows: np.ndarray, agnostic: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(boxes [k, 4] as corners, classes [k]) one sample's program would keep
-    from its ``rows`` [A, 4 + C]: best class score above SCORE, then greedy NMS per class."""
+    from its ``rows`` [A, 4 + C]: best class score above SCORE, then greedy NMS
+    per class (``agnostic``: over all boxes whatever their class)."""
     scores = rows[:, 4:]
     classes, best = scores.argmax(axis=1), scores.max(axis=1)
     keep = best > SCORE
@@ -63,8 +68,8 @@ def detections(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
     classes, best = classes[keep], best[keep]
     kept: list[int] = []
-    for c in np.unique(classes):
-        idx = np.flatnonzero(classes == c)
+    for c in np.unique(classes) if not agnostic else [None]:
+        idx = np.flatnonzero(classes == c) if c is not None else np.arange(len(classes))
         idx = idx[np.argsort(-best[idx], kind="stable")]
         while idx.size:
             kept.append(int(idx[0]))
@@ -97,12 +102,18 @@ def one_to_one(i: np.ndarray, j: np.ndarray, iou: np.ndarray) -> int:
 
 
 def batch_counts(ref: np.ndarray, cand: np.ndarray, axis: int) -> tuple[int, int, int]:
-    """(matched, original's detections, candidate's detections) over a batch [N, ...]."""
+    """(matched, original's detections, candidate's detections) over a batch
+    [N, ...], with NMS per class or across classes, whichever F1 is lower."""
     r, c = np.moveaxis(ref, axis, -1), np.moveaxis(cand, axis, -1)
-    total = [0, 0, 0]
-    for rows_r, rows_c in zip(r, c):
-        dr, dc = detections(rows_r), detections(rows_c)
-        total[0] += matched(dr, dc)
-        total[1] += len(dr[0])
-        total[2] += len(dc[0])
-    return total[0], total[1], total[2]
+    styles = []
+    for agnostic in (False, True):
+        total = [0, 0, 0]
+        for rows_r, rows_c in zip(r, c):
+            dr, dc = detections(rows_r, agnostic), detections(rows_c, agnostic)
+            total[0] += matched(dr, dc)
+            total[1] += len(dr[0])
+            total[2] += len(dc[0])
+        styles.append(total)
+    # F1 = 2 matched / (original's + candidate's); 1.0 when neither finds anything.
+    found, in_ref, in_cand = min(styles, key=lambda t: 2 * t[0] / (t[1] + t[2]) if t[1] + t[2] else 1.0)
+    return found, in_ref, in_cand

@@ -26,8 +26,8 @@ with the original model without labels:
   ``attention_mask`` keeps, as sentence encoders' programs do);
 * ``detections`` [N, 4 + C, A] or [N, A, 4 + C] (a YOLO-style head: boxes
   in pixels and class scores per anchor): the detections its program keeps
-  (score above 0.25, NMS per class), matched at IoU 0.5 with the same class,
-  as F1 (:mod:`onnxshrink.validation.detections`);
+  (score above 0.25, NMS per class, and across classes: the worse), matched
+  at IoU 0.5 with the same class, as F1 (:mod:`onnxshrink.validation.detections`);
 * ``exact`` (integers, booleans, strings): element by element;
 * ``dense`` (box regressions, feature maps, anything else): no answer to
   compare, only cosine and the per-sample minimum.
@@ -63,7 +63,8 @@ AGREEMENT = {
                       f"to one at box IoU {regions.MATCH_IOU} (boxes grown {regions.MARGIN} pixels), as F1"),
     EMBEDDING: "nearest neighbour among the other samples unchanged (near-ties aside), per sample",
     EXACT: "elements equal",
-    DETECTIONS: "detections kept (score above 0.25, NMS per class) matched at IoU 0.5 with the same class, as F1",
+    DETECTIONS: "detections kept (score above 0.25, NMS per class or across classes, the worse) matched at IoU 0.5 "
+                "with the same class, as F1",
     DENSE: None,
 }
 
