@@ -164,15 +164,31 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     ranked = sorted((w for w in first.report.weights if w.bits), key=lambda w: -_error(w))
     names = [w.name for w in ranked]
     records = {widths[0]: {w.name: w for w in ranked}}
-    every = first  # all at the widest width, once the loop below has tried it
-    for top in widths[1:]:
-        every = quantized([], top, top)
-        records[top] = {w.name: w for w in every.report.weights if w.bits}
-        if passes(every):
-            # From all at ``top`` (which passes), layers step down to narrower widths, the steps
-            # that add the least estimated error per byte they save first, as many as the gate allows.
-            steps = narrowing_steps(names, [w for w in widths if w <= top], records)
-            return most_steps(steps, top, every)
+
+    def uniform(width: int):
+        """All at ``width``; its records kept for the narrowing steps."""
+        result = quantized([], width, width)
+        records[width] = {w.name: w for w in result.report.weights if w.bits}
+        return result
+
+    # The widest first: when even it misses the gate, no narrower width passes for all, and their
+    # checks (and the GPTQ rounding at them) would only take time the float layers' search needs.
+    every = first if len(widths) == 1 else uniform(widths[-1])
+    if len(widths) > 1 and passes(every):
+        top, at_top = widths[-1], every
+        for width in widths[1:-1]:
+            if out_of_time():
+                break
+            candidate = uniform(width)
+            if passes(candidate):
+                top, at_top = width, candidate
+                break
+        for width in (w for w in widths if w < top and w not in records):
+            uniform(width)
+        # From all at ``top`` (which passes), layers step down to narrower widths, the steps
+        # that add the least estimated error per byte they save first, as many as the gate allows.
+        steps = narrowing_steps(names, [w for w in widths if w <= top], records)
+        return most_steps(steps, top, at_top)
     if not names:
         return None
     wide, narrow = widths[-1], widths[0]
@@ -189,8 +205,12 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     if narrow == wide or not rest:
         return kept
     # The few most sensitive stay float; the others may still step down to narrower
-    # widths, as many as the gate allows.
-    return most_steps(narrowing_steps(rest, list(widths), records), wide, kept, floats)
+    # widths, as many as the gate allows (their rounding at those widths made now, if time allows).
+    for width in widths:
+        if width not in records and not out_of_time():
+            uniform(width)
+    known = [w for w in widths if w in records]
+    return most_steps(narrowing_steps(rest, known, records), wide, kept, floats)
 
 
 def narrowing_steps(names: list[str], widths: list[int], records: dict[int, dict]) -> list[tuple[str, int]]:
