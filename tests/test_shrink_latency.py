@@ -68,7 +68,41 @@ def test_when_nothing_is_faster_the_winner_stays_and_is_flagged():
     assert result.report["latency"]["slower"]
     (line,) = result.report["warnings"]
     assert line.startswith("the output runs slower than the original: 1.40x") and "\n" not in line
-    assert result.report["search"][0]["chosen"]  # the recipe's winner: channel pruning was no faster
+    rows = result.report["search"]
+    (chosen,) = [r for r in rows if r["chosen"]]
+    assert "(for latency)" not in chosen["mode"]  # channel pruning was no faster: not taken for speed
+    assert chosen["size_bytes"] <= rows[0]["size_bytes"]  # the recipe's winner, or a smaller weight-only mix
+
+
+def test_a_smaller_slower_winner_gives_way_to_a_no_slower_weight_only_mix():
+    """Injected: static int8 (activations quantized) runs 1.5x the original,
+    weight-only models 0.95x. Every static int8 candidate is smaller but
+    slower; the weight-only mixes, tried after the latency families, pass the
+    gate no slower, so the smallest of them is kept and the report says why."""
+    def measure(candidate: onnx.ModelProto) -> Latency:
+        return _fixed(1.5 if any(n.op_type == "QuantizeLinear" for n in candidate.graph.node) else 0.95)
+
+    _, result = _run(CNN, measure)
+    rows = result.report["search"]
+    (chosen,) = [r for r in rows if r["chosen"]]
+    assert "weight-only GPTQ" in chosen["mode"] and chosen["latency_ratio"] == 0.95
+    fast = [r for r in rows if r["passed"] and r["latency_ratio"] == 0.95]
+    assert chosen["size_bytes"] == min(r["size_bytes"] for r in fast)
+    assert any(r["passed"] and r["latency_ratio"] == 1.5 and r["size_bytes"] < chosen["size_bytes"] for r in rows)
+    assert any("the no-slower" in note for note in result.report["notes"])
+    assert result.report["warnings"] == [] and not result.report["latency"]["slower"]
+
+
+def test_the_weight_only_mix_is_also_tried_on_the_pruned_model():
+    """The default recipe's search tries the weight-only widths after the
+    winner's pruning too, and keeps it when it passes and is smaller."""
+    _, result = _run(CNN, lambda candidate: _fixed(1.0))
+    modes = [r["mode"] for r in result.report["search"]]
+    pruned = [r for r in result.report["search"] if "then weight-only GPTQ" in r["mode"]]
+    assert pruned, modes
+    unpruned = [r for r in result.report["search"] if r["mode"].startswith("weight-only GPTQ")]
+    assert unpruned and pruned[0]["passed"]
+    assert pruned[0]["size_bytes"] < unpruned[0]["size_bytes"]
 
 
 def test_latency_bound_searches_channel_pruning_and_takes_the_first_within():

@@ -223,8 +223,11 @@ def search(inputs: SearchInputs) -> SearchResult:
 
     After the recipe's candidates (and the bolder one), a winner slower than
     asked gives way to the latency families (:func:`latency_families`);
-    weight-only GPTQ with 4- to 8-bit layers may then replace the winner when
-    it is clearly smaller (static int8 recipes, as time allows), and plain
+    weight-only GPTQ with 4- to 8-bit layers, unpruned and after the winner's
+    (else the recipe's boldest) pruning, may then replace the winner when it
+    is clearly smaller (static int8 recipes, as time allows); a winner slower
+    than the original then gives way to the smallest no-slower trial that
+    passes the gate; and plain
     weight-only int8 always runs last: the floor the winner is compared with,
     and the fallback. Candidates that cannot help or do not fit in the time
     budget are skipped (``SearchResult.skipped``, each with its reason).
@@ -295,12 +298,30 @@ def search(inputs: SearchInputs) -> SearchResult:
             chosen = faster
         searching = searching or len(trials) > 1
     notes: list[str] = []
-    if mixed is not None:
-        trial = runner.attempt(mixed, len(trials), tail[1:])
+    later = [floor_candidate] if floor_candidate is not None else []
+    weight_only = [mixed] if mixed is not None else []
+    if extra and searching and any(c.prune_budget_share for c in tried):
+        # The widths on a pruned model too (the winner's pruning, else the recipe's boldest): pruning
+        # that costs no answers leaves the mix as much room as it had unpruned (rapidocr_cls 9.0x
+        # against 7.2x unpruned), and channel pruning makes the float32-loaded Conv layers faster.
+        runner.planned += 1
+        weight_only.append(_pruned_mixed(chosen, tried))
+    for k, candidate in enumerate(weight_only):
+        trial = runner.attempt(candidate, len(trials), weight_only[k + 1:] + later)
         if trial is not None and trial.failed is None:
             trials.append(trial)
             if _better(trial, chosen, gate):
                 chosen = trial
+    if chosen is not None and not fast_enough(chosen, options):
+        # A smaller winner that runs slower than the original gives way to the smallest trial that
+        # passes the gate and is no slower (issue 17: a slower result is not chosen over a no-slower one).
+        ready = [t for t in trials if t.passed and fast_enough(t, options)]
+        if ready:
+            faster = min(ready, key=lambda t: t.outcome.size)
+            notes.append(f"a smaller candidate ({chosen.ratio:.1f}x) passed the gate but ran "
+                         f"{chosen.outcome.latency.ratio:.2f}x the original's latency: the no-slower "
+                         f"{faster.ratio:.1f}x one is kept")
+            chosen = faster
     mine = footprint(chosen.outcome.model, inputs.original) \
         if chosen is not None and options.mixed_precision and inputs.calib else None
     if mine is not None and mine.heavy:
@@ -370,6 +391,15 @@ def _faster(inputs: SearchInputs, runner: "_Runner", trials: list[Trial], tail: 
                     return trial
                 break  # the family's most aggressive passing share is its fastest
     return None
+
+
+def _pruned_mixed(chosen: Trial | None, tried: list[Candidate]) -> Candidate:
+    """The weight-only widths after the pruning of ``chosen`` when it pruned,
+    else after the recipe's boldest pruning (the first of ``tried``)."""
+    if chosen is not None and chosen.candidate.prune_budget_share:
+        return Candidate(chosen.candidate.prune_budget_share, chosen.candidate.pattern, weight_bits=MIXED_WIDTHS)
+    first = next(c for c in tried if c.prune_budget_share)
+    return Candidate(first.prune_budget_share, first.pattern, weight_bits=MIXED_WIDTHS)
 
 
 def _lighter(trial: Trial, other: Trial, share: float, other_share: float) -> bool:

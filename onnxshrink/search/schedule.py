@@ -87,8 +87,10 @@ class Schedule:
         if not self.runs:
             return None
         if candidate.weight_bits is not None:  # statistics, GPTQ and a bisection of checks: as much as a first trial
-            same = [t.total_seconds for t in self.runs if t.candidate.weight_bits == candidate.weight_bits]
-            return same[-1] if same else self.runs[0].total_seconds
+            same = [t.total_seconds - t.seconds.get("prune", 0.0) for t in self.runs
+                    if t.candidate.weight_bits == candidate.weight_bits]
+            widths = same[-1] if same else self.runs[0].total_seconds
+            return widths + (self._prune_seconds() if candidate.prune_budget_share else 0.0)
         after = [t.seconds_after_prune for t in self.runs if not t.reused and t.candidate.weight_bits is None]
         rest = sum(after) / len(after) if after else 0.0
         if candidate.weight_only_bits is not None or not candidate.prune_budget_share:
@@ -96,9 +98,16 @@ class Schedule:
         pruned = [t for t in self.runs if t.candidate.prune_budget_share]
         if not pruned:  # the statistics and scan are still to be made: as much as a first trial
             return self.runs[0].total_seconds
+        return self._prune_seconds() + rest
+
+    def _prune_seconds(self) -> float:
+        """Seconds a pruning is expected to take: the later prunings' mean once
+        the scan is made, as much as a first trial before."""
+        pruned = [t for t in self.runs if t.candidate.prune_budget_share]
+        if not pruned:
+            return self.runs[0].total_seconds
         later = [t.seconds.get("prune", 0.0) for t in pruned[1:]]
-        prune = sum(later) / len(later) if later else LATER_PRUNE_FRACTION * pruned[0].seconds.get("prune", 0.0)
-        return prune + rest
+        return sum(later) / len(later) if later else LATER_PRUNE_FRACTION * pruned[0].seconds.get("prune", 0.0)
 
     def remaining(self, left: list[Candidate]) -> float | None:
         """Estimated seconds for ``left`` (None before any trial was measured)."""
@@ -119,14 +128,14 @@ class Schedule:
     def cannot_help(self, candidate: Candidate) -> str | None:
         """Why ``candidate`` cannot give another model than a trial already run, or None."""
         share = candidate.prune_budget_share
-        if candidate.weight_only_bits is not None or candidate.weight_bits is not None or not share:
+        if candidate.weight_only_bits is not None or not share:
             return None
         for t in self.runs:
             done = t.candidate.prune_budget_share
             same_kind = t.candidate.pattern == candidate.pattern and t.candidate.weight_only_bits is None
             if same_kind and done and done >= share and t.pruned_sparsity == 0.0:
                 return (f"pruning removed 0% of the weights within {100 * done:.0f}% of the budget: "
-                        f"a smaller share cannot remove more")
+                        f"a share no larger cannot remove more")
         return None
 
     def skip(self, candidate: Candidate, reason: str, index: int, planned: int, left: list[Candidate]) -> None:

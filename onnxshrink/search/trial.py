@@ -56,6 +56,10 @@ class Candidate:
 
 def describe(candidate: Candidate) -> str:
     """What a candidate tries, in words."""
+    if candidate.weight_bits is not None and candidate.quantize is None and candidate.prune_budget_share:
+        pattern = f"{candidate.pattern} " if candidate.pattern else ""
+        return (f"{pattern}pruning within {100 * candidate.prune_budget_share:.0f}% of the gate's budget, then "
+                f"weight-only GPTQ, each layer at {' or '.join(map(str, candidate.weight_bits))} bits")
     if candidate.pattern is not None or candidate.quantize is not None:
         share = candidate.prune_budget_share or 0.0
         pruning = (f"{candidate.pattern} pruning within {100 * share:.0f}% of the gate's budget" if share and candidate.pattern
