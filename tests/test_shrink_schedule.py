@@ -59,6 +59,28 @@ def test_estimates_come_from_the_trials_run_and_decide_what_fits_the_budget():
     assert schedule.estimate(Candidate(0.25)) == pytest.approx(4.0 + 10.0)
 
 
+def test_the_widths_after_a_first_pruning_are_estimated_within_the_scans_deadline():
+    """A weight-width mix on a pruned model, when no pruning ran yet: the mix's
+    own time plus the sensitivity scan, which ends at pruning's deadline (then
+    nothing is pruned: past it, the candidate cannot help)."""
+    now = [0.0]
+    schedule = Schedule(100.0, lambda status: None, clock=lambda: now[0])
+    schedule.prune_by = 50.0
+    widths = (4, 5, 6, 8)
+    mix = Trial(0, Candidate(0.0, weight_bits=widths), Outcome(failed="not measured"), "d",
+                seconds={"quantize": 30.0, "validate": 2.0})
+    schedule.runs.append(mix)
+    now[0] = 32.0
+    # The scan would take as long as a first trial (32 s), but only 18 s are left before its deadline.
+    assert schedule.estimate(Candidate(0.75, weight_bits=widths)) == pytest.approx(32.0 + 18.0)
+    assert schedule.estimate(Candidate(0.0, weight_bits=widths)) == pytest.approx(32.0)
+    assert schedule.cannot_help(Candidate(0.75, weight_bits=widths)) is None
+    now[0] = 50.0
+    why = schedule.cannot_help(Candidate(0.75, weight_bits=widths))
+    assert why is not None and "would remove nothing" in why
+    assert schedule.cannot_help(Candidate(0.0, weight_bits=widths)) is None
+
+
 def test_skipped_candidates_are_reported_with_their_reason(tmp_path):
     """A time budget the first trial already spends: the other candidates are
     skipped and named in the report and the summary; the weight-only int8 floor
@@ -275,6 +297,11 @@ def test_pruning_trials_are_skipped_when_static_int8_of_the_unpruned_model_misse
     assert r["passed"] and r["ratio"] > 2.5
     chosen = next(row for row in r["search"] if row["chosen"])
     assert "weight-only" in chosen["mode"]
+    # The widths after pruning come next, before static int8 with float nodes; pruning removes
+    # nothing on this model within the gate, so that trial is the first one's mix, not made again.
+    first, second = r["search"][:2]
+    assert first["mode"].startswith("weight-only GPTQ") and "then weight-only GPTQ" in second["mode"]
+    assert second["reused"] and second["size_bytes"] == first["size_bytes"]
 
 
 def test_pruning_trials_still_run_when_static_int8_of_the_unpruned_model_passes():

@@ -84,7 +84,7 @@ def trials_section(report: Mapping[str, Any]) -> str:
                            "trial": row.get("trial"), "tip": tip})
         note = "kept" if row.get("chosen") else (row.get("failed") or ("" if row.get("passed") else "did not pass"))
         if row.get("reused"):
-            note += ("; " if note else "") + "same weights as the trial before"
+            note += ("; " if note else "") + "same weights as an earlier trial"
         table.append([
             (esc(row.get("trial")), "num"), (esc(_share_text(row.get("prune_budget_share"))), ""),
             (esc(binary_bytes(size)) if size else "-", "num"),

@@ -5,7 +5,8 @@
   :class:`Trial` and :class:`Outcome` (what came of it), :class:`SearchInputs`
   and :class:`SearchState` (what trials read and share);
 * :mod:`~onnxshrink.search.stages`: one trial's prune, quantize, validate, pack;
-* :mod:`~onnxshrink.search.loop`: the order of candidates and which one wins;
+* :mod:`~onnxshrink.search.loop`: the order of candidates;
+* :mod:`~onnxshrink.search.choice`: which of two trials wins;
 * :mod:`~onnxshrink.search.budget`: the gate as a budget shared between pruning and quantization.
 
 :mod:`onnxshrink.pipeline` composes simplify, this search, and the final pack.

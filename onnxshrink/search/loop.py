@@ -40,10 +40,11 @@ import time
 
 from onnxshrink.errors import GateFailed
 from onnxshrink.search.budget import budget, used
+from onnxshrink.search.choice import accepted, better, dominates, fast_enough, lighter
 from onnxshrink.search.options import ShrinkOptions
 from onnxshrink.search.schedule import Schedule, Skipped
 from onnxshrink.search.conv_int8 import footprint
-from onnxshrink.search.floor import BOLDER_MIN_GAIN, FLOOR_BITS, floor_note, floor_size_note, prefer_floor, wants_floor
+from onnxshrink.search.floor import FLOOR_BITS, floor_note, floor_size_note, prefer_floor, wants_floor
 from onnxshrink.search.quantizers import static_int8_probe
 from onnxshrink.search.stages import prune_stage, quantize_and_check, weights_digest
 from onnxshrink.search.trial import Candidate, SearchInputs, SearchState, Trial
@@ -62,10 +63,6 @@ PRUNE_TIME_SHARE = 0.5
 # int8 codes with fewer levels (packed smaller, same kernels as 8), so the mix need not jump from
 # 4 to 8 bits.
 MIXED_WIDTHS = (4, 5, 6, 8)
-# A --weight-bits winner whose weights load as float32 (Conv) gives way to its Conv layers in
-# static int8 when that is at most this much larger on disk (1 / 0.85: 18 %): digits_resnet 24.6x
-# against 26.0x for 0.26x of fp32's weight bytes in memory against 1.00x, 0.15x its latency against 1.0x.
-CONV_INT8_MIN_GAIN = 0.85
 
 
 @dataclasses.dataclass
@@ -116,29 +113,12 @@ def latency_families(inputs: SearchInputs) -> list[list[Candidate]]:
     return families
 
 
-def fast_enough(trial: Trial, options: ShrinkOptions) -> bool:
-    """The latency objective: within ``max_latency_ratio`` when one is asked
-    for, else not slower than the original beyond the noise; true when not measured."""
-    latency = trial.outcome.latency
-    if latency is None:
-        return True
-    bound = options.latency_bound
-    return latency.within(bound) if bound is not None else not latency.slower
-
-
 def _wants_probe(inputs: SearchInputs, tried: list[Candidate]) -> bool:
     """Whether the search first checks static int8 on the unpruned model: when
     the recipe's candidates prune (within shares of a gate) before static int8."""
     options = inputs.options
     return (inputs.gate.active and options.recipe.quantize is not None and not options.mixed_precision
             and options.target_ratio is None and any(c.prune_budget_share for c in tried))
-
-
-def accepted(trial: Trial, options: ShrinkOptions) -> bool:
-    """Whether a trial with a model meets every objective: the gate, the size
-    ratio if one is asked for, and the latency bound if one is asked for
-    (being no slower than the original is a preference, :func:`search`, not a condition)."""
-    return trial.gate_passed and (options.latency_bound is None or fast_enough(trial, options))
 
 
 def run_trial(inputs: SearchInputs, state: SearchState, candidate: Candidate, index: int) -> Trial:
@@ -156,12 +136,17 @@ def run_trial(inputs: SearchInputs, state: SearchState, candidate: Candidate, in
     key = weights_digest(pruned.model)
     plain = candidate.weight_only_bits is None and candidate.weight_bits is None  # the recipe's quantization
     reused = plain and state.last is not None and state.last[0] == (key, candidate.quantize)
+    widths = (key, candidate.quantize, candidate.weight_bits) if candidate.weight_bits is not None else None
     if reused:
         outcome = state.last[1]
+    elif widths in state.mixes:  # pruning removed nothing: the widths' mix of the same weights, already made
+        outcome, reused = state.mixes[widths], True
     else:
         outcome = quantize_and_check(inputs, state, pruned, budget(inputs.gate) - pruned.used, candidate)
         if plain:
             state.last = ((key, candidate.quantize), outcome)
+        elif widths is not None:
+            state.mixes[widths] = outcome
         seconds.update(outcome.seconds)
     trial = Trial(index, candidate, outcome, key, pruned.pattern, reused, seconds, pruned_sparsity=pruned.sparsity)
     if outcome.failed is None:
@@ -174,19 +159,6 @@ def run_trial(inputs: SearchInputs, state: SearchState, candidate: Candidate, in
     return trial
 
 
-def _better(new: Trial, old: Trial | None, gate) -> bool:
-    """Whether a passing ``new`` should replace ``old``: accuracy is given up
-    only for a real gain, so a less accurate ``new`` must be clearly smaller
-    (resnet at 0.2 pt: 1.7 % smaller for one sample more lost), a no less
-    accurate one only smaller."""
-    if not new.passed:
-        return False
-    if old is None:
-        return True
-    less_accurate = used(new.outcome.validation, gate) > used(old.outcome.validation, gate)
-    return new.outcome.size < (BOLDER_MIN_GAIN if less_accurate else 1.0) * old.outcome.size
-
-
 class _Runner:
     """Runs, skips and numbers the search's trials, reporting each through the schedule."""
 
@@ -197,6 +169,7 @@ class _Runner:
         if inputs.options.time_budget is not None:
             self.state.deadline = self.schedule.start + inputs.options.time_budget
             self.state.prune_deadline = self.schedule.start + PRUNE_TIME_SHARE * inputs.options.time_budget
+            self.schedule.prune_by = PRUNE_TIME_SHARE * inputs.options.time_budget
         self.number = 0
 
     def attempt(self, candidate: Candidate, index: int, later: list[Candidate], *, first: bool = False,
@@ -238,6 +211,10 @@ def search(inputs: SearchInputs) -> SearchResult:
     mixed = Candidate(0.0, weight_bits=MIXED_WIDTHS) if extra else None
     floor_candidate = Candidate(0.0, weight_only_bits=FLOOR_BITS) if wants_floor(inputs) else None
     tail = [c for c in (mixed, floor_candidate) if c is not None]
+    # The widths on a pruned model too (the winner's pruning, else the recipe's boldest): pruning
+    # that costs no answers leaves the mix as much room as it had unpruned (rapidocr_cls 9.5x
+    # against 7.2x unpruned), and channel pruning makes the float32-loaded Conv layers faster.
+    pruned_mix = extra and searching and any(c.prune_budget_share for c in tried)
     runner = _Runner(inputs, len(tried) + len(tail))
     schedule = runner.schedule
     trials: list[Trial] = []
@@ -262,6 +239,10 @@ def search(inputs: SearchInputs) -> SearchResult:
                 trials.append(trial)
                 if trial.passed:
                     chosen = trial
+                    if pruned_mix:  # next, before static int8 with float nodes: the widths pass where it failed
+                        runner.planned += 1
+                        chosen = _weight_only(runner, [_pruned_mixed(chosen, tried)], trials, chosen, queue + tail)
+                        pruned_mix = False
     while queue:
         candidate = queue.pop(0)
         progress("search", len(trials), len(tried))
@@ -270,7 +251,7 @@ def search(inputs: SearchInputs) -> SearchResult:
             continue
         trials.append(trial)
         if trial.passed:
-            if _better(trial, chosen, gate):
+            if better(trial, chosen, gate):
                 chosen = trial
             break
         if trial.gate_passed and options.target_ratio is None:
@@ -283,7 +264,7 @@ def search(inputs: SearchInputs) -> SearchResult:
         trial = runner.attempt(Candidate(1.0), len(trials), tail)
         if trial is not None and trial.failed is None:
             trials.append(trial)
-            if _better(trial, chosen, gate):
+            if better(trial, chosen, gate):
                 chosen = trial
     if chosen is None or not fast_enough(chosen, options):
         # A trial already run may be fast enough (the bolder one was chosen but is slower): the
@@ -292,26 +273,17 @@ def search(inputs: SearchInputs) -> SearchResult:
         faster = min(ready, key=lambda t: t.outcome.size) if ready else _faster(inputs, runner, trials, tail)
         if faster is None and chosen is not None:
             # None is fast enough: a trial both smaller and faster than the winner still beats it.
-            faster = min((t for t in trials if t.gate_passed and _dominates(t, chosen)),
+            faster = min((t for t in trials if t.gate_passed and dominates(t, chosen)),
                          key=lambda t: t.outcome.size, default=None)
         if faster is not None:
             chosen = faster
         searching = searching or len(trials) > 1
     notes: list[str] = []
-    later = [floor_candidate] if floor_candidate is not None else []
     weight_only = [mixed] if mixed is not None else []
-    if extra and searching and any(c.prune_budget_share for c in tried):
-        # The widths on a pruned model too (the winner's pruning, else the recipe's boldest): pruning
-        # that costs no answers leaves the mix as much room as it had unpruned (rapidocr_cls 9.0x
-        # against 7.2x unpruned), and channel pruning makes the float32-loaded Conv layers faster.
+    if pruned_mix:
         runner.planned += 1
         weight_only.append(_pruned_mixed(chosen, tried))
-    for k, candidate in enumerate(weight_only):
-        trial = runner.attempt(candidate, len(trials), weight_only[k + 1:] + later)
-        if trial is not None and trial.failed is None:
-            trials.append(trial)
-            if _better(trial, chosen, gate):
-                chosen = trial
+    chosen = _weight_only(runner, weight_only, trials, chosen, [floor_candidate] if floor_candidate else [])
     if chosen is not None and not fast_enough(chosen, options):
         # A smaller winner that runs slower than the original gives way to the smallest trial that
         # passes the gate and is no slower (issue 17: a slower result is not chosen over a no-slower one).
@@ -335,7 +307,7 @@ def search(inputs: SearchInputs) -> SearchResult:
         if trial is not None and trial.failed is None:
             trials.append(trial)
             theirs = footprint(trial.outcome.model, inputs.original)
-            if _lighter(trial, chosen, theirs.share, mine.share):
+            if lighter(trial, chosen, theirs.share, mine.share):
                 notes.append(f"the Conv layers run in static int8 (integer kernels) rather than as float32 "
                              f"weights: {theirs.share:.2f}x of the original's weight bytes in "
                              f"memory against {mine.share:.2f}x")
@@ -393,6 +365,19 @@ def _faster(inputs: SearchInputs, runner: "_Runner", trials: list[Trial], tail: 
     return None
 
 
+def _weight_only(runner: "_Runner", candidates: list[Candidate], trials: list[Trial], chosen: Trial | None,
+                 later: list[Candidate]) -> Trial | None:
+    """Run the weight-only ``candidates`` as time allows (appending their
+    trials to ``trials``) and return the winner: ``chosen`` or a better one."""
+    for k, candidate in enumerate(candidates):
+        trial = runner.attempt(candidate, len(trials), candidates[k + 1:] + later)
+        if trial is not None and trial.failed is None:
+            trials.append(trial)
+            if better(trial, chosen, runner.inputs.gate):
+                chosen = trial
+    return chosen
+
+
 def _pruned_mixed(chosen: Trial | None, tried: list[Candidate]) -> Candidate:
     """The weight-only widths after the pruning of ``chosen`` when it pruned,
     else after the recipe's boldest pruning (the first of ``tried``)."""
@@ -400,25 +385,6 @@ def _pruned_mixed(chosen: Trial | None, tried: list[Candidate]) -> Candidate:
         return Candidate(chosen.candidate.prune_budget_share, chosen.candidate.pattern, weight_bits=MIXED_WIDTHS)
     first = next(c for c in tried if c.prune_budget_share)
     return Candidate(first.prune_budget_share, first.pattern, weight_bits=MIXED_WIDTHS)
-
-
-def _lighter(trial: Trial, other: Trial, share: float, other_share: float) -> bool:
-    """Whether a passing ``trial`` should replace ``other`` for what it holds
-    in memory (``share`` against ``other_share`` of the original's weight
-    bytes): lighter in its load form, no slower than the original (or than
-    ``other``) and at most a little larger on disk."""
-    if not trial.passed or trial.outcome.size * CONV_INT8_MIN_GAIN > other.outcome.size:
-        return False
-    a, b = trial.outcome.latency, other.outcome.latency
-    if a is not None and b is not None and a.slower and a.ratio > b.ratio:
-        return False
-    return share < other_share
-
-
-def _dominates(trial: Trial, other: Trial) -> bool:
-    """Smaller and faster (both measured)."""
-    a, b = trial.outcome.latency, other.outcome.latency
-    return a is not None and b is not None and trial.outcome.size < other.outcome.size and a.ratio < b.ratio
 
 
 def _why(last: Trial, options: ShrinkOptions) -> str:

@@ -77,6 +77,8 @@ class Schedule:
         self.start = clock()
         self.runs: list[Trial] = []
         self.skipped: list[Skipped] = []
+        # Seconds from the start by which pruning's sensitivity scan must end (None: no limit).
+        self.prune_by: float | None = None
 
     @property
     def elapsed(self) -> float:
@@ -88,7 +90,7 @@ class Schedule:
             return None
         if candidate.weight_bits is not None:  # statistics, GPTQ and a bisection of checks: as much as a first trial
             same = [t.total_seconds - t.seconds.get("prune", 0.0) for t in self.runs
-                    if t.candidate.weight_bits == candidate.weight_bits]
+                    if t.candidate.weight_bits == candidate.weight_bits and not t.reused]
             widths = same[-1] if same else self.runs[0].total_seconds
             return widths + (self._prune_seconds() if candidate.prune_budget_share else 0.0)
         after = [t.seconds_after_prune for t in self.runs if not t.reused and t.candidate.weight_bits is None]
@@ -104,8 +106,9 @@ class Schedule:
         """Seconds a pruning is expected to take: the later prunings' mean once
         the scan is made, as much as a first trial before."""
         pruned = [t for t in self.runs if t.candidate.prune_budget_share]
-        if not pruned:
-            return self.runs[0].total_seconds
+        if not pruned:  # the scan stops at its deadline (then nothing is pruned)
+            first = self.runs[0].total_seconds
+            return first if self.prune_by is None else min(first, max(0.0, self.prune_by - self.elapsed))
         later = [t.seconds.get("prune", 0.0) for t in pruned[1:]]
         return sum(later) / len(later) if later else LATER_PRUNE_FRACTION * pruned[0].seconds.get("prune", 0.0)
 
@@ -130,6 +133,9 @@ class Schedule:
         share = candidate.prune_budget_share
         if candidate.weight_only_bits is not None or not share:
             return None
+        if self.prune_by is not None and self.elapsed >= self.prune_by and \
+                not any(t.candidate.prune_budget_share for t in self.runs):
+            return "pruning's part of the time budget is spent before its sensitivity scan: it would remove nothing"
         for t in self.runs:
             done = t.candidate.prune_budget_share
             same_kind = t.candidate.pattern == candidate.pattern and t.candidate.weight_only_bits is None
@@ -152,6 +158,6 @@ class Schedule:
             result = f"no model: {trial.failed}"
         else:
             result = (f"{trial.ratio:.1f}x smaller, {'passed' if trial.passed else 'failed'} the gate"
-                      + (" (the previous trial's model)" if trial.reused else ""))
+                      + (" (an earlier trial's model)" if trial.reused else ""))
         self.on_trial(TrialProgress(index, planned, describe(trial.candidate), self.elapsed, self.remaining(left),
                                     f"{result} in {minutes(trial.total_seconds)}"))

@@ -7,7 +7,7 @@ there is none). :class:`SearchInputs` is what every trial reads and
 :class:`SearchState` what the trials share: statistics of the unpruned model
 and the last outcome, reused when a trial prunes exactly as the one before.
 A new objective is a field here (measured into :class:`Outcome`) and one
-check in :func:`onnxshrink.search.loop.accepted`.
+check in :func:`onnxshrink.search.choice.accepted`.
 """
 
 from __future__ import annotations
@@ -226,7 +226,9 @@ class SearchState:
     ``prune_scans`` carries pruning's sensitivity scans and
     measured allocations (``prune_model(scan_cache=...)``); ``last`` is the
     last trial's pruned-weights digest and outcome (only the last: models are
-    large, and repeats come right after each other). ``deadline`` is when the
+    large, and repeats come right after each other); ``mixes`` the outcome of
+    each weight-width mix by the weights it quantized (a pruning that removed
+    nothing gives the unpruned model's). ``deadline`` is when the
     time budget runs out (a ``time.perf_counter()`` value; None: no limit),
     ``prune_deadline`` when pruning's sensitivity scan must be done.
     ``reference`` keeps the original's outputs on the gate's data for the
@@ -242,6 +244,7 @@ class SearchState:
     prune_scans: dict = dataclasses.field(default_factory=dict)
     weight_codes: dict = dataclasses.field(default_factory=dict)
     last: tuple[str, Outcome] | None = None
+    mixes: dict = dataclasses.field(default_factory=dict)
     deadline: float | None = None
     prune_deadline: float | None = None
     reference: Any = None
