@@ -290,7 +290,7 @@ def search(inputs: SearchInputs) -> SearchResult:
         ready = [t for t in trials if t.passed and fast_enough(t, options)]
         if ready:
             faster = min(ready, key=lambda t: t.outcome.size)
-            notes.append(f"a smaller candidate ({chosen.ratio:.1f}x) passed the gate but ran "
+            notes.append(f"the search's best candidate ({chosen.ratio:.1f}x smaller) passed the gate but ran "
                          f"{chosen.outcome.latency.ratio:.2f}x the original's latency: the no-slower "
                          f"{faster.ratio:.1f}x one is kept")
             chosen = faster
