@@ -33,6 +33,12 @@ def accepted(trial: Trial, options: ShrinkOptions) -> bool:
     return trial.gate_passed and (options.latency_bound is None or fast_enough(trial, options))
 
 
+def smallest_fast_enough(trials: list[Trial], options: ShrinkOptions) -> Trial | None:
+    """The smallest of ``trials`` that passes the gate and is fast enough (None when none is)."""
+    return min((t for t in trials if t.gate_passed and fast_enough(t, options)), key=lambda t: t.outcome.size,
+               default=None)
+
+
 def better(new: Trial, old: Trial | None, gate) -> bool:
     """Whether a passing ``new`` should replace ``old``: accuracy is given up
     only for a real gain, so a less accurate ``new`` must be clearly smaller

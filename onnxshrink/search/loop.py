@@ -40,7 +40,7 @@ import time
 
 from onnxshrink.errors import GateFailed
 from onnxshrink.search.budget import budget, used
-from onnxshrink.search.choice import accepted, better, dominates, fast_enough, lighter
+from onnxshrink.search.choice import accepted, better, dominates, fast_enough, lighter, smallest_fast_enough
 from onnxshrink.search.options import ShrinkOptions
 from onnxshrink.search.schedule import Schedule, Skipped
 from onnxshrink.search.conv_int8 import footprint
@@ -168,8 +168,8 @@ class _Runner:
         self.schedule = Schedule(inputs.options.time_budget, inputs.on_trial)
         if inputs.options.time_budget is not None:
             self.state.deadline = self.schedule.start + inputs.options.time_budget
-            self.state.prune_deadline = self.schedule.start + PRUNE_TIME_SHARE * inputs.options.time_budget
             self.schedule.prune_by = PRUNE_TIME_SHARE * inputs.options.time_budget
+            self.state.prune_deadline = self.schedule.start + self.schedule.prune_by
         self.number = 0
 
     def attempt(self, candidate: Candidate, index: int, later: list[Candidate], *, first: bool = False,
@@ -269,8 +269,7 @@ def search(inputs: SearchInputs) -> SearchResult:
     if chosen is None or not fast_enough(chosen, options):
         # A trial already run may be fast enough (the bolder one was chosen but is slower): the
         # smallest of those; else the latency families.
-        ready = [t for t in trials if t.gate_passed and fast_enough(t, options)]
-        faster = min(ready, key=lambda t: t.outcome.size) if ready else _faster(inputs, runner, trials, tail)
+        faster = smallest_fast_enough(trials, options) or _faster(inputs, runner, trials, tail)
         if faster is None and chosen is not None:
             # None is fast enough: a trial both smaller and faster than the winner still beats it.
             faster = min((t for t in trials if t.gate_passed and dominates(t, chosen)),
@@ -287,9 +286,8 @@ def search(inputs: SearchInputs) -> SearchResult:
     if chosen is not None and not fast_enough(chosen, options):
         # A smaller winner that runs slower than the original gives way to the smallest trial that
         # passes the gate and is no slower (issue 17: a slower result is not chosen over a no-slower one).
-        ready = [t for t in trials if t.passed and fast_enough(t, options)]
-        if ready:
-            faster = min(ready, key=lambda t: t.outcome.size)
+        faster = smallest_fast_enough(trials, options)
+        if faster is not None:
             notes.append(f"the search's best candidate ({chosen.ratio:.1f}x smaller) passed the gate but ran "
                          f"{chosen.outcome.latency.ratio:.2f}x the original's latency: the no-slower "
                          f"{faster.ratio:.1f}x one is kept")
