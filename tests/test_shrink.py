@@ -191,6 +191,36 @@ def test_mixed_precision_keeps_the_most_sensitive_weight_float():
     assert result.validation.passed
 
 
+def test_the_width_mix_checks_each_mix_once_against_the_kept_reference(monkeypatch):
+    """Each mix of widths is checked against the gate by the search (the
+    original's outputs kept): quantize_weights must not also run the original
+    and the mix on the calibration data (on rapidocr_rec_v4 that doubled the
+    mix's 140 s). Its own comparison, asked for, is still made."""
+    import onnxshrink.lowbit as lowbit
+    from onnxshrink.lowbit import WeightOnlyOptions
+    from onnxshrink.pipeline import ShrinkOptions, shrink
+    from onnxshrink.recipes import Recipe
+
+    real = lowbit.quantize_weights
+    asked: list[bool] = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("compare", True))
+        result = real(*args, **kwargs)
+        assert (result.report.validation is None) == (not asked[-1])
+        return result
+
+    monkeypatch.setattr(lowbit, "quantize_weights", spy)
+    model = onnx.load(MLP)
+    calib = dict(np.load(CALIB))
+    feed = {k: v for k, v in calib.items() if k != "labels"}
+    recipe = Recipe("t", "", False, None, {}, True, {"min_cosine": 0.99995})
+    shrink(model, [feed], ShrinkOptions(recipe, weight_bits=(4, 8), measure_latency=False))
+    assert len(asked) >= 2 and not any(asked)
+    checked = real(model, WeightOnlyOptions(bits=8, gate_floor=False), calib=[feed], measure_latency=False)
+    assert checked.report.validation is not None
+
+
 def test_weight_widths_are_checked_and_three_levels_are_used(tmp_path):
     from onnxshrink.pipeline import ShrinkOptions
 

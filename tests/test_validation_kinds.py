@@ -371,3 +371,36 @@ def test_detections_count_a_class_swap_that_only_class_agnostic_nms_shows():
     same = OutputStats()
     same.add(ref, ref.copy())
     assert same.result()["agreement"] == 1.0
+
+
+@pytest.mark.parametrize("shape,samples,axis", [((6, 5, 300), 6, 0), ((7, 4, 9), 4, 1), ((3, 70_000), 3, 0)])
+def test_output_sums_are_those_of_the_whole_batch_in_float64(shape, samples, axis):
+    """The running sums are taken one sample (and chunk) at a time: they equal the
+    float64 formulas over the whole batch, whatever axis holds the samples, with an
+    all-zero sample in both (cosine 1) and one zero in the candidate only (cosine 0)."""
+    from onnxshrink.validation.metrics import OutputStats
+
+    ref = RNG.standard_normal(shape).astype(np.float32)
+    cand = (ref + 0.05 * RNG.standard_normal(shape)).astype(np.float32)
+    index = [slice(None)] * len(shape)
+    index[axis] = 0
+    ref[tuple(index)] = cand[tuple(index)] = 0.0
+    index[axis] = 1
+    cand[tuple(index)] = 0.0
+    stats = OutputStats("y")
+    stats.add(ref, cand, samples)
+    r = np.moveaxis(ref.astype(np.float64), axis, 0).reshape(samples, -1)
+    c = np.moveaxis(cand.astype(np.float64), axis, 0).reshape(samples, -1)
+    d = r - c
+    assert stats.dot == pytest.approx((r * c).sum(), rel=1e-12)
+    assert stats.ref_sq == pytest.approx((r * r).sum(), rel=1e-12)
+    assert stats.cand_sq == pytest.approx((c * c).sum(), rel=1e-12)
+    assert stats.err_sq == pytest.approx((d * d).sum(), rel=1e-12)
+    assert stats.abs_sum == pytest.approx(np.abs(d).sum(), rel=1e-12)
+    assert stats.max_abs == np.abs(d).max()
+    assert stats.count == r.size and stats.samples == samples
+    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
+    cosines = np.where(norms > 0, (r * c).sum(axis=1) / np.where(norms > 0, norms, 1), 0.0)
+    cosines[0] = 1.0  # both all zero
+    assert stats.min_sample_cosine == pytest.approx(0.0) and cosines[1] == 0.0
+    assert stats.sample_cosine_sum == pytest.approx(cosines.sum(), rel=1e-12)

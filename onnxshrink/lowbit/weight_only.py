@@ -121,6 +121,7 @@ def quantize_weights(
     layer_stats: dict[str, LayerInputStats] | None = None,
     measure_latency: bool = True,
     codes_cache: dict | None = None,
+    compare: bool = True,
 ) -> WeightOnlyResult:
     """Quantize the weights of a copy of ``model`` as ``options`` say; ``model``
     is not changed.
@@ -132,7 +133,10 @@ def quantize_weights(
     The result is compared to ``model`` on ``eval_data`` (else ``calib``, else
     random inputs, which give no verdict) and the comparison is in the report;
     with ``options.gate_floor`` a result that fails the default floor is
-    refused (GateFailed, exit 1). ``layer_stats`` (from
+    refused (GateFailed, exit 1). ``compare=False`` (a caller that checks
+    the result itself, as the shrink search's width mix does with each of
+    its candidates) leaves the comparison out: it runs the original and the
+    result once each. ``layer_stats`` (from
     :func:`collect_weight_statistics` on the same model and data) skips
     collecting them again, for sweeps over bits and rounding. ``codes_cache``
     (a dict the caller keeps, with the same ``layer_stats``) carries each
@@ -183,9 +187,9 @@ def quantize_weights(
     # Calibration data that can be read again (a one-shot reader was spent on the statistics).
     data = eval_data if eval_data is not None else (calib if isinstance(calib, (str, os.PathLike, NpzData, list, tuple))
                                                     else None)
-    if data is None and options.gate_floor:
+    if compare and data is None and options.gate_floor:
         report.warnings.append("not checked against the original: no --eval or --calib data to run it on")
-    elif data is not None:
+    elif compare and data is not None:
         from onnxshrink.validation import DEFAULT_FLOOR, Gate, compare_models, floor_failure
 
         validation = compare_models(model, work, data, gate=DEFAULT_FLOOR if options.gate_floor else Gate(),

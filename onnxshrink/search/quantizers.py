@@ -93,8 +93,9 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
         layer_bits.update({name: None for name in kept_float})
         layer_bits.update(demoted or {})
         opts = dataclasses.replace(base_options, bits=rest, layer_bits=layer_bits)
+        # Each mix is checked against the gate below (the original's outputs kept): no comparison inside.
         return quantize_weights(model, opts, calib=calib, layer_stats=stats, measure_latency=False,
-                                codes_cache=state.weight_codes)
+                                codes_cache=state.weight_codes, compare=False)
 
     def bisect_counts(failing: int, passing: int, make, best):
         """Bisection between a count of the ranked names whose model fails and

@@ -22,6 +22,8 @@ from onnxshrink.validation.detections import batch_counts, layout_axis
 
 # Embedding outputs keep this many samples' vectors for the nearest-neighbour check.
 MAX_NEIGHBOUR_SAMPLES = 2048
+# Elements of one sample summed at a time (float64 copies of this size stay in the cache).
+NUMERIC_CHUNK = 1 << 16
 NEIGHBOURS_K = 5
 # A nearest neighbour counts as changed when the candidate's is, for the
 # original model, less similar than the original's own by more than this
@@ -58,6 +60,11 @@ def _per_sample(array: np.ndarray, samples: int) -> np.ndarray:
     return np.moveaxis(array, axis, 0)
 
 
+def _real(array: np.ndarray) -> np.ndarray:
+    """Float32 and float64 as they are (sums are taken in float64 anyway), other numbers as float64."""
+    return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
+
+
 def _decoded(sequence: np.ndarray, background: int) -> np.ndarray:
     """A sequence of classes with runs of the same class merged and the
     background class dropped: CTC's best-path decoding when the background is
@@ -86,7 +93,7 @@ def token_mask(inputs: dict[str, np.ndarray] | None, shape: tuple[int, ...]) -> 
 def _pooled(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """One vector per sample: the mean over every axis between the sample and the
     last, over the masked-in tokens when a token mask is given."""
-    flat = values.reshape(len(values), -1, values.shape[-1])
+    flat = values.reshape(len(values), -1, values.shape[-1]).astype(np.float64)
     if mask is None:
         return flat.mean(axis=1)
     weights = mask.reshape(len(values), -1, 1)
@@ -143,13 +150,12 @@ class OutputStats:
         elif self.kind == kinds.EXACT:
             self.same += int((ref == cand).sum())
             self.total += int(ref.size)
-        r = _per_sample(ref.astype(np.float64), samples)
-        c = _per_sample(cand.astype(np.float64), samples)
+        r, c = _per_sample(_real(ref), samples), _per_sample(_real(cand), samples)
         bad = ~np.isfinite(c)
         if bad.any():
             self.nonfinite += int(bad.sum())
             c = np.where(bad, 0.0, c)
-        self._numeric(r.reshape(len(r), -1), c.reshape(len(c), -1))
+        self._numeric(r, c)
         if self.kind in (kinds.CLASS_SCORES, kinds.SEQUENCE_SCORES):
             self._top1(r, c)
         elif self.kind == kinds.PROBABILITIES:
@@ -187,17 +193,31 @@ class OutputStats:
                 self.add(r, c, 1)
 
     def _numeric(self, r: np.ndarray, c: np.ndarray) -> None:
-        diff = r - c
-        self.dot += float((r * c).sum())
-        self.ref_sq += float((r * r).sum())
-        self.cand_sq += float((c * c).sum())
-        self.err_sq += float((diff * diff).sum())
-        self.abs_sum += float(np.abs(diff).sum())
-        self.max_abs = max(self.max_abs, float(np.abs(diff).max(initial=0.0)))
-        self.count += diff.size
-        norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
-        same = (norms == 0) & (np.abs(r).sum(axis=1) == np.abs(c).sum(axis=1))
-        per_sample = np.where(norms > 0, (r * c).sum(axis=1) / np.where(norms > 0, norms, 1), np.where(same, 1.0, 0.0))
+        """Cosine and error sums over a batch (sample axis first), in float64,
+        one sample (and a chunk of it) at a time: a search checks a [64, 40,
+        6625] sequence output many times, and whole-batch float64 temporaries
+        (and the copy of a batch whose sample axis is not first) cost more
+        than the sums, their memory being new each time."""
+        per_sample = np.ones(len(r))
+        for i, (row_r, row_c) in enumerate(zip(r, c)):
+            row_r, row_c = np.ravel(row_r), np.ravel(row_c)
+            dot = ref_sq = cand_sq = 0.0
+            for start in range(0, max(row_r.size, 1), NUMERIC_CHUNK):
+                a = row_r[start:start + NUMERIC_CHUNK].astype(np.float64)
+                b = row_c[start:start + NUMERIC_CHUNK].astype(np.float64)
+                dot, ref_sq, cand_sq = dot + float(a @ b), ref_sq + float(a @ a), cand_sq + float(b @ b)
+                a -= b
+                self.err_sq += float(a @ a)
+                np.abs(a, out=a)
+                self.abs_sum += float(a.sum())
+                self.max_abs = max(self.max_abs, float(a.max(initial=0.0)))
+            self.dot, self.ref_sq, self.cand_sq = self.dot + dot, self.ref_sq + ref_sq, self.cand_sq + cand_sq
+            norms = np.sqrt(ref_sq) * np.sqrt(cand_sq)
+            if norms > 0:
+                per_sample[i] = dot / norms
+            else:  # both all zero: the same
+                per_sample[i] = 1.0 if ref_sq == cand_sq == 0.0 else 0.0
+        self.count += r.size
         self.min_sample_cosine = min(self.min_sample_cosine, float(per_sample.min(initial=1.0)))
         self.sample_cosine_sum += float(per_sample.sum())
         self.samples += len(per_sample)
