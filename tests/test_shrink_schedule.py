@@ -302,6 +302,45 @@ def test_pruning_trials_are_skipped_when_static_int8_of_the_unpruned_model_misse
     first, second = r["search"][:2]
     assert first["mode"].startswith("weight-only GPTQ") and "then weight-only GPTQ" in second["mode"]
     assert second["reused"] and second["size_bytes"] == first["size_bytes"]
+    # Static int8 with float nodes could only be larger than the probe's all-int8 model, which the
+    # mix already beats: it is skipped with that reason rather than searched.
+    futile = [s for s in r["skipped"] if s["mode"] == "no pruning, then quantize"]
+    assert len(futile) == 1 and "larger than with every node in int8" in futile[0]["reason"]
+    assert not any(row["mode"] == "no pruning, then quantize" for row in r["search"])
+
+
+def test_static_int8_with_float_nodes_is_skipped_only_when_it_cannot_win():
+    """It is skipped only for a winner that passes, is smaller than the probe's
+    all-int8 model and is no slower than the original; never for a pruned candidate."""
+    import dataclasses
+    import types
+
+    from onnxshrink.latency import Latency
+    from onnxshrink.recipes import load_recipe
+    from onnxshrink.search import ShrinkOptions
+    from onnxshrink.search.stages import float_nodes_cannot_win
+    from onnxshrink.search.trial import SearchState
+
+    base = onnx.load(MLP)
+    probe = onnx.load(MLP)  # stands for the probe's static int8 model: only its size counts
+    size = probe.ByteSize()
+    inputs = types.SimpleNamespace(base=base, original_bytes=4 * size,
+                                   options=ShrinkOptions(dataclasses.replace(load_recipe("cnn-default"), pack=False)))
+    state = SearchState()
+    state.widest = (base, types.SimpleNamespace(model=probe))
+
+    def winner(bytes_, latency=None):
+        trial = Trial(0, Candidate(0.0, weight_bits=(4, 8)), Outcome(size=bytes_, latency=latency), "d")
+        trial.passed, trial.ratio = True, 4 * size / bytes_
+        return trial
+
+    plain = Candidate(0.0)
+    assert "larger than with every node in int8 (4.0x" in float_nodes_cannot_win(inputs, state, winner(size - 1), plain)
+    assert float_nodes_cannot_win(inputs, state, winner(size), plain) is None  # not smaller
+    slower = Latency(reference_ms=1.0, candidate_ms=1.5, ratio=1.5, noise=0.02)
+    assert float_nodes_cannot_win(inputs, state, winner(size - 1, slower), plain) is None  # int8 may be faster
+    assert float_nodes_cannot_win(inputs, state, winner(size - 1), Candidate(0.5)) is None
+    assert float_nodes_cannot_win(inputs, state, None, plain) is None
 
 
 def test_pruning_trials_still_run_when_static_int8_of_the_unpruned_model_passes():

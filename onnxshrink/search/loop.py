@@ -23,8 +23,9 @@ the gate: a milder share of it would be no faster.
 Real models: before pruning, static int8 of the unpruned model is checked at
 the widest weight code range; when it misses the gate, the pruning
 candidates are skipped (pruning only adds error) and the weight-only GPTQ
-candidate runs before the unpruned static int8 one (whose accuracy-aware
-search gets the time left). Otherwise (:func:`search`'s tail), after the
+candidate runs before the unpruned static int8 one, whose accuracy-aware
+search (nodes put back in float) gets the time left, or is skipped when the
+winner is already smaller than static int8 of every node and no slower. Otherwise (:func:`search`'s tail), after the
 recipe's candidates, a static
 int8 recipe also tries weight-only GPTQ at 4 to 8 bits per layer, and plain
 weight-only int8 always runs last: the floor the winner is compared with,
@@ -46,7 +47,7 @@ from onnxshrink.search.schedule import Schedule, Skipped
 from onnxshrink.search.conv_int8 import footprint
 from onnxshrink.search.floor import FLOOR_BITS, floor_note, floor_size_note, prefer_floor, wants_floor
 from onnxshrink.search.quantizers import static_int8_probe
-from onnxshrink.search.stages import prune_stage, quantize_and_check, weights_digest
+from onnxshrink.search.stages import float_nodes_cannot_win, prune_stage, quantize_and_check, weights_digest
 from onnxshrink.search.trial import Candidate, SearchInputs, SearchState, Trial
 
 # Fractions of the accuracy (or cosine) budget given to pruning, most aggressive first.
@@ -173,14 +174,14 @@ class _Runner:
         self.number = 0
 
     def attempt(self, candidate: Candidate, index: int, later: list[Candidate], *, first: bool = False,
-                always: bool = False) -> Trial | None:
-        """Run ``candidate`` unless it cannot help or does not fit in the time
-        budget (then None, and it is recorded as skipped). The first trial and
-        those that must run (``always``) are never skipped."""
+                always: bool = False, reason: str | None = None) -> Trial | None:
+        """Run ``candidate`` unless it cannot help (``reason``, or the
+        schedule's) or does not fit in the time budget (then None, and it is
+        recorded as skipped). The first trial and those that must run
+        (``always``) are never skipped."""
         self.number += 1
         schedule = self.schedule
-        reason = None
-        if not first and not always:
+        if reason is None and not first and not always:
             reason = schedule.cannot_help(candidate) or schedule.over_budget(candidate)
         if reason is not None:
             schedule.skip(candidate, reason, self.number, self.planned, later)
@@ -220,9 +221,11 @@ def search(inputs: SearchInputs) -> SearchResult:
     trials: list[Trial] = []
     chosen = None
     queue = list(tried)
+    probe_failed = False
     if _wants_probe(inputs, tried):
         progress("static int8 of the unpruned model", 0, 1)
-        if not static_int8_probe(inputs, runner.state):
+        probe_failed = not static_int8_probe(inputs, runner.state)
+        if probe_failed:
             # Pruning only adds error: no pruned model passes where the unpruned one does not.
             reason = ("static int8 of the unpruned model misses the gate at the widest weight code range: "
                       "pruning cannot make it pass")
@@ -246,7 +249,8 @@ def search(inputs: SearchInputs) -> SearchResult:
     while queue:
         candidate = queue.pop(0)
         progress("search", len(trials), len(tried))
-        trial = runner.attempt(candidate, len(trials), queue + tail, first=not trials)
+        futile = float_nodes_cannot_win(inputs, runner.state, chosen, candidate) if probe_failed else None
+        trial = runner.attempt(candidate, len(trials), queue + tail, first=not trials, reason=futile)
         if trial is None:
             continue
         trials.append(trial)

@@ -21,7 +21,7 @@ from onnxshrink.search.budget import budget, sub_gate, used
 from onnxshrink.search.conv_int8 import static_int8_convs
 from onnxshrink.search.quantizers import (  # noqa: F401  (WEIGHT_RANGE_BITS, deployed, static_int8_probe: re-exported)
     WEIGHT_RANGE_BITS, deployed, mixed_precision, static_int8, static_int8_probe, weight_only)
-from onnxshrink.search.trial import Candidate, Outcome, SearchInputs, SearchState, Stage
+from onnxshrink.search.trial import Candidate, Outcome, SearchInputs, SearchState, Stage, Trial
 from onnxshrink.validation import Gate, compare_models
 
 # Channel pruning for latency keeps a multiple of this many channels per group:
@@ -248,3 +248,27 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
     return Outcome(model=model, packed=packed, size=size, validation=validation, stages=stages,
                    layers=list(layers.values()), weight_widths=widths, weight_range_bits=range_bits,
                    latency=latency, seconds=seconds, prune_steps=pruned.steps)
+
+
+def float_nodes_cannot_win(inputs: SearchInputs, state: SearchState, chosen: Trial | None,
+                           candidate: Candidate) -> str | None:
+    """Why static int8 of the unpruned model, after its probe (every node in
+    int8, :func:`static_int8_probe`) missed the gate, cannot replace
+    ``chosen``: with nodes put back in float it is larger than that probe's
+    model, and ``chosen`` already passes, is smaller than it and no slower
+    than the original (on the corpus the accuracy-aware search took 60-110 s
+    and never won). None when it might win."""
+    from onnxshrink.search.choice import fast_enough
+
+    plain = not candidate.prune_budget_share and candidate.quantize is None and candidate.weight_bits is None \
+        and candidate.weight_only_bits is None
+    if not plain or chosen is None or not chosen.passed or state.widest is None or \
+            state.widest[0] is not inputs.base or not fast_enough(chosen, inputs.options):
+        return None
+    probe = state.widest[1].model
+    size = packed_size(probe)[0] if inputs.options.recipe.pack else probe.ByteSize()
+    if chosen.outcome.size >= size:
+        return None
+    return (f"static int8 with nodes kept in float is larger than with every node in int8 "
+            f"({inputs.original_bytes / max(size, 1):.1f}x smaller, missing the gate); the "
+            f"{chosen.ratio:.1f}x candidate already passes, smaller and no slower")
