@@ -22,7 +22,7 @@ from onnxshrink.validation.detections import batch_counts, layout_axis
 
 # Embedding outputs keep this many samples' vectors for the nearest-neighbour check.
 MAX_NEIGHBOUR_SAMPLES = 2048
-# Elements of one sample summed at a time (float64 copies of this size stay in the cache).
+# Elements summed at a time, whole samples or a slice of one (float64 copies of this size stay in the cache).
 NUMERIC_CHUNK = 1 << 16
 NEIGHBOURS_K = 5
 # A nearest neighbour counts as changed when the candidate's is, for the
@@ -194,33 +194,39 @@ class OutputStats:
 
     def _numeric(self, r: np.ndarray, c: np.ndarray) -> None:
         """Cosine and error sums over a batch (sample axis first), in float64,
-        one sample (and a chunk of it) at a time: a search checks a [64, 40,
-        6625] sequence output many times, and whole-batch float64 temporaries
-        (and the copy of a batch whose sample axis is not first) cost more
-        than the sums, their memory being new each time."""
-        per_sample = np.ones(len(r))
-        for i, (row_r, row_c) in enumerate(zip(r, c)):
-            row_r, row_c = np.ravel(row_r), np.ravel(row_c)
-            dot = ref_sq = cand_sq = 0.0
-            for start in range(0, max(row_r.size, 1), NUMERIC_CHUNK):
-                a = row_r[start:start + NUMERIC_CHUNK].astype(np.float64)
-                b = row_c[start:start + NUMERIC_CHUNK].astype(np.float64)
-                dot, ref_sq, cand_sq = dot + float(a @ b), ref_sq + float(a @ a), cand_sq + float(b @ b)
+        a block of about NUMERIC_CHUNK elements at a time (whole samples, or
+        a slice of one larger sample): a search checks a [64, 40, 6625]
+        sequence output many times, and whole-batch float64 temporaries (and
+        the copy of a batch whose sample axis is not first) cost more than
+        the sums, their memory being new each time; a closed loop's
+        thousands of one-value rows stay a few numpy calls."""
+        n = len(r)
+        size = r.size // max(n, 1)
+        rows = max(1, NUMERIC_CHUNK // max(size, 1))
+        cols = min(max(size, 1), NUMERIC_CHUNK)
+        dot, ref_sq, cand_sq = np.zeros(n), np.zeros(n), np.zeros(n)
+        for i in range(0, n, rows):
+            block_r, block_c = r[i:i + rows].reshape(-1, size), c[i:i + rows].reshape(-1, size)
+            for j in range(0, size, cols):
+                a = block_r[:, j:j + cols].astype(np.float64)
+                b = block_c[:, j:j + cols].astype(np.float64)
+                dot[i:i + rows] += np.einsum("ij,ij->i", a, b)
+                ref_sq[i:i + rows] += np.einsum("ij,ij->i", a, a)
+                cand_sq[i:i + rows] += np.einsum("ij,ij->i", b, b)
                 a -= b
-                self.err_sq += float(a @ a)
+                self.err_sq += float(np.einsum("ij,ij->", a, a))
                 np.abs(a, out=a)
                 self.abs_sum += float(a.sum())
                 self.max_abs = max(self.max_abs, float(a.max(initial=0.0)))
-            self.dot, self.ref_sq, self.cand_sq = self.dot + dot, self.ref_sq + ref_sq, self.cand_sq + cand_sq
-            norms = np.sqrt(ref_sq) * np.sqrt(cand_sq)
-            if norms > 0:
-                per_sample[i] = dot / norms
-            else:  # both all zero: the same
-                per_sample[i] = 1.0 if ref_sq == cand_sq == 0.0 else 0.0
+        self.dot, self.ref_sq, self.cand_sq = (self.dot + float(dot.sum()), self.ref_sq + float(ref_sq.sum()),
+                                               self.cand_sq + float(cand_sq.sum()))
+        norms = np.sqrt(ref_sq) * np.sqrt(cand_sq)
+        both_zero = (ref_sq == 0) & (cand_sq == 0)  # the same
+        per_sample = np.where(norms > 0, dot / np.where(norms > 0, norms, 1), np.where(both_zero, 1.0, 0.0))
         self.count += r.size
         self.min_sample_cosine = min(self.min_sample_cosine, float(per_sample.min(initial=1.0)))
         self.sample_cosine_sum += float(per_sample.sum())
-        self.samples += len(per_sample)
+        self.samples += n
 
     def _regions(self, ref: np.ndarray, cand: np.ndarray, samples: int) -> None:
         """A batch of probability maps: their regions matched, and the pixels
