@@ -135,7 +135,7 @@ def run_trial(inputs: SearchInputs, state: SearchState, candidate: Candidate, in
     # trial whose pruning lands where the previous one did (a bolder budget the search
     # could not use) gets that trial's outcome instead of quantizing the same model again.
     key = weights_digest(pruned.model)
-    plain = candidate.weight_only_bits is None and candidate.weight_bits is None  # the recipe's quantization
+    plain = candidate.recipe_quantization
     reused = plain and state.last is not None and state.last[0] == (key, candidate.quantize)
     widths = (key, candidate.quantize, candidate.weight_bits) if candidate.weight_bits is not None else None
     if reused:

@@ -260,8 +260,7 @@ def float_nodes_cannot_win(inputs: SearchInputs, state: SearchState, chosen: Tri
     and never won). None when it might win."""
     from onnxshrink.search.choice import fast_enough
 
-    plain = not candidate.prune_budget_share and candidate.quantize is None and candidate.weight_bits is None \
-        and candidate.weight_only_bits is None
+    plain = candidate.recipe_quantization and not candidate.prune_budget_share and candidate.quantize is None
     if not plain or chosen is None or not chosen.passed or state.widest is None or \
             state.widest[0] is not inputs.base or not fast_enough(chosen, inputs.options):
         return None

@@ -53,6 +53,11 @@ class Candidate:
     weight_only_bits: int | None = None
     weight_bits: tuple[int, ...] | None = None
 
+    @property
+    def recipe_quantization(self) -> bool:
+        """Quantized as the recipe says (neither plain weight-only nor the width mix)."""
+        return self.weight_only_bits is None and self.weight_bits is None
+
 
 def describe(candidate: Candidate) -> str:
     """What a candidate tries, in words."""
