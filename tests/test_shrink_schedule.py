@@ -309,6 +309,42 @@ def test_pruning_trials_are_skipped_when_static_int8_of_the_unpruned_model_misse
     assert not any(row["mode"] == "no pruning, then quantize" for row in r["search"])
 
 
+def test_after_the_unpruned_mix_passes_pruning_may_scan_until_what_the_mix_on_the_pruned_model_needs(monkeypatch):
+    """When static int8 missed the gate, pruning's scan is no longer held to half
+    the time budget: it may run until the time the unpruned mix took and a
+    reserve (AFTER_MIX_RESERVE_SHARE) are left."""
+    import onnxshrink.search.loop as loop
+    from onnxshrink.pipeline import ShrinkOptions, shrink
+    from onnxshrink.recipes import load_recipe
+    from onnxshrink.validation import Gate
+
+    seen = []
+    real = loop.prune_stage
+
+    def spy(inputs, state, candidate):
+        if candidate.prune_budget_share:
+            seen.append(state.prune_deadline)
+        return real(inputs, state, candidate)
+
+    monkeypatch.setattr(loop, "prune_stage", spy)
+    model, calib = _outlier_mlp()
+    rng = np.random.default_rng(4)
+    check = [{"x": rng.normal(size=(32, 32)).astype(np.float32)}]
+    budget = 1000.0
+    options = ShrinkOptions(load_recipe("cnn-default"), gate=Gate(min_cosine=0.999), measure_latency=False,
+                            time_budget=budget)
+    start = time.perf_counter()
+    r = shrink(model, calib, options, eval_data=check).report
+    mix = r["search"][0]
+    assert mix["mode"].startswith("weight-only GPTQ") and mix["passed"]
+    assert seen, "the pruned mix ran"
+    mix_seconds = sum(mix["seconds"].values())
+    left = budget * (1 - loop.AFTER_MIX_RESERVE_SHARE)  # the search's clock starts between start and end
+    end = time.perf_counter()
+    assert end + loop.PRUNE_TIME_SHARE * budget < seen[0] <= end + left
+    assert seen[0] >= start + left - mix_seconds - 1.0
+
+
 def test_static_int8_with_float_nodes_is_skipped_only_when_it_cannot_win():
     """It is skipped only for a winner that passes, is smaller than the probe's
     all-int8 model and is no slower than the original; never for a pruned candidate."""

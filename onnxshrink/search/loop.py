@@ -60,6 +60,11 @@ LATENCY_BUDGET_SHARES = (1.0, 0.75, 0.5, 0.25)
 # Pruning's sensitivity scan must end within this part of the time budget:
 # quantization, validation and the weight-only floor need the rest.
 PRUNE_TIME_SHARE = 0.5
+# When static int8 missed the gate and the unpruned width mix passed, pruning's scan may run
+# until what the mix took again (the mix on the pruned model) and this part of the budget (the
+# floor, validation, timing) are left: on rapidocr_det and ddddocr the scan had fitted in a
+# quiet run and not in a loaded one.
+AFTER_MIX_RESERVE_SHARE = 0.15
 # The widths of the weight-only GPTQ candidate tried after a static int8 recipe's: 6 and 5 are
 # int8 codes with fewer levels (packed smaller, same kernels as 8), so the mix need not jump from
 # 4 to 8 bits.
@@ -169,9 +174,13 @@ class _Runner:
         self.schedule = Schedule(inputs.options.time_budget, inputs.on_trial)
         if inputs.options.time_budget is not None:
             self.state.deadline = self.schedule.start + inputs.options.time_budget
-            self.schedule.prune_by = PRUNE_TIME_SHARE * inputs.options.time_budget
-            self.state.prune_deadline = self.schedule.start + self.schedule.prune_by
+            self.prune_by(PRUNE_TIME_SHARE * inputs.options.time_budget)
         self.number = 0
+
+    def prune_by(self, seconds: float) -> None:
+        """Pruning's sensitivity scan must end ``seconds`` after the search started."""
+        self.schedule.prune_by = seconds
+        self.state.prune_deadline = self.schedule.start + seconds
 
     def attempt(self, candidate: Candidate, index: int, later: list[Candidate], *, first: bool = False,
                 always: bool = False, reason: str | None = None) -> Trial | None:
@@ -242,6 +251,10 @@ def search(inputs: SearchInputs) -> SearchResult:
                 trials.append(trial)
                 if trial.passed:
                     chosen = trial
+                    seconds = options.time_budget
+                    if seconds is not None:  # the scan may use what the mix on the pruned model leaves
+                        runner.prune_by(max(schedule.prune_by, seconds - trial.total_seconds
+                                            - AFTER_MIX_RESERVE_SHARE * seconds))
                     if pruned_mix:  # next, before static int8 with float nodes: the widths pass where it failed
                         runner.planned += 1
                         chosen = _weight_only(runner, [_pruned_mixed(chosen, tried)], trials, chosen, queue + tail)
