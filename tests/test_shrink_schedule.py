@@ -379,6 +379,54 @@ def test_static_int8_with_float_nodes_is_skipped_only_when_it_cannot_win():
     assert float_nodes_cannot_win(inputs, state, None, plain) is None
 
 
+def test_static_int8_with_float_nodes_is_skipped_when_its_sensitivity_scan_cannot_fit_its_time_share():
+    """The scan scores every int8 node of the probe alone, each costing at least a gate check (on at
+    most SENSITIVITY_SAMPLES samples): when that alone exceeds AWARE_TIME_SHARE of the budget (or
+    what is left of it), the trial cannot pass and is skipped with the estimate; never without a
+    budget, before a check was timed, or for a pruned candidate."""
+    import dataclasses
+    import types
+
+    from onnxshrink.quantization.search import SENSITIVITY_SAMPLES
+    from onnxshrink.recipes import load_recipe
+    from onnxshrink.search import ShrinkOptions
+    from onnxshrink.search.quantizers import AWARE_TIME_SHARE
+    from onnxshrink.search.stages import aware_search_cannot_fit
+    from onnxshrink.search.trial import SearchState
+
+    base = onnx.load(MLP)
+    recipe = dataclasses.replace(load_recipe("cnn-default"), pack=False)
+
+    def setup(nodes, check_seconds, samples=20, budget=420.0, deadline_in=None):
+        inputs = types.SimpleNamespace(base=base, options=ShrinkOptions(recipe, time_budget=budget))
+        state = SearchState()
+        state.widest = (base, types.SimpleNamespace(report=types.SimpleNamespace(nodes=[{}] * nodes)))
+        state.reference = types.SimpleNamespace(batches=[range(samples)])
+        state.check_seconds = check_seconds
+        if deadline_in is not None:
+            state.deadline = time.perf_counter() + deadline_in
+        return inputs, state
+
+    share = AWARE_TIME_SHARE * 420.0
+    plain = Candidate(0.0)
+    # 101 nodes at 2 s a check: 202 s of scan against 105 s.
+    why = aware_search_cannot_fit(*setup(101, 2.0), plain)
+    assert why is not None and "101 int8 nodes" in why and "202 s" in why and f"{share:.0f} s" in why
+    assert aware_search_cannot_fit(*setup(40, 2.0), plain) is None  # 80 s fits
+    # What is left of the budget bounds it too.
+    assert aware_search_cannot_fit(*setup(40, 2.0, deadline_in=60.0), plain) is not None
+    # Beyond SENSITIVITY_SAMPLES samples each node is scored on a part of the data only.
+    many = 4 * SENSITIVITY_SAMPLES
+    assert aware_search_cannot_fit(*setup(101, 2.0, samples=many), plain) is None  # 50 s
+    assert aware_search_cannot_fit(*setup(101, 8.0, samples=many), plain) is not None  # 202 s
+    assert aware_search_cannot_fit(*setup(101, 2.0, budget=None), plain) is None
+    assert aware_search_cannot_fit(*setup(101, None), plain) is None
+    assert aware_search_cannot_fit(*setup(101, 2.0), Candidate(0.5)) is None
+    inputs, state = setup(101, 2.0)
+    state.widest = None  # no probe: static int8 may pass as it is
+    assert aware_search_cannot_fit(inputs, state, plain) is None
+
+
 def test_pruning_trials_still_run_when_static_int8_of_the_unpruned_model_passes():
     from onnxshrink.pipeline import ShrinkOptions, shrink
     from onnxshrink.recipes import load_recipe

@@ -22,6 +22,8 @@ from onnxshrink.validation.reference import KeptReference
 
 # Reference outputs are kept in memory up to this size; beyond, the float model is re-run.
 CACHE_LIMIT_BYTES = 256 << 20
+# Each node's sensitivity is scored on at most this many samples (rows, in a closed loop).
+SENSITIVITY_SAMPLES = 256
 
 
 @dataclasses.dataclass
@@ -115,7 +117,7 @@ def accuracy_aware(prepared, source, options, data, keep: dict[str, str], build,
     if meets(score, options):
         return model, plan, records, keep, log, {**target, "met": True, **score.to_dict()}
     candidates = [n for n, p in plan.nodes.items() if p.rule.output != "shared"]
-    probe = Evaluator(prepared.model, data, max_samples=256, state=options.state)
+    probe = Evaluator(prepared.model, data, max_samples=SENSITIVITY_SAMPLES, state=options.state)
     everything = frozenset(candidates) | frozenset(keep)
     sens = sensitivities(candidates, lambda n: build(prepared, source, options, everything - {n})[0], probe, progress,
                          deadline)

@@ -47,7 +47,8 @@ from onnxshrink.search.schedule import Schedule, Skipped
 from onnxshrink.search.conv_int8 import footprint
 from onnxshrink.search.floor import FLOOR_BITS, floor_note, floor_size_note, prefer_floor, wants_floor
 from onnxshrink.search.quantizers import static_int8_probe
-from onnxshrink.search.stages import float_nodes_cannot_win, prune_stage, quantize_and_check, weights_digest
+from onnxshrink.search.stages import (aware_search_cannot_fit, float_nodes_cannot_win, prune_stage, quantize_and_check,
+                                       weights_digest)
 from onnxshrink.search.trial import Candidate, SearchInputs, SearchState, Trial
 
 # Fractions of the accuracy (or cosine) budget given to pruning, most aggressive first.
@@ -262,7 +263,8 @@ def search(inputs: SearchInputs) -> SearchResult:
     while queue:
         candidate = queue.pop(0)
         progress("search", len(trials), len(tried))
-        futile = float_nodes_cannot_win(inputs, runner.state, chosen, candidate) if probe_failed else None
+        futile = (float_nodes_cannot_win(inputs, runner.state, chosen, candidate)
+                  or aware_search_cannot_fit(inputs, runner.state, candidate)) if probe_failed else None
         trial = runner.attempt(candidate, len(trials), queue + tail, first=not trials, reason=futile)
         if trial is None:
             continue

@@ -41,7 +41,10 @@ def gate_passes(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto
     if state.reference is None:
         state.reference = KeptReference(inputs.original, inputs.check, state=inputs.options.state,
                                         cache_bytes=KEPT_REFERENCE_BYTES)
-    return not state.reference.measure(model).failures(inputs.gate)
+    start = time.perf_counter()
+    measured = state.reference.measure(model)
+    state.check_seconds = time.perf_counter() - start
+    return not measured.failures(inputs.gate)
 
 
 def deployed(inputs: SearchInputs, model: onnx.ModelProto) -> onnx.ModelProto:

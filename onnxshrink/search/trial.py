@@ -237,7 +237,8 @@ class SearchState:
     time budget runs out (a ``time.perf_counter()`` value; None: no limit),
     ``prune_deadline`` when pruning's sensitivity scan must be done.
     ``reference`` keeps the original's outputs on the gate's data for the
-    search's gate checks (made at the first, :func:`onnxshrink.search.stages.gate_passes`);
+    search's gate checks (made at the first, :func:`onnxshrink.search.stages.gate_passes`),
+    ``check_seconds`` how long the last of those checks took (the candidate's run and the comparison);
     ``widest`` the base model and its static int8 at the widest weight code range
     (:func:`onnxshrink.search.stages.static_int8_probe`); ``quantize_cache`` the
     preparation and calibration statistics of the last model static int8 quantized
@@ -253,5 +254,6 @@ class SearchState:
     deadline: float | None = None
     prune_deadline: float | None = None
     reference: Any = None
+    check_seconds: float | None = None
     widest: tuple[onnx.ModelProto, Any] | None = None
     quantize_cache: PreparedCache = dataclasses.field(default_factory=PreparedCache)
