@@ -201,7 +201,7 @@ def test_layer_bits_exclude_and_min_size():
 
 
 def test_options_refuse_what_cannot_work():
-    for bad in ({"bits": 7}, {"bits": 1}, {"granularity": "block:1"}, {"granularity": "row"}, {"rounding": "best"},
+    for bad in ({"bits": 9}, {"bits": 1}, {"granularity": "block:1"}, {"granularity": "row"}, {"rounding": "best"},
                 {"layer_bits": {"w": 16}}, {"sparsity": 0.5}):
         with pytest.raises(UsageError):
             WeightOnlyOptions(**bad)
