@@ -201,7 +201,7 @@ def test_layer_bits_exclude_and_min_size():
 
 
 def test_options_refuse_what_cannot_work():
-    for bad in ({"bits": 7}, {"bits": 1}, {"granularity": "block:1"}, {"granularity": "row"}, {"rounding": "best"},
+    for bad in ({"bits": 9}, {"bits": 1}, {"granularity": "block:1"}, {"granularity": "row"}, {"rounding": "best"},
                 {"layer_bits": {"w": 16}}, {"sparsity": 0.5}):
         with pytest.raises(UsageError):
             WeightOnlyOptions(**bad)
@@ -257,9 +257,9 @@ def test_three_and_two_bits_use_fewer_int4_levels(bits):
     assert errors[bits] > errors[4]
 
 
-@pytest.mark.parametrize("bits", [6, 5])
-def test_six_and_five_bits_use_fewer_int8_levels(bits):
-    """6 and 5 bits are int8 codes in [-2^(b-1), 2^(b-1)-1] at per-channel
+@pytest.mark.parametrize("bits", [7, 6, 5])
+def test_seven_six_and_five_bits_use_fewer_int8_levels(bits):
+    """7, 6 and 5 bits are int8 codes in [-2^(b-1), 2^(b-1)-1] at per-channel
     int8's opset (13, no upgrade to 21); the graph runs, its error lies
     between 8 and 4 bits', and packed it is smaller than at 8 bits."""
     from onnxshrink.model import opset_version
@@ -281,3 +281,31 @@ def test_six_and_five_bits_use_fewer_int8_levels(bits):
         packed[b] = len(pack_model(q).data)
     assert errors[8] < errors[bits] < errors[4]
     assert packed[bits] < packed[8]
+
+
+def test_the_width_mix_checks_its_floats_as_float16_storage_will_hold_them():
+    """round_as_float16_storage rounds exactly the float32 tensors packing with
+    float16 storage casts: a weight-only model's float weight and bias change to
+    float16 values, its scales and a tensor under min_tensor_bytes do not, and
+    packed with float16 storage the rounded model unpacks to the same values."""
+    from onnxshrink.packing import PackOptions, load_packed, pack_model
+    from onnxshrink.search.quantizers import round_as_float16_storage
+
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(16, 32, 3, 3)).astype(np.float32)
+    model = quantize_weights(_conv_model(w), WeightOnlyOptions(bits=8, min_size=0)).model
+    bias = rng.normal(size=(128,)).astype(np.float32)  # 512 bytes: packed as float16
+    tiny = rng.normal(size=(8,)).astype(np.float32)  # 32 bytes: stored inline, as is
+    model.graph.initializer.extend([numpy_helper.from_array(bias, "extra_bias"),
+                                    numpy_helper.from_array(tiny, "extra_tiny")])
+    before = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
+    round_as_float16_storage(model)
+    after = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    scales = [n for n in before if n.endswith("_scale")]
+    assert scales and all(np.array_equal(before[n], after[n]) for n in scales)
+    assert np.array_equal(after["extra_tiny"], tiny)
+    assert not np.array_equal(after["extra_bias"], bias)
+    assert np.array_equal(after["extra_bias"], bias.astype(np.float16).astype(np.float32))
+    restored = load_packed(pack_model(model, PackOptions(float16_small=True, float16_small_below=1 << 62)).data)
+    for t in restored.graph.initializer:
+        assert np.array_equal(numpy_helper.to_array(t), after[t.name]), t.name

@@ -45,7 +45,7 @@ def test_zero_channel_stays_finite_and_zero(tmp_path, bits):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--bits", "7"], "--bits"),
+    (["--bits", "9"], "--bits"),
     (["--granularity", "rows"], "--granularity"),
     (["--rounding", "gptq"], "--calib"),
     (["--dynamic"], "--dynamic"),

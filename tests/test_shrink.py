@@ -226,7 +226,7 @@ def test_weight_widths_are_checked_and_three_levels_are_used(tmp_path):
 
     recipe = load_recipe("cnn-default")
     with pytest.raises(UsageError, match="--weight-bits"):
-        ShrinkOptions(recipe, weight_bits=(7, 8))
+        ShrinkOptions(recipe, weight_bits=(9, 8))
     assert ShrinkOptions(recipe, weight_bits=(3, 4, 8)).mixed_precision
     assert not ShrinkOptions(recipe, weight_bits=(8,)).mixed_precision
     out = tmp_path / "m.onnxz"

@@ -71,7 +71,7 @@ def quantize_command(
     weight_rounding: Annotated[str, typer.Option("--weight-rounding", help="Static int8: 'gptq' (each rounding error is spread over the layer's other inputs through the inverse Hessian of its --calib inputs; same scales and code bound), 'nearest', or 'auto' (default: gptq up to 64 MiB of weights, nearest above). --dynamic always rounds to nearest.")] = QuantizeOptions.weight_rounding,
     shapes: Annotated[Optional[list[str]], typer.Option("--shape", help="Symbolic dims of the random check inputs (--dynamic without --eval): NAME=1x3x224x224.")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Quantize only the weights (int8/int4 behind DequantizeLinear); activations stay float; --calib optional.")] = False,
-    bits: Annotated[int, typer.Option("--bits", help="With --weights-only: 8 or 4 bits per weight (6 or 5: fewer levels in int8 storage, 3 or 2 in int4 storage, smaller once packed).")] = WeightOnlyOptions.bits,
+    bits: Annotated[int, typer.Option("--bits", help="With --weights-only: 8 or 4 bits per weight (7, 6 or 5: fewer levels in int8 storage, 3 or 2 in int4 storage, smaller once packed).")] = WeightOnlyOptions.bits,
     granularity: Annotated[str, typer.Option("--granularity", help="With --weights-only: 'auto' (blocks of 32 for MatMul/Gemm/Gather below 8 bits, else per channel), 'channel' or 'block:N' scales.")] = WeightOnlyOptions.granularity,
     rounding: Annotated[str, typer.Option("--rounding", help="With --weights-only: 'nearest', or 'gptq' (error-compensated; needs --calib).")] = WeightOnlyOptions.rounding,
     min_size: Annotated[int, typer.Option("--min-size", help="With --weights-only: weights with fewer elements stay float.")] = WeightOnlyOptions.min_size,

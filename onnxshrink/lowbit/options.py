@@ -11,7 +11,7 @@ from onnxshrink.lowbit.grid import storage_bits
 
 # 6 and 5: fewer levels stored as int8 codes, 3 and 2 as int4 codes (entropy coding packs them smaller;
 # they load on the same kernels as 8 and 4 bits)
-BITS = (8, 6, 5, 4, 3, 2)
+BITS = (8, 7, 6, 5, 4, 3, 2)
 ROUNDINGS = ("nearest", "gptq")
 GRANULARITIES = ("auto", "channel", "block:N")
 _BLOCK = re.compile(r"^block:(\d+)$")

@@ -69,7 +69,7 @@ AFTER_MIX_RESERVE_SHARE = 0.15
 # The widths of the weight-only GPTQ candidate tried after a static int8 recipe's: 6 and 5 are
 # int8 codes with fewer levels (packed smaller, same kernels as 8), so the mix need not jump from
 # 4 to 8 bits.
-MIXED_WIDTHS = (4, 5, 6, 8)
+MIXED_WIDTHS = (4, 5, 6, 7, 8)
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ from onnxshrink.recipes import Recipe
 from onnxshrink.validation import Gate
 
 # Widths --weight-bits allows: below 8, weight-only quantization with a width per layer.
-WEIGHT_WIDTHS = (2, 3, 4, 5, 6, 8)
+WEIGHT_WIDTHS = (2, 3, 4, 5, 6, 7, 8)
 # Seconds the search may spend by default: with simplify, the last float16
 # check and writing, a 100 MB model's shrink stays within 10 minutes on 2 cores.
 DEFAULT_TIME_BUDGET = 420.0
