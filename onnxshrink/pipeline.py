@@ -46,9 +46,6 @@ class ShrinkResult:
         return self.packed if self.packed is not None else self.model.SerializeToString()
 
 
-# Every float tensor, weights kept float by the search included, is tried as float16 first.
-FLOAT16_ALL_BELOW = 1 << 62
-
 
 def _float16_small(chosen: Trial, inputs: SearchInputs) -> Trial | None:
     """The chosen candidate packed with its float tensors as float16, if that
@@ -57,6 +54,7 @@ def _float16_small(chosen: Trial, inputs: SearchInputs) -> Trial | None:
     float too: float16 holds them far closer than int8 codes), else the small
     ones only (biases, norms)."""
     from onnxshrink.packing import PackOptions, load_packed, pack_model
+    from onnxshrink.packing.encoder import FLOAT16_ALL_BELOW
 
     tried: set[tuple[str, ...]] = set()
     for below in (FLOAT16_ALL_BELOW, PackOptions.float16_small_below):

@@ -36,7 +36,7 @@ from onnxshrink.errors import UsageError
 from onnxshrink.fileio import outputs_together, write_bytes_atomic
 from onnxshrink.model import save_model
 from onnxshrink.pipeline import ShrinkOptions, shrink
-from onnxshrink.search.options import DEFAULT_TIME_BUDGET
+from onnxshrink.search.options import DEFAULT_TIME_BUDGET, WEIGHT_WIDTHS
 from onnxshrink.recipes import Recipe, builtin_recipes, load_recipe, recipe_for
 from onnxshrink.report import render_html
 from onnxshrink.validation import AGREEMENT_BASIS, Gate, accuracy_gate_basis, parse_state
@@ -99,7 +99,7 @@ def shrink_command(
     quantize: Annotated[Optional[bool], typer.Option("--quantize/--no-quantize", help="Run or skip the quantize stage.")] = None,
     simplify: Annotated[Optional[bool], typer.Option("--simplify/--no-simplify", help="Run or skip onnxsim constant folding.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help=TARGET_HELP + " Default: the recipe's, else x86-avx2.")] = None,
-    weight_bits: Annotated[str, typer.Option("--weight-bits", help="Allowed weight widths among 2,3,4,5,6,7,8, e.g. 4,8 or 3,4,8: weight-only quantization with a per-layer width chosen under the gate, the most sensitive layers wider or float; Conv layers (no low-bit kernel in onnxruntime) go static int8 with narrow codes when that is lighter in memory and no slower (default 8: static int8).")] = "8",
+    weight_bits: Annotated[str, typer.Option("--weight-bits", help=f"Allowed weight widths among {','.join(map(str, WEIGHT_WIDTHS))}, e.g. 4,8 or 3,4,8: weight-only quantization with a per-layer width chosen under the gate, the most sensitive layers wider or float; Conv layers (no low-bit kernel in onnxruntime) go static int8 with narrow codes when that is lighter in memory and no slower (default 8: static int8).")] = "8",
     max_latency_ratio: Annotated[Optional[float], typer.Option("--max-latency-ratio", help="Require the output, in its default load form, to run within this many times the original's latency (1 thread, batch 1); also searches channel pruning, and static int8 beside --weight-bits widths.")] = None,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Time each candidate and the output against the original (1 thread, batch 1); --no-latency skips it (and the preference for a candidate no slower than the original).")] = True,
     time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds the search may spend (0: no limit); candidates whose estimated cost does not fit are skipped, and the report says so.")] = DEFAULT_TIME_BUDGET,

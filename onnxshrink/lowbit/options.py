@@ -9,7 +9,7 @@ from typing import Iterable, Mapping
 from onnxshrink.errors import UsageError
 from onnxshrink.lowbit.grid import storage_bits
 
-# 6 and 5: fewer levels stored as int8 codes, 3 and 2 as int4 codes (entropy coding packs them smaller;
+# 7, 6 and 5: fewer levels stored as int8 codes, 3 and 2 as int4 codes (entropy coding packs them smaller;
 # they load on the same kernels as 8 and 4 bits)
 BITS = (8, 7, 6, 5, 4, 3, 2)
 ROUNDINGS = ("nearest", "gptq")

@@ -29,6 +29,11 @@ from onnxshrink.packing.report import TensorReport
 DEFAULT_CODECS = ("raw", "deflate", "rle+deflate", "huffman", "rle", "rle+huffman")
 
 
+# float16_small_below for "every float tensor": the shrink pipeline tries float16 storage of every
+# float tensor first (weights the search kept float included), and the width mix checks its mixes so.
+FLOAT16_ALL_BELOW = 1 << 62
+
+
 @dataclasses.dataclass(frozen=True)
 class PackOptions:
     """How to pack.
@@ -121,11 +126,9 @@ def _encode_slot(slot: tensors.TensorSlot, ref: ExternalReference | None, option
         return None, TensorReport(t.name, slot.where, dtype, tuple(t.dims), "inline", size, size, 0.0)
     layout = tensors.DTYPE_LAYOUTS[t.data_type]
     cast = None
-    if (options.float16_small and t.data_type == onnx.TensorProto.FLOAT and t.name not in exact
-            and len(data) // 4 < options.float16_small_below):
-        rounded = symbols.round_to_float16(data)
-        if rounded is not None:
-            data, cast = rounded, "float16"
+    rounded = float16_stored(t, data, options, exact)
+    if rounded is not None:
+        data, cast = rounded, "float16"
     config, payload, entropy = _best_encoding(np.frombuffer(data, dtype=np.uint8), _codec_params(layout, cast), options)
     sink.write(payload)
     entry = container.Entry(slot.ordinal, slot.kind, t.name, t.data_type, tuple(t.dims), config,
@@ -133,6 +136,37 @@ def _encode_slot(slot: tensors.TensorSlot, ref: ExternalReference | None, option
     tensors.strip_data(t)
     return entry, TensorReport(t.name, slot.where, dtype, tuple(t.dims), config["id"], len(data), len(payload),
                                entropy, cast or "")
+
+
+def float16_stored(t: onnx.TensorProto, data: bytes, options: PackOptions, exact: set[str]) -> bytes | None:
+    """The float32 bytes ``data`` of ``t`` rounded to the float16 values packing
+    stores for it, or None when it stores them as they are: float16 storage is
+    on, ``t`` is float32, packed (at least ``min_tensor_bytes``), not a
+    quantization parameter (``exact``), under ``float16_small_below`` elements,
+    and float16 can hold its values."""
+    if not (options.float16_small and t.data_type == onnx.TensorProto.FLOAT and t.name not in exact
+            and options.min_tensor_bytes <= len(data) and len(data) // 4 < options.float16_small_below):
+        return None
+    return symbols.round_to_float16(data)
+
+
+def round_as_stored(model: onnx.ModelProto, options: PackOptions) -> None:
+    """Round, in place, every tensor of ``model`` that packing with ``options``
+    would store as float16 to the values it would store (the same tensors and
+    rule as :func:`encode_tensors`): a model checked after this is checked as
+    it will unpack."""
+    if not options.float16_small:
+        return
+    exact = quantization_parameters(model)
+    for slot in tensors.tensor_slots(model):
+        t = slot.tensor
+        if t.data_type != onnx.TensorProto.FLOAT or t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        data = tensors.tensor_bytes(t)
+        rounded = float16_stored(t, data, options, exact) if data is not None else None
+        if rounded is not None and rounded != data:
+            tensors.strip_data(t)
+            t.raw_data = rounded
 
 
 def _stored_bytes(t: onnx.TensorProto, ref: ExternalReference | None) -> bytes | None:

@@ -66,7 +66,7 @@ PRUNE_TIME_SHARE = 0.5
 # floor, validation, timing) are left: on rapidocr_det and ddddocr the scan had fitted in a
 # quiet run and not in a loaded one.
 AFTER_MIX_RESERVE_SHARE = 0.15
-# The widths of the weight-only GPTQ candidate tried after a static int8 recipe's: 6 and 5 are
+# The widths of the weight-only GPTQ candidate tried after a static int8 recipe's: 7, 6 and 5 are
 # int8 codes with fewer levels (packed smaller, same kernels as 8), so the mix need not jump from
 # 4 to 8 bits.
 MIXED_WIDTHS = (4, 5, 6, 7, 8)

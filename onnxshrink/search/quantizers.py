@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import numpy as np
 import onnx
 
 from onnxshrink.errors import GateFailed
@@ -231,32 +230,15 @@ def mixed_precision(inputs: SearchInputs, state: SearchState, model: onnx.ModelP
 
 def round_as_float16_storage(model: onnx.ModelProto) -> None:
     """Round, in place, the float32 tensors that packing with float16 storage
-    (``PackOptions(float16_small=True)`` with no size limit, the first form
-    :func:`onnxshrink.pipeline._float16_small` tries) would store as float16,
-    to the float16 values it would store: every float32 tensor of at least
-    ``min_tensor_bytes``, but quantization scales and zero points and tensors
-    float16 cannot hold. The width mix checks its mixes so, and spends the
-    gate's margin with that storage counted: otherwise the narrowing steps
-    spent it first, and the float16 step after them missed the gate (on
-    rapidocr_rec_v4 with a 7-bit width, 17 float-kept layers packed as float32)."""
-    from onnxshrink.model import iter_weights
-    from onnxshrink.packing.encoder import PackOptions, quantization_parameters
-    from onnxshrink.packing.symbols import round_to_float16
+    of every float tensor (the first form :func:`onnxshrink.pipeline._float16_small`
+    tries) would store as float16, to the values it would store. The width mix
+    checks its mixes so, and spends the gate's margin with that storage
+    counted: otherwise the narrowing steps spent it first, and the float16
+    step after them missed the gate (on rapidocr_rec_v4 with a 7-bit width,
+    17 float-kept layers packed as float32)."""
+    from onnxshrink.packing.encoder import FLOAT16_ALL_BELOW, PackOptions, round_as_stored
 
-    exact = quantization_parameters(model)
-    least = PackOptions().min_tensor_bytes
-    for ref in iter_weights(model):
-        if ref.name in exact or ref.tensor.data_type != onnx.TensorProto.FLOAT:
-            continue
-        values = ref.array()
-        if values.nbytes < least:
-            continue
-        rounded = round_to_float16(np.ascontiguousarray(values, dtype="<f4").tobytes())
-        if rounded is None:
-            continue
-        narrowed = np.frombuffer(rounded, dtype="<f4").reshape(values.shape)
-        if not np.array_equal(narrowed, values):
-            ref.set_array(narrowed.astype(np.float32))
+    round_as_stored(model, PackOptions(float16_small=True, float16_small_below=FLOAT16_ALL_BELOW))
 
 
 def narrowing_steps(names: list[str], widths: list[int], records: dict[int, dict]) -> list[tuple[str, int]]:
