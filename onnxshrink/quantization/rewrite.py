@@ -85,12 +85,13 @@ def compute_params(plan: Plan, stats: CalibrationStats, graph: onnx.GraphProto, 
 
 
 def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams], *,
-               per_channel: bool, weight_levels: int,
+               per_channel: bool, weight_levels: int, per_tensor_ops: frozenset[str] = frozenset(),
                bias_input_means: dict[str, np.ndarray] | None = None,
                rounder: WeightRounder | None = None) -> tuple[onnx.ModelProto, list[NodeRecord]]:
     """A new model with ``plan`` written in; ``model`` is not changed. Weight codes
     lie in [-``weight_levels``, ``weight_levels``] (64 keeps x86 CPUs without VNNI
-    exact, fewer levels pack smaller: :func:`params.weight_levels`);
+    exact, fewer levels pack smaller: :func:`params.weight_levels`), one scale per
+    weight for nodes of ``per_tensor_ops`` even when ``per_channel``;
     ``bias_input_means`` (node name -> per-channel mean of its input) turns on bias
     correction for those nodes (:mod:`onnxshrink.quantization.bias_correction`), which
     sees the final codes; ``rounder`` rounds weights by GPTQ where it has their
@@ -168,7 +169,8 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams
                 inputs[value] = params[value].to_dict()
         weight_record = None
         if p.weight is not None:
-            weight_record = _quantize_weight_input(graph, p, params, names, head, weight_cache, per_channel,
+            weight_record = _quantize_weight_input(graph, p, params, names, head, weight_cache,
+                                                   per_channel and node.op_type not in per_tensor_ops,
                                                    weight_levels, (bias_input_means or {}).get(node.name), rounder)
         output_record = None
         if p.output_quantized:

@@ -13,6 +13,10 @@ from onnxshrink.search.trial import Trial
 # static int8 when that is at most this much larger on disk (1 / 0.85: 18 %): digits_resnet 24.6x
 # against 26.0x for 0.26x of fp32's weight bytes in memory against 1.00x, 0.15x its latency against 1.0x.
 CONV_INT8_MIN_GAIN = 0.85
+# A --weight-bits winner not clearly faster than the original gives way to static int8 with one
+# scale per MatMul/Gemm weight when that is at most this much larger on disk (1 / 0.8: 25 %):
+# digits_mlp 1.01-1.02x fp32's latency -> 0.96x, its .onnxz 14.9 -> 18.1 kB (6-bit codes).
+ONE_SCALE_MIN_GAIN = 0.8
 
 
 def fast_enough(trial: Trial, options: ShrinkOptions) -> bool:
@@ -69,3 +73,23 @@ def dominates(trial: Trial, other: Trial) -> bool:
     """Smaller and faster (both measured)."""
     a, b = trial.outcome.latency, other.outcome.latency
     return a is not None and b is not None and trial.outcome.size < other.outcome.size and a.ratio < b.ratio
+
+
+def not_clearly_faster(trial: Trial) -> bool:
+    """Whether ``trial`` was measured and may run no faster than the original
+    (its ratio is within the noise of 1 or above)."""
+    latency = trial.outcome.latency
+    return latency is not None and latency.ratio + latency.noise > 1.0
+
+
+def faster_within_memory(trial: Trial, other: Trial, share: float) -> bool:
+    """Whether a passing ``trial`` should replace ``other`` for its speed: measured
+    faster than ``other`` and than the original, within the default load form's
+    memory share (``share`` of the original's weight bytes) and at most a
+    quarter larger on disk."""
+    from onnxshrink.packing.forms import AUTO_MEMORY_SHARE
+
+    a, b = trial.outcome.latency, other.outcome.latency
+    if not trial.passed or a is None or b is None or trial.outcome.size * ONE_SCALE_MIN_GAIN > other.outcome.size:
+        return False
+    return a.ratio < min(b.ratio, 1.0) and share <= AUTO_MEMORY_SHARE

@@ -268,7 +268,8 @@ def _error(record) -> float:
     return record.output_error if record.output_error is not None else record.relative_error
 
 
-def static_int8(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, remaining: float):
+def static_int8(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto, remaining: float, *,
+                per_tensor_ops: tuple[str, ...] = (), keep_float: bool = True):
     """Static int8 QDQ, held to the gate against the original. Unless the recipe
     fixes it, weight codes are tried in the widest range first: when that
     misses the gate a narrower one would too (it only adds weight error), so
@@ -278,10 +279,13 @@ def static_int8(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto
     costs one calibration, one build and one check. Only when plain int8
     misses the gate at the widest range are the most sensitive nodes kept in
     float (the accuracy-aware search, within ``remaining`` of the budget and
-    until the time budget runs out). None when nothing passes."""
+    until the time budget runs out; not with ``keep_float`` False). The
+    weights of ``per_tensor_ops`` get one scale each. None when nothing passes."""
     from onnxshrink.quantization import QuantizeOptions, quantize_model
 
     settings, gate = inputs.options.recipe.quantize, inputs.gate
+    if per_tensor_ops:
+        settings = {**settings, "per_tensor_ops": tuple(per_tensor_ops)}
     ranges = (settings["weight_range_bits"],) if "weight_range_bits" in settings else WEIGHT_RANGE_BITS
     # The search checks the result against the gate itself: no floor inside.
     fixed = {"gate_floor": False, "state": inputs.options.state}
@@ -291,7 +295,7 @@ def static_int8(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto
                               eval_data=inputs.check, progress=inputs.progress, measure_latency=False)
 
     def at(bits: int):
-        if bits == ranges[-1] and state.widest is not None and state.widest[0] is model:
+        if bits == ranges[-1] and state.widest is not None and state.widest[0] is model and not per_tensor_ops:
             return state.widest[1]  # the probe's (static_int8_probe), on this very model
         # quantize_model's own check (against the pruned model, for its report) runs on one
         # calibration batch: the gate is measured by gate_passes, against the original, on the check data.
@@ -309,7 +313,7 @@ def static_int8(inputs: SearchInputs, state: SearchState, model: onnx.ModelProto
                 return q
         return widest
     del widest
-    if state.deadline is not None and time.perf_counter() > state.deadline:
+    if not keep_float or (state.deadline is not None and time.perf_counter() > state.deadline):
         return None
     options = QuantizeOptions(**{**settings, "weight_range_bits": ranges[-1]}, **sub_gate(gate, remaining))
     deadline = state.deadline

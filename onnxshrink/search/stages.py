@@ -21,7 +21,8 @@ from onnxshrink.search.budget import budget, sub_gate, used
 from onnxshrink.search.conv_int8 import static_int8_convs
 from onnxshrink.search.quantizers import (  # noqa: F401  (WEIGHT_RANGE_BITS, deployed, static_int8_probe: re-exported)
     WEIGHT_RANGE_BITS, deployed, mixed_precision, static_int8, static_int8_probe, weight_only)
-from onnxshrink.search.trial import Candidate, Outcome, SearchInputs, SearchState, Stage, Trial
+from onnxshrink.search.trial import (INT8_ONE_SCALE, ONE_SCALE_OPS, STATIC_INT8, Candidate, Outcome, SearchInputs,
+                                     SearchState, Stage, Trial)
 from onnxshrink.validation import Gate, compare_models
 
 # Channel pruning for latency keeps a multiple of this many channels per group:
@@ -190,7 +191,7 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
             layers.setdefault(w.name, {"name": w.name, "sparsity": w.sparsity}).update(
                 {"quant_error": w.relative_error, "bits": w.bits})
     elif recipe.quantize is not None and (options.mixed_precision or weight_bits is not None) and \
-            (candidate.quantize != "int8" or weight_bits is not None):
+            (candidate.quantize not in STATIC_INT8 or weight_bits is not None):
         allowed = weight_bits or options.weight_bits
         convs = ""
         if candidate.quantize == "int8":  # Conv layers in static int8 first (onnxshrink.search.conv_int8)
@@ -216,7 +217,9 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
             entry = layers.setdefault(w.name, {"name": w.name, "sparsity": w.sparsity})
             entry.update({"quant_error": w.relative_error, "bits": w.bits})
     elif recipe.quantize is not None:
-        q = static_int8(inputs, state, model, remaining)
+        one_scale = candidate.quantize == INT8_ONE_SCALE
+        q = static_int8(inputs, state, model, remaining, per_tensor_ops=ONE_SCALE_OPS if one_scale else (),
+                        keep_float=not one_scale)
         if q is None:
             # Pruning left too little of the budget: this candidate fails, a milder one follows.
             return Outcome(failed="static int8 missed the gate (at every weight code range, or when time ran out)",
@@ -225,8 +228,9 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
         model = q.model
         range_bits = q.report.weight_range_bits
         bound = q.report.weight_code_max
+        scales = f", one scale per {'/'.join(ONE_SCALE_OPS)} weight" if one_scale else ""
         stages.append(Stage("quantize", model,
-                            f"int8, weight codes in [-{bound}, {bound}]; {count_layers(model).text()}"))
+                            f"int8, weight codes in [-{bound}, {bound}]{scales}; {count_layers(model).text()}"))
         for name, err in errors.items():
             layers.setdefault(name, {"name": name, "sparsity": 0.0})["quant_error"] = err
     seconds = {"quantize": time.perf_counter() - start}
