@@ -23,7 +23,9 @@ def test_bench_speed_quick_writes_the_tables(tmp_path):
     assert configs == ["fp32", "ours static int8", "onnxruntime int8", "ours shrink --weight-bits 4,8, default form",
                        "ours weight-only int8, default form"]
     shrunk = rows[3]
-    assert "MatMulNBits" in shrunk and "x" in shrunk.split("|")[3]  # a measured latency ratio
+    # the forms its weights run in (low-bit kernels, or static int8 when shrink measured that faster)
+    assert any(form in shrunk.split("|")[8] for form in ("MatMulNBits", "int+DQ"))
+    assert "x" in shrunk.split("|")[3]  # a measured latency ratio
     assert "avx2" in text or "flags unknown" in text  # the CPU behind the figures is named
     assert "our static int8 / onnxruntime's int8 latency" in text
     assert len(rows) == 6  # and the forms table: qdq / native / float / auto

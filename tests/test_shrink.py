@@ -65,7 +65,7 @@ def test_small_floats_go_float16_only_under_the_gate(tmp_path):
     """Weight-only 4/8-bit leaves biases float: the recipe stores them as float16
     when the unpacked model still passes the gate, and names them in the report."""
     out, un = tmp_path / "m.onnxz", tmp_path / "un.onnx"
-    result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--eval", EVAL, "--sparsity", "0.5",
+    result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--eval", EVAL, "--sparsity", "0.5", "--no-latency",
                      "--weight-bits", "4,8", "--max-accuracy-drop", "1.0", "--json", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     assert "--materialize float" in result.stdout  # the forms a packed low-bit model can be unpacked in
@@ -184,7 +184,7 @@ def test_mixed_precision_keeps_the_most_sensitive_weight_float():
     x = rng.normal(size=(64, 64)).astype(np.float32)
     x[:, 0] = 1e-4
     recipe = Recipe("t", "", False, None, {}, True, {"min_cosine": 0.9999})
-    result = shrink(model, [{"x": x}], ShrinkOptions(recipe, weight_bits=(4, 8)))
+    result = shrink(model, [{"x": x}], ShrinkOptions(recipe, weight_bits=(4, 8), measure_latency=False))
     dtypes = {t.name: t.data_type for t in result.model.graph.initializer}
     assert dtypes["w1"] == TensorProto.FLOAT and dtypes["w2_quantized"] == TensorProto.INT8
     assert "1 left float" in result.report["stages"][-2]["note"]
@@ -231,7 +231,8 @@ def test_weight_widths_are_checked_and_three_levels_are_used(tmp_path):
     assert not ShrinkOptions(recipe, weight_bits=(8,)).mixed_precision
     out = tmp_path / "m.onnxz"
     # A gate tight enough that no single width passes for every layer and the narrowest does for some.
-    result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--eval", EVAL, "--no-prune",
+    # --no-latency: the widths are the subject here, not whether a faster static int8 model replaces them.
+    result = run_cli("shrink", MLP, "-o", out, "--calib", CALIB, "--eval", EVAL, "--no-prune", "--no-latency",
                      "--weight-bits", "3,4,8", "--min-cosine", "0.9995", "--json", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     note = json.loads((tmp_path / "r.json").read_text())["stages"][-2]["note"]

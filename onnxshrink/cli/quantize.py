@@ -54,6 +54,7 @@ def quantize_command(
     method: Annotated[str, typer.Option("--method", help=f"Activation range from the statistics: {', '.join(METHODS)}.")] = QuantizeOptions.method,
     percentile: Annotated[float, typer.Option("--percentile", help="Percentile kept by --method percentile.")] = QuantizeOptions.percentile,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales per output channel or one per tensor.")] = QuantizeOptions.per_channel,
+    per_tensor_ops: Annotated[Optional[list[str]], typer.Option("--per-tensor-ops", help="Op types whose weights get one scale each even with --per-channel, e.g. Gemm,MatMul (onnxruntime's QGemm runs a row faster so).")] = None,
     activations: Annotated[str, typer.Option("--activations", help="Activation type: uint8 or int8.")] = QuantizeOptions.activations,
     exclude_nodes: Annotated[Optional[list[str]], typer.Option("--exclude-nodes", help="Node names to keep in float (repeat or comma-separate).")] = None,
     exclude_ops: Annotated[Optional[list[str]], typer.Option("--exclude-ops", help="Op types to keep in float, e.g. Add,Mul.")] = None,
@@ -106,8 +107,8 @@ def quantize_command(
             say_written(json_path)
         return
     options = QuantizeOptions(
-        method=method, percentile=percentile, per_channel=per_channel, activations=activations,
-        exclude_nodes=_names(exclude_nodes), exclude_ops=_names(exclude_ops), min_cosine=min_cosine,
+        method=method, percentile=percentile, per_channel=per_channel, per_tensor_ops=_names(per_tensor_ops),
+        activations=activations, exclude_nodes=_names(exclude_nodes), exclude_ops=_names(exclude_ops), min_cosine=min_cosine,
         min_agreement=min_agreement,
         max_accuracy_drop=max_accuracy_drop, dynamic=dynamic, latency_guard=latency_guard,
         fold_constants=fold_constants, batch_size=batch_size, weight_range_bits=weight_range_bits,

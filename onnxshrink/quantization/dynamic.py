@@ -68,8 +68,9 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
         if use.out_axis == 0:  # Gemm transB=1: store [K, N]
             weight = weight.T
         alpha = float(node_attribute(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
-        scale = weight_scales(weight, 1 if options.per_channel else None, levels)
-        q = quantize_weight(weight, scale, 1 if options.per_channel else None, levels)
+        axis = 1 if options.per_channel and node.op_type not in options.per_tensor_ops else None
+        scale = weight_scales(weight, axis, levels)
+        q = quantize_weight(weight, scale, axis, levels)
         x = node.input[0]
         new: list[onnx.NodeProto] = []
         if x not in dynamic_inputs:
@@ -99,7 +100,7 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
         replaced[node.name] = new
         records.append({"name": node.name, "op_type": node.op_type, "kernel": "DynamicQuantizeMatMul",
                         "inputs": {x: {"scale": "dynamic", "zero_point": "dynamic", "type": "uint8"}}, "output": None,
-                        "weight": {"type": "int8", "symmetric": True, "axis": 1 if options.per_channel else None,
+                        "weight": {"type": "int8", "symmetric": True, "axis": axis,
                                    "channels": int(q.scale.size), "scale_min": float(q.scale.min()),
                                    "scale_max": float(q.scale.max())}, "fused": None})
     nodes = []

@@ -212,7 +212,11 @@ def search(inputs: SearchInputs) -> SearchResult:
     (else the recipe's boldest) pruning, may then replace the winner when it
     is clearly smaller (static int8 recipes, as time allows); a winner slower
     than the original then gives way to the smallest no-slower trial that
-    passes the gate; and plain
+    passes the gate; with ``--weight-bits``, a Conv network's winner that
+    loads above a third of the original's weight bytes meets its Conv layers
+    in static int8, and a weight-only winner not clearly faster than the
+    original meets static int8 with one scale per MatMul/Gemm weight
+    (:func:`_one_scale_int8`); and plain
     weight-only int8 always runs last: the floor the winner is compared with,
     and the fallback. Candidates that cannot help or do not fit in the time
     budget are skipped (``SearchResult.skipped``, each with its reason).
