@@ -68,7 +68,7 @@ def quantize_dynamic(model: onnx.ModelProto, options: QuantizeOptions, *, eval_d
         if use.out_axis == 0:  # Gemm transB=1: store [K, N]
             weight = weight.T
         alpha = float(node_attribute(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
-        axis = 1 if options.per_channel and node.op_type not in options.per_tensor_ops else None
+        axis = 1 if options.per_channel_for(node.op_type) else None
         scale = weight_scales(weight, axis, levels)
         q = quantize_weight(weight, scale, axis, levels)
         x = node.input[0]

@@ -112,6 +112,11 @@ class QuantizeOptions:
             raise UsageError("--dynamic has no calibration step; drop --min-cosine/--max-accuracy-drop/--min-agreement "
                              "or --dynamic")
 
+    def per_channel_for(self, op_type: str) -> bool:
+        """Whether the weights of an ``op_type`` node get a scale per output
+        channel (``per_channel``, unless the op is one of ``per_tensor_ops``)."""
+        return self.per_channel and op_type not in self.per_tensor_ops
+
     @property
     def accuracy_aware(self) -> bool:
         return self.min_cosine is not None or self.max_accuracy_drop is not None or self.min_agreement is not None

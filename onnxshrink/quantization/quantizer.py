@@ -165,8 +165,7 @@ def build(prepared: Prepared, source: StatisticsSource, options: QuantizeOptions
                    if options.bias_correction else [])
     stats = source.require(plan.calibrated, means_for=bias_inputs)
     params = compute_params(plan, stats, prepared.model.graph, options.method, options.activations, options.percentile)
-    model, records = apply_plan(prepared.model, plan, params, per_channel=options.per_channel,
-                                 per_tensor_ops=frozenset(options.per_tensor_ops),
+    model, records = apply_plan(prepared.model, plan, params, per_channel_for=options.per_channel_for,
                                  weight_levels=weight_levels(options.weight_range_bits, options.target),
                                  bias_input_means=source.bias_input_means(plan) if options.bias_correction else None,
                                  rounder=source.rounder())

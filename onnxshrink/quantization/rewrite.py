@@ -13,7 +13,7 @@ input scale x weight scale.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -85,13 +85,13 @@ def compute_params(plan: Plan, stats: CalibrationStats, graph: onnx.GraphProto, 
 
 
 def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams], *,
-               per_channel: bool, weight_levels: int, per_tensor_ops: frozenset[str] = frozenset(),
+               per_channel_for: Callable[[str], bool], weight_levels: int,
                bias_input_means: dict[str, np.ndarray] | None = None,
                rounder: WeightRounder | None = None) -> tuple[onnx.ModelProto, list[NodeRecord]]:
     """A new model with ``plan`` written in; ``model`` is not changed. Weight codes
     lie in [-``weight_levels``, ``weight_levels``] (64 keeps x86 CPUs without VNNI
-    exact, fewer levels pack smaller: :func:`params.weight_levels`), one scale per
-    weight for nodes of ``per_tensor_ops`` even when ``per_channel``;
+    exact, fewer levels pack smaller: :func:`params.weight_levels`), a scale per
+    output channel for the op types ``per_channel_for`` says, else one per weight;
     ``bias_input_means`` (node name -> per-channel mean of its input) turns on bias
     correction for those nodes (:mod:`onnxshrink.quantization.bias_correction`), which
     sees the final codes; ``rounder`` rounds weights by GPTQ where it has their
@@ -170,7 +170,7 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, params: dict[str, QuantParams
         weight_record = None
         if p.weight is not None:
             weight_record = _quantize_weight_input(graph, p, params, names, head, weight_cache,
-                                                   per_channel and node.op_type not in per_tensor_ops,
+                                                   per_channel_for(node.op_type),
                                                    weight_levels, (bias_input_means or {}).get(node.name), rounder)
         output_record = None
         if p.output_quantized:

@@ -50,7 +50,7 @@ from onnxshrink.search.floor import FLOOR_BITS, floor_note, floor_size_note, pre
 from onnxshrink.search.quantizers import static_int8_probe
 from onnxshrink.search.stages import (aware_search_cannot_fit, float_nodes_cannot_win, prune_stage, quantize_and_check,
                                        weights_digest)
-from onnxshrink.search.trial import INT8_ONE_SCALE, STATIC_INT8, Candidate, SearchInputs, SearchState, Trial
+from onnxshrink.search.trial import INT8, INT8_ONE_SCALE, STATIC_INT8, Candidate, SearchInputs, SearchState, Trial
 
 # Fractions of the accuracy (or cosine) budget given to pruning, most aggressive first.
 PRUNE_BUDGET_SHARES = (0.75, 0.5, 0.25, 0.0)
@@ -112,12 +112,12 @@ def latency_families(inputs: SearchInputs) -> list[list[Candidate]]:
     int8_too = options.latency_bound is not None and options.mixed_precision and recipe.quantize is not None
     families: list[list[Candidate]] = []
     if int8_too:
-        families.append([Candidate(s, None, "int8") for s in LATENCY_BUDGET_SHARES] if recipe.prune is not None
-                        else [Candidate(0.0, None, "int8")])
+        families.append([Candidate(s, None, INT8) for s in LATENCY_BUDGET_SHARES] if recipe.prune is not None
+                        else [Candidate(0.0, None, INT8)])
     if recipe.prune is not None and recipe.prune.get("sparsity") is None:
         families.append([Candidate(s, "channel") for s in LATENCY_BUDGET_SHARES])
         if int8_too:
-            families.append([Candidate(s, "channel", "int8") for s in LATENCY_BUDGET_SHARES])
+            families.append([Candidate(s, "channel", INT8) for s in LATENCY_BUDGET_SHARES])
     return families
 
 
@@ -323,7 +323,7 @@ def search(inputs: SearchInputs) -> SearchResult:
         # low-bit Conv kernel): the same pruning with the Conv layers in static int8
         # (onnxshrink.search.conv_int8) replaces it when measured lighter and no slower.
         runner.planned += 1
-        convs = Candidate(chosen.candidate.prune_budget_share, chosen.candidate.pattern, "int8",
+        convs = Candidate(chosen.candidate.prune_budget_share, chosen.candidate.pattern, INT8,
                           weight_bits=options.weight_bits)
         trial = runner.attempt(convs, len(trials), tail)
         if trial is not None and trial.failed is None:

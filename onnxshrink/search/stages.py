@@ -21,8 +21,8 @@ from onnxshrink.search.budget import budget, sub_gate, used
 from onnxshrink.search.conv_int8 import static_int8_convs
 from onnxshrink.search.quantizers import (  # noqa: F401  (WEIGHT_RANGE_BITS, deployed, static_int8_probe: re-exported)
     WEIGHT_RANGE_BITS, deployed, mixed_precision, static_int8, static_int8_probe, weight_only)
-from onnxshrink.search.trial import (INT8_ONE_SCALE, ONE_SCALE_OPS, STATIC_INT8, Candidate, Outcome, SearchInputs,
-                                     SearchState, Stage, Trial)
+from onnxshrink.search.trial import (INT8, INT8_ONE_SCALE, ONE_SCALE_OPS, STATIC_INT8, Candidate, Outcome,
+                                     SearchInputs, SearchState, Stage, Trial)
 from onnxshrink.validation import Gate, compare_models
 
 # Channel pruning for latency keeps a multiple of this many channels per group:
@@ -194,7 +194,7 @@ def quantize_and_check(inputs: SearchInputs, state: SearchState, pruned: Pruned,
             (candidate.quantize not in STATIC_INT8 or weight_bits is not None):
         allowed = weight_bits or options.weight_bits
         convs = ""
-        if candidate.quantize == "int8":  # Conv layers in static int8 first (onnxshrink.search.conv_int8)
+        if candidate.quantize == INT8:  # Conv layers in static int8 first (onnxshrink.search.conv_int8)
             found = static_int8_convs(inputs, state, model, allowed)
             if found is None:
                 return Outcome(failed="static int8 of the Conv layers missed the gate at every code range")

@@ -79,7 +79,7 @@ def describe(candidate: Candidate) -> str:
         share = candidate.prune_budget_share or 0.0
         pruning = (f"{candidate.pattern} pruning within {100 * share:.0f}% of the gate's budget" if share and candidate.pattern
                    else "no pruning" if not share else f"pruning within {100 * share:.0f}% of the gate's budget")
-        if candidate.quantize == "int8" and candidate.weight_bits is not None:
+        if candidate.quantize == INT8 and candidate.weight_bits is not None:
             widths = " or ".join(map(str, candidate.weight_bits))
             return f"{pruning}, then the Conv layers in static int8 and the other weights at {widths} bits"
         how = {INT8: "static int8", INT8_ONE_SCALE: "static int8 with one scale per MatMul/Gemm weight"}
